@@ -1,0 +1,169 @@
+"""The ``merge`` command: a thin adapter over :mod:`mergekit_like.run` and friends.
+
+    merge RECIPE OUT [key=value ...]     run a recipe (hydra override grammar)
+    merge validate RECIPE [key=value ...]
+    merge plan RECIPE [key=value ...]     dry run: tensors, bytes, peak memory
+    merge schema                          the recipe JSON Schema
+    merge methods                         every method with its parameters
+
+User errors print one line per problem and exit with code 2, never a traceback.
+Heavy libraries (torch, transformers, accelerate) are imported only when a merge runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from mergekit_like.errors import MergeError
+
+SUBCOMMANDS = ("validate", "plan", "schema", "methods")
+
+EPILOG = """other commands:
+  merge validate RECIPE [overrides]  check a recipe (and its models, when present)
+  merge plan RECIPE [overrides]      dry run from headers: tensors, bytes, peak memory
+  merge schema                       print the recipe JSON Schema
+  merge methods                      list merge methods and their parameters
+
+overrides use hydra's grammar: key=value, +key=value (add), ++key=value, ~key (delete);
+list items by index, e.g. models.0.parameters.weight=0.3
+"""
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1024
+    return f"{n:.2f} TiB"
+
+
+def _run_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="merge", description="Merge fine-tuned models from a YAML recipe.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("recipe", type=Path, help="recipe YAML file")
+    p.add_argument("out", type=Path, help="output folder (a Hugging Face model)")
+    p.add_argument("overrides", nargs="*", help="recipe overrides, e.g. parameters.density=0.5")
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"),
+                   help="compute device (default cpu; auto picks cuda when available)")
+    p.add_argument("--out-shard-size", default="5GB", help="largest output shard (default 5GB)")
+    p.add_argument("--force", action="store_true", help="replace an existing OUT")
+    p.add_argument("--seed", type=int, default=0, help="seed of random methods (default 0)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--chunk-size", default="64MiB",
+                   help="rows of large tensors are merged in chunks of this size (elementwise "
+                        "methods; default 64MiB per input)")
+    return p
+
+
+def _sub_parser(cmd: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=f"merge {cmd}")
+    if cmd in ("validate", "plan"):
+        p.add_argument("recipe", type=Path)
+        p.add_argument("overrides", nargs="*")
+    if cmd == "plan":
+        p.add_argument("--summary", action="store_true", help="totals only, no tensor list")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``merge`` console script; returns the exit code."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if args and args[0] in SUBCOMMANDS:
+            return _subcommand(args[0], _sub_parser(args[0]).parse_intermixed_args(args[1:]))
+        return _merge(_run_parser().parse_intermixed_args(args))
+    except MergeError as exc:
+        for problem in exc.problems:
+            print(f"error: {problem}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("interrupted: nothing was written", file=sys.stderr)
+        return 130
+
+
+def _merge(ns: argparse.Namespace) -> int:
+    from mergekit_like.io.writer import parse_size
+    from mergekit_like.loader import load_recipe
+    from mergekit_like.plan import build_plan
+    from mergekit_like.run import MergeOptions, write_model
+
+    try:
+        shard = parse_size(ns.out_shard_size)
+        chunk = parse_size(ns.chunk_size)
+    except ValueError as exc:
+        raise MergeError(f"--out-shard-size/--chunk-size: {exc}") from None
+    options = MergeOptions(device=ns.device, out_shard_bytes=shard, force=ns.force,
+                           seed=ns.seed, quiet=ns.quiet, chunk_bytes=chunk)
+    plan = build_plan(load_recipe(ns.recipe, ns.overrides))
+    for warning in plan.warnings:
+        print(warning, file=sys.stderr)
+    write_model(plan, ns.out, options)
+    if not ns.quiet:
+        print(f"wrote {ns.out} ({len(plan.tensors)} tensors, {_human(plan.write_bytes)})")
+    return 0
+
+
+def _subcommand(cmd: str, ns: argparse.Namespace) -> int:
+    if cmd == "schema":
+        from mergekit_like.schema import recipe_schema
+
+        print(json.dumps(recipe_schema(), indent=2))
+        return 0
+    if cmd == "methods":
+        from mergekit_like.methods import REGISTRY
+
+        print("\n\n".join(m.describe() for m in REGISTRY.values()))
+        return 0
+    from mergekit_like.loader import load_recipe
+
+    loaded = load_recipe(ns.recipe, ns.overrides)
+    if cmd == "validate":
+        return _validate(loaded)
+    from mergekit_like.execute import estimate_peak_bytes
+    from mergekit_like.plan import build_plan
+
+    plan = build_plan(loaded)
+    for warning in plan.warnings:
+        print(warning, file=sys.stderr)
+    if not ns.summary:
+        for t in plan.tensors:
+            inputs = ", ".join(f"{plan.models[r.model].ref}" for r in t.inputs)
+            base = f" base={plan.models[t.base.model].ref}" if t.base else ""
+            print(f"{t.name}\t{list(t.shape)}\t{t.dtype}\t{t.method}\t[{inputs}]{base}")
+    print(f"tensors: {len(plan.tensors)}  layers: {plan.output.num_layers}  "
+          f"read: {_human(plan.read_bytes)}  write: {_human(plan.write_bytes)}  "
+          f"estimated peak memory: {_human(estimate_peak_bytes(plan))} + runtime")
+    return 0
+
+
+def _validate(loaded) -> int:  # noqa: ANN001
+    from mergekit_like.errors import InputError
+    from mergekit_like.io.catalog import resolve_model
+    from mergekit_like.plan import build_plan
+
+    missing = []
+    for ref in loaded.recipe.referenced_models():
+        try:
+            resolve_model(ref, loaded.path.parent)
+        except InputError:
+            missing.append(ref)
+    recipe = loaded.recipe
+    if missing:
+        print(f"{loaded.path}: recipe is valid ({recipe.merge_method}); models not on this "
+              f"machine, so not inspected: {', '.join(missing)}")
+        return 0
+    plan = build_plan(loaded)
+    for warning in plan.warnings:
+        print(warning, file=sys.stderr)
+    print(f"{loaded.path}: ok ({recipe.merge_method}, {len(plan.models)} models, "
+          f"{len(plan.tensors)} output tensors)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

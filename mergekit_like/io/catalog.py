@@ -1,0 +1,126 @@
+"""What an ingredient model holds, from its headers alone: tensor names, shapes, dtypes, config.
+
+``resolve_model`` turns a recipe's model reference (a local folder or a Hugging Face hub id,
+found in the local hub cache, never downloaded) into a folder; ``load_catalog`` reads that
+folder's safetensors headers (or index) and config.json into a frozen :class:`ModelCatalog`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from mergekit_like.errors import InputError
+from mergekit_like.io.safetensors_header import TensorInfo, read_header
+
+SAFE_INDEX = "model.safetensors.index.json"
+BIN_INDEX = "pytorch_model.bin.index.json"
+
+
+@dataclass(frozen=True)
+class ModelCatalog:
+    """The tensors and config of one ingredient model, read from headers only."""
+
+    ref: str
+    path: Path
+    tensors: Mapping[str, TensorInfo]
+    config: Mapping[str, Any]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.nbytes for t in self.tensors.values())
+
+
+def resolve_model(ref: str, recipe_dir: Path | None = None) -> Path:
+    """Find the folder of a model reference, offline.
+
+    A reference is a local folder (relative to the working directory, then to the recipe's
+    folder) or a hub id ``org/name`` with an optional ``@revision``, looked up in the local
+    Hugging Face cache (``HF_HUB_CACHE``/``HF_HOME``). Raises ``InputError`` if neither.
+    """
+    if "+" in ref:
+        raise InputError(f"model {ref!r}: LoRA references (model+adapter) are not yet supported")
+    candidates = [Path(ref).expanduser()]
+    if recipe_dir is not None and not Path(ref).is_absolute():
+        candidates.append(recipe_dir / ref)
+    for cand in candidates:
+        if cand.is_dir():
+            return cand.resolve()
+    repo_id, _, revision = ref.partition("@")
+    if repo_id.count("/") <= 1 and not repo_id.startswith((".", "/", "~")) and repo_id:
+        from huggingface_hub import snapshot_download
+        from huggingface_hub.errors import HFValidationError
+
+        try:
+            path = snapshot_download(repo_id, revision=revision or None, local_files_only=True)
+            return Path(path)
+        except (HFValidationError, ValueError):
+            pass
+        except Exception:  # noqa: BLE001 - any miss in the cache means "not found"
+            pass
+    raise InputError(f"model {ref!r} is not a local folder and not in the Hugging Face cache "
+                     f"({os.environ.get('HF_HUB_CACHE') or '~/.cache/huggingface/hub'}); "
+                     "download it first, e.g. `huggingface-cli download " + repo_id + "`")
+
+
+def _index_files(folder: Path, index_name: str) -> list[Path]:
+    index_path = folder / index_name
+    try:
+        index = json.loads(index_path.read_text())
+        weight_map = index["weight_map"]
+    except (OSError, json.JSONDecodeError, KeyError, TypeError):
+        raise InputError(f"{index_path}: unreadable index (expected a JSON 'weight_map')") \
+            from None
+    files = []
+    for shard in dict.fromkeys(weight_map.values()):
+        shard_path = (folder / shard).resolve()
+        if folder.resolve() not in shard_path.parents:
+            raise InputError(f"{index_path}: shard {shard!r} lies outside the model folder")
+        if not shard_path.is_file():
+            raise InputError(f"{index_path}: names shard {shard!r}, which is missing")
+        files.append(shard_path)
+    return files
+
+
+def _collect(files: list[Path], reader: Any) -> dict[str, TensorInfo]:
+    tensors: dict[str, TensorInfo] = {}
+    for f in files:
+        for name, info in reader(f).items():
+            if name in tensors:
+                raise InputError(f"{f}: tensor {name!r} also appears in {tensors[name].file.name}")
+            tensors[name] = info
+    return tensors
+
+
+def load_catalog(ref: str, folder: Path) -> ModelCatalog:
+    """Read a model folder's tensor headers and config.json (no tensor data is read)."""
+    if (folder / SAFE_INDEX).is_file():
+        tensors = _collect(_index_files(folder, SAFE_INDEX), read_header)
+    elif (folder / "model.safetensors").is_file():
+        tensors = read_header(folder / "model.safetensors")
+    elif (folder / BIN_INDEX).is_file():
+        from mergekit_like.io.pickle_checkpoint import read_bin_header
+
+        tensors = _collect(_index_files(folder, BIN_INDEX), read_bin_header)
+    elif (folder / "pytorch_model.bin").is_file():
+        from mergekit_like.io.pickle_checkpoint import read_bin_header
+
+        tensors = read_bin_header(folder / "pytorch_model.bin")
+    else:
+        found = sorted(folder.glob("*.safetensors"))
+        if not found:
+            raise InputError(f"{folder}: no model.safetensors, index or pytorch_model.bin found")
+        tensors = _collect(found, read_header)
+    config: dict[str, Any] = {}
+    config_path = folder / "config.json"
+    if config_path.is_file():
+        try:
+            config = json.loads(config_path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise InputError(f"{config_path}: unreadable JSON ({exc})") from None
+    return ModelCatalog(ref, folder, MappingProxyType(tensors), MappingProxyType(config))

@@ -1,0 +1,116 @@
+"""Reading tensor data through memory maps, a row range at a time.
+
+A :class:`TensorReader` is owned by one run: it maps each ingredient file read-only on first
+use and releases the pages of every range it has copied (``madvise(DONTNEED)``), so the
+process's resident memory holds only the tensors being merged, never whole files.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from mergekit_like.io.safetensors_header import DTYPE_SIZES, TensorInfo
+
+if TYPE_CHECKING:
+    import torch
+
+_PAGE = mmap.PAGESIZE
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    """The torch dtype of a safetensors or recipe dtype name ('BF16', 'bfloat16')."""
+    import torch
+
+    table = {
+        "F64": torch.float64, "F32": torch.float32, "F16": torch.float16,
+        "BF16": torch.bfloat16, "I64": torch.int64, "I32": torch.int32, "I16": torch.int16,
+        "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool,
+        "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
+        "U16": torch.uint16, "U32": torch.uint32, "U64": torch.uint64,
+        "float64": torch.float64, "float32": torch.float32, "float16": torch.float16,
+        "bfloat16": torch.bfloat16,
+    }
+    return table[name]
+
+
+class TensorReader:
+    """Reads tensors (or row ranges of them) from safetensors or pickled checkpoints."""
+
+    def __init__(self) -> None:
+        self._maps: dict[Path, mmap.mmap] = {}
+        self._pickled: dict[Path, dict[str, Any]] = {}
+
+    def _map(self, path: Path) -> mmap.mmap:
+        mm = self._maps.get(path)
+        if mm is None:
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                # ACCESS_COPY: private and writable for torch.frombuffer, never written back
+                mm = mmap.mmap(fd, 0, access=mmap.ACCESS_COPY)
+            finally:
+                os.close(fd)
+            self._maps[path] = mm
+        return mm
+
+    def read(
+        self,
+        info: TensorInfo,
+        name: str,
+        *,
+        rows: tuple[int, int] | None = None,
+        dtype: str | None = None,
+        device: str | torch.device = "cpu",
+    ) -> torch.Tensor:
+        """Read a tensor (rows [r0, r1) of its first dimension) as ``dtype`` on ``device``."""
+        import torch
+
+        shape = info.shape
+        row_elems = 1
+        for d in shape[1:]:
+            row_elems *= d
+        r0, r1 = rows if rows is not None else (0, shape[0] if shape else 1)
+        out_shape = (r1 - r0, *shape[1:]) if shape else ()
+        target = torch_dtype(dtype) if dtype else torch_dtype(info.dtype)
+        if info.file.suffix != ".safetensors":
+            return self._read_pickled(info, name, rows, target, device)
+        size = DTYPE_SIZES[info.dtype]
+        start = info.start + r0 * row_elems * size
+        count = (r1 - r0) * row_elems if shape else 1
+        mm = self._map(info.file)
+        if count == 0:
+            return torch.empty(out_shape, dtype=target, device=device)
+        view = torch.frombuffer(mm, dtype=torch_dtype(info.dtype), count=count, offset=start)
+        out = view.to(device=device, dtype=target, copy=True).reshape(out_shape)
+        del view
+        lo = start - start % _PAGE
+        hi = start + count * size
+        mm.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
+        return out
+
+    def _read_pickled(self, info: TensorInfo, name: str, rows: tuple[int, int] | None,
+                      target: torch.dtype, device: str | torch.device) -> torch.Tensor:
+        from mergekit_like.io.pickle_checkpoint import load_bin
+
+        state = self._pickled.get(info.file)
+        if state is None:
+            state = self._pickled[info.file] = load_bin(info.file)
+        tensor = state[name]
+        if rows is not None:
+            tensor = tensor[rows[0]:rows[1]]
+        return tensor.to(device=device, dtype=target, copy=True)
+
+    def close(self) -> None:
+        """Unmap every file. The reader must not be used afterwards."""
+        for mm in self._maps.values():
+            mm.close()
+        self._maps.clear()
+        self._pickled.clear()
+
+    def __enter__(self) -> TensorReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

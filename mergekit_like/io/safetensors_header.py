@@ -1,0 +1,103 @@
+"""Reading and checking safetensors headers, without reading any tensor data.
+
+A safetensors file is an 8-byte little-endian header length, a JSON header mapping each
+tensor name to ``{dtype, shape, data_offsets}``, then the data. This module parses and
+validates that header so the planner knows every tensor before a byte of data is read.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+from mergekit_like.errors import InputError
+
+#: bytes per element of each safetensors dtype
+DTYPE_SIZES: dict[str, int] = {
+    "F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1,
+    "U8": 1, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1, "U16": 2, "U32": 4, "U64": 8,
+}
+FLOAT_DTYPES = frozenset({"F64", "F32", "F16", "BF16"})
+#: recipe dtype name -> safetensors dtype
+RECIPE_DTYPES: dict[str, str] = {
+    "float32": "F32", "float16": "F16", "bfloat16": "BF16", "float64": "F64",
+}
+MAX_HEADER = 100_000_000
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """Where one tensor lives: file, dtype, shape and the byte range of its data."""
+
+    file: Path
+    dtype: str
+    shape: tuple[int, ...]
+    start: int  # absolute byte offset in the file
+    end: int
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def nbytes(self) -> int:
+        return self.end - self.start
+
+
+def read_header(path: Path) -> dict[str, TensorInfo]:
+    """Parse and check a safetensors header; return each tensor's :class:`TensorInfo`.
+
+    >>> read_header(Path("model.safetensors"))  # doctest: +SKIP
+    {'lm_head.weight': TensorInfo(file=..., dtype='F32', shape=(64, 32), ...), ...}
+    """
+    try:
+        with open(path, "rb") as f:
+            size = path.stat().st_size
+            raw_len = f.read(8)
+            if len(raw_len) < 8:
+                raise InputError(f"{path}: not a safetensors file (shorter than 8 bytes)")
+            (hlen,) = struct.unpack("<Q", raw_len)
+            if hlen > MAX_HEADER or 8 + hlen > size:
+                raise InputError(f"{path}: corrupt safetensors header (length {hlen} "
+                                 f"does not fit the {size}-byte file)")
+            raw = f.read(hlen)
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    try:
+        header = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise InputError(f"{path}: corrupt safetensors header (not valid JSON)") from None
+    if not isinstance(header, dict):
+        raise InputError(f"{path}: corrupt safetensors header (not a JSON object)")
+    base = 8 + hlen
+    out: dict[str, TensorInfo] = {}
+    spans = []
+    for name, meta in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            dtype = meta["dtype"]
+            shape = tuple(int(d) for d in meta["shape"])
+            begin, end = (int(x) for x in meta["data_offsets"])
+        except (KeyError, TypeError, ValueError):
+            raise InputError(f"{path}: corrupt safetensors header entry for {name!r}") from None
+        if dtype not in DTYPE_SIZES:
+            raise InputError(f"{path}: tensor {name!r} has unsupported dtype {dtype!r}")
+        if any(d < 0 for d in shape) or not 0 <= begin <= end:
+            raise InputError(f"{path}: tensor {name!r} has a bad shape or offsets")
+        if end - begin != math.prod(shape) * DTYPE_SIZES[dtype]:
+            raise InputError(f"{path}: tensor {name!r}: offsets [{begin}, {end}) do not match "
+                             f"shape {list(shape)} of {dtype}")
+        if base + end > size:
+            raise InputError(f"{path}: tensor {name!r} runs past the end of the file "
+                             "(truncated download?)")
+        spans.append((begin, end, name))
+        out[name] = TensorInfo(path, dtype, shape, base + begin, base + end)
+    spans.sort()
+    for (_, e1, n1), (b2, _, n2) in zip(spans, spans[1:], strict=False):
+        if b2 < e1:
+            raise InputError(f"{path}: tensors {n1!r} and {n2!r} overlap in the file")
+    return out

@@ -1,0 +1,160 @@
+"""Writing the output tensors: shards laid out ahead of time, tensors streamed into place.
+
+The writer alone owns shard sizes, file names and the index. Because the plan knows every
+output name, shape and dtype, :func:`layout_shards` fixes each shard's header before any
+tensor is computed; :class:`ShardWriter` writes the headers, then each tensor (or row chunk)
+straight to its offset with ``pwrite``: no shard is ever buffered in memory.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from mergekit_like.io.safetensors_header import DTYPE_SIZES
+
+if TYPE_CHECKING:
+    import torch
+
+INDEX_NAME = "model.safetensors.index.json"
+
+
+@dataclass(frozen=True)
+class Slot:
+    """Where one output tensor goes: shard file and absolute byte range."""
+
+    shard: int
+    start: int
+    end: int
+
+
+@dataclass(frozen=True)
+class ShardLayout:
+    """File names, headers and tensor slots of every output shard."""
+
+    files: tuple[str, ...]
+    headers: tuple[bytes, ...]
+    sizes: tuple[int, ...]
+    slots: dict[str, Slot]
+
+    @property
+    def total_tensor_bytes(self) -> int:
+        return sum(s.end - s.start for s in self.slots.values())
+
+
+def parse_size(text: str) -> int:
+    """'5GB' -> 5_000_000_000; '500MiB' -> 524_288_000; a plain number is bytes."""
+    units = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
+             "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
+    s = text.strip().upper().replace(" ", "")
+    num = s.rstrip("KMGTIB")
+    unit = s[len(num):]
+    if unit not in units or not num:
+        raise ValueError(f"bad size {text!r}: use e.g. 5GB, 500MB or 2GiB")
+    value = float(num) * units[unit]
+    if value <= 0:
+        raise ValueError(f"bad size {text!r}: must be positive")
+    return int(value)
+
+
+def layout_shards(
+    entries: Sequence[tuple[str, str, tuple[int, ...]]], max_shard_bytes: int
+) -> ShardLayout:
+    """Split (name, dtype, shape) entries into shards of at most ``max_shard_bytes`` each.
+
+    Entries keep their order across shards (a tensor larger than the limit gets a shard of
+    its own); inside a shard, wider dtypes come first so every tensor stays aligned.
+    """
+    groups: list[list[tuple[int, str, str, tuple[int, ...]]]] = [[]]
+    used = 0
+    for order, (name, dtype, shape) in enumerate(entries):
+        nbytes = math.prod(shape) * DTYPE_SIZES[dtype]
+        if groups[-1] and used + nbytes > max_shard_bytes:
+            groups.append([])
+            used = 0
+        groups[-1].append((order, name, dtype, shape))
+        used += nbytes
+    n = len(groups)
+    files = ("model.safetensors",) if n == 1 else tuple(
+        f"model-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n))
+    headers, sizes, slots = [], [], {}
+    for shard, group in enumerate(groups):
+        group.sort(key=lambda e: (-DTYPE_SIZES[e[2]], e[0]))
+        meta: dict[str, object] = {"__metadata__": {"format": "pt"}}
+        offset = 0
+        for _, name, dtype, shape in group:
+            nbytes = math.prod(shape) * DTYPE_SIZES[dtype]
+            meta[name] = {"dtype": dtype, "shape": list(shape),
+                          "data_offsets": [offset, offset + nbytes]}
+            offset += nbytes
+        raw = json.dumps(meta, separators=(",", ":")).encode()
+        raw += b" " * (-len(raw) % 8)
+        header = len(raw).to_bytes(8, "little") + raw
+        base = len(header)
+        for _, name, _, _ in group:
+            begin, end = meta[name]["data_offsets"]  # type: ignore[index]
+            slots[name] = Slot(shard, base + begin, base + end)
+        headers.append(header)
+        sizes.append(base + offset)
+    return ShardLayout(files, tuple(headers), tuple(sizes), slots)
+
+
+class ShardWriter:
+    """Streams tensors into pre-laid-out shards inside ``folder``."""
+
+    def __init__(self, folder: Path, layout: ShardLayout) -> None:
+        self.folder = folder
+        self.layout = layout
+        self._fds: list[int] = []
+        self._written: dict[str, int] = dict.fromkeys(layout.slots, 0)
+        for name, header, size in zip(layout.files, layout.headers, layout.sizes, strict=True):
+            fd = os.open(folder / name, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+            self._fds.append(fd)
+            os.ftruncate(fd, size)
+            _pwrite_all(fd, header, 0)
+
+    def write(self, name: str, tensor: torch.Tensor, offset: int = 0) -> None:
+        """Write ``tensor``'s bytes at ``offset`` bytes into output tensor ``name``."""
+        import torch
+
+        slot = self.layout.slots[name]
+        data = tensor.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy()
+        if slot.start + offset + data.nbytes > slot.end:
+            raise ValueError(f"{name}: write past the end of its slot")
+        _pwrite_all(self._fds[slot.shard], memoryview(data), slot.start + offset)
+        self._written[name] += data.nbytes
+
+    def finish(self) -> None:
+        """Check every tensor was fully written, write the index, close the files."""
+        short = [n for n, s in self.layout.slots.items()
+                 if self._written[n] != s.end - s.start]
+        if short:
+            raise RuntimeError(f"internal error: tensors not fully written: {short[:5]}")
+        for fd in self._fds:
+            os.fsync(fd)
+        self.close()
+        if len(self.layout.files) > 1:
+            index = {
+                "metadata": {"total_size": self.layout.total_tensor_bytes},
+                "weight_map": {n: self.layout.files[s.shard]
+                               for n, s in sorted(self.layout.slots.items())},
+            }
+            (self.folder / INDEX_NAME).write_text(json.dumps(index, indent=2) + "\n")
+
+    def close(self) -> None:
+        for fd in self._fds:
+            os.close(fd)
+        self._fds.clear()
+
+
+def _pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
+    view = memoryview(data).cast("B")
+    while view:
+        n = os.pwrite(fd, view, offset)
+        view = view[n:]
+        offset += n

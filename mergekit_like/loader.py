@@ -1,0 +1,211 @@
+"""Load a recipe file: YAML with line numbers, command-line overrides, validation.
+
+``load_recipe`` is the single entry point: it returns a :class:`LoadedRecipe`, a frozen
+value holding the validated :class:`Recipe` and where each field came from, so later
+stages can report errors as ``recipe.yaml:7: models[1].parameters.weight: ...``.
+
+Example::
+
+    loaded = load_recipe(Path("recipes/linear.yaml"), ["parameters.normalize=false"])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from mergekit_like.errors import Loc, Problem, RecipeError, format_loc
+from mergekit_like.recipe import Recipe
+
+OVERRIDE_FILE = "command line"
+
+
+@dataclass(frozen=True)
+class LoadedRecipe:
+    """A validated recipe plus the file and line each field came from."""
+
+    recipe: Recipe
+    path: Path
+    raw: Any
+    lines: MappingProxyType[Loc, int] = field(default_factory=lambda: MappingProxyType({}))
+    overridden: frozenset[Loc] = frozenset()
+
+    def problem(self, loc: Loc, message: str) -> Problem:
+        """A :class:`Problem` at ``loc``, with the file and line of its nearest known part."""
+        return locate(loc, message, self.path, self.lines, self.overridden)
+
+
+def locate(
+    loc: Loc,
+    message: str,
+    path: Path,
+    lines: MappingProxyType[Loc, int] | dict[Loc, int],
+    overridden: frozenset[Loc] = frozenset(),
+) -> Problem:
+    for n in range(len(loc), -1, -1):
+        if loc[:n] in overridden:
+            return Problem(message, loc, OVERRIDE_FILE, None)
+        if n and loc[:n] in lines:
+            return Problem(message, loc, path.name, lines[loc[:n]])
+    return Problem(message, loc, path.name, None)
+
+
+class _Constructor(yaml.constructor.SafeConstructor):
+    pass
+
+
+def parse_yaml(text: str, path: Path) -> tuple[Any, dict[Loc, int]]:
+    """Parse one YAML document, returning the data and a map from field path to line."""
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else None
+        reason = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise RecipeError(Problem(f"invalid YAML: {reason}", (), path.name, line)) from None
+    lines: dict[Loc, int] = {}
+    constructor = _Constructor()
+
+    def build(n: yaml.Node, loc: Loc) -> Any:
+        lines[loc] = n.start_mark.line + 1
+        if isinstance(n, yaml.MappingNode):
+            out: dict[Any, Any] = {}
+            for key_node, value_node in n.value:
+                key = constructor.construct_object(key_node, deep=True)
+                if isinstance(key, list | dict):
+                    raise RecipeError(
+                        Problem("a key must be a plain value", loc, path.name,
+                                key_node.start_mark.line + 1)
+                    )
+                if key in out:
+                    raise RecipeError(
+                        Problem(f"duplicate key {key!r}", loc, path.name,
+                                key_node.start_mark.line + 1)
+                    )
+                out[key] = build(value_node, (*loc, key))
+            return out
+        if isinstance(n, yaml.SequenceNode):
+            return [build(item, (*loc, i)) for i, item in enumerate(n.value)]
+        return constructor.construct_object(n, deep=True)
+
+    if node is None:
+        return None, lines
+    return build(node, ()), lines
+
+
+def apply_overrides(data: Any, overrides: Sequence[str]) -> tuple[Any, frozenset[Loc]]:
+    """Apply hydra-grammar overrides (``a.b=1``, ``+a.c=x``, ``++a.d=y``, ``~a.e``).
+
+    List items are addressed by index (``models.0.parameters.weight=0.3``). Returns the
+    new data (the input is not modified) and the paths that were set.
+    """
+    if not overrides:
+        return data, frozenset()
+    import copy
+
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.types import OverrideType
+    from hydra.errors import HydraException
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(list(overrides))
+    except HydraException as exc:
+        msg = str(exc).splitlines()[0]
+        raise RecipeError(Problem(f"bad override: {msg}", (), OVERRIDE_FILE)) from None
+    data = copy.deepcopy(data) if data is not None else {}
+    touched: set[Loc] = set()
+    for ov, text in zip(parsed, overrides, strict=True):
+        if ov.is_sweep_override():
+            raise RecipeError(Problem(
+                f"{text!r} is a sweep; sweeps need multirun (-m)", (), OVERRIDE_FILE))
+        loc: Loc = tuple(int(p) if p.isdigit() else p for p in ov.key_or_group.split("."))
+        parent = data
+        for i, part in enumerate(loc[:-1]):
+            parent = _child(parent, part, loc[: i + 1], create=ov.type != OverrideType.DEL)
+        last = loc[-1]
+        exists = _has(parent, last)
+        if ov.type == OverrideType.DEL:
+            if not exists:
+                raise RecipeError(Problem(f"~{format_loc(loc)}: no such key to delete",
+                                          loc, OVERRIDE_FILE))
+            del parent[last]
+            continue
+        if ov.type == OverrideType.ADD and exists:
+            raise RecipeError(Problem(
+                f"+{format_loc(loc)}: already set; use {format_loc(loc)}=... or ++",
+                loc, OVERRIDE_FILE))
+        value = ov.value()
+        if isinstance(parent, list):
+            if not exists:
+                raise RecipeError(Problem("index out of range", loc, OVERRIDE_FILE))
+            parent[last] = value
+        else:
+            parent[last] = value
+        touched.add(loc)
+    return data, frozenset(touched)
+
+
+def _has(parent: Any, key: str | int) -> bool:
+    if isinstance(parent, list):
+        return isinstance(key, int) and 0 <= key < len(parent)
+    return key in parent
+
+
+def _child(parent: Any, key: str | int, loc: Loc, create: bool) -> Any:
+    if isinstance(parent, list):
+        if not isinstance(key, int) or not 0 <= key < len(parent):
+            raise RecipeError(Problem("no such list item", loc, OVERRIDE_FILE))
+        return parent[key]
+    if not isinstance(parent, dict):
+        raise RecipeError(Problem("not a mapping or list", loc, OVERRIDE_FILE))
+    if key not in parent or parent[key] is None:
+        if not create:
+            raise RecipeError(Problem("no such key", loc, OVERRIDE_FILE))
+        parent[key] = {}
+    return parent[key]
+
+
+def validate_data(data: Any, path: Path, lines: dict[Loc, int],
+                  overridden: frozenset[Loc] = frozenset()) -> Recipe:
+    """Validate parsed recipe data, turning pydantic errors into located problems."""
+    if not isinstance(data, dict):
+        raise RecipeError(Problem("a recipe is a YAML mapping (merge_method: ..., models: ...)",
+                                  (), path.name, 1))
+    try:
+        return Recipe.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors(include_url=False):
+            loc = tuple(p for p in err["loc"] if not _is_union_tag(p))
+            msg = err["msg"]
+            if err["type"] == "extra_forbidden":
+                msg = "unknown key"
+            elif err["type"] == "missing":
+                msg = "required field is missing"
+            problems.append(locate(loc, msg, path, lines, overridden))
+        raise RecipeError(problems) from None
+
+
+def _is_union_tag(part: str | int) -> bool:
+    return isinstance(part, str) and (part.startswith(("list[", "tuple[", "function-")) or
+                                      part in {"float", "bool", "str", "int"})
+
+
+def load_recipe(path: Path, overrides: Sequence[str] = ()) -> LoadedRecipe:
+    """Read, override and validate a recipe file."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise RecipeError(Problem("recipe file not found", (), str(path))) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RecipeError(Problem(f"cannot read recipe: {exc}", (), str(path))) from None
+    data, lines = parse_yaml(text, path)
+    data, touched = apply_overrides(data, overrides)
+    recipe = validate_data(data, path, lines, touched)
+    return LoadedRecipe(recipe, path, data, MappingProxyType(lines), touched)

@@ -1,0 +1,22 @@
+"""The method registry: every merge method, registered here and nowhere else.
+
+Adding a method: write ``methods/<name>.py`` with a pure tensor function and its parameter
+models, build a :class:`MergeMethod`, and add it to ``_METHODS`` below. Importing this
+package does not import torch; methods import it when they run.
+"""
+
+from __future__ import annotations
+
+from types import MappingProxyType
+
+from mergekit_like.methods.linear import LINEAR
+from mergekit_like.methods.passthrough import PASSTHROUGH
+from mergekit_like.methods.spec import MergeMethod, MethodParams, TensorContext
+from mergekit_like.methods.task_arithmetic import TASK_ARITHMETIC
+from mergekit_like.methods.ties import TIES
+
+_METHODS: tuple[MergeMethod, ...] = (LINEAR, TASK_ARITHMETIC, TIES, PASSTHROUGH)
+
+REGISTRY: MappingProxyType[str, MergeMethod] = MappingProxyType({m.name: m for m in _METHODS})
+
+__all__ = ["REGISTRY", "MergeMethod", "MethodParams", "TensorContext"]

@@ -1,0 +1,107 @@
+"""The output folder: staged in a temporary sibling, metadata files, atomic rename at the end.
+
+A failed run leaves nothing behind; an existing output is replaced only with ``force``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import yaml
+
+from mergekit_like.errors import MergeError
+from mergekit_like.plan import Plan
+
+TOKENIZER_FILES = (
+    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
+    "spiece.model", "vocab.json", "vocab.txt", "merges.txt", "added_tokens.json",
+    "chat_template.jinja", "chat_template.json",
+)
+
+
+@contextmanager
+def staged_output(out: Path, force: bool) -> Iterator[Path]:
+    """Yield a fresh temporary folder beside ``out``; move it to ``out`` if the body succeeds.
+
+    On any failure (including Ctrl-C) the temporary folder is removed and ``out`` is untouched.
+    """
+    if out.exists() and not force:
+        raise MergeError(f"{out}: already exists; pass --force to replace it")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = out.parent / f".{out.name}.old-{os.getpid()}"
+    if out.exists() or out.is_symlink():
+        os.replace(out, old)
+    os.replace(tmp, out)
+    if old.exists():
+        shutil.rmtree(old) if old.is_dir() else old.unlink()
+
+
+def write_metadata(plan: Plan, folder: Path) -> None:
+    """config.json, generation_config.json, tokenizer, model card and the resolved recipe."""
+    spec = plan.output
+    (folder / "config.json").write_text(json.dumps(dict(spec.config), indent=2) + "\n")
+    ref_dir = plan.models[spec.reference].path
+    if (ref_dir / "generation_config.json").is_file():
+        shutil.copyfile(ref_dir / "generation_config.json", folder / "generation_config.json")
+    if spec.tokenizer_dir is not None:
+        for name in TOKENIZER_FILES:
+            if (spec.tokenizer_dir / name).is_file():
+                shutil.copyfile(spec.tokenizer_dir / name, folder / name)
+    if spec.chat_template is not None:
+        (folder / "chat_template.jinja").write_text(spec.chat_template)
+        cfg_path = folder / "tokenizer_config.json"
+        if cfg_path.is_file():
+            cfg = json.loads(cfg_path.read_text())
+            cfg["chat_template"] = spec.chat_template
+            cfg_path.write_text(json.dumps(cfg, indent=2) + "\n")
+    recipe_yaml = resolved_recipe_yaml(plan)
+    (folder / "merge_recipe.yaml").write_text(recipe_yaml)
+    (folder / "README.md").write_text(model_card(plan, recipe_yaml, folder))
+
+
+def resolved_recipe_yaml(plan: Plan) -> str:
+    """The recipe as validated (overrides applied, values normalised), as YAML."""
+    data = plan.recipe.recipe.model_dump(mode="json", by_alias=True, exclude_none=True)
+    return yaml.safe_dump(data, sort_keys=False)
+
+
+def model_card(plan: Plan, recipe_yaml: str, folder: Path) -> str:
+    """A Hugging Face model card: YAML front matter (base_model, tags) and the recipe."""
+    recipe = plan.recipe.recipe
+    refs = recipe.referenced_models()
+    front = {"base_model": refs, "library_name": "transformers",
+             "tags": ["merge", "mergekit_like", recipe.merge_method]}
+    title = recipe.name or folder.name.split(".partial-")[0].lstrip(".")
+    lines = ["---", yaml.safe_dump(front, sort_keys=False).rstrip(), "---", "",
+             f"# {title}", "",
+             f"This model was made by merging pre-trained language models with mergekit_like, "
+             f"using the `{recipe.merge_method}` merge method.", ""]
+    if recipe.base_model:
+        lines += [f"Base model: `{recipe.base_model}`.", ""]
+    lines += ["## Models merged", ""] + [f"- `{r}`" for r in refs if r != recipe.base_model]
+    lines += ["", "## Recipe", "", "```yaml", recipe_yaml.rstrip(), "```", ""]
+    return "\n".join(lines)
+
+
+def check_output_path(plan: Plan, out: Path) -> None:
+    """Refuse an output folder that is, or contains, one of the ingredients."""
+    target = out.resolve()
+    for cat in plan.models:
+        src = cat.path.resolve()
+        if src == target or target in src.parents:
+            raise MergeError(f"{out}: would overwrite ingredient model {cat.ref!r}; "
+                             "choose another output folder")

@@ -1,0 +1,285 @@
+"""The plan: every output tensor, its inputs, method and resolved parameters, from headers only.
+
+``build_plan(loaded)`` reads the ingredients' safetensors headers (never their data) and
+returns a frozen :class:`Plan`. Every user error that can be found without reading tensor
+data is raised here: missing models or tensors, shapes that differ, layer ranges outside a
+model, parameters of the wrong type.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from mergekit_like.errors import InputError, Loc, PlanError, Problem
+from mergekit_like.io.catalog import ModelCatalog, load_catalog, resolve_model
+from mergekit_like.io.safetensors_header import FLOAT_DTYPES, RECIPE_DTYPES
+from mergekit_like.layers import LayerLayout, layer_layout
+from mergekit_like.loader import LoadedRecipe
+from mergekit_like.methods import REGISTRY, MergeMethod, MethodParams
+from mergekit_like.params import ParamLevel, lookup
+from mergekit_like.plan_output import OutputSpec, output_spec
+from mergekit_like.plan_sources import Source, SourceSlice, normalise_slices
+
+COPY = "copy"  # pseudo-method: non-float tensors are copied from the first input
+
+
+@dataclass(frozen=True)
+class TensorRef:
+    """One input tensor: which model (index into ``Plan.models``) and which name."""
+
+    model: int
+    name: str
+
+
+@dataclass(frozen=True)
+class PlannedTensor:
+    """One output tensor and everything needed to compute it."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str  # output safetensors dtype, e.g. 'BF16'
+    method: str
+    inputs: tuple[TensorRef, ...]
+    base: TensorRef | None
+    model_params: tuple[MethodParams, ...]
+    params: MethodParams | None
+    layer: int | None
+
+    @property
+    def nbytes(self) -> int:
+        from mergekit_like.io.safetensors_header import DTYPE_SIZES
+
+        n = DTYPE_SIZES[self.dtype]
+        for d in self.shape:
+            n *= d
+        return n
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Everything the executor and writer need; built from headers only."""
+
+    recipe: LoadedRecipe
+    models: tuple[ModelCatalog, ...]
+    tensors: tuple[PlannedTensor, ...]
+    compute_dtype: str  # recipe dtype name, e.g. 'float32'
+    output: OutputSpec
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def read_bytes(self) -> int:
+        refs = {r for t in self.tensors for r in (*t.inputs, *([t.base] if t.base else []))}
+        return sum(self.models[r.model].tensors[r.name].nbytes for r in refs)
+
+    @property
+    def write_bytes(self) -> int:
+        return sum(t.nbytes for t in self.tensors)
+
+
+def build_plan(loaded: LoadedRecipe) -> Plan:
+    """Plan a validated recipe against its ingredients' headers."""
+    recipe = loaded.recipe
+    method = REGISTRY[recipe.merge_method]
+    catalogs, index_of = _load_models(loaded)
+    layouts = {i: layer_layout(c.tensors) for i, c in enumerate(catalogs)}
+    base_idx = index_of[recipe.base_model] if recipe.base_model else None
+    if method.base == "required" and base_idx is None:
+        raise PlanError(loaded.problem(
+            ("merge_method",), f"merge method {method.name!r} needs a base_model"))
+    slices = normalise_slices(loaded, index_of, layouts)
+    ref_model = base_idx if base_idx is not None else slices[0].sources[0].model
+    builder = _Builder(loaded, method, catalogs, layouts, base_idx)
+    tensors: list[PlannedTensor] = []
+    for name in layouts[ref_model].other:
+        tensors.append(builder.tensor(name, name, None, slices[0], 0.0, layer_offset=None))
+    out_layer = 0
+    for sl in slices:
+        first = sl.sources[0]
+        head_layout = layouts[first.model]
+        for j in range(sl.length):
+            t = j / (sl.length - 1) if sl.length > 1 else 0.0
+            for tail in head_layout.layers[first.start + j]:
+                out_name = f"{head_layout.head}{out_layer}{tail}"
+                tensors.append(builder.tensor(out_name, tail, j, sl, t, layer_offset=out_layer))
+            out_layer += 1
+    if builder.problems:
+        raise PlanError(list(dict.fromkeys(builder.problems)))
+    spec = output_spec(loaded, catalogs, index_of, ref_model, slices, layouts, out_layer)
+    return Plan(loaded, tuple(catalogs), tuple(tensors), recipe.dtype or "float32", spec,
+                tuple(builder.warnings()))
+
+
+def _load_models(loaded: LoadedRecipe) -> tuple[list[ModelCatalog], dict[str, int]]:
+    recipe = loaded.recipe
+    where: dict[str, Loc] = {}
+    if recipe.base_model:
+        where[recipe.base_model] = ("base_model",)
+    for i, m in enumerate(recipe.models or []):
+        where.setdefault(m.model, ("models", i, "model"))
+    for s, sl in enumerate(recipe.slices or []):
+        for k, src in enumerate(sl.sources):
+            where.setdefault(src.model, ("slices", s, "sources", k, "model"))
+    catalogs: list[ModelCatalog] = []
+    index_of: dict[str, int] = {}
+    problems = []
+    for ref, loc in where.items():
+        try:
+            folder = resolve_model(ref, loaded.path.parent)
+            catalogs.append(load_catalog(ref, folder))
+            index_of[ref] = len(catalogs) - 1
+        except InputError as exc:
+            problems.extend(loaded.problem(loc, p.message) for p in exc.problems)
+    if problems:
+        raise PlanError(problems)
+    return catalogs, index_of
+
+
+class _Builder:
+    """Builds planned tensors, collecting every problem rather than stopping at the first."""
+
+    def __init__(self, loaded: LoadedRecipe, method: MergeMethod, catalogs: list[ModelCatalog],
+                 layouts: Mapping[int, LayerLayout], base_idx: int | None) -> None:
+        self.loaded = loaded
+        self.method = method
+        self.catalogs = catalogs
+        self.layouts = layouts
+        self.base_idx = base_idx
+        self.problems: list[Problem] = []
+        self.used_keys: set[str] = set()
+        self._cache: dict[tuple[type, tuple[Any, ...]], MethodParams] = {}
+
+    def _name(self, model: int, key: str, layer: int | None) -> str | None:
+        """The input name in ``model`` for a non-layer name or a layer tail at ``layer``."""
+        cat = self.catalogs[model]
+        if layer is None:
+            if key in cat.tensors:
+                return key
+            return _tied_fallback(key, cat)
+        head = self.layouts[model].head
+        name = f"{head}{layer}{key}"
+        return name if name in cat.tensors else None
+
+    def tensor(self, out_name: str, key: str, j: int | None, sl: SourceSlice, t: float,
+               layer_offset: int | None) -> PlannedTensor:
+        method = self.method
+        uses_base = self.base_idx is not None and method.base != "unused"
+        sources = [s for s in sl.sources if not (uses_base and s.model == self.base_idx)]
+        if not uses_base or len(sources) == len(sl.sources):
+            base_src = None
+        else:
+            base_src = next(s for s in sl.sources if s.model == self.base_idx)
+        if uses_base and base_src is None:
+            if sl.loc[0] == "slices" and j is not None:
+                self.problems.append(self.loaded.problem(
+                    (*sl.loc, "sources"), "base_model is not among this slice's sources"))
+            base_src = Source(self.base_idx, 0, self.layouts[self.base_idx].num_layers,
+                              ("base_model",), ParamLevel({}, ("base_model",)))
+        n = len(sources)
+        if n < method.min_models or (method.max_models is not None and n > method.max_models):
+            want = (f"exactly {method.min_models}" if method.max_models == method.min_models
+                    else f"at most {method.max_models}" if method.max_models is not None
+                    and n > method.max_models else f"at least {method.min_models}")
+            self.problems.append(self.loaded.problem(
+                sl.loc, f"merge method {method.name!r} takes {want} model(s) "
+                f"besides the base, got {n}"))
+        refs: list[TensorRef] = []
+        for src in [*sources, *([base_src] if base_src else [])]:
+            layer = None if j is None else src.start + j
+            name = self._name(src.model, key, layer)
+            if name is None:
+                missing = key if j is None else f"{self.layouts[src.model].head}{layer}{key}"
+                self.problems.append(self.loaded.problem(
+                    src.loc, f"model {self.catalogs[src.model].ref!r} has no tensor "
+                    f"{missing!r}"))
+                refs.append(TensorRef(src.model, missing))
+            else:
+                refs.append(TensorRef(src.model, name))
+        infos = [self.catalogs[r.model].tensors.get(r.name) for r in refs]
+        known = [(r, i) for r, i in zip(refs, infos, strict=True) if i is not None]
+        shapes = {i.shape for _, i in known}
+        if len(shapes) > 1:
+            detail = ", ".join(f"{self.catalogs[r.model].ref}: {list(i.shape)}" for r, i in known)
+            self.problems.append(self.loaded.problem(
+                sl.loc, f"tensor {out_name!r} has different shapes across models ({detail})"))
+        first = known[0][1] if known else None
+        shape = first.shape if first else ()
+        base_ref = refs.pop() if base_src else None
+        if first is not None and first.dtype not in FLOAT_DTYPES:
+            return PlannedTensor(out_name, shape, first.dtype, COPY, (refs[0],), None, (), None,
+                                 layer_offset)
+        recipe = self.loaded.recipe
+        out_dtype = recipe.out_dtype or recipe.dtype
+        dtype = RECIPE_DTYPES[out_dtype] if out_dtype else (first.dtype if first else "F32")
+        levels_global = [sl.params, ParamLevel(recipe.parameters, ("parameters",))]
+        params = self._resolve(method.params, levels_global, out_name, t)
+        model_params = tuple(
+            self._resolve(method.model_params, [s.params, *levels_global], out_name, t)
+            for s in sources
+        )
+        return PlannedTensor(out_name, shape, dtype, method.name, tuple(refs), base_ref,
+                             model_params, params, layer_offset)
+
+    def _resolve(self, model: type[MethodParams], levels: list[ParamLevel], tensor: str,
+                 t: float) -> MethodParams:
+        values: dict[str, Any] = {}
+        origin: dict[str, Loc] = {}
+        for field, info in model.model_fields.items():
+            key = info.alias or field
+            self.used_keys.add(key)
+            found = lookup(key, levels, tensor, t)
+            if found is not None:
+                values[key], origin[key] = found
+        cache_key = (model, tuple(sorted(values.items())))
+        if cache_key in self._cache:
+            return self._cache[cache_key]
+        try:
+            result = model.model_validate(values)
+        except ValidationError as exc:
+            for err in exc.errors(include_url=False):
+                key = str(err["loc"][0]) if err["loc"] else ""
+                loc = origin.get(key, ("parameters", key))
+                self.problems.append(self.loaded.problem(loc, err["msg"]))
+            result = model.model_construct()
+        self._cache[cache_key] = result
+        return result
+
+    def warnings(self) -> list[str]:
+        """Parameters the recipe sets that the method never reads."""
+        out = []
+        recipe = self.loaded.recipe
+        levels: list[tuple[Loc, Mapping[str, Any]]] = [(("parameters",), recipe.parameters)]
+        levels += [(("models", i, "parameters"), m.parameters)
+                   for i, m in enumerate(recipe.models or [])]
+        for s, sl in enumerate(recipe.slices or []):
+            levels.append((("slices", s, "parameters"), sl.parameters))
+            levels += [(("slices", s, "sources", k, "parameters"), src.parameters)
+                       for k, src in enumerate(sl.sources)]
+        for loc, values in levels:
+            for key in values:
+                if key not in self.used_keys:
+                    out.append(str(self.loaded.problem(
+                        (*loc, key), f"warning: merge method {self.method.name!r} does not use "
+                        f"parameter {key!r}; it has no effect")))
+        return out
+
+
+def _tied_fallback(name: str, cat: ModelCatalog) -> str | None:
+    """An untied output head missing from a tied model: use its input embedding."""
+    if not name.endswith("lm_head.weight") or not cat.config.get("tie_word_embeddings", True):
+        return None
+    for cand in cat.tensors:
+        if cand.endswith(("embed_tokens.weight", "wte.weight", "word_embeddings.weight")):
+            return cand
+    return None
+
+
+def plan_from_file(path: Path, overrides: list[str] | tuple[str, ...] = ()) -> Plan:
+    """Load, validate and plan a recipe file in one call."""
+    from mergekit_like.loader import load_recipe
+
+    return build_plan(load_recipe(path, overrides))

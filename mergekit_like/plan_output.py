@@ -1,0 +1,121 @@
+"""The output model's metadata: config.json patched for slices and dtype, tokenizer, template.
+
+Decided at plan time from the ingredients' config files, so ``merge plan`` shows it and
+errors (an unknown tokenizer source, a bad chat template) surface before any work starts.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any
+
+from mergekit_like.errors import InputError, PlanError
+from mergekit_like.io.catalog import ModelCatalog, resolve_model
+from mergekit_like.layers import LayerLayout
+from mergekit_like.loader import LoadedRecipe
+
+if TYPE_CHECKING:
+    from mergekit_like.plan_sources import SourceSlice
+
+LAYER_COUNT_KEYS = ("num_hidden_layers", "n_layer", "num_layers")
+
+CHATML = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + "
+    "message['content'] + '<|im_end|>' + '\\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+BUILTIN_TEMPLATES = {"chatml": CHATML}
+
+
+@dataclass(frozen=True)
+class OutputSpec:
+    """What the output folder holds besides tensors."""
+
+    config: Mapping[str, Any]
+    reference: int  # index of the model whose config and generation config are used
+    tokenizer_dir: Path | None
+    chat_template: str | None
+    num_layers: int
+
+
+def output_spec(
+    loaded: LoadedRecipe,
+    catalogs: Sequence[ModelCatalog],
+    index_of: Mapping[str, int],
+    reference: int,
+    slices: Sequence[SourceSlice],
+    layouts: Mapping[int, LayerLayout],
+    num_layers: int,
+) -> OutputSpec:
+    """Decide the output config, tokenizer folder and chat template."""
+    recipe = loaded.recipe
+    ref = catalogs[reference]
+    if not ref.config:
+        raise PlanError(loaded.problem((), f"model {ref.ref!r} has no config.json; the output "
+                                       "needs one (it is taken from the base/first model)"))
+    config = copy.deepcopy(dict(ref.config))
+    source_layers = [(s.sources[0].model, s.sources[0].start + j)
+                     for s in slices for j in range(s.length)]
+    old = layouts[reference].num_layers
+    for key in LAYER_COUNT_KEYS:
+        if isinstance(config.get(key), int):
+            config[key] = num_layers
+    # per-layer lists (e.g. layer_types) follow their source layers
+    for key, value in list(config.items()):
+        if isinstance(value, list) and old > 0 and len(value) == old and num_layers != old:
+            per_model = {m: catalogs[m].config.get(key) for m, _ in source_layers}
+            if all(isinstance(v, list) and len(v) > i for (m, i), v in
+                   zip(source_layers, (per_model[m] for m, _ in source_layers), strict=True)):
+                config[key] = [per_model[m][i] for m, i in source_layers]
+    out_dtype = recipe.out_dtype or recipe.dtype
+    if out_dtype:
+        for key in ("torch_dtype", "dtype"):
+            if key in config or key == "torch_dtype":
+                config[key] = out_dtype
+    tokenizer_dir = _tokenizer_dir(loaded, catalogs, index_of, reference)
+    template = _chat_template(loaded, catalogs)
+    return OutputSpec(MappingProxyType(config), reference, tokenizer_dir, template, num_layers)
+
+
+def _tokenizer_dir(loaded: LoadedRecipe, catalogs: Sequence[ModelCatalog],
+                   index_of: Mapping[str, int], reference: int) -> Path | None:
+    source = loaded.recipe.tokenizer_source
+    if source in (None, "base"):
+        return catalogs[reference].path
+    if source in index_of:
+        return catalogs[index_of[source]].path
+    try:
+        return resolve_model(source, loaded.path.parent)
+    except InputError as exc:
+        raise PlanError(loaded.problem(("tokenizer_source",), exc.problems[0].message)) from None
+
+
+def _chat_template(loaded: LoadedRecipe, catalogs: Sequence[ModelCatalog]) -> str | None:
+    value = loaded.recipe.chat_template
+    if value is None:
+        return None
+    if value == "auto":
+        found = []
+        for cat in catalogs:
+            try:
+                cfg = json.loads((cat.path / "tokenizer_config.json").read_text())
+            except (OSError, json.JSONDecodeError):
+                continue
+            if isinstance(cfg.get("chat_template"), str):
+                found.append(cfg["chat_template"])
+            elif (cat.path / "chat_template.jinja").is_file():
+                found.append((cat.path / "chat_template.jinja").read_text())
+        return Counter(found).most_common(1)[0][0] if found else None
+    if value in BUILTIN_TEMPLATES:
+        return BUILTIN_TEMPLATES[value]
+    if "{{" in value or "{%" in value:
+        return value
+    raise PlanError(loaded.problem(
+        ("chat_template",), f"unknown chat template {value!r}: use 'auto', "
+        f"{', '.join(repr(k) for k in BUILTIN_TEMPLATES)} or a Jinja template string"))

@@ -1,0 +1,273 @@
+"""The recipe: a validated, frozen description of a merge, in mergekit's format.
+
+A recipe names the ingredient models (``models:`` or layer ``slices:``), the merge method
+and its parameters. Parameter values are scalars, gradients (lists of numbers interpolated
+over the layer position) or filter lists (``[{filter: self_attn, value: 0.3}, {value: 0.5}]``).
+
+This module must not import torch: ``merge validate`` and ``merge --help`` stay instant.
+
+Example::
+
+    from mergekit_like.recipe import Recipe
+    recipe = Recipe.model_validate({"merge_method": "linear", "models": [{"model": "a"}]})
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    PlainValidator,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
+
+DType = Literal["float32", "float16", "bfloat16", "float64"]
+
+_SCALAR_SCHEMA: dict[str, Any] = {"anyOf": [{"type": "number"}, {"type": "boolean"}]}
+_GRADIENT_SCHEMA: dict[str, Any] = {"type": "array", "items": {"type": "number"}, "minItems": 1}
+_FILTER_SCHEMA: dict[str, Any] = {
+    "type": "array",
+    "items": {
+        "type": "object",
+        "properties": {
+            "filter": {"type": "string", "description": "substring of the tensor name"},
+            "value": {"anyOf": [_SCALAR_SCHEMA, _GRADIENT_SCHEMA]},
+        },
+        "required": ["value"],
+        "additionalProperties": False,
+    },
+}
+PARAM_VALUE_SCHEMA: dict[str, Any] = {
+    "description": "a number or boolean; a gradient (list of numbers interpolated over the "
+    "layers); or a list of {filter, value} entries, first match wins, no filter = default",
+    "anyOf": [_SCALAR_SCHEMA, _GRADIENT_SCHEMA, _FILTER_SCHEMA],
+}
+
+
+def _scalar(value: Any) -> float | bool:
+    """Accept a number, a bool or a numeric string (YAML reads ``1e-5`` as a string)."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int | float):
+        number = float(value)
+    elif isinstance(value, str):
+        try:
+            number = float(value.strip())
+        except ValueError:
+            raise PydanticCustomError(
+                "param_value", "expected a number, got {got}", {"got": repr(value)}
+            ) from None
+    else:
+        raise PydanticCustomError(
+            "param_value", "expected a number, got {got}", {"got": repr(value)}
+        )
+    if not math.isfinite(number):
+        raise PydanticCustomError("param_value", "expected a finite number, got {got}",
+                                  {"got": repr(value)})
+    return number
+
+
+def _gradient(values: list[Any]) -> tuple[float, ...]:
+    if not values:
+        raise PydanticCustomError("param_value", "a gradient needs at least one number", {})
+    out = []
+    for v in values:
+        s = _scalar(v)
+        if isinstance(s, bool):
+            raise PydanticCustomError(
+                "param_value", "a gradient holds numbers, got {got}", {"got": repr(v)}
+            )
+        out.append(s)
+    return tuple(out)
+
+
+def _param_value(value: Any) -> ParamValue:
+    if isinstance(value, list | tuple):
+        if value and all(isinstance(v, dict | FilterEntry) for v in value):
+            entries = []
+            for i, v in enumerate(value):
+                if isinstance(v, FilterEntry):
+                    entries.append(v)
+                    continue
+                extra = set(v) - {"filter", "value"}
+                if extra or "value" not in v:
+                    raise PydanticCustomError(
+                        "param_value",
+                        "entry {i}: a filter entry has keys 'filter' (optional) and 'value'",
+                        {"i": i},
+                    )
+                flt = v.get("filter")
+                if flt is not None and not isinstance(flt, str):
+                    raise PydanticCustomError(
+                        "param_value", "entry {i}: filter must be a string", {"i": i}
+                    )
+                inner = v["value"]
+                entries.append(
+                    FilterEntry(
+                        filter=flt,
+                        value=_gradient(list(inner))
+                        if isinstance(inner, list | tuple)
+                        else _scalar(inner),
+                    )
+                )
+            return tuple(entries)
+        return _gradient(list(value))
+    return _scalar(value)
+
+
+class FilterEntry(BaseModel):
+    """One entry of a filter list: applies ``value`` to tensors whose name contains ``filter``."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    filter: str | None = None
+    value: float | bool | tuple[float, ...]
+
+
+def _dump_param(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return [
+            ({"value": _dump_param(v.value)} if v.filter is None
+             else {"filter": v.filter, "value": _dump_param(v.value)})
+            if isinstance(v, FilterEntry) else v
+            for v in value
+        ]
+    return value
+
+
+ParamValue = Annotated[
+    float | bool | tuple[float, ...] | tuple[FilterEntry, ...],
+    PlainValidator(_param_value),
+    PlainSerializer(_dump_param),
+    WithJsonSchema(PARAM_VALUE_SCHEMA),
+]
+Parameters = dict[str, ParamValue]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+def _none_to_empty(data: Any) -> Any:
+    if isinstance(data, dict) and "parameters" in data and data["parameters"] is None:
+        return {**data, "parameters": {}}
+    return data
+
+
+class InputModel(_Frozen):
+    """An ingredient model with its own parameters."""
+
+    model: str = Field(description="local directory or Hugging Face hub id (org/name[@revision])")
+    parameters: Parameters = Field(default_factory=dict)
+
+    _none_params = model_validator(mode="before")(_none_to_empty)
+
+
+class SliceSource(_Frozen):
+    """A contiguous range of layers [start, end) taken from one model."""
+
+    model: str
+    layer_range: tuple[int, int] = Field(description="[start, end): end is exclusive")
+    parameters: Parameters = Field(default_factory=dict)
+
+    _none_params = model_validator(mode="before")(_none_to_empty)
+
+    @model_validator(mode="after")
+    def _check_range(self) -> SliceSource:
+        start, end = self.layer_range
+        if start < 0 or end <= start:
+            raise PydanticCustomError(
+                "layer_range",
+                "layer_range must be [start, end) with 0 <= start < end, got [{s}, {e}]",
+                {"s": start, "e": end},
+            )
+        return self
+
+
+class OutputSlice(_Frozen):
+    """One block of output layers, merged from equally long layer ranges of its sources."""
+
+    sources: list[SliceSource] = Field(min_length=1)
+    parameters: Parameters = Field(default_factory=dict)
+
+    _none_params = model_validator(mode="before")(_none_to_empty)
+
+    @model_validator(mode="after")
+    def _same_length(self) -> OutputSlice:
+        lengths = {s.layer_range[1] - s.layer_range[0] for s in self.sources}
+        if len(lengths) > 1:
+            raise PydanticCustomError(
+                "layer_range", "every source of a slice needs the same number of layers, got {n}",
+                {"n": sorted(lengths)},
+            )
+        return self
+
+
+class Recipe(_Frozen):
+    """A merge recipe (mergekit-compatible)."""
+
+    merge_method: str = Field(description="name of the merge method; `merge methods` lists them")
+    models: list[InputModel] | None = Field(default=None, min_length=1)
+    slices: list[OutputSlice] | None = Field(default=None, min_length=1)
+    base_model: str | None = None
+    parameters: Parameters = Field(default_factory=dict)
+    dtype: DType | None = Field(default=None, description="compute dtype (default float32)")
+    out_dtype: DType | None = Field(default=None, description="output dtype (default: dtype, "
+                                    "else the ingredients' own)")
+    tokenizer_source: str | None = Field(
+        default=None, description="'base' (default), or a model whose tokenizer is copied"
+    )
+    chat_template: str | None = Field(
+        default=None, description="'auto', a built-in name (chatml) or a Jinja template"
+    )
+    name: str | None = None
+
+    _none_params = model_validator(mode="before")(_none_to_empty)
+
+    @model_validator(mode="after")
+    def _check(self) -> Recipe:
+        if (self.models is None) == (self.slices is None):
+            raise PydanticCustomError(
+                "models_or_slices", "give exactly one of 'models' or 'slices'", {}
+            )
+        return self
+
+    @field_validator("merge_method")
+    @classmethod
+    def _known_method(cls, value: str) -> str:
+        from mergekit_like.methods import REGISTRY  # torch-free registry
+
+        if value not in REGISTRY:
+            raise PydanticCustomError(
+                "merge_method",
+                "unknown merge method {got}; known methods: {known}",
+                {"got": repr(value), "known": ", ".join(sorted(REGISTRY))},
+            )
+        return value
+
+    @field_validator("tokenizer_source")
+    @classmethod
+    def _known_tokenizer_source(cls, value: str | None) -> str | None:
+        if value == "union":
+            raise PydanticCustomError(
+                "tokenizer_source",
+                "tokenizer_source 'union' is not yet supported; use 'base' or a model",
+                {},
+            )
+        return value
+
+    def referenced_models(self) -> list[str]:
+        """Every model named by the recipe, base first, without duplicates, in order."""
+        names: list[str] = [self.base_model] if self.base_model else []
+        for m in self.models or []:
+            names.append(m.model)
+        for s in self.slices or []:
+            names.extend(src.model for src in s.sources)
+        return list(dict.fromkeys(names))
