@@ -124,6 +124,9 @@ def apply_overrides(data: Any, overrides: Sequence[str]) -> tuple[Any, frozenset
         if ov.is_sweep_override():
             raise RecipeError(Problem(
                 f"{text!r} is a sweep; sweeps need multirun (-m)", (), OVERRIDE_FILE))
+        if not ov.key_or_group or "" in ov.key_or_group.split("."):
+            raise RecipeError(Problem(f"bad override {text!r}: expected key=value",
+                                      (), OVERRIDE_FILE))
         loc: Loc = tuple(int(p) if p.isdigit() else p for p in ov.key_or_group.split("."))
         parent = data
         for i, part in enumerate(loc[:-1]):

@@ -184,9 +184,9 @@ class _Builder:
             want = (f"exactly {method.min_models}" if method.max_models == method.min_models
                     else f"at most {method.max_models}" if method.max_models is not None
                     and n > method.max_models else f"at least {method.min_models}")
+            besides = " besides the base" if uses_base else ""
             self.problems.append(self.loaded.problem(
-                sl.loc, f"merge method {method.name!r} takes {want} model(s) "
-                f"besides the base, got {n}"))
+                sl.loc, f"merge method {method.name!r} takes {want} model(s){besides}, got {n}"))
         refs: list[TensorRef] = []
         for src in [*sources, *([base_src] if base_src else [])]:
             layer = None if j is None else src.start + j

@@ -36,6 +36,15 @@ class ModelCatalog:
         return sum(t.nbytes for t in self.tensors.values())
 
 
+def hub_cache_dir() -> str | None:
+    """The Hugging Face hub cache folder, read from the environment at call time."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return os.environ["HF_HUB_CACHE"]
+    if os.environ.get("HF_HOME"):
+        return str(Path(os.environ["HF_HOME"]) / "hub")
+    return None
+
+
 def resolve_model(ref: str, recipe_dir: Path | None = None) -> Path:
     """Find the folder of a model reference, offline.
 
@@ -57,14 +66,15 @@ def resolve_model(ref: str, recipe_dir: Path | None = None) -> Path:
         from huggingface_hub.errors import HFValidationError
 
         try:
-            path = snapshot_download(repo_id, revision=revision or None, local_files_only=True)
+            path = snapshot_download(repo_id, revision=revision or None, local_files_only=True,
+                                     cache_dir=hub_cache_dir())
             return Path(path)
         except (HFValidationError, ValueError):
             pass
         except Exception:  # noqa: BLE001 - any miss in the cache means "not found"
             pass
     raise InputError(f"model {ref!r} is not a local folder and not in the Hugging Face cache "
-                     f"({os.environ.get('HF_HUB_CACHE') or '~/.cache/huggingface/hub'}); "
+                     f"({hub_cache_dir() or '~/.cache/huggingface/hub'}); "
                      "download it first, e.g. `huggingface-cli download " + repo_id + "`")
 
 
