@@ -92,11 +92,13 @@ def _merge(ns: argparse.Namespace) -> int:
     from mergekit_like.plan import build_plan
     from mergekit_like.run import MergeOptions, write_model
 
-    try:
-        shard = parse_size(ns.out_shard_size)
-        chunk = parse_size(ns.chunk_size)
-    except ValueError as exc:
-        raise MergeError(f"--out-shard-size/--chunk-size: {exc}") from None
+    sizes = {}
+    for flag, text in (("--out-shard-size", ns.out_shard_size), ("--chunk-size", ns.chunk_size)):
+        try:
+            sizes[flag] = parse_size(text)
+        except ValueError as exc:
+            raise MergeError(f"{flag}: {exc}") from None
+    shard, chunk = sizes["--out-shard-size"], sizes["--chunk-size"]
     options = MergeOptions(device=ns.device, out_shard_bytes=shard, force=ns.force,
                            seed=ns.seed, quiet=ns.quiet, chunk_bytes=chunk)
     plan = build_plan(load_recipe(ns.recipe, ns.overrides))

@@ -95,7 +95,9 @@ def build_plan(loaded: LoadedRecipe) -> Plan:
     ref_model = base_idx if base_idx is not None else slices[0].sources[0].model
     builder = _Builder(loaded, method, catalogs, layouts, base_idx)
     tensors: list[PlannedTensor] = []
-    for name in layouts[ref_model].other:
+    pre = [n for n in layouts[ref_model].other if _is_input_side(n)]
+    post = [n for n in layouts[ref_model].other if not _is_input_side(n)]
+    for name in pre:
         tensors.append(builder.tensor(name, name, None, slices[0], 0.0, layer_offset=None))
     out_layer = 0
     for sl in slices:
@@ -107,6 +109,8 @@ def build_plan(loaded: LoadedRecipe) -> Plan:
                 out_name = f"{head_layout.head}{out_layer}{tail}"
                 tensors.append(builder.tensor(out_name, tail, j, sl, t, layer_offset=out_layer))
             out_layer += 1
+    for name in post:
+        tensors.append(builder.tensor(name, name, None, slices[0], 0.0, layer_offset=None))
     if builder.problems:
         raise PlanError(list(dict.fromkeys(builder.problems)))
     spec = output_spec(loaded, catalogs, index_of, ref_model, slices, layouts, out_layer)
@@ -266,6 +270,11 @@ class _Builder:
                         (*loc, key), f"warning: merge method {self.method.name!r} does not use "
                         f"parameter {key!r}; it has no effect")))
         return out
+
+
+def _is_input_side(name: str) -> bool:
+    """Embeddings come before the layers in execution and file order; norms and heads after."""
+    return any(k in name for k in ("embed", "wte", "wpe", "word_embeddings", "position"))
 
 
 def _tied_fallback(name: str, cat: ModelCatalog) -> str | None:

@@ -44,7 +44,9 @@ parameters: {{normalize: false}}
     header_names = set(load_file(f["base"] / "model.safetensors"))
     assert set(names) == header_names and len(names) == len(header_names)
     layers = [t.layer for t in plan.tensors]
-    assert layers == sorted(layers, key=lambda x: -1 if x is None else x)
+    inner = [x for x in layers if x is not None]
+    assert inner == sorted(inner) and layers[0] is None and layers[-1] is None
+    assert names[0] == "model.embed_tokens.weight" and names[-1] in ("model.norm.weight", "lm_head.weight")
     by_name = {t.name: t for t in plan.tensors}
     t0 = by_name["model.layers.0.self_attn.q_proj.weight"]
     t1 = by_name["model.layers.1.mlp.up_proj.weight"]

@@ -56,7 +56,10 @@ def parse_size(text: str) -> int:
     unit = s[len(num):]
     if unit not in units or not num:
         raise ValueError(f"bad size {text!r}: use e.g. 5GB, 500MB or 2GiB")
-    value = float(num) * units[unit]
+    try:
+        value = float(num) * units[unit]
+    except ValueError:
+        raise ValueError(f"bad size {text!r}: use e.g. 5GB, 500MB or 2GiB") from None
     if value <= 0:
         raise ValueError(f"bad size {text!r}: must be positive")
     return int(value)
