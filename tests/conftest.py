@@ -73,7 +73,7 @@ def write_recipe(folder: Path, text: str, name: str = "recipe.yaml") -> Path:
     return path
 
 
-def load_tensors(folder: Path) -> dict[str, "object"]:
+def load_tensors(folder: Path) -> dict[str, object]:
     """Every tensor of a model folder (safetensors, single or sharded), as torch tensors."""
     from safetensors.torch import load_file
 

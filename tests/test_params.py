@@ -22,7 +22,8 @@ def test_scalars_and_single_point_gradients():
 
 
 def test_filter_first_match_wins_and_default():
-    value = (FilterEntry(filter="self_attn", value=0.1), FilterEntry(filter="mlp", value=(0.0, 1.0)),
+    value = (FilterEntry(filter="self_attn", value=0.1),
+             FilterEntry(filter="mlp", value=(0.0, 1.0)),
              FilterEntry(value=0.9))
     assert evaluate(value, "model.layers.0.self_attn.q_proj.weight", 0.5) == 0.1
     assert evaluate(value, "model.layers.0.mlp.up_proj.weight", 0.5) == 0.5

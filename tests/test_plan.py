@@ -46,7 +46,8 @@ parameters: {{normalize: false}}
     layers = [t.layer for t in plan.tensors]
     inner = [x for x in layers if x is not None]
     assert inner == sorted(inner) and layers[0] is None and layers[-1] is None
-    assert names[0] == "model.embed_tokens.weight" and names[-1] in ("model.norm.weight", "lm_head.weight")
+    assert names[0] == "model.embed_tokens.weight"
+    assert names[-1] in ("model.norm.weight", "lm_head.weight")
     by_name = {t.name: t for t in plan.tensors}
     t0 = by_name["model.layers.0.self_attn.q_proj.weight"]
     t1 = by_name["model.layers.1.mlp.up_proj.weight"]
@@ -162,7 +163,8 @@ slices:
         layer_range: [1, 3]
 """)
     assert errs == [f"recipe.yaml:5: slices[0].sources[0].layer_range: layer_range [1, 3) is "
-                    f"outside model '{llama_family['math']}', which has 2 layers (end is exclusive)"]
+                    f"outside model '{llama_family['math']}', which has 2 layers "
+                    "(end is exclusive)"]
 
 
 def test_parameter_errors_at_plan_time_are_located(tmp_path, llama_family):
