@@ -151,7 +151,8 @@ def _validate(loaded) -> int:  # noqa: ANN001
     missing = []
     for ref in loaded.recipe.referenced_models():
         try:
-            resolve_model(ref, loaded.path.parent)
+            for part in ref.split("+"):  # model+lora_adapter
+                resolve_model(part, loaded.path.parent)
         except InputError:
             missing.append(ref)
     recipe = loaded.recipe

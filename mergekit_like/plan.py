@@ -16,7 +16,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from mergekit_like.errors import InputError, Loc, PlanError, Problem
-from mergekit_like.io.catalog import ModelCatalog, load_catalog, resolve_model
+from mergekit_like.io.catalog import ModelCatalog, open_model
 from mergekit_like.io.safetensors_header import FLOAT_DTYPES, RECIPE_DTYPES
 from mergekit_like.layers import LayerLayout, layer_layout
 from mergekit_like.loader import LoadedRecipe
@@ -133,8 +133,7 @@ def _load_models(loaded: LoadedRecipe) -> tuple[list[ModelCatalog], dict[str, in
     problems = []
     for ref, loc in where.items():
         try:
-            folder = resolve_model(ref, loaded.path.parent)
-            catalogs.append(load_catalog(ref, folder))
+            catalogs.append(open_model(ref, loaded.path.parent))
             index_of[ref] = len(catalogs) - 1
         except InputError as exc:
             problems.extend(loaded.problem(loc, p.message) for p in exc.problems)

@@ -52,8 +52,6 @@ def resolve_model(ref: str, recipe_dir: Path | None = None) -> Path:
     folder) or a hub id ``org/name`` with an optional ``@revision``, looked up in the local
     Hugging Face cache (``HF_HUB_CACHE``/``HF_HOME``). Raises ``InputError`` if neither.
     """
-    if "+" in ref:
-        raise InputError(f"model {ref!r}: LoRA references (model+adapter) are not yet supported")
     candidates = [Path(ref).expanduser()]
     if recipe_dir is not None and not Path(ref).is_absolute():
         candidates.append(recipe_dir / ref)
@@ -105,6 +103,17 @@ def _collect(files: list[Path], reader: Any) -> dict[str, TensorInfo]:
                 raise InputError(f"{f}: tensor {name!r} also appears in {tensors[name].file.name}")
             tensors[name] = info
     return tensors
+
+
+def open_model(ref: str, recipe_dir: Path | None = None) -> ModelCatalog:
+    """Resolve and catalog a model reference, including mergekit's ``model+lora_adapter``."""
+    if "+" in ref:
+        base_ref, _, adapter_ref = ref.partition("+")
+        base = load_catalog(base_ref, resolve_model(base_ref, recipe_dir))
+        from mergekit_like.io.lora import apply_adapter
+
+        return apply_adapter(base, ref, resolve_model(adapter_ref, recipe_dir))
+    return load_catalog(ref, resolve_model(ref, recipe_dir))
 
 
 def load_catalog(ref: str, folder: Path) -> ModelCatalog:

@@ -64,7 +64,31 @@ class TensorReader:
         dtype: str | None = None,
         device: str | torch.device = "cpu",
     ) -> torch.Tensor:
-        """Read a tensor (rows [r0, r1) of its first dimension) as ``dtype`` on ``device``."""
+        """Read a tensor (rows [r0, r1) of its first dimension) as ``dtype`` on ``device``.
+
+        A LoRA-adapted tensor (:class:`~mergekit_like.io.lora.LoraTensorInfo`) comes back
+        with ``scale * B @ A`` already added to the rows read.
+        """
+        from mergekit_like.io.lora import LoraTensorInfo, lora_delta
+
+        out = self._read_plain(info, name, rows=rows, dtype=dtype, device=device)
+        if isinstance(info, LoraTensorInfo):
+            def factor(f: TensorInfo) -> torch.Tensor:
+                return self._read_plain(f, name, rows=None, dtype="float32", device=device)
+
+            delta = lora_delta(info, rows, factor, device)
+            out = out.to(delta.dtype).add_(delta).to(out.dtype)
+        return out
+
+    def _read_plain(
+        self,
+        info: TensorInfo,
+        name: str,
+        *,
+        rows: tuple[int, int] | None = None,
+        dtype: str | None = None,
+        device: str | torch.device = "cpu",
+    ) -> torch.Tensor:
         import torch
 
         shape = info.shape
