@@ -9,13 +9,21 @@ from __future__ import annotations
 
 from types import MappingProxyType
 
+from mergekit_like.methods.karcher import KARCHER
 from mergekit_like.methods.linear import LINEAR
+from mergekit_like.methods.multislerp import MULTISLERP
+from mergekit_like.methods.nearswap import NEARSWAP
+from mergekit_like.methods.nuslerp import NUSLERP
 from mergekit_like.methods.passthrough import PASSTHROUGH
+from mergekit_like.methods.slerp import SLERP
 from mergekit_like.methods.spec import MergeMethod, MethodParams, TensorContext
 from mergekit_like.methods.task_arithmetic import TASK_ARITHMETIC
 from mergekit_like.methods.ties import TIES
 
-_METHODS: tuple[MergeMethod, ...] = (LINEAR, TASK_ARITHMETIC, TIES, PASSTHROUGH)
+_METHODS: tuple[MergeMethod, ...] = (
+    LINEAR, TASK_ARITHMETIC, TIES, PASSTHROUGH,
+    SLERP, NUSLERP, MULTISLERP, KARCHER, NEARSWAP,
+)
 
 REGISTRY: MappingProxyType[str, MergeMethod] = MappingProxyType({m.name: m for m in _METHODS})
 

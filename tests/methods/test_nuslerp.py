@@ -1,0 +1,146 @@
+"""nuslerp: weighted SLERP of two models, whole tensors or vector by vector, optional base."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from mergekit_like.methods import REGISTRY
+from mergekit_like.methods.nuslerp import NuSlerpModelParams, NuSlerpParams, nuslerp_merge
+from mergekit_like.methods.spec import TensorContext
+from tests.conftest import load_tensors, write_recipe
+
+CTX = TensorContext("w")
+
+
+def ref_vec(t: float, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """SLERP of two 1-D float64 vectors (unnormalised), the textbook formula."""
+    cos = np.clip(x @ y / (np.linalg.norm(x) * np.linalg.norm(y)), -1, 1)
+    theta = np.arccos(cos)
+    return (np.sin((1 - t) * theta) * x + np.sin(t * theta) * y) / np.sin(theta)
+
+
+def ref_rows(t: float, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    return np.stack([ref_vec(t, r, s) for r, s in zip(x, y, strict=True)])
+
+
+def run(tensors, weights, base=None, **params) -> torch.Tensor:
+    return nuslerp_merge(
+        [x.clone() for x in tensors],
+        None if base is None else base.clone(),
+        [NuSlerpModelParams(weight=w) for w in weights],
+        NuSlerpParams(**params),
+        CTX,
+    )
+
+
+@pytest.fixture
+def three() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    torch.manual_seed(0)
+    return torch.randn(4, 6), torch.randn(4, 6), torch.randn(4, 6)
+
+
+def np64(x: torch.Tensor) -> np.ndarray:
+    return x.double().numpy()
+
+
+def test_flattened_by_default_with_t_from_weights(three):
+    x, y, _ = three
+    expected = ref_vec(0.75, np64(x).ravel(), np64(y).ravel()).reshape(4, 6)  # t = 3 / (1 + 3)
+    torch.testing.assert_close(run([x, y], [1.0, 3.0]), torch.from_numpy(expected).float())
+
+
+def test_last_dimension_vectors_when_not_flattened(three):
+    x, y, _ = three
+    expected = ref_rows(0.25, np64(x), np64(y))
+    got = run([x, y], [3.0, 1.0], nuslerp_flatten=False)
+    torch.testing.assert_close(got, torch.from_numpy(expected).float())
+
+
+def test_row_wise_uses_first_dimension_vectors(three):
+    # mergekit's code: row_wise transposes dim 0 to the end, so columns are the vectors
+    x, y, _ = three
+    expected = ref_rows(0.4, np64(x).T, np64(y).T).T
+    got = run([x, y], [0.6, 0.4], nuslerp_flatten=False, nuslerp_row_wise=True)
+    torch.testing.assert_close(got, torch.from_numpy(expected).float())
+
+
+def test_row_wise_is_ignored_when_flattened(three):
+    x, y, _ = three
+    torch.testing.assert_close(run([x, y], [1.0, 2.0], nuslerp_row_wise=True),
+                               run([x, y], [1.0, 2.0]))
+
+
+def test_base_model_slerps_task_vectors(three):
+    x, y, base = three
+    dx, dy = np64(x - base).ravel(), np64(y - base).ravel()
+    expected = np64(base) + ref_vec(0.5, dx, dy).reshape(4, 6)
+    torch.testing.assert_close(run([x, y], [1.0, 1.0], base), torch.from_numpy(expected).float())
+
+
+def test_zero_weight_gives_the_remaining_model(three):
+    x, y, base = three
+    torch.testing.assert_close(run([x, y], [2.0, 0.0]), x, rtol=0, atol=1e-7)
+    torch.testing.assert_close(run([x, y], [0.0, 2.0]), y, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(run([x, y], [0.0, 1.0], base), y)
+
+
+def test_weights_summing_to_zero_use_t_one_half(three):
+    x, y, _ = three
+    torch.testing.assert_close(run([x, y], [1.0, -1.0]), run([x, y], [1.0, 1.0]))
+
+
+def test_colinear_rows_fall_back_to_lerp(three):
+    x, y, _ = three
+    x[0] = torch.tensor([1.0, 0.0, 0.0, 0.0, 0.0, 0.0])
+    y[0] = torch.tensor([3.0, 0.0, 0.0, 0.0, 0.0, 0.0])  # same direction: sin(theta) = 0
+    got = run([x, y], [0.5, 0.5], nuslerp_flatten=False)
+    assert torch.isfinite(got).all()
+    torch.testing.assert_close(got[0], 0.5 * x[0] + 0.5 * y[0])
+    expected = ref_rows(0.5, np64(x[1:]), np64(y[1:]))
+    torch.testing.assert_close(got[1:], torch.from_numpy(expected).float())
+
+
+def test_parameters_and_registration():
+    p = NuSlerpParams()
+    assert (p.nuslerp_flatten, p.nuslerp_row_wise) == (True, False)
+    assert NuSlerpModelParams().weight == 1.0
+    method = REGISTRY["nuslerp"]
+    assert (method.base, method.min_models, method.max_models) == ("optional", 2, 2)
+    assert not method.elementwise
+
+
+def test_merge_through_cli(tmp_path, llama_family, run_cli):
+    base, math, code = llama_family["base"], llama_family["math"], llama_family["code"]
+    recipe = write_recipe(tmp_path, f"""
+merge_method: nuslerp
+base_model: {base}
+models:
+  - model: {math}
+    parameters: {{weight: 1.0}}
+  - model: {code}
+    parameters: {{weight: 3.0}}
+parameters:
+  nuslerp_flatten: false
+""")
+    res = run_cli(recipe, tmp_path / "out", "--quiet")
+    assert res.code == 0, res.err
+    b, m, c = load_tensors(base), load_tensors(math), load_tensors(code)
+    out = load_tensors(tmp_path / "out")
+    name = "model.layers.1.mlp.down_proj.weight"
+    expected = np64(b[name]) + ref_rows(0.75, np64(m[name] - b[name]), np64(c[name] - b[name]))
+    torch.testing.assert_close(out[name], torch.from_numpy(expected).float())
+
+
+def test_base_among_the_two_models_is_refused(tmp_path, llama_family, run_cli):
+    recipe = write_recipe(tmp_path, f"""
+merge_method: nuslerp
+base_model: {llama_family['base']}
+models:
+  - model: {llama_family['base']}
+  - model: {llama_family['math']}
+""")
+    res = run_cli(recipe, tmp_path / "out", "--quiet")
+    assert res.code == 2
+    assert "exactly 2 model" in res.err
