@@ -34,15 +34,21 @@ def tiny_config(arch: str, layers: int = 2, hidden: int = 32, vocab: int = len(V
     raise ValueError(f"unknown arch {arch!r}; expected one of {ARCHS}")
 
 
-def save_tokenizer(folder: Path) -> None:
-    """A word-level tokenizer over :data:`VOCAB`, saved in Hugging Face format."""
+def save_tokenizer(folder: Path, vocab: Sequence[str] = tuple(VOCAB),
+                   specials: Sequence[str] = ()) -> None:
+    """A word-level tokenizer over ``vocab`` (default :data:`VOCAB`), in Hugging Face format.
+
+    ``specials`` are vocabulary entries registered as additional special tokens.
+    """
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(VOCAB)}, unk_token="<unk>"))
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(vocab)}, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>",
                                    eos_token="</s>", pad_token="<pad>")
+    if specials:
+        fast.add_special_tokens({"additional_special_tokens": list(specials)})
     fast.save_pretrained(folder)
 
 

@@ -37,7 +37,8 @@ class ExecOptions:
 def row_chunks(pt: PlannedTensor, compute_itemsize: int, chunk_bytes: int) -> list[tuple[int, int]]:
     """Row ranges to compute ``pt`` in: one range unless the method is elementwise and large."""
     rows = pt.shape[0] if pt.shape else 1
-    if pt.method == COPY or not pt.shape or not REGISTRY[pt.method].elementwise:
+    if (pt.method == COPY or not pt.shape or pt.vocab_sources is not None
+            or not REGISTRY[pt.method].elementwise):
         return [(0, rows)]
     row_elems = 1
     for d in pt.shape[1:]:
@@ -102,10 +103,17 @@ def _compute_tensor(plan: Plan, pt: PlannedTensor, reader: TensorReader, writer:
     ctx = TensorContext(pt.name, options.seed)
     for r0, r1 in row_chunks(pt, DTYPE_SIZES[compute], options.chunk_bytes):
         rows = (r0, r1) if pt.shape else None
-        tensors = [reader.read(info(r), r.name, rows=rows, dtype=compute, device=options.device)
-                   for r in pt.inputs]
-        base = (reader.read(info(pt.base), pt.base.name, rows=rows, dtype=compute,
-                            device=options.device) if pt.base else None)
+        if pt.vocab_sources is not None:  # rows mapped by token into the output vocabulary
+            from mergekit_like.vocab_remap import read_remapped
+
+            assert plan.vocab is not None
+            tensors, base = read_remapped(pt, plan.vocab, lambda r: reader.read(
+                info(r), r.name, dtype=compute, device=options.device))
+        else:
+            tensors = [reader.read(info(r), r.name, rows=rows, dtype=compute,
+                                   device=options.device) for r in pt.inputs]
+            base = (reader.read(info(pt.base), pt.base.name, rows=rows, dtype=compute,
+                                device=options.device) if pt.base else None)
         try:
             out = method.merge(tensors, base, pt.model_params, pt.params, ctx)
         except (ValueError, RuntimeError) as exc:

@@ -16,6 +16,7 @@ import yaml
 
 from mergekit_like.errors import MergeError
 from mergekit_like.plan import Plan
+from mergekit_like.vocab import VocabPlan
 
 TOKENIZER_FILES = (
     "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
@@ -57,7 +58,9 @@ def write_metadata(plan: Plan, folder: Path) -> None:
     ref_dir = plan.models[spec.reference].path
     if (ref_dir / "generation_config.json").is_file():
         shutil.copyfile(ref_dir / "generation_config.json", folder / "generation_config.json")
-    if spec.tokenizer_dir is not None:
+    if plan.vocab is not None and plan.vocab.added:
+        save_union_tokenizer(plan.vocab, folder)
+    elif spec.tokenizer_dir is not None:
         for name in TOKENIZER_FILES:
             if (spec.tokenizer_dir / name).is_file():
                 shutil.copyfile(spec.tokenizer_dir / name, folder / name)
@@ -71,6 +74,22 @@ def write_metadata(plan: Plan, folder: Path) -> None:
     recipe_yaml = resolved_recipe_yaml(plan)
     (folder / "merge_recipe.yaml").write_text(recipe_yaml)
     (folder / "README.md").write_text(model_card(plan, recipe_yaml, folder))
+
+
+def save_union_tokenizer(vocab: VocabPlan, folder: Path) -> None:
+    """The base tokenizer plus every token the plan appended, with the planned ids."""
+    from tokenizers import AddedToken
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(vocab.tokenizer_dir)
+    first = len(tok)
+    tok.add_tokens([AddedToken(t, special=special, normalized=not special)
+                    for t, special in vocab.added])
+    for i, (t, _) in enumerate(vocab.added):
+        if tok.convert_tokens_to_ids(t) != first + i:
+            raise MergeError(f"tokenizer union: token {t!r} got id "
+                             f"{tok.convert_tokens_to_ids(t)}, planned {first + i}")
+    tok.save_pretrained(folder)
 
 
 def resolved_recipe_yaml(plan: Plan) -> str:

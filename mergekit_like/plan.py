@@ -24,6 +24,7 @@ from mergekit_like.methods import REGISTRY, MergeMethod, MethodParams
 from mergekit_like.params import ParamLevel, lookup
 from mergekit_like.plan_output import OutputSpec, output_spec
 from mergekit_like.plan_sources import Source, SourceSlice, normalise_slices
+from mergekit_like.vocab import VocabPlan, plan_vocab, vocab_rows
 
 COPY = "copy"  # pseudo-method: non-float tensors are copied from the first input
 
@@ -49,6 +50,7 @@ class PlannedTensor:
     model_params: tuple[MethodParams, ...]
     params: MethodParams | None
     layer: int | None
+    vocab_sources: tuple[TensorRef, ...] | None = None  # set: rows are mapped by token first
 
     @property
     def nbytes(self) -> int:
@@ -70,10 +72,12 @@ class Plan:
     compute_dtype: str  # recipe dtype name, e.g. 'float32'
     output: OutputSpec
     warnings: tuple[str, ...] = ()
+    vocab: VocabPlan | None = None
 
     @property
     def read_bytes(self) -> int:
-        refs = {r for t in self.tensors for r in (*t.inputs, *([t.base] if t.base else []))}
+        refs = {r for t in self.tensors
+                for r in (*t.inputs, *([t.base] if t.base else []), *(t.vocab_sources or ()))}
         return sum(self.models[r.model].tensors[r.name].nbytes for r in refs)
 
     @property
@@ -93,7 +97,8 @@ def build_plan(loaded: LoadedRecipe) -> Plan:
             ("merge_method",), f"merge method {method.name!r} needs a base_model"))
     slices = normalise_slices(loaded, index_of, layouts)
     ref_model = base_idx if base_idx is not None else slices[0].sources[0].model
-    builder = _Builder(loaded, method, catalogs, layouts, base_idx)
+    vocab = plan_vocab(loaded, catalogs, index_of, ref_model, base_idx)
+    builder = _Builder(loaded, method, catalogs, layouts, base_idx, vocab)
     tensors: list[PlannedTensor] = []
     pre = [n for n in layouts[ref_model].other if _is_input_side(n)]
     post = [n for n in layouts[ref_model].other if not _is_input_side(n)]
@@ -113,9 +118,9 @@ def build_plan(loaded: LoadedRecipe) -> Plan:
         tensors.append(builder.tensor(name, name, None, slices[0], 0.0, layer_offset=None))
     if builder.problems:
         raise PlanError(list(dict.fromkeys(builder.problems)))
-    spec = output_spec(loaded, catalogs, index_of, ref_model, slices, layouts, out_layer)
+    spec = output_spec(loaded, catalogs, index_of, ref_model, slices, layouts, out_layer, vocab)
     return Plan(loaded, tuple(catalogs), tuple(tensors), recipe.dtype or "float32", spec,
-                tuple(builder.warnings()))
+                tuple(builder.warnings()), vocab)
 
 
 def _load_models(loaded: LoadedRecipe) -> tuple[list[ModelCatalog], dict[str, int]]:
@@ -146,12 +151,14 @@ class _Builder:
     """Builds planned tensors, collecting every problem rather than stopping at the first."""
 
     def __init__(self, loaded: LoadedRecipe, method: MergeMethod, catalogs: list[ModelCatalog],
-                 layouts: Mapping[int, LayerLayout], base_idx: int | None) -> None:
+                 layouts: Mapping[int, LayerLayout], base_idx: int | None,
+                 vocab: VocabPlan | None) -> None:
         self.loaded = loaded
         self.method = method
         self.catalogs = catalogs
         self.layouts = layouts
         self.base_idx = base_idx
+        self.vocab = vocab
         self.problems: list[Problem] = []
         self.used_keys: set[str] = set()
         self._cache: dict[tuple[type, tuple[Any, ...]], MethodParams] = {}
@@ -204,13 +211,25 @@ class _Builder:
                 refs.append(TensorRef(src.model, name))
         infos = [self.catalogs[r.model].tensors.get(r.name) for r in refs]
         known = [(r, i) for r, i in zip(refs, infos, strict=True) if i is not None]
-        shapes = {i.shape for _, i in known}
-        if len(shapes) > 1:
-            detail = ", ".join(f"{self.catalogs[r.model].ref}: {list(i.shape)}" for r, i in known)
-            self.problems.append(self.loaded.problem(
-                sl.loc, f"tensor {out_name!r} has different shapes across models ({detail})"))
         first = known[0][1] if known else None
         shape = first.shape if first else ()
+        is_vocab = j is None and bool(known) and all(
+            len(i.shape) == 2 and i.shape[0] == vocab_rows(self.catalogs[r.model].config)
+            for r, i in known)
+        vocab_sources = None
+        if is_vocab and self.vocab is not None:
+            shapes = {i.shape[1:] for _, i in known}
+            vocab_sources = self._vocab_sources(key, refs, shape)
+            shape = (self.vocab.size, *shape[1:])
+        else:
+            shapes = {i.shape for _, i in known}
+        if len(shapes) > 1:
+            detail = ", ".join(f"{self.catalogs[r.model].ref}: {list(i.shape)}" for r, i in known)
+            hint = ("; the vocabularies differ: set tokenizer_source (union, base or a model) "
+                    "to merge rows by token" if is_vocab else "")
+            self.problems.append(self.loaded.problem(
+                sl.loc, f"tensor {out_name!r} has different shapes across models "
+                f"({detail}){hint}"))
         base_ref = refs.pop() if base_src else None
         if first is not None and first.dtype not in FLOAT_DTYPES:
             return PlannedTensor(out_name, shape, first.dtype, COPY, (refs[0],), None, (), None,
@@ -225,7 +244,22 @@ class _Builder:
             for s in sources
         )
         return PlannedTensor(out_name, shape, dtype, method.name, tuple(refs), base_ref,
-                             model_params, params, layer_offset)
+                             model_params, params, layer_offset, vocab_sources)
+
+    def _vocab_sources(self, key: str, refs: list[TensorRef],
+                       shape: tuple[int, ...]) -> tuple[TensorRef, ...] | None:
+        """Every model holding this embedding-like tensor, when rows must be mapped by token."""
+        assert self.vocab is not None
+        if shape[0] == self.vocab.size and all(self.vocab.is_identity(r.model) for r in refs):
+            return None
+        out = []
+        for m, cat in enumerate(self.catalogs):
+            name = self._name(m, key, None)
+            info = cat.tensors.get(name) if name else None
+            if info is not None and info.shape[1:] == shape[1:] and \
+                    info.shape[0] == vocab_rows(cat.config):
+                out.append(TensorRef(m, name))
+        return tuple(out)
 
     def _resolve(self, model: type[MethodParams], levels: list[ParamLevel], tensor: str,
                  t: float) -> MethodParams:

@@ -22,6 +22,7 @@ from mergekit_like.loader import LoadedRecipe
 
 if TYPE_CHECKING:
     from mergekit_like.plan_sources import SourceSlice
+    from mergekit_like.vocab import VocabPlan
 
 LAYER_COUNT_KEYS = ("num_hidden_layers", "n_layer", "num_layers")
 
@@ -52,6 +53,7 @@ def output_spec(
     slices: Sequence[SourceSlice],
     layouts: Mapping[int, LayerLayout],
     num_layers: int,
+    vocab: VocabPlan | None = None,
 ) -> OutputSpec:
     """Decide the output config, tokenizer folder and chat template."""
     recipe = loaded.recipe
@@ -78,9 +80,23 @@ def output_spec(
         for key in ("torch_dtype", "dtype"):
             if key in config or key == "torch_dtype":
                 config[key] = out_dtype
-    tokenizer_dir = _tokenizer_dir(loaded, catalogs, index_of, reference)
+    if vocab is not None:
+        _patch_vocab(config, vocab)
+        tokenizer_dir: Path | None = vocab.tokenizer_dir
+    else:
+        tokenizer_dir = _tokenizer_dir(loaded, catalogs, index_of, reference)
     template = _chat_template(loaded, catalogs)
     return OutputSpec(MappingProxyType(config), reference, tokenizer_dir, template, num_layers)
+
+
+def _patch_vocab(config: dict[str, Any], vocab: VocabPlan) -> None:
+    """vocab_size and special token ids follow the output tokenizer."""
+    target = config["text_config"] if "vocab_size" not in config and isinstance(
+        config.get("text_config"), dict) else config
+    target["vocab_size"] = vocab.size
+    for key, value in vocab.special_ids.items():
+        if key in target or key != "unk_token_id":
+            target[key] = value
 
 
 def _tokenizer_dir(loaded: LoadedRecipe, catalogs: Sequence[ModelCatalog],

@@ -210,6 +210,40 @@ class OutputSlice(_Frozen):
         return self
 
 
+class TokenSource(_Frozen):
+    """Where a token's embedding row comes from: zeros, or a token of a given model."""
+
+    kind: Literal["zero", "model_token"]
+    model: str | None = Field(default=None, description="model_token: the model to take it from")
+    token: str | None = Field(default=None, description="model_token: the token (default: same)")
+
+    @model_validator(mode="after")
+    def _needs_model(self) -> TokenSource:
+        if self.kind == "model_token" and not self.model:
+            raise PydanticCustomError("token_source", "kind 'model_token' needs a 'model'", {})
+        return self
+
+
+class TokenSpec(_Frozen):
+    """How one token's embedding and lm_head rows are made."""
+
+    source: str | TokenSource | None = Field(
+        default=None, description="a model (its row for this token), or {kind: zero} or "
+        "{kind: model_token, model, token}")
+    force: bool = Field(default=False, description="use the source for every model, even those "
+                        "that have the token; otherwise only for models that lack it")
+
+
+class TokenizerConfig(_Frozen):
+    """The output vocabulary and how embedding rows are mapped into it (mergekit's block)."""
+
+    source: str = Field(default="base", description="'union' (every model's tokens), 'base', "
+                        "or a model whose tokenizer is used")
+    tokens: dict[str, TokenSpec] = Field(default_factory=dict)
+    pad_to_multiple_of: int | None = Field(default=None, ge=1,
+                                           description="round the vocabulary size up")
+
+
 class Recipe(_Frozen):
     """A merge recipe (mergekit-compatible)."""
 
@@ -222,8 +256,10 @@ class Recipe(_Frozen):
     out_dtype: DType | None = Field(default=None, description="output dtype (default: dtype, "
                                     "else the ingredients' own)")
     tokenizer_source: str | None = Field(
-        default=None, description="'base' (default), or a model whose tokenizer is copied"
+        default=None, description="'union', 'base' (default), or a model whose tokenizer is used"
     )
+    tokenizer: TokenizerConfig | None = Field(
+        default=None, description="vocabulary merging (instead of tokenizer_source)")
     chat_template: str | None = Field(
         default=None, description="'auto', a built-in name (chatml) or a Jinja template"
     )
@@ -237,7 +273,19 @@ class Recipe(_Frozen):
             raise PydanticCustomError(
                 "models_or_slices", "give exactly one of 'models' or 'slices'", {}
             )
+        if self.tokenizer is not None and self.tokenizer_source is not None:
+            raise PydanticCustomError(
+                "tokenizer", "give either 'tokenizer_source' or a 'tokenizer' block, not both", {}
+            )
         return self
+
+    def tokenizer_config(self) -> TokenizerConfig | None:
+        """The effective vocabulary settings: the ``tokenizer`` block or ``tokenizer_source``."""
+        if self.tokenizer is not None:
+            return self.tokenizer
+        if self.tokenizer_source is not None:
+            return TokenizerConfig(source=self.tokenizer_source)
+        return None
 
     @field_validator("merge_method")
     @classmethod
@@ -252,16 +300,6 @@ class Recipe(_Frozen):
             )
         return value
 
-    @field_validator("tokenizer_source")
-    @classmethod
-    def _known_tokenizer_source(cls, value: str | None) -> str | None:
-        if value == "union":
-            raise PydanticCustomError(
-                "tokenizer_source",
-                "tokenizer_source 'union' is not yet supported; use 'base' or a model",
-                {},
-            )
-        return value
 
     def referenced_models(self) -> list[str]:
         """Every model named by the recipe, base first, without duplicates, in order."""

@@ -93,9 +93,18 @@ def test_slice_sources_need_equal_lengths():
             {"model": "a", "layer_range": [0, 2]}, {"model": "b", "layer_range": [0, 3]}]}]})
 
 
-def test_union_tokenizer_not_yet_supported():
-    with pytest.raises(ValidationError, match="'union' is not yet supported"):
-        _recipe(tokenizer_source="union")
+def test_tokenizer_block_and_source_are_exclusive():
+    r = _recipe(tokenizer={"source": "union", "pad_to_multiple_of": 8,
+                           "tokens": {"<x>": {"source": "b", "force": True},
+                                      "<z>": {"source": {"kind": "zero"}}}})
+    cfg = r.tokenizer_config()
+    assert cfg.source == "union" and cfg.tokens["<x>"].force and cfg.pad_to_multiple_of == 8
+    assert _recipe(tokenizer_source="union").tokenizer_config().source == "union"
+    assert _recipe().tokenizer_config() is None
+    with pytest.raises(ValidationError, match="not both"):
+        _recipe(tokenizer_source="base", tokenizer={"source": "union"})
+    with pytest.raises(ValidationError, match="needs a 'model'"):
+        _recipe(tokenizer={"tokens": {"<x>": {"source": {"kind": "model_token"}}}})
 
 
 def test_referenced_models_base_first_unique():
