@@ -11,14 +11,15 @@ Example::
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import Any, get_args
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from mergekit_like.errors import Loc, Problem, RecipeError, format_loc
 from mergekit_like.recipe import Recipe
@@ -188,11 +189,36 @@ def validate_data(data: Any, path: Path, lines: dict[Loc, int],
             loc = tuple(p for p in err["loc"] if not _is_union_tag(p))
             msg = err["msg"]
             if err["type"] == "extra_forbidden":
-                msg = "unknown key"
+                msg = "unknown key" + _suggest(str(loc[-1]) if loc else "")
             elif err["type"] == "missing":
                 msg = "required field is missing"
             problems.append(locate(loc, msg, path, lines, overridden))
         raise RecipeError(problems) from None
+
+
+def _field_names(model: type[BaseModel], seen: set[type] | None = None) -> set[str]:
+    """Every field name (by alias) of ``model`` and the models nested in it."""
+    seen = seen if seen is not None else set()
+    if model in seen:
+        return set()
+    seen.add(model)
+    names: set[str] = set()
+    stack = []
+    for name, info in model.model_fields.items():
+        names.add(info.alias or name)
+        stack.append(info.annotation)
+    while stack:
+        ann = stack.pop()
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            names |= _field_names(ann, seen)
+        stack.extend(get_args(ann))
+    return names
+
+
+def _suggest(key: str) -> str:
+    """'; did you mean 'tokenizer_source'?' for a near miss of a known key, else ''."""
+    match = difflib.get_close_matches(key, sorted(_field_names(Recipe)), n=1, cutoff=0.75)
+    return f"; did you mean {match[0]!r}?" if match else ""
 
 
 def _is_union_tag(part: str | int) -> bool:

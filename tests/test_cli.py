@@ -156,7 +156,7 @@ def test_overrides_on_the_command_line(tmp_path, llama_family, run_cli):
     ("merge_method: lineer\nmodels: [{model: M}]\n",
      "recipe.yaml:1: merge_method: unknown merge method 'lineer'; known methods:"),
     ("merge_method: linear\nmodels: [{model: M}]\ntokenzer_source: base\n",
-     "recipe.yaml:3: tokenzer_source: unknown key"),
+     "recipe.yaml:3: tokenzer_source: unknown key; did you mean 'tokenizer_source'?"),
     ("merge_method: linear\nmodels: [{model: /does/not/exist}]\n",
      "recipe.yaml:2: models[0].model: model '/does/not/exist' is not a local folder"),
     ("merge_method: passthrough\nslices:\n  - sources:\n      - {model: M, layer_range: [0, 9]}\n",

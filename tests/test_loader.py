@@ -44,7 +44,7 @@ def test_every_problem_reported_once_per_line(tmp_path):
         load_recipe(write_recipe(tmp_path, text))
     assert _messages(exc) == [
         "recipe.yaml:10: models[1].parameters.weight: expected a number, got 'abc'",
-        "recipe.yaml:13: tokenzer_source: unknown key",
+        "recipe.yaml:13: tokenzer_source: unknown key; did you mean 'tokenizer_source'?",
     ]
 
 
