@@ -1,79 +1,136 @@
-"""The task-arithmetic family: task vectors from a base, optionally trimmed and sign-elected.
+"""The task-arithmetic family: one implementation, many methods.
 
-One implementation serves ``task_arithmetic`` and ``ties`` (and later the DARE family):
+Every method of the family is :func:`generalized_task_arithmetic` with options:
 
-    delta_i = x_i - base
-    delta_i = sparsify(delta_i, density_i)             (ties: keep top-k by magnitude)
-    d_i = w_i * delta_i
-    mask_i = sign(d_i) == sign(sum_j d_j)               (ties only: elect the sign by mass)
-    mixed = sum_i mask_i * d_i  [/ sum_i mask_i * w_i  if normalize]
+    delta_i = x_i - base                                   (task vectors)
+    delta_i = sparsify(delta_i, trim_i)                    (ties, dare, breadcrumbs, della)
+    delta_i = delta_i * select                             (sce: high-variance positions)
+    d_i = w_i * delta_i                                    (sce: w_i from the deltas' energy)
+    keep_i = sign(d_i) == elected sign                     (the *_ties methods, della, sce)
+    mixed = sum_i keep_i * d_i  [/ sum_i keep_i * w_i   if normalize]
     out = base + lambda * mixed
 
-This follows mergekit's ``generalized_task_arithmetic``, so shared recipes give the same model.
+This follows mergekit's ``generalized_task_arithmetic`` (parameter names, defaults and order
+of operations), so a recipe shared with mergekit gives the same model. ``int8_mask`` is
+accepted for compatibility; masks here are already booleans, so it changes nothing.
+:class:`TaskArithmeticFamily` turns a method's parameters into these options.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field
 
-from mergekit_like.methods.sparsify import magnitude_mask
+from mergekit_like.methods.reductions import stable_sum
+from mergekit_like.methods.sparsify import RANDOM_TRIMS, Trim, TrimKind, sparsify, variance_mask
 from mergekit_like.methods.spec import MergeMethod, MethodParams, TensorContext
 
 if TYPE_CHECKING:
     import torch
 
+Consensus = Literal["sum", "count", "sum_unweighted"]
+
 
 def generalized_task_arithmetic(
     tensors: Sequence[torch.Tensor],
     base: torch.Tensor,
-    weights: Sequence[float],
-    densities: Sequence[float] | None,
+    weights: Sequence[float] | Literal["energy"],
+    trims: Sequence[Trim] | None = None,
     *,
-    lambda_: float = 1.0,
+    lambda_: float | torch.Tensor = 1.0,
     normalize: bool = False,
-    consensus: Literal["sum", "count"] | None = None,
+    consensus: Consensus | None = None,
+    select_topk: float = 1.0,
+    generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """Merge task vectors ``x_i - base``; see the module docstring for the formula."""
+    """Merge the task vectors ``x_i - base``; see the module docstring for the formula.
+
+    Args:
+        weights: one per model, or ``"energy"`` (SCE): ``mean(delta_i ** 2)`` normalised to
+            sum to 1 (uniform when every task vector is zero).
+        trims: how each task vector is sparsified (None: kept whole).
+        consensus: sign election: ``"sum"`` (TIES: sign of the summed weighted task
+            vectors), ``"count"`` (majority of their signs), ``"sum_unweighted"`` (SCE: sign
+            of the summed task vectors before weighting); None mixes every entry.
+        select_topk: below 1, SCE's selection of high-variance positions (see
+            :func:`~mergekit_like.methods.sparsify.variance_mask`).
+        generator: the random source of random trims (``TensorContext.generator``).
+        lambda_: a number, or a tensor broadcasting against ``base`` (model_stock).
+
+    >>> import torch
+    >>> base = torch.zeros(2)
+    >>> generalized_task_arithmetic([torch.tensor([1.0, -1.0]), torch.tensor([3.0, 1.0])],
+    ...                             base, [1.0, 1.0], normalize=True)
+    tensor([2., 0.])
+    """
     import torch
 
+    deltas = [x - base for x in tensors]
+    if trims is not None:
+        deltas = [sparsify(d, t, generator) for d, t in zip(deltas, trims, strict=True)]
+    if select_topk < 1.0:
+        selected = variance_mask(deltas, select_topk)
+        deltas = [d * selected for d in deltas]
+    if weights == "energy":
+        weights = energy_weights(deltas)
+    weights = [float(w) for w in weights]
+    elected = _elect(deltas, weights, consensus) if consensus is not None else None
     mixed = torch.zeros_like(base)
-    divisor = torch.zeros_like(base) if normalize else None
-    deltas = []
-    for i, (x, w) in enumerate(zip(tensors, weights, strict=True)):
-        delta = x - base
-        if densities is not None and densities[i] < 1.0:
-            delta.mul_(magnitude_mask(delta, densities[i]))
-        deltas.append(delta.mul_(w))
-    if consensus is None:
+    if elected is None:
         for w, d in zip(weights, deltas, strict=True):
-            mixed.add_(d)
-            if divisor is not None:
-                divisor.add_(w)
+            mixed.add_(d, alpha=w)
+        total = sum(weights)
+        divisor: float | torch.Tensor = 1.0 if abs(total) < 1e-8 else total
     else:
-        if consensus == "sum":
-            total = torch.stack(deltas).sum(dim=0)
-        else:
-            total = torch.stack([d.sign() for d in deltas]).sum(dim=0)
-        elected = torch.where(total >= 0, 1.0, -1.0).to(base.dtype)
+        divisor = torch.zeros_like(base)
         for w, d in zip(weights, deltas, strict=True):
-            keep = d.sign() == elected
-            mixed.add_(d * keep)
-            if divisor is not None:
-                divisor.add_(keep.to(base.dtype) * w)
-    if divisor is not None:
-        divisor[divisor.abs() < 1e-8] = 1.0
+            keep = torch.sign(d) * (1.0 if w >= 0 else -1.0) == elected
+            mixed.add_(d * keep, alpha=w)
+            divisor.add_(keep.to(base.dtype), alpha=w)
+        divisor[divisor == 0] = 1.0
+    if normalize:
         mixed.div_(divisor)
-    if lambda_ != 1.0:
+    if not (isinstance(lambda_, float | int) and lambda_ == 1.0):
         mixed.mul_(lambda_)
     return mixed.add_(base)
 
 
+def _elect(deltas: list[torch.Tensor], weights: list[float],
+           consensus: Consensus) -> torch.Tensor:
+    """The elected sign (+1 or -1; ties go to +1) of every entry."""
+    import torch
+
+    total = torch.zeros_like(deltas[0])
+    for w, d in zip(weights, deltas, strict=True):
+        if consensus == "sum":
+            total.add_(d, alpha=w)
+        elif consensus == "sum_unweighted":
+            total.add_(d)
+        else:  # count: the signs of the weighted task vectors
+            total.add_(torch.sign(d), alpha=(w > 0) - (w < 0))
+    return torch.where(total >= 0, 1.0, -1.0).to(total.dtype)
+
+
+def energy_weights(deltas: Sequence[torch.Tensor]) -> list[float]:
+    """SCE's matrix-level weights: ``mean(delta_i ** 2)``, normalised to sum to 1."""
+    energy = [float(stable_sum(d.square())) / max(1, d.numel()) for d in deltas]
+    total = sum(energy)
+    if total == 0:
+        return [1.0 / len(deltas)] * len(deltas)
+    return [e / total for e in energy]
+
+
 class TaskArithmeticParams(MethodParams):
-    lambda_: float = Field(1.0, alias="lambda", description="scale of the summed task vectors")
-    normalize: bool = Field(False, description="divide by the sum of the weights")
+    """Global parameters shared by the family (mergekit's names; defaults per method)."""
+
+    lambda_: float = Field(1.0, alias="lambda", description="scale of the merged task vector")
+    normalize: bool = Field(False, description="divide by the sum of the weights (of the "
+                            "agreeing ones, where signs are elected)")
+    rescale: bool = Field(False, description="rescale kept entries so each trimmed task vector "
+                          "keeps its L1 norm (mergekit); no effect without trimming")
     int8_mask: bool = Field(False, description="accepted for mergekit compatibility; no effect")
 
 
@@ -81,25 +138,45 @@ class TaskArithmeticModelParams(MethodParams):
     weight: float = Field(1.0, description="scale of this model's task vector (negative subtracts)")
 
 
-def task_arithmetic_merge(
-    tensors: Sequence[torch.Tensor],
-    base: torch.Tensor | None,
-    model_params: Sequence[TaskArithmeticModelParams],
-    params: TaskArithmeticParams,
-    ctx: TensorContext,
-) -> torch.Tensor:
-    """Task arithmetic (Ilharco et al., 2023): ``base + lambda * sum_i w_i (x_i - base)``."""
-    assert base is not None
-    return generalized_task_arithmetic(
-        tensors, base, [p.weight for p in model_params], None,
-        lambda_=params.lambda_, normalize=params.normalize,
-    )
+@dataclass(frozen=True)
+class TaskArithmeticFamily:
+    """The merge function of one family member: its trim and its sign election.
+
+    Reads ``weight`` and, when present, ``density``, ``gamma`` and ``epsilon`` from each
+    model's parameters; ``lambda``, ``normalize``, ``rescale`` and ``rescale_by_probability``
+    from the global ones. Random trims draw from ``ctx.generator`` on the base's device.
+    """
+
+    trim: TrimKind | None = None
+    consensus: Consensus | None = None
+
+    def __call__(self, tensors: Sequence[torch.Tensor], base: torch.Tensor | None,
+                 model_params: Sequence[MethodParams], params: MethodParams,
+                 ctx: TensorContext) -> torch.Tensor:
+        if base is None:
+            raise ValueError("this method needs a base_model")
+        trims = None
+        generator = None
+        if self.trim is not None:
+            rescale = None
+            if getattr(params, "rescale", False):
+                by_prob = getattr(params, "rescale_by_probability", False)
+                rescale = "probability" if by_prob else "l1"
+            trims = [Trim(self.trim, getattr(p, "density", 1.0), getattr(p, "gamma", 0.0),
+                          getattr(p, "epsilon", 0.0), rescale) for p in model_params]
+            if self.trim in RANDOM_TRIMS:
+                generator = ctx.generator(base.device)
+        return generalized_task_arithmetic(
+            tensors, base, [getattr(p, "weight", 1.0) for p in model_params], trims,
+            lambda_=getattr(params, "lambda_", 1.0), normalize=getattr(params, "normalize", False),
+            consensus=self.consensus, generator=generator,
+        )
 
 
 TASK_ARITHMETIC = MergeMethod(
     name="task_arithmetic",
-    summary="add weighted task vectors (model - base) to the base model",
-    merge=task_arithmetic_merge,
+    summary="add weighted task vectors (model - base) to the base model (Ilharco et al., 2023)",
+    merge=TaskArithmeticFamily(),
     params=TaskArithmeticParams,
     model_params=TaskArithmeticModelParams,
     base="required",
