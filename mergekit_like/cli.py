@@ -88,7 +88,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _merge(ns: argparse.Namespace) -> int:
     from mergekit_like.io.writer import parse_size
-    from mergekit_like.loader import load_recipe
+    from mergekit_like.loader import LoadedRecipe, load_recipe_documents
     from mergekit_like.plan import build_plan
     from mergekit_like.run import MergeOptions, write_model
 
@@ -101,7 +101,21 @@ def _merge(ns: argparse.Namespace) -> int:
     shard, chunk = sizes["--out-shard-size"], sizes["--chunk-size"]
     options = MergeOptions(device=ns.device, out_shard_bytes=shard, force=ns.force,
                            seed=ns.seed, quiet=ns.quiet, chunk_bytes=chunk)
-    plan = build_plan(load_recipe(ns.recipe, ns.overrides))
+    docs = load_recipe_documents(ns.recipe, ns.overrides)
+    if len(docs) > 1:  # mergekit-multi: named merges in dependency order
+        from mergekit_like.multi import run_documents
+
+        def write_doc(doc: LoadedRecipe, folder: Path) -> None:
+            plan = build_plan(doc)
+            for warning in plan.warnings:
+                print(warning, file=sys.stderr)
+            write_model(plan, folder, options)
+            if not ns.quiet:
+                print(f"{doc.recipe.name}: wrote {folder}")
+
+        run_documents(docs, ns.out, write_doc)
+        return 0
+    plan = build_plan(docs[0])
     for warning in plan.warnings:
         print(warning, file=sys.stderr)
     write_model(plan, ns.out, options)
@@ -121,9 +135,18 @@ def _subcommand(cmd: str, ns: argparse.Namespace) -> int:
 
         print("\n\n".join(m.describe() for m in REGISTRY.values()))
         return 0
-    from mergekit_like.loader import load_recipe
+    from mergekit_like.loader import load_recipe_documents
 
-    loaded = load_recipe(ns.recipe, ns.overrides)
+    docs = load_recipe_documents(ns.recipe, ns.overrides)
+    if len(docs) > 1:
+        from mergekit_like.multi import order_documents
+
+        names = [d.recipe.name for d in order_documents(docs)]
+        if cmd == "plan":
+            raise MergeError(f"{ns.recipe}: {len(docs)} documents; `merge plan` takes one")
+        print(f"{ns.recipe}: {len(docs)} valid documents, run in order: {' -> '.join(names)}")
+        return 0
+    loaded = docs[0]
     if cmd == "validate":
         return _validate(loaded)
     from mergekit_like.execute import estimate_peak_bytes

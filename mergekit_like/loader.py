@@ -36,6 +36,9 @@ class LoadedRecipe:
     raw: Any
     lines: MappingProxyType[Loc, int] = field(default_factory=lambda: MappingProxyType({}))
     overridden: frozenset[Loc] = frozenset()
+    #: outputs of earlier documents of a multi-document file, by their ``name``
+    named_models: MappingProxyType[str, Path] = field(
+        default_factory=lambda: MappingProxyType({}))
 
     def problem(self, loc: Loc, message: str) -> Problem:
         """A :class:`Problem` at ``loc``, with the file and line of its nearest known part."""
@@ -63,17 +66,25 @@ class _Constructor(yaml.constructor.SafeConstructor):
 
 def parse_yaml(text: str, path: Path) -> tuple[Any, dict[Loc, int]]:
     """Parse one YAML document, returning the data and a map from field path to line."""
+    docs = parse_yaml_documents(text, path)
+    if len(docs) > 1:
+        raise RecipeError(Problem("several YAML documents: run them with `merge` (each needs a "
+                                  "name)", (), path.name, docs[1][2]))
+    return (docs[0][0], docs[0][1]) if docs else (None, {})
+
+
+def parse_yaml_documents(text: str, path: Path) -> list[tuple[Any, dict[Loc, int], int]]:
+    """Parse every YAML document: (data, field path -> line, first line) for each."""
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        nodes = list(yaml.compose_all(text, Loader=yaml.SafeLoader))
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 1 if mark is not None else None
         reason = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise RecipeError(Problem(f"invalid YAML: {reason}", (), path.name, line)) from None
-    lines: dict[Loc, int] = {}
     constructor = _Constructor()
 
-    def build(n: yaml.Node, loc: Loc) -> Any:
+    def build(n: yaml.Node, loc: Loc, lines: dict[Loc, int]) -> Any:
         lines[loc] = n.start_mark.line + 1
         if isinstance(n, yaml.MappingNode):
             out: dict[Any, Any] = {}
@@ -89,15 +100,18 @@ def parse_yaml(text: str, path: Path) -> tuple[Any, dict[Loc, int]]:
                         Problem(f"duplicate key {key!r}", loc, path.name,
                                 key_node.start_mark.line + 1)
                     )
-                out[key] = build(value_node, (*loc, key))
+                out[key] = build(value_node, (*loc, key), lines)
             return out
         if isinstance(n, yaml.SequenceNode):
-            return [build(item, (*loc, i)) for i, item in enumerate(n.value)]
+            return [build(item, (*loc, i), lines) for i, item in enumerate(n.value)]
         return constructor.construct_object(n, deep=True)
 
-    if node is None:
-        return None, lines
-    return build(node, ()), lines
+    out = []
+    for node in nodes:
+        if node is not None:
+            lines: dict[Loc, int] = {}
+            out.append((build(node, (), lines), lines, node.start_mark.line + 1))
+    return out
 
 
 def apply_overrides(data: Any, overrides: Sequence[str]) -> tuple[Any, frozenset[Loc]]:
@@ -238,3 +252,37 @@ def load_recipe(path: Path, overrides: Sequence[str] = ()) -> LoadedRecipe:
     data, touched = apply_overrides(data, overrides)
     recipe = validate_data(data, path, lines, touched)
     return LoadedRecipe(recipe, path, data, MappingProxyType(lines), touched)
+
+
+def load_recipe_documents(path: Path, overrides: Sequence[str] = ()) -> list[LoadedRecipe]:
+    """Every document of a recipe file, validated (one document: same as :func:`load_recipe`).
+
+    Several documents follow mergekit-multi's convention: each has a ``name``, and a later
+    one may use an earlier one's name as a model. Overrides apply to single documents only.
+    """
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise RecipeError(Problem("recipe file not found", (), str(path))) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RecipeError(Problem(f"cannot read recipe: {exc}", (), str(path))) from None
+    docs = parse_yaml_documents(text, path)
+    if len(docs) <= 1:
+        return [load_recipe(path, overrides)]
+    if overrides:
+        raise RecipeError(Problem("overrides apply to single-document recipes; this file has "
+                                  f"{len(docs)} documents", (), OVERRIDE_FILE))
+    out, problems = [], []
+    for data, lines, first in docs:
+        try:
+            recipe = validate_data(data, path, lines)
+        except RecipeError as exc:
+            problems.extend(exc.problems)
+            continue
+        if not recipe.name:
+            problems.append(Problem("each document of a multi-document recipe needs a 'name'",
+                                    (), path.name, first))
+        out.append(LoadedRecipe(recipe, path, data, MappingProxyType(lines)))
+    if problems:
+        raise RecipeError(problems)
+    return out

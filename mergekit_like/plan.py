@@ -138,7 +138,7 @@ def _load_models(loaded: LoadedRecipe) -> tuple[list[ModelCatalog], dict[str, in
     problems = []
     for ref, loc in where.items():
         try:
-            catalogs.append(open_model(ref, loaded.path.parent))
+            catalogs.append(open_model(ref, loaded.path.parent, loaded.named_models))
             index_of[ref] = len(catalogs) - 1
         except InputError as exc:
             problems.extend(loaded.problem(loc, p.message) for p in exc.problems)

@@ -53,8 +53,10 @@ def resolve_model(ref: str, recipe_dir: Path | None = None) -> Path:
     Hugging Face cache (``HF_HUB_CACHE``/``HF_HOME``). Raises ``InputError`` if neither.
     """
     candidates = [Path(ref).expanduser()]
-    if recipe_dir is not None and not Path(ref).is_absolute():
-        candidates.append(recipe_dir / ref)
+    if "\\" in ref:  # a Windows-style path written on Windows
+        candidates.append(Path(ref.replace("\\", "/")).expanduser())
+    if recipe_dir is not None:
+        candidates += [recipe_dir / c for c in candidates if not c.is_absolute()]
     for cand in candidates:
         if cand.is_dir():
             return cand.resolve()
@@ -105,15 +107,24 @@ def _collect(files: list[Path], reader: Any) -> dict[str, TensorInfo]:
     return tensors
 
 
-def open_model(ref: str, recipe_dir: Path | None = None) -> ModelCatalog:
-    """Resolve and catalog a model reference, including mergekit's ``model+lora_adapter``."""
+def open_model(ref: str, recipe_dir: Path | None = None,
+               named: Mapping[str, Path] | None = None) -> ModelCatalog:
+    """Resolve and catalog a model reference, including mergekit's ``model+lora_adapter``.
+
+    ``named`` maps the names of earlier documents of a multi-document recipe to their outputs.
+    """
+    named = named or {}
+
+    def find(part: str) -> Path:
+        return named[part] if part in named else resolve_model(part, recipe_dir)
+
     if "+" in ref:
         base_ref, _, adapter_ref = ref.partition("+")
-        base = load_catalog(base_ref, resolve_model(base_ref, recipe_dir))
+        base = load_catalog(base_ref, find(base_ref))
         from mergekit_like.io.lora import apply_adapter
 
-        return apply_adapter(base, ref, resolve_model(adapter_ref, recipe_dir))
-    return load_catalog(ref, resolve_model(ref, recipe_dir))
+        return apply_adapter(base, ref, find(adapter_ref))
+    return load_catalog(ref, find(ref))
 
 
 def load_catalog(ref: str, folder: Path) -> ModelCatalog:

@@ -1,0 +1,80 @@
+"""Multi-document recipes (mergekit-multi) and Windows-style paths."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from mergekit_like.errors import RecipeError
+from mergekit_like.loader import load_recipe_documents
+from mergekit_like.multi import order_documents
+from tests.conftest import load_tensors, write_recipe
+
+
+def _pipeline(f: dict[str, Path]) -> str:
+    return f"""name: final
+merge_method: linear
+models:
+  - model: soup-ab
+    parameters: {{weight: 1.0}}
+  - model: {f['chat']}
+    parameters: {{weight: 3.0}}
+---
+name: soup-ab
+merge_method: linear
+models: [{{model: {f['math']}}}, {{model: {f['code']}}}]
+"""
+
+
+def test_documents_run_in_dependency_order_and_resume(tmp_path, llama_family, run_cli):
+    f = llama_family
+    recipe = write_recipe(tmp_path, _pipeline(f))
+    res = run_cli(recipe, tmp_path / "out", "--quiet")
+    assert res.code == 0, res.err
+    a, b, c = (load_tensors(f[k]) for k in ("math", "code", "chat"))
+    inter = load_tensors(tmp_path / "out-intermediates" / "soup-ab")
+    final = load_tensors(tmp_path / "out")
+    for n, t in final.items():
+        torch.testing.assert_close(inter[n], (a[n] + b[n]) / 2)
+        torch.testing.assert_close(t, ((a[n] + b[n]) / 2 + 3 * c[n]) / 4)
+    res = run_cli(recipe, tmp_path / "out", "--force")
+    assert res.code == 0 and "soup-ab:" in res.out and "exists, skipping" in res.out
+    res = run_cli("validate", recipe)
+    assert res.code == 0 and "run in order: soup-ab -> final" in res.out
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("name: a\nmerge_method: linear\nmodels: [{model: b}]\n---\n"
+     "name: b\nmerge_method: linear\nmodels: [{model: a}]\n", "cycle"),
+    ("name: a\nmerge_method: linear\nmodels: [{model: x}]\n---\n"
+     "name: b\nmerge_method: linear\nmodels: [{model: y}]\n", "one final merge"),
+    ("name: a\nmerge_method: linear\nmodels: [{model: x}]\n---\n"
+     "name: a\nmerge_method: linear\nmodels: [{model: a}]\n", "two documents are named 'a'"),
+])
+def test_bad_pipelines(tmp_path, text, message):
+    docs = load_recipe_documents(write_recipe(tmp_path, text))
+    with pytest.raises(RecipeError, match=message):
+        order_documents(docs)
+
+
+def test_each_document_needs_a_name_and_no_overrides(tmp_path):
+    path = write_recipe(tmp_path, "merge_method: linear\nmodels: [{model: x}]\n---\n"
+                                  "name: b\nmerge_method: linear\nmodels: [{model: y}]\n")
+    with pytest.raises(RecipeError, match="recipe.yaml:1: each document .* needs a 'name'"):
+        load_recipe_documents(path)
+    with pytest.raises(RecipeError, match="overrides apply to single-document recipes"):
+        load_recipe_documents(path, ["name=z"])
+
+
+def test_windows_style_relative_paths(tmp_path, llama_family, run_cli, monkeypatch):
+    import shutil
+
+    shutil.copytree(llama_family["math"], tmp_path / "models" / "math")
+    monkeypatch.chdir(tmp_path)
+    recipe = write_recipe(tmp_path, "merge_method: linear\nmodels:\n"
+                                    "  - model: models\\math\n"
+                                    "  - model: 'models\\math'\n")
+    res = run_cli(recipe, tmp_path / "out", "--quiet")
+    assert res.code == 0, res.err
