@@ -57,6 +57,11 @@ def _run_parser() -> argparse.ArgumentParser:
     p.add_argument("--chunk-size", default="64MiB",
                    help="rows of large tensors are merged in chunks of this size (elementwise "
                         "methods; default 64MiB per input)")
+    p.add_argument("--allow-code", action="store_true",
+                   help="allow the recipe's evaluation.python to run (custom scorer code)")
+    p.add_argument("-m", "--multirun", action="store_true",
+                   help="sweep: run every combination of comma-separated override values "
+                        "into its own folder under OUT, with a summary of their scores")
     return p
 
 
@@ -101,6 +106,11 @@ def _merge(ns: argparse.Namespace) -> int:
     shard, chunk = sizes["--out-shard-size"], sizes["--chunk-size"]
     options = MergeOptions(device=ns.device, out_shard_bytes=shard, force=ns.force,
                            seed=ns.seed, quiet=ns.quiet, chunk_bytes=chunk)
+    if ns.multirun:  # soups: sweeps run each setting through soups/runner.py
+        from mergekit_like.soups.sweep import run_sweep
+
+        run_sweep(ns.recipe, ns.out, ns.overrides, options, allow_code=ns.allow_code)
+        return 0
     docs = load_recipe_documents(ns.recipe, ns.overrides)
     if len(docs) > 1:  # mergekit-multi: named merges in dependency order
         from mergekit_like.multi import run_documents
@@ -115,7 +125,15 @@ def _merge(ns: argparse.Namespace) -> int:
 
         run_documents(docs, ns.out, write_doc)
         return 0
-    plan = build_plan(docs[0])
+    loaded = docs[0]
+    from mergekit_like.soups import needs_runner
+
+    if needs_runner(loaded.recipe):  # a soup method, or an evaluation: block
+        from mergekit_like.soups.runner import run_loaded
+
+        run_loaded(loaded, ns.out, options, allow_code=ns.allow_code)
+        return 0
+    plan = build_plan(loaded)
     for warning in plan.warnings:
         print(warning, file=sys.stderr)
     write_model(plan, ns.out, options)
@@ -132,10 +150,12 @@ def _subcommand(cmd: str, ns: argparse.Namespace) -> int:
         return 0
     if cmd == "methods":
         from mergekit_like.methods import REGISTRY
+        from mergekit_like.soups import SOUP_METHODS
 
-        print("\n\n".join(m.describe() for m in REGISTRY.values()))
+        print("\n\n".join(m.describe() for m in [*REGISTRY.values(), *SOUP_METHODS.values()]))
         return 0
     from mergekit_like.loader import load_recipe_documents
+    from mergekit_like.soups import SOUP_METHODS
 
     docs = load_recipe_documents(ns.recipe, ns.overrides)
     if len(docs) > 1:
@@ -147,6 +167,10 @@ def _subcommand(cmd: str, ns: argparse.Namespace) -> int:
         print(f"{ns.recipe}: {len(docs)} valid documents, run in order: {' -> '.join(names)}")
         return 0
     loaded = docs[0]
+    if loaded.recipe.merge_method in SOUP_METHODS:  # check/plan the soup's ingredients
+        from mergekit_like.soups.runner import uniform_recipe
+
+        loaded = uniform_recipe(loaded)
     if cmd == "validate":
         return _validate(loaded)
     from mergekit_like.execute import estimate_peak_bytes

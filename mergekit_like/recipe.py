@@ -29,6 +29,12 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from mergekit_like.soups.config import (  # soups: torch-free
+    EvaluationConfig,
+    check_soup_recipe,
+    soup_options_schema,
+)
+
 DType = Literal["float32", "float16", "bfloat16", "float64"]
 
 _SCALAR_SCHEMA: dict[str, Any] = {"anyOf": [{"type": "number"}, {"type": "boolean"}]}
@@ -264,6 +270,11 @@ class Recipe(_Frozen):
         default=None, description="'auto', a built-in name (chatml) or a Jinja template"
     )
     name: str | None = None
+    # soups (mergekit_like/soups): held-out evaluation, and a soup method's options
+    evaluation: EvaluationConfig | None = Field(
+        default=None, description="held-out data and score: soup methods choose with it; any "
+        "other merge is scored with it after it is written")
+    soup: Annotated[dict[str, Any] | None, WithJsonSchema(soup_options_schema())] = None
 
     _none_params = model_validator(mode="before")(_none_to_empty)
 
@@ -277,6 +288,7 @@ class Recipe(_Frozen):
             raise PydanticCustomError(
                 "tokenizer", "give either 'tokenizer_source' or a 'tokenizer' block, not both", {}
             )
+        check_soup_recipe(self.merge_method, self.evaluation, self.soup)
         return self
 
     def tokenizer_config(self) -> TokenizerConfig | None:
@@ -291,12 +303,13 @@ class Recipe(_Frozen):
     @classmethod
     def _known_method(cls, value: str) -> str:
         from mergekit_like.methods import REGISTRY  # torch-free registry
+        from mergekit_like.soups import SOUP_METHODS  # torch-free too
 
-        if value not in REGISTRY:
+        if value not in REGISTRY and value not in SOUP_METHODS:
             raise PydanticCustomError(
                 "merge_method",
                 "unknown merge method {got}; known methods: {known}",
-                {"got": repr(value), "known": ", ".join(sorted(REGISTRY))},
+                {"got": repr(value), "known": ", ".join(sorted({*REGISTRY, *SOUP_METHODS}))},
             )
         return value
 

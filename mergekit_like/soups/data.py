@@ -1,0 +1,182 @@
+"""Evaluation data: the val and test splits named by the recipe's ``evaluation:`` block.
+
+Formats (the file's suffix decides):
+
+- ``.npz``: arrays ``<split>_inputs`` and ``<split>_labels`` (or ``inputs`` and ``labels`` in
+  a per-split file); any other ``<split>_<name>`` array is passed to the model as ``<name>``
+  (e.g. ``attention_mask``). Inputs go to the model's main input (``pixel_values``,
+  ``input_ids``).
+- ``.jsonl`` / ``.csv``: one example a row, with a text column (tokenized with the model's
+  tokenizer) or an ``inputs`` list of numbers, a label column and an optional ``split``
+  column.
+- ``.txt`` (perplexity): the whole text, cut into blocks of ``max_length`` tokens.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from mergekit_like.errors import InputError
+from mergekit_like.soups.config import EvaluationConfig
+
+if TYPE_CHECKING:
+    import torch
+
+
+@dataclass(frozen=True)
+class Split:
+    """One split: model inputs (first dimension = examples) and labels (None for LM data)."""
+
+    name: str
+    inputs: dict[str, torch.Tensor]
+    labels: torch.Tensor | None
+
+    def __len__(self) -> int:
+        return int(next(iter(self.inputs.values())).shape[0])
+
+    def batches(self, size: int) -> list[tuple[dict[str, torch.Tensor], torch.Tensor | None]]:
+        """Consecutive batches of at most ``size`` examples."""
+        out = []
+        for i in range(0, len(self), size):
+            inputs = {k: v[i:i + size] for k, v in self.inputs.items()}
+            out.append((inputs, None if self.labels is None else self.labels[i:i + size]))
+        return out
+
+
+def find_data(ref: str, recipe_dir: Path) -> Path:
+    """A data path as written, else relative to the recipe's folder."""
+    for cand in (Path(ref).expanduser(), recipe_dir / ref):
+        if cand.is_file():
+            return cand
+    raise InputError(f"evaluation.data: file {ref!r} not found (tried the working directory "
+                     f"and {recipe_dir})")
+
+
+def load_split(cfg: EvaluationConfig, split: str, recipe_dir: Path, main_input: str,
+               tokenizer_dir: Path | None) -> Split:
+    """Load one split for ``cfg.task``; ``main_input`` is the model's main input name."""
+    use_test_file = cfg.test_data is not None and split == cfg.test_split
+    ref = cfg.test_data if use_test_file else cfg.data
+    assert ref is not None
+    path = find_data(ref, recipe_dir)
+    suffix = path.suffix.lower()
+    if cfg.task == "perplexity":
+        texts = _texts(path, suffix, cfg, None if use_test_file else split)
+        return _limit(_lm_blocks(texts, cfg, tokenizer_dir, split), cfg.max_examples)
+    if suffix == ".npz":
+        result = _npz(path, split, main_input)
+    elif suffix in (".jsonl", ".csv"):
+        rows = _rows(path, suffix, None if use_test_file else split)
+        result = _classification_rows(rows, cfg, split, main_input, tokenizer_dir, path)
+    else:
+        raise InputError(f"evaluation.data: {path.name}: expected a .npz, .jsonl or .csv file "
+                         "for classification")
+    return _limit(result, cfg.max_examples)
+
+
+def _limit(split: Split, n: int | None) -> Split:
+    if n is None or n >= len(split):
+        return split
+    labels = None if split.labels is None else split.labels[:n]
+    return Split(split.name, {k: v[:n] for k, v in split.inputs.items()}, labels)
+
+
+def _npz(path: Path, split: str, main_input: str) -> Split:
+    import numpy as np
+    import torch
+
+    with np.load(path) as data:
+        arrays = {k: data[k] for k in data.files}
+    prefix = f"{split}_" if f"{split}_inputs" in arrays else ""
+    if f"{prefix}inputs" not in arrays or f"{prefix}labels" not in arrays:
+        raise InputError(f"evaluation.data: {path.name} has no arrays '{split}_inputs' and "
+                         f"'{split}_labels' (found: {', '.join(sorted(arrays))})")
+    inputs = {main_input: torch.from_numpy(arrays[f"{prefix}inputs"])}
+    other_splits = {k.split("_", 1)[0] for k in arrays if k.endswith("_inputs")}
+    for key, value in arrays.items():
+        head, _, name = key.partition("_")
+        if prefix and head == split and name not in ("inputs", "labels"):
+            inputs[name] = torch.from_numpy(value)
+        elif not prefix and head not in other_splits and key not in ("inputs", "labels"):
+            inputs[key] = torch.from_numpy(value)
+    return Split(split, inputs, torch.from_numpy(arrays[f"{prefix}labels"]).long())
+
+
+def _rows(path: Path, suffix: str, split: str | None) -> list[dict[str, Any]]:
+    try:
+        if suffix == ".jsonl":
+            lines = path.read_text(encoding="utf-8").splitlines()
+            rows = [json.loads(line) for line in lines if line.strip()]
+        else:
+            with path.open(newline="", encoding="utf-8") as f:
+                rows = list(csv.DictReader(f))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(f"evaluation.data: {path.name}: unreadable ({exc})") from None
+    if split is not None and rows and "split" in rows[0]:
+        rows = [r for r in rows if r.get("split") == split]
+        if not rows:
+            raise InputError(f"evaluation.data: {path.name} has no rows with split {split!r}")
+    return rows
+
+
+def _tokenizer(tokenizer_dir: Path | None) -> Any:
+    if tokenizer_dir is None:
+        raise InputError("evaluation.data: text data needs a tokenizer in the first ingredient")
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token or tok.unk_token
+    return tok
+
+
+def _classification_rows(rows: list[dict[str, Any]], cfg: EvaluationConfig, split: str,
+                         main_input: str, tokenizer_dir: Path | None, path: Path) -> Split:
+    import torch
+
+    if not rows or cfg.label_field not in rows[0]:
+        raise InputError(f"evaluation.data: {path.name}: rows need a {cfg.label_field!r} field "
+                         "(evaluation.label_field)")
+    labels = torch.tensor([int(r[cfg.label_field]) for r in rows])
+    if cfg.text_field in rows[0]:
+        enc = _tokenizer(tokenizer_dir)([str(r[cfg.text_field]) for r in rows],
+                                        padding="max_length", truncation=True,
+                                        max_length=cfg.max_length, return_tensors="pt")
+        return Split(split, {k: v for k, v in enc.items() if k != "token_type_ids"}, labels)
+    if "inputs" in rows[0]:
+        values = [r["inputs"] if isinstance(r["inputs"], list) else json.loads(r["inputs"])
+                  for r in rows]
+        tensor = torch.tensor(values)
+        return Split(split, {main_input: tensor if tensor.is_floating_point()
+                             or main_input != "pixel_values" else tensor.float()}, labels)
+    raise InputError(f"evaluation.data: {path.name}: rows need a {cfg.text_field!r} field "
+                     "(evaluation.text_field) or an 'inputs' list")
+
+
+def _texts(path: Path, suffix: str, cfg: EvaluationConfig, split: str | None) -> list[str]:
+    if suffix == ".txt":
+        return [path.read_text(encoding="utf-8")]
+    if suffix in (".jsonl", ".csv"):
+        return [str(r[cfg.text_field]) for r in _rows(path, suffix, split)
+                if cfg.text_field in r]
+    raise InputError(f"evaluation.data: {path.name}: expected .txt, .jsonl or .csv text")
+
+
+def _lm_blocks(texts: list[str], cfg: EvaluationConfig, tokenizer_dir: Path | None,
+               split: str) -> Split:
+    import torch
+
+    tok = _tokenizer(tokenizer_dir)
+    ids: list[int] = []
+    for text in texts:
+        ids.extend(tok(text, add_special_tokens=False)["input_ids"])
+    n = len(ids) // cfg.max_length
+    if n == 0:
+        raise InputError(f"evaluation.data: the {split} text has {len(ids)} tokens, fewer than "
+                         f"one block of evaluation.max_length={cfg.max_length}")
+    blocks = torch.tensor(ids[: n * cfg.max_length]).view(n, cfg.max_length)
+    return Split(split, {"input_ids": blocks}, None)

@@ -1,0 +1,60 @@
+"""Subset search: score the uniform average of every non-empty subset, write the best.
+
+With K ingredients there are 2^K - 1 subsets (fewer with ``max_size``); the search refuses to
+start when that exceeds ``max_subsets``. Ties go to the smaller subset, then to the one
+listed first (subsets are enumerated by size, then in the recipe's order).
+"""
+
+from __future__ import annotations
+
+import itertools
+from math import comb
+
+from mergekit_like.errors import MergeError
+from mergekit_like.soups.baselines import baseline_rows
+from mergekit_like.soups.config import SubsetSearchParams
+from mergekit_like.soups.context import Row, SoupContext, SoupResult
+
+
+def count_subsets(k: int, max_size: int | None) -> int:
+    """Number of non-empty subsets of at most ``max_size`` of ``k`` ingredients."""
+    top = min(k, max_size or k)
+    return sum(comb(k, s) for s in range(1, top + 1))
+
+
+def subset_search(ctx: SoupContext) -> SoupResult:
+    """Score every subset on val; the best (by val) is written and scored on test."""
+    params = ctx.params
+    assert isinstance(params, SubsetSearchParams)
+    members = ctx.members
+    total = count_subsets(len(members), params.max_size)
+    if total > params.max_subsets:
+        raise MergeError(
+            f"soup.max_subsets: {len(members)} ingredients give {total} subsets to score "
+            f"(2^K - 1 = {2 ** len(members) - 1} without max_size), more than "
+            f"max_subsets={params.max_subsets}; raise soup.max_subsets, set soup.max_size, "
+            "or use greedy_soup (K steps)")
+    individual = ctx.individuals()
+    ev = ctx.evaluator
+    scored: list[tuple[tuple[int, ...], float]] = []
+    top = min(len(members), params.max_size or len(members))
+    n = 0
+    for size in range(1, top + 1):
+        for subset in itertools.combinations(members, size):
+            n += 1
+            if size == 1:
+                value = individual[subset[0] - ctx.first].val.value
+            else:
+                value = ctx.score_mix({k: 1.0 / size for k in subset},
+                                      f"subset {n}/{total}", test=False).val.value
+            scored.append((subset, value))
+    best = min(range(len(scored)), key=lambda i: (ev.best_key(scored[i][1]), i))
+    subset = scored[best][0]
+    final = ctx.score_mix({k: 1.0 / len(subset) for k in subset}, "best subset")
+    rows, curves = baseline_rows(ctx)
+    names = ", ".join(ctx.name(k) for k in subset)
+    rows.insert(len(rows) - (1 if rows[-1].name == "ensemble" else 0),
+                Row("best subset", final, len(subset), names))
+    details = {"subsets": [{"subset": [ctx.name(k) for k in s], "val": v} for s, v in scored],
+               "best": [ctx.name(k) for k in subset]}
+    return SoupResult(rows, {k: 1.0 for k in subset}, "best subset", details, curves)
