@@ -8,10 +8,12 @@ formatted the way the user wrote it (``models[1].parameters.weight``).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 Loc = tuple[str | int, ...]
+_PLAIN = re.compile(r"[^\s.\[\]'\"]+")
 
 
 def format_loc(loc: Sequence[str | int]) -> str:
@@ -24,6 +26,8 @@ def format_loc(loc: Sequence[str | int]) -> str:
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
+        elif not _PLAIN.fullmatch(str(part)):
+            out += f"[{str(part)!r}]"  # odd keys stay on one line and unambiguous
         else:
             out += f".{part}" if out else str(part)
     return out
@@ -43,7 +47,8 @@ class Problem:
         if self.file:
             where = f"{self.file}:{self.line}: " if self.line else f"{self.file}: "
         field = f"{format_loc(self.loc)}: " if self.loc else ""
-        return f"{where}{field}{self.message}"
+        text = f"{where}{field}{self.message}"
+        return text.replace("\r", "\\r").replace("\n", "\\n")  # always one line
 
 
 class MergeError(Exception):
