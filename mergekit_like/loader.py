@@ -240,14 +240,18 @@ def _is_union_tag(part: str | int) -> bool:
                                       part in {"float", "bool", "str", "int"})
 
 
-def load_recipe(path: Path, overrides: Sequence[str] = ()) -> LoadedRecipe:
-    """Read, override and validate a recipe file."""
+def _read_text(path: Path) -> str:
     try:
-        text = path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise RecipeError(Problem("recipe file not found", (), str(path))) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise RecipeError(Problem(f"cannot read recipe: {exc}", (), str(path))) from None
+
+
+def load_recipe(path: Path, overrides: Sequence[str] = ()) -> LoadedRecipe:
+    """Read, override and validate a recipe file."""
+    text = _read_text(path)
     data, lines = parse_yaml(text, path)
     data, touched = apply_overrides(data, overrides)
     recipe = validate_data(data, path, lines, touched)
@@ -260,12 +264,7 @@ def load_recipe_documents(path: Path, overrides: Sequence[str] = ()) -> list[Loa
     Several documents follow mergekit-multi's convention: each has a ``name``, and a later
     one may use an earlier one's name as a model. Overrides apply to single documents only.
     """
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise RecipeError(Problem("recipe file not found", (), str(path))) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise RecipeError(Problem(f"cannot read recipe: {exc}", (), str(path))) from None
+    text = _read_text(path)
     docs = parse_yaml_documents(text, path)
     if len(docs) <= 1:
         return [load_recipe(path, overrides)]
