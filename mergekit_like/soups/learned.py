@@ -71,7 +71,7 @@ def learned_soup(ctx: SoupContext) -> SoupResult:
         opt.zero_grad()
         loss.backward()
         opt.step()
-        history.append(float(loss))
+        history.append(float(loss.detach()))
     del stacks
     final = coefficients(logits.detach(), params.temperature).cpu()
     if params.granularity == "model":
@@ -88,7 +88,7 @@ def learned_soup(ctx: SoupContext) -> SoupResult:
     rows.insert(len(rows) - (1 if rows[-1].name == "ensemble" else 0),
                 Row("learned soup", scored, len(members), params.granularity))
     details = {"coefficients": table, "loss_history": history,
-               "granularity": params.granularity, "steps": params.steps}
+               "granularity": params.granularity, "num_steps": params.steps}
     return SoupResult(rows, weights, "learned soup", details, curves)
 
 
