@@ -8,6 +8,7 @@ learned coefficients) for the report and plots.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -129,6 +130,14 @@ class SoupContext:
         idx = list(range(len(scores)))
         idx.sort(key=lambda i: (self.evaluator.best_key(scores[i].val.value), i))
         return [self.first + i for i in idx]
+
+    def bar(self, items: list[Any], desc: str) -> Iterable[Any]:
+        """``items`` with a progress bar (unless quiet)."""
+        if not self.progress or len(items) < 2:
+            return items
+        from tqdm.auto import tqdm
+
+        return tqdm(items, desc=desc, leave=False)
 
     def running_sum(self) -> RunningSum:
         """An empty running sum over the merged tensors, in memory or on disk by the budget."""

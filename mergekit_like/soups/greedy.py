@@ -42,7 +42,7 @@ def greedy_soup(ctx: SoupContext) -> SoupResult:
         steps = [{"step": 1, "ingredient": ctx.name(first), "val": best.value,
                   "val_loss": best.loss, "accepted": True, "soup_size": 1}]
         curve = [(1.0, best.value, None)]
-        for k in order[1:]:
+        for k in ctx.bar(order[1:], "greedy soup"):
             n = running.count
             cand = ctx.score_mix({k: 1.0 / (n + 1)}, f"greedy step {len(steps) + 1}",
                                  test=False, running=running, sum_weight=1.0 / (n + 1)).val

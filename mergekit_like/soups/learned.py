@@ -59,7 +59,7 @@ def learned_soup(ctx: SoupContext) -> SoupResult:
            else torch.optim.SGD([logits], lr=params.lr))
     history = []
     model = ing.model
-    for step in range(params.steps):
+    for step in ctx.bar(list(range(params.steps)), "learned soup"):
         coef = coefficients(logits, params.temperature)
         mixed = {}
         for i, (name, stack) in enumerate(zip(names, stacks, strict=True)):

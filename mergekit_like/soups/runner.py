@@ -161,7 +161,7 @@ def run_soup(loaded: LoadedRecipe, out: Path, options: MergeOptions,
         data = write_report(ctx, result, tmp, written, plots)
     if progress:
         print(console_table(data))
-        what = f"the {data['chosen']}" if written else "the report (nothing to write)"
+        what = f"{data['chosen']} model" if written else "no model (a baseline)"
         print(f"wrote {out}: {what}, soup_report.md, soup_report.json")
     return data
 

@@ -40,7 +40,8 @@ def subset_search(ctx: SoupContext) -> SoupResult:
     top = min(len(members), params.max_size or len(members))
     n = 0
     for size in range(1, top + 1):
-        for subset in itertools.combinations(members, size):
+        for subset in ctx.bar(list(itertools.combinations(members, size)),
+                              f"subsets of {size}"):
             n += 1
             if size == 1:
                 value = individual[subset[0] - ctx.first].val.value

@@ -25,7 +25,7 @@ def wise_ft(ctx: SoupContext) -> SoupResult:
     members = ctx.members
     base = 0
     sweep: list[tuple[float, Scored]] = []
-    for alpha in params.alphas:
+    for alpha in ctx.bar(list(params.alphas), "wise_ft alphas"):
         sweep.append((alpha, ctx.score_mix(wise_weights(alpha, base, members),
                                            f"alpha={alpha:g}")))
     best = min(range(len(sweep)), key=lambda i: (ev.best_key(sweep[i][1].val.value), i))

@@ -119,3 +119,20 @@ evaluation:
     assert got["val_loss"] == pytest.approx(nll, rel=1e-4)
     assert got["val"] == pytest.approx(math.exp(nll), rel=1e-4)
     assert got["test"] is None and got["higher_is_better"] is False
+
+
+def test_ensemble_method_reports_without_writing_a_model(tmp_path, ingredients, npz_data,
+                                                         run_cli):
+    models = ingredients([0.75, 0.5])
+    data, arrays = npz_data
+    lines = ["merge_method: ensemble", "models:"] + [f"  - model: {m}" for m in models]
+    lines += ["evaluation:", "  task: classification", f"  data: {data}"]
+    out = tmp_path / "out"
+    res = run_cli(write_recipe(tmp_path, "\n".join(lines) + "\n"), out, "--quiet")
+    assert res.code == 0, res.err
+    report = json.loads((out / "soup_report.json").read_text())
+    assert report["written"] is False and not list(out.glob("*.safetensors"))
+    labels = torch.from_numpy(arrays["test_labels"])
+    mean = sum(logits_of(m, arrays["test_inputs"]) for m in models) / 2
+    row = next(r for r in report["table"] if r["name"] == "ensemble")
+    assert row["test"] == pytest.approx((mean.argmax(-1) == labels).double().mean().item())
