@@ -22,6 +22,7 @@ TOKENIZER_FILES = (
     "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
     "spiece.model", "vocab.json", "vocab.txt", "merges.txt", "added_tokens.json",
     "chat_template.jinja", "chat_template.json",
+    "preprocessor_config.json", "processor_config.json",  # image and multimodal models
 )
 
 

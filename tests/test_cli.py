@@ -254,3 +254,13 @@ def test_chunked_execution_matches_whole_tensors(tmp_path, llama_family, run_cli
     assert run_cli(recipe, tmp_path / "b", "--quiet", "--chunk-size", "512B").code == 0
     assert (tmp_path / "a" / "model.safetensors").read_bytes() == \
         (tmp_path / "b" / "model.safetensors").read_bytes()
+
+
+def test_processor_files_follow_the_tokenizer_source(tmp_path, llama_family, run_cli):
+    model = tmp_path / "vision"
+    shutil.copytree(llama_family["math"], model)
+    (model / "preprocessor_config.json").write_text('{"image_mean": [0.5]}')
+    code = llama_family["code"]
+    text = f"merge_method: linear\nmodels: [{{model: {model}}}, {{model: {code}}}]\n"
+    assert run_cli(write_recipe(tmp_path, text), tmp_path / "out", "--quiet").code == 0
+    assert (tmp_path / "out" / "preprocessor_config.json").read_text() == '{"image_mean": [0.5]}'

@@ -15,7 +15,6 @@ Example::
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -46,7 +45,6 @@ RUNNERS: dict[str, Callable[[SoupContext], SoupResult]] = {
     "greedy_soup": greedy_soup, "learned_soup": learned_soup, "subset_search": subset_search,
     "wise_ft": wise_ft, "ensemble": ensemble,
 }
-EXTRA_FILES = ("preprocessor_config.json",)  # needed to use an image model, not copied by core
 EVAL_REPORT = "eval_report.json"
 
 
@@ -180,7 +178,3 @@ def _write_chosen(loaded: LoadedRecipe, ctx: SoupContext, result: SoupResult, fo
     for item in inner.iterdir():
         item.rename(folder / item.name)
     inner.rmdir()
-    src = plan.models[0].path
-    for extra in EXTRA_FILES:
-        if (src / extra).is_file() and not (folder / extra).exists():
-            shutil.copyfile(src / extra, folder / extra)
