@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING
 
 from pydantic import Field
 
+from mergekit_like.methods.reductions import stable_norm, stable_sum
 from mergekit_like.methods.spec import MergeMethod, MethodParams, NoParams, TensorContext
 
 if TYPE_CHECKING:
@@ -53,7 +54,7 @@ def karcher_mean(
     if len(tensors) == 1:
         return tensors[0]
     alpha = 1.0 / len(tensors)
-    norms = [torch.linalg.vector_norm(x).item() for x in tensors]
+    norms = [stable_norm(x).item() for x in tensors]
     valid = [(x, n) for x, n in zip(tensors, norms, strict=True) if n > tol]
     scale = sum(alpha * n for n in norms)
     if not valid:
@@ -63,22 +64,22 @@ def karcher_mean(
     u = torch.zeros_like(units[0])
     for ui in units:
         u.add_(ui, alpha=a)
-    u_norm = torch.linalg.vector_norm(u).item()
+    u_norm = stable_norm(u).item()
     u = units[0].clone() if u_norm < tol else u.div_(u_norm)
     for _ in range(max_iter):
         step = torch.zeros_like(u)
         for ui in units:
-            dot = min(max(torch.dot(u, ui).item(), -1.0), 1.0)
+            dot = min(max(stable_sum(u * ui).item(), -1.0), 1.0)
             theta = math.acos(dot)
             if theta < tol:
                 continue
             coef = a * theta / math.sin(theta)
             step.add_(ui, alpha=coef).add_(u, alpha=-coef * dot)
-        step_norm = torch.linalg.vector_norm(step).item()
+        step_norm = stable_norm(step).item()
         if step_norm < tol:
             break
         u = u.mul_(math.cos(step_norm)).add_(step, alpha=math.sin(step_norm) / step_norm)
-        u_norm = torch.linalg.vector_norm(u).item()
+        u_norm = stable_norm(u).item()
         if u_norm > tol:
             u.div_(u_norm)
     return u.mul_(scale).reshape(tensors[0].shape)

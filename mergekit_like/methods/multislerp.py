@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 
 from pydantic import Field
 
+from mergekit_like.methods.reductions import stable_norm, stable_sum
 from mergekit_like.methods.spec import MergeMethod, MethodParams, TensorContext
 
 if TYPE_CHECKING:
@@ -70,12 +71,12 @@ def multislerp(
                              "or change them")
         w = [x / total for x in w]
     deltas = [x.sub_(base) if base is not None else x for x in tensors]
-    norms = [torch.linalg.vector_norm(d).item() for d in deltas]
+    norms = [stable_norm(d).item() for d in deltas]
     units = [d / (n + eps) for d, n in zip(deltas, norms, strict=True)]
     mean = torch.zeros_like(units[0])
     for wi, u in zip(w, units, strict=True):
         mean.add_(u, alpha=wi)
-    mean_norm = torch.linalg.vector_norm(mean).item()
+    mean_norm = stable_norm(mean).item()
     if mean_norm < eps:
         if len(tensors) != 2:
             raise ValueError("the weighted directions cancel out (opposite tensors with "
@@ -85,9 +86,9 @@ def multislerp(
     mean.div_(mean_norm)
     tangent = torch.zeros_like(mean)
     for wi, u in zip(w, units, strict=True):
-        dot = torch.dot(u.reshape(-1), mean.reshape(-1)).item()
+        dot = stable_sum(u.reshape(-1) * mean.reshape(-1)).item()
         tangent.add_(u.sub_(mean, alpha=dot), alpha=wi)
-    tangent_norm = torch.linalg.vector_norm(tangent).item() + eps
+    tangent_norm = stable_norm(tangent).item() + eps
     out = mean.mul_(math.cos(tangent_norm)).add_(
         tangent, alpha=math.sin(tangent_norm) / tangent_norm)
     out.mul_(sum(wi * n for wi, n in zip(w, norms, strict=True)))

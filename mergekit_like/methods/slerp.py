@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING
 
 from pydantic import Field
 
+from mergekit_like.methods.reductions import stable_norm, stable_sum
 from mergekit_like.methods.spec import MergeMethod, MethodParams, NoParams, TensorContext
 
 if TYPE_CHECKING:
@@ -64,12 +65,11 @@ def slerp(
     >>> slerp(0.5, torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0]))
     tensor([0.7071, 0.7071])
     """
-    import torch
 
     a, b = v0.reshape(-1), v1.reshape(-1)
-    n0 = torch.linalg.vector_norm(a).item()
-    n1 = torch.linalg.vector_norm(b).item()
-    dot = torch.dot(a, b).item()
+    n0 = stable_norm(a).item()
+    n1 = stable_norm(b).item()
+    dot = stable_sum(a * b).item()
     dot /= (n0 if n0 > eps else 1.0) * (n1 if n1 > eps else 1.0)
     if abs(dot) > dot_threshold:
         return v0.mul_(1.0 - t).add_(v1, alpha=t)
