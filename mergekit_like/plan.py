@@ -231,7 +231,17 @@ class _Builder:
                 sl.loc, f"tensor {out_name!r} has different shapes across models "
                 f"({detail}){hint}"))
         base_ref = refs.pop() if base_src else None
-        if first is not None and first.dtype not in FLOAT_DTYPES:
+        kinds = {i.dtype in FLOAT_DTYPES for _, i in known}
+        if len(kinds) > 1:
+            detail = ", ".join(f"{self.catalogs[r.model].ref}: {i.dtype}" for r, i in known)
+            self.problems.append(self.loaded.problem(
+                sl.loc, f"tensor {out_name!r} is fp16/bf16/fp32/fp64 in some models and not in "
+                f"others ({detail})"))
+        elif first is not None and first.dtype.startswith("F8"):
+            self.problems.append(self.loaded.problem(
+                sl.loc, f"tensor {out_name!r} is stored as {first.dtype} (quantized), which "
+                f"merge method {method.name!r} cannot merge; use a bf16/fp16/fp32 checkpoint"))
+        elif first is not None and first.dtype not in FLOAT_DTYPES:  # integer buffers
             return PlannedTensor(out_name, shape, first.dtype, COPY, (refs[0],), None, (), None,
                                  layer_offset)
         recipe = self.loaded.recipe

@@ -244,3 +244,21 @@ def test_hub_cache_resolution(tmp_path, llama_family, monkeypatch):
     assert plan.models[0].path == repo / "snapshots" / commit
     errs = _errors(tmp_path, "merge_method: linear\nmodels: [{model: acme/absent}]\n")
     assert "not in the Hugging Face cache" in errs[0] and str(cache) in errs[0]
+
+
+def test_dtypes_the_method_cannot_handle(tmp_path, llama_family):
+    model = tmp_path / "fp8"
+    shutil.copytree(llama_family["math"], model)
+    import torch
+
+    state = load_file(model / "model.safetensors")
+    name = "model.layers.0.mlp.up_proj.weight"
+    state[name] = state[name].to(torch.float8_e4m3fn)
+    save_file(state, model / "model.safetensors", metadata={"format": "pt"})
+    errs = _errors(tmp_path, f"merge_method: linear\nmodels: [{{model: {model}}}, "
+                             f"{{model: {model}}}]\n")
+    assert errs == [f"recipe.yaml:2: models: tensor '{name}' is stored as F8_E4M3 (quantized), "
+                    "which merge method 'linear' cannot merge; use a bf16/fp16/fp32 checkpoint"]
+    errs = _errors(tmp_path, f"merge_method: linear\nmodels: [{{model: {model}}}, "
+                             f"{{model: {llama_family['code']}}}]\n")
+    assert len(errs) == 1 and "is fp16/bf16/fp32/fp64 in some models and not in others" in errs[0]
