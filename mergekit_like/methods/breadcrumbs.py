@@ -7,6 +7,14 @@ elects signs as TIES does first. Neither normalises nor rescales by default (mer
 
 One difference from mergekit: where ``int(gamma * n)`` is 0 (small tensors), mergekit's
 mask empties the whole tensor; here nothing large is dropped and ``density`` still remain.
+
+``model_wide_trim: true`` ranks over each model's whole task vector (all the tensors the
+merge covers, ``N`` entries) instead of each tensor, as TIES' paper does for its trim: the
+``int(gamma * N)`` largest and the smallest entries of the model are dropped so that
+``int(density * N)`` remain. The two bounds (the largest and the smallest kept magnitude)
+are found exactly by a pre-pass (:mod:`mergekit_like.global_trim`) and every entry with
+``low <= |x - base| <= high`` is kept, ties at a bound included. ``density`` and ``gamma``
+must then be one number per model.
 """
 
 from __future__ import annotations
@@ -14,7 +22,7 @@ from __future__ import annotations
 from pydantic import Field
 
 from mergekit_like.methods.spec import MergeMethod, MethodParams
-from mergekit_like.methods.task_arithmetic import TaskArithmeticFamily, TaskArithmeticParams
+from mergekit_like.methods.task_arithmetic import MagnitudeTrimParams, TaskArithmeticFamily
 
 
 class BreadcrumbsModelParams(MethodParams):
@@ -28,7 +36,7 @@ BREADCRUMBS = MergeMethod(
     name="breadcrumbs",
     summary="Model Breadcrumbs: drop the largest and the smallest task-vector entries, add",
     merge=TaskArithmeticFamily(trim="outliers"),
-    params=TaskArithmeticParams,
+    params=MagnitudeTrimParams,
     model_params=BreadcrumbsModelParams,
     base="required",
 )
@@ -37,7 +45,7 @@ BREADCRUMBS_TIES = MergeMethod(
     name="breadcrumbs_ties",
     summary="Model Breadcrumbs, then TIES sign election",
     merge=TaskArithmeticFamily(trim="outliers", consensus="sum"),
-    params=TaskArithmeticParams,
+    params=MagnitudeTrimParams,
     model_params=BreadcrumbsModelParams,
     base="required",
 )

@@ -5,6 +5,10 @@ Four ways to trim one task vector (a :class:`Trim` names one and its settings):
 - ``magnitude`` (TIES): keep the ``int(density * n)`` largest magnitudes.
 - ``outliers`` (Model Breadcrumbs): drop the ``int(gamma * n)`` largest magnitudes *and* the
   smallest, so that ``int(density * n)`` entries remain.
+
+These two rank magnitudes within the tensor (mergekit), unless ``Trim.bounds`` is given: then
+they keep the entries with ``low <= |delta| <= high``, bounds ranked over the whole model
+beforehand (``model_wide_trim``, :mod:`mergekit_like.global_trim`), every tie at a bound kept.
 - ``random`` (DARE): keep each entry independently with probability ``density``.
 - ``della`` (DELLA's MagPrune): keep each entry with a probability that grows with its
   magnitude rank within its row, from ``density - epsilon`` (smallest) to
@@ -42,8 +46,11 @@ L1_EPS = 1e-7
 class Trim:
     """How one task vector is sparsified before it is weighted and mixed.
 
+    ``bounds``: magnitude and outlier trims only; ``(low, high)`` magnitudes ranked over the
+    whole model, used instead of ranking within the tensor.
+
     >>> Trim("random", density=0.3, rescale="l1")
-    Trim(kind='random', density=0.3, gamma=0.0, epsilon=0.0, rescale='l1')
+    Trim(kind='random', density=0.3, gamma=0.0, epsilon=0.0, rescale='l1', bounds=None)
     """
 
     kind: TrimKind
@@ -51,19 +58,28 @@ class Trim:
     gamma: float = 0.0
     epsilon: float = 0.0
     rescale: Literal["l1", "probability"] | None = None
+    bounds: tuple[float, float] | None = None
 
 
-def magnitude_mask(delta: torch.Tensor, density: float) -> torch.Tensor:
+def magnitude_mask(delta: torch.Tensor, density: float,
+                   threshold: float | None = None) -> torch.Tensor:
     """A boolean mask keeping the ``int(density * numel)`` entries of largest magnitude.
 
     ``density >= 1`` keeps everything; ``density`` so small that no entry survives keeps
     nothing. Exactly k entries are kept (ties at the threshold broken by position).
+    With ``threshold`` (ranked over the whole model), keeps ``|delta| >= threshold`` instead.
+
+    >>> import torch
+    >>> magnitude_mask(torch.tensor([0.5, -3.0, 2.0]), 0.5, threshold=0.5).tolist()
+    [True, True, True]
     """
     import torch
 
     numel = delta.numel()
     if density >= 1.0:
         return torch.ones_like(delta, dtype=torch.bool)
+    if threshold is not None:
+        return delta.abs() >= threshold
     k = int(density * numel)
     mask = torch.zeros(numel, dtype=torch.bool, device=delta.device)
     if k > 0:
@@ -72,11 +88,13 @@ def magnitude_mask(delta: torch.Tensor, density: float) -> torch.Tensor:
     return mask.view_as(delta)
 
 
-def outlier_mask(delta: torch.Tensor, density: float, gamma: float) -> torch.Tensor:
+def outlier_mask(delta: torch.Tensor, density: float, gamma: float,
+                 bounds: tuple[float, float] | None = None) -> torch.Tensor:
     """Model Breadcrumbs' mask: drop the largest ``gamma`` fraction and the smallest entries.
 
     ``int(density * n)`` entries remain; when ``density + gamma > 1`` fewer large entries
     are dropped so the count still holds. Ties in magnitude are broken by position.
+    With ``bounds`` (ranked over the whole model), keeps ``low <= |delta| <= high`` instead.
 
     mergekit's ``magnitude_outliers`` empties the whole tensor when ``int(gamma * n)`` is 0
     (a slice ``[a:-0]``); here no large entry is dropped then, and ``density`` still remain.
@@ -86,6 +104,9 @@ def outlier_mask(delta: torch.Tensor, density: float, gamma: float) -> torch.Ten
     numel = delta.numel()
     if density >= 1.0:
         return torch.ones_like(delta, dtype=torch.bool)
+    if bounds is not None:
+        mags = delta.abs()
+        return (mags >= bounds[0]) & (mags <= bounds[1])
     keep = int(density * numel)
     n_top = int(gamma * numel)
     n_bottom = numel - keep - n_top
@@ -138,10 +159,13 @@ def sparsify(delta: torch.Tensor, trim: Trim,
     if trim.density <= 0.0:
         return torch.zeros_like(delta)
     prob: float | torch.Tensor | None = None
+    if trim.bounds is not None and trim.kind not in ("magnitude", "outliers"):
+        raise ValueError(f"{trim.kind} sparsification cannot use bounds ranked over the model")
     if trim.kind == "magnitude":
-        mask = magnitude_mask(delta, trim.density)
+        mask = magnitude_mask(delta, trim.density,
+                              None if trim.bounds is None else trim.bounds[0])
     elif trim.kind == "outliers":
-        mask = outlier_mask(delta, trim.density, trim.gamma)
+        mask = outlier_mask(delta, trim.density, trim.gamma, trim.bounds)
     elif trim.kind in RANDOM_TRIMS:
         if generator is None:
             raise ValueError(f"{trim.kind} sparsification needs a random generator")

@@ -43,10 +43,18 @@ def tensor_seed(seed: int, name: str) -> int:
 
 @dataclass(frozen=True)
 class TensorContext:
-    """Where a method call happens: the output tensor's name and the run's seed."""
+    """Where a method call happens: the output tensor's name and the run's seed.
+
+    ``trim_bounds``: for magnitude trims ranked over the whole model (``model_wide_trim``),
+    one ``(low, high)`` per input model, in the order of the method's ``tensors``: keep the
+    task-vector entries with ``low <= |x - base| <= high`` (None for a model kept whole).
+    The executor fills it from :func:`mergekit_like.global_trim.model_trim_bounds`; None
+    (the default) when no tensor of the plan trims over the whole model.
+    """
 
     name: str
     seed: int = 0
+    trim_bounds: tuple[tuple[float, float] | None, ...] | None = None
 
     def generator(self, device: torch.device | str = "cpu") -> torch.Generator:
         """A generator seeded from (seed, tensor name), for reproducible random masks."""

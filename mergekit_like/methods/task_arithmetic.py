@@ -11,7 +11,10 @@ Every method of the family is :func:`generalized_task_arithmetic` with options:
     out = base + lambda * mixed
 
 This follows mergekit's ``generalized_task_arithmetic`` (parameter names, defaults and order
-of operations), so a recipe shared with mergekit gives the same model. ``int8_mask`` is
+of operations), so a recipe shared with mergekit gives the same model. The magnitude trims
+(ties, breadcrumbs) rank within each tensor as mergekit does; ``model_wide_trim: true`` ranks
+over each model's whole task vector instead, as the TIES paper does
+(:class:`MagnitudeTrimParams`, :mod:`mergekit_like.global_trim`). ``int8_mask`` is
 accepted for compatibility; masks here are already booleans, so it changes nothing.
 :class:`TaskArithmeticFamily` turns a method's parameters into these options.
 """
@@ -134,6 +137,15 @@ class TaskArithmeticParams(MethodParams):
     int8_mask: bool = Field(False, description="accepted for mergekit compatibility; no effect")
 
 
+class MagnitudeTrimParams(TaskArithmeticParams):
+    """Global parameters of the methods that trim by magnitude rank (ties, breadcrumbs)."""
+
+    model_wide_trim: bool = Field(
+        False, description="rank magnitudes over all of each model's tensors, one threshold per "
+        "model (the TIES paper), not within each tensor (mergekit); needs one density (and "
+        "gamma) per model")
+
+
 class TaskArithmeticModelParams(MethodParams):
     weight: float = Field(1.0, description="scale of this model's task vector (negative subtracts)")
 
@@ -143,8 +155,10 @@ class TaskArithmeticFamily:
     """The merge function of one family member: its trim and its sign election.
 
     Reads ``weight`` and, when present, ``density``, ``gamma`` and ``epsilon`` from each
-    model's parameters; ``lambda``, ``normalize``, ``rescale`` and ``rescale_by_probability``
-    from the global ones. Random trims draw from ``ctx.generator`` on the base's device.
+    model's parameters; ``lambda``, ``normalize``, ``rescale``, ``rescale_by_probability``
+    and ``model_wide_trim`` from the global ones. Random trims draw from ``ctx.generator`` on
+    the base's device; with ``model_wide_trim`` the kept magnitudes come from
+    ``ctx.trim_bounds`` (ranked over the whole model before the merge).
     """
 
     trim: TrimKind | None = None
@@ -162,8 +176,15 @@ class TaskArithmeticFamily:
             if getattr(params, "rescale", False):
                 by_prob = getattr(params, "rescale_by_probability", False)
                 rescale = "probability" if by_prob else "l1"
+            bounds: Sequence[tuple[float, float] | None] = [None] * len(model_params)
+            if getattr(params, "model_wide_trim", False):
+                if ctx.trim_bounds is None:
+                    raise ValueError("model_wide_trim needs magnitude bounds ranked over the "
+                                     "whole model (mergekit_like.global_trim); none were given")
+                bounds = ctx.trim_bounds
             trims = [Trim(self.trim, getattr(p, "density", 1.0), getattr(p, "gamma", 0.0),
-                          getattr(p, "epsilon", 0.0), rescale) for p in model_params]
+                          getattr(p, "epsilon", 0.0), rescale, b)
+                     for p, b in zip(model_params, bounds, strict=True)]
             if self.trim in RANDOM_TRIMS:
                 generator = ctx.generator(base.device)
         return generalized_task_arithmetic(

@@ -5,8 +5,16 @@ each entry is elected by the summed weighted mass; only task vectors agreeing wi
 elected sign are mixed (``normalize``, on by default: divided by the sum of their weights,
 the paper's disjoint mean).
 
-Trimming is per tensor, as in mergekit (the paper ranks magnitudes over the whole model;
-that needs a first pass over every tensor, which the streaming executor does not make).
+Trimming scope differs between mergekit and the paper:
+
+- mergekit (default, ``model_wide_trim: false``): each tensor of a task vector keeps its own
+  ``int(density * n)`` largest magnitudes (ties at the threshold broken by position).
+- the paper (``model_wide_trim: true``): the whole task vector of a model, all of its tensors
+  the merge covers, is ranked at once: one threshold per model, the ``int(density * N)``-th
+  largest ``|x - base|`` over its ``N`` entries, found exactly by a streaming pre-pass before
+  the merge (:mod:`mergekit_like.global_trim`); every entry with ``|x - base| >= threshold``
+  is kept. ``density`` must then be one number per model (no gradient or filter list), and
+  ``rescale`` still keeps each tensor's L1 norm.
 """
 
 from __future__ import annotations
@@ -14,17 +22,18 @@ from __future__ import annotations
 from pydantic import Field
 
 from mergekit_like.methods.spec import MergeMethod, MethodParams
-from mergekit_like.methods.task_arithmetic import TaskArithmeticFamily, TaskArithmeticParams
+from mergekit_like.methods.task_arithmetic import MagnitudeTrimParams, TaskArithmeticFamily
 
 
-class TiesParams(TaskArithmeticParams):
+class TiesParams(MagnitudeTrimParams):
     normalize: bool = Field(True, description="disjoint mean: divide by the agreeing weights")
 
 
 class TiesModelParams(MethodParams):
     weight: float = Field(1.0, description="scale of this model's task vector")
     density: float = Field(1.0, ge=0.0, le=1.0,
-                           description="fraction of entries kept (largest magnitudes, per tensor)")
+                           description="fraction of entries kept (largest magnitudes, per "
+                           "tensor; per model with model_wide_trim)")
 
 
 TIES = MergeMethod(

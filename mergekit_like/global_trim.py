@@ -1,0 +1,288 @@
+"""Magnitude trims ranked over the whole model (``model_wide_trim``): the pre-pass.
+
+mergekit trims each tensor of a task vector on its own: a tensor keeps its
+``int(density * n)`` largest ``|x - base|``. The TIES paper ranks each model's whole task
+vector at once: one threshold per model, the ``int(density * N)``-th largest magnitude over
+all ``N`` entries of that model in the tensors the merge covers (a tensor merged twice, as
+slices may do, counts twice). With ``model_wide_trim: true`` (ties, breadcrumbs,
+breadcrumbs_ties) that threshold is found here, before the merge, and every entry with
+``|x - base| >= threshold`` is kept. Breadcrumbs gets two bounds per model: the largest and
+the smallest magnitude it keeps after dropping the top ``int(gamma * N)`` and the bottom.
+
+The search is exact in bounded memory: the magnitudes, in the compute dtype, are read again
+tensor by tensor (row chunks), and their bit patterns (ordered as the non-negative floats are)
+are radix-selected 16 bits per pass with a 65536-bin histogram: 2 passes over the data for
+float32, 1 for float16/bfloat16, 4 for float64. The magnitudes are the very values the merge
+method ranks (``x - base`` in the compute dtype, on the same device), so the kept entries are
+exactly those the threshold selects.
+
+Example (as the executor does)::
+
+    bounds = model_trim_bounds(plan, reader, "float32", "cpu")
+    ctx = TensorContext(pt.name, seed, trim_bounds=context_bounds(pt, bounds))
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+
+from mergekit_like.errors import Loc, PlanError, Problem
+from mergekit_like.io.reader import TensorReader, torch_dtype
+from mergekit_like.methods import REGISTRY
+from mergekit_like.plan import COPY, Plan, PlannedTensor
+
+if TYPE_CHECKING:
+    import torch
+
+Bounds = tuple[float, float]  # keep low <= |x - base| <= high
+ModelBounds = tuple[Bounds | None, ...]  # one per plan.models index; None: trimmed per tensor
+DEFAULT_CHUNK_BYTES = 64 * 2**20
+_DIGIT = 16
+_BINS = 1 << _DIGIT
+
+
+@dataclass(frozen=True)
+class ModelTrim:
+    """One model's trim, the same for every tensor it is ranked over."""
+
+    kind: Literal["magnitude", "outliers"]
+    density: float
+    gamma: float = 0.0
+
+    def ranks(self, n: int) -> tuple[int, int]:
+        """1-based ranks from the largest of the (smallest, largest) kept magnitude.
+
+        0 means no bound on that side: nothing is kept when the first is 0, nothing large
+        dropped when the second is 0. Same counts as the per-tensor masks of
+        :mod:`~mergekit_like.methods.sparsify`.
+
+        >>> ModelTrim("outliers", 0.5, 0.1).ranks(20)
+        (12, 3)
+        """
+        keep = int(self.density * n)
+        if self.kind == "magnitude":
+            return keep, 0
+        n_top = int(self.gamma * n)
+        n_top += min(0, n - keep - n_top)
+        return (n_top + keep if keep else 0), (n_top + 1 if n_top else 0)
+
+
+def model_wide_tensors(plan: Plan) -> list[PlannedTensor]:
+    """The planned tensors whose method trims over the whole model."""
+    return [pt for pt in plan.tensors
+            if pt.method != COPY and getattr(pt.params, "model_wide_trim", False)]
+
+
+def uses_model_wide_trim(plan: Plan) -> bool:
+    """Whether any planned tensor asks for ``model_wide_trim`` (then run the pre-pass)."""
+    return bool(model_wide_tensors(plan))
+
+
+def model_trims(plan: Plan) -> dict[int, ModelTrim]:
+    """Each trimmed model's (plan.models index) trim; PlanError when one varies by tensor.
+
+    Models kept whole (``density`` 1) or emptied (``density`` 0) need no ranking and are left
+    out. The error names the recipe field holding the gradient or filter list.
+    """
+    seen: dict[int, dict[str, set[float]]] = {}
+    kinds: dict[int, Literal["magnitude", "outliers"]] = {}
+    for pt in model_wide_tensors(plan):
+        kind = getattr(REGISTRY[pt.method].merge, "trim", None)
+        if kind not in ("magnitude", "outliers"):
+            continue
+        for ref, mp in zip(pt.inputs, pt.model_params, strict=True):
+            values = seen.setdefault(ref.model, {"density": set(), "gamma": set()})
+            values["density"].add(float(getattr(mp, "density", 1.0)))
+            if kind == "outliers":
+                values["gamma"].add(float(getattr(mp, "gamma", 0.0)))
+            kinds[ref.model] = kind
+    problems: dict[Loc, Problem] = {}
+    out: dict[int, ModelTrim] = {}
+    for model, values in seen.items():
+        for key, got in values.items():
+            if len(got) > 1:
+                ref = plan.models[model].ref
+                loc = _field_locs(plan, ref, key)[0]
+                problems.setdefault(loc, plan.recipe.problem(
+                    loc, f"model_wide_trim ranks each model's task vector as a whole, so {key} "
+                    f"must be one number per model; model {ref!r} gets {key} from {min(got):g} "
+                    f"to {max(got):g} (use a single number)"))
+        if len(values["density"]) == 1:
+            density = next(iter(values["density"]))
+            gamma = next(iter(values["gamma"]), 0.0)
+            if 0.0 < density < 1.0:
+                out[model] = ModelTrim(kinds[model], density, gamma)
+    if problems:
+        raise PlanError(list(problems.values()))
+    return out
+
+
+def _field_locs(plan: Plan, ref: str, key: str) -> list[Loc]:
+    """Where ``key`` is set for model ``ref``: gradients and filter lists first."""
+    recipe = plan.recipe.recipe
+    levels: list[tuple[Loc, dict]] = [
+        (("models", i, "parameters"), m.parameters)
+        for i, m in enumerate(recipe.models or []) if m.model == ref]
+    for s, sl in enumerate(recipe.slices or []):
+        mine = [(k, src) for k, src in enumerate(sl.sources) if src.model == ref]
+        levels += [(("slices", s, "sources", k, "parameters"), src.parameters) for k, src in mine]
+        if mine:
+            levels.append((("slices", s, "parameters"), sl.parameters))
+    levels.append((("parameters",), recipe.parameters))
+    present = [(loc, values[key]) for loc, values in levels if key in values]
+    varying = [loc for loc, value in present if isinstance(value, tuple)]
+    return [(*loc, key) for loc in varying or [loc for loc, _ in present] or [("parameters",)]]
+
+
+def model_trim_bounds(plan: Plan, reader: TensorReader, compute_dtype: str,
+                      device: str | torch.device = "cpu",
+                      chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> ModelBounds:
+    """Each model's kept-magnitude bounds over the tensors that trim over the whole model.
+
+    One entry per ``plan.models`` index: ``(low, high)`` keeps ``low <= |x - base| <= high``
+    (``high`` is ``inf`` for ties; ``low`` is ``inf`` when nothing is kept), None where the
+    model is not ranked (kept whole, emptied, or no such tensor). Reads every such tensor
+    once per 16 bits of the compute dtype, ``chunk_bytes`` of rows per input at a time.
+    Raises PlanError first when a model's density (or gamma) varies by tensor.
+    """
+    import torch
+
+    trims = model_trims(plan)
+    bounds: list[Bounds | None] = [None] * len(plan.models)
+    if not trims:
+        return tuple(bounds)
+    dtype = torch_dtype(compute_dtype)
+    width = torch.finfo(dtype).bits
+    pts = model_wide_tensors(plan)
+
+    def magnitudes() -> Iterator[tuple[int, torch.Tensor]]:
+        return _magnitudes(plan, pts, set(trims), reader, compute_dtype, device, chunk_bytes)
+
+    # pass 1: the top 16 bits of every magnitude, per model; gives N and the ranks
+    first = _histograms(magnitudes(), {(m, -1) for m in trims}, width - _DIGIT, width)
+    targets: dict[tuple[int, int], tuple[int, int]] = {}  # (model, rank) -> (prefix, rank left)
+    for model, trim in trims.items():
+        n = int(first[(model, -1)].sum())
+        for rank in trim.ranks(n):
+            if rank:
+                targets[(model, rank)] = _descend(first[(model, -1)], -1, rank)
+    for shift in range(width - 2 * _DIGIT, -1, -_DIGIT):  # further passes: 16 bits each
+        want = {(m, prefix) for (m, _), (prefix, _) in targets.items()}
+        hists = _histograms(magnitudes(), want, shift, width)
+        targets = {key: _descend(hists[(key[0], prefix)], prefix, left)
+                   for key, (prefix, left) in targets.items()}
+    for model, trim in trims.items():
+        n_low, n_high = trim.ranks(int(first[(model, -1)].sum()))
+        low = _value(targets[(model, n_low)][0], dtype) if n_low else math.inf
+        high = _value(targets[(model, n_high)][0], dtype) if n_high else math.inf
+        bounds[model] = (low, high)
+    return tuple(bounds)
+
+
+def context_bounds(pt: PlannedTensor, bounds: ModelBounds | None
+                   ) -> tuple[Bounds | None, ...] | None:
+    """``TensorContext.trim_bounds`` for ``pt``: its inputs' bounds in order, or None."""
+    if bounds is None or pt.method == COPY or not getattr(pt.params, "model_wide_trim", False):
+        return None
+    return tuple(bounds[ref.model] for ref in pt.inputs)
+
+
+def _magnitudes(plan: Plan, pts: list[PlannedTensor], models: set[int], reader: TensorReader,
+                compute: str, device: str | torch.device,
+                chunk_bytes: int) -> Iterator[tuple[int, torch.Tensor]]:
+    """(model index, flat ``|x - base|`` in the compute dtype) for each input, chunk by chunk."""
+    def info(ref):  # noqa: ANN001, ANN202
+        return plan.models[ref.model].tensors[ref.name]
+
+    def read(ref, rows=None):  # noqa: ANN001, ANN202
+        return reader.read(info(ref), ref.name, rows=rows, dtype=compute, device=device)
+
+    itemsize = torch_dtype(compute).itemsize
+    for pt in pts:
+        wanted = [(j, r.model) for j, r in enumerate(pt.inputs) if r.model in models]
+        if not wanted:
+            continue
+        assert pt.base is not None, "model_wide_trim methods need a base model"
+        if pt.vocab_sources is not None:  # rows mapped by token, as the executor does
+            from mergekit_like.vocab_remap import read_remapped
+
+            assert plan.vocab is not None
+            tensors, base = read_remapped(pt, plan.vocab, read)
+            assert base is not None
+            for j, model in wanted:
+                yield model, (tensors[j] - base).abs().reshape(-1)
+            del tensors, base
+            continue
+        n_rows = pt.shape[0] if pt.shape else 1
+        row_elems = math.prod(pt.shape[1:])
+        step = max(1, chunk_bytes // max(1, row_elems * itemsize))
+        for r0 in range(0, n_rows, step):
+            rows = (r0, min(n_rows, r0 + step)) if pt.shape else None
+            base = read(pt.base, rows)
+            for j, model in wanted:
+                yield model, (read(pt.inputs[j], rows) - base).abs().reshape(-1)
+            del base
+
+
+def _bits(mags: torch.Tensor, width: int) -> torch.Tensor:
+    """Bit patterns of non-negative floats as non-negative integers, in the same order."""
+    import torch
+
+    ints = {16: torch.int16, 32: torch.int32, 64: torch.int64}[width]
+    bits = mags.view(ints)
+    if width == 16:
+        bits = bits.to(torch.int32)
+    return bits & ((1 << (width - 1)) - 1)  # sign bit off (a NaN's may be set)
+
+
+def _histograms(chunks: Iterator[tuple[int, torch.Tensor]], want: set[tuple[int, int]],
+                shift: int, width: int) -> dict[tuple[int, int], torch.Tensor]:
+    """Per (model, prefix): counts of bits ``[shift, shift + 16)`` among the magnitudes whose
+    higher bits equal ``prefix`` (-1: every magnitude). CPU int64 tensors of 65536 bins."""
+    import torch
+
+    prefixes: dict[int, set[int]] = {}
+    for model, prefix in want:
+        prefixes.setdefault(model, set()).add(prefix)
+    hists: dict[tuple[int, int], torch.Tensor] = {}
+    for model, mags in chunks:
+        if model not in prefixes:
+            continue
+        bits = _bits(mags, width)
+        high = bits >> (shift + _DIGIT) if shift + _DIGIT < width else None
+        for prefix in prefixes[model]:
+            sel = bits if prefix < 0 or high is None else bits[high == prefix]
+            digits = (sel >> shift) & (_BINS - 1)
+            key = (model, prefix)
+            if key not in hists:
+                hists[key] = torch.zeros(_BINS, dtype=torch.int64, device=bits.device)
+            if digits.numel() >= _BINS:
+                hists[key].add_(torch.bincount(digits, minlength=_BINS))
+            else:  # small chunks: cost by entries, not by bins
+                digits = digits.long()
+                hists[key].index_add_(0, digits, torch.ones_like(digits))
+    return {key: hists[key].cpu() if key in hists else torch.zeros(_BINS, dtype=torch.int64)
+            for key in want}
+
+
+def _descend(hist: torch.Tensor, prefix: int, rank: int) -> tuple[int, int]:
+    """The bin holding the ``rank``-th largest (1-based) entry: (prefix extended by it, rank
+    within that bin)."""
+    import torch
+
+    from_top = hist.flip(0).cumsum(0)
+    i = int(torch.searchsorted(from_top, torch.tensor(rank, dtype=from_top.dtype)))
+    digit = _BINS - 1 - i
+    above = int(from_top[i]) - int(hist[digit])
+    return (max(prefix, 0) << _DIGIT) | digit, rank - above
+
+
+def _value(pattern: int, dtype: torch.dtype) -> float:
+    """The float of ``dtype`` whose bit pattern (sign bit clear) is ``pattern``."""
+    import torch
+
+    ints = {2: torch.int16, 4: torch.int32, 8: torch.int64}[dtype.itemsize]
+    return float(torch.tensor([pattern], dtype=ints).view(dtype)[0])
