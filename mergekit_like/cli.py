@@ -18,7 +18,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from mergekit_like.errors import MergeError
+from mergekit_like.errors import Interrupted, MergeError
 
 SUBCOMMANDS = ("validate", "plan", "schema", "methods")
 
@@ -52,6 +52,8 @@ def _run_parser() -> argparse.ArgumentParser:
                    help="compute device (default cpu; auto picks cuda when available)")
     p.add_argument("--out-shard-size", default="5GB", help="largest output shard (default 5GB)")
     p.add_argument("--force", action="store_true", help="replace an existing OUT")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run from its partial output (.OUT.partial)")
     p.add_argument("--seed", type=int, default=0, help="seed of random methods (default 0)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--chunk-size", default="64MiB",
@@ -83,8 +85,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _subcommand(args[0], _sub_parser(args[0]).parse_intermixed_args(args[1:]))
         return _merge(_run_parser().parse_intermixed_args(args))
     except MergeError as exc:
+        prefix = "" if isinstance(exc, Interrupted) else "error: "
         for problem in exc.problems:
-            print(f"error: {problem}", file=sys.stderr)
+            print(f"{prefix}{problem}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("interrupted: nothing was written", file=sys.stderr)
@@ -105,6 +108,7 @@ def _merge(ns: argparse.Namespace) -> int:
             raise MergeError(f"{flag}: {exc}") from None
     shard, chunk = sizes["--out-shard-size"], sizes["--chunk-size"]
     options = MergeOptions(device=ns.device, out_shard_bytes=shard, force=ns.force,
+                           resume=ns.resume,
                            seed=ns.seed, quiet=ns.quiet, chunk_bytes=chunk)
     if ns.multirun:  # soups: sweeps run each setting through soups/runner.py
         from mergekit_like.soups.sweep import run_sweep

@@ -65,6 +65,12 @@ class MergeError(Exception):
         super().__init__("\n".join(str(p) for p in self.problems))
 
 
+class Interrupted(MergeError):
+    """The user stopped the run (Ctrl-C); the message says how to resume. Exit code 130."""
+
+    exit_code = 130
+
+
 class RecipeError(MergeError):
     """The recipe file (or an override) is malformed or inconsistent."""
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from mergekit_like.errors import MergeError
+from mergekit_like.errors import Interrupted, MergeError
 from mergekit_like.plan import Plan
 from mergekit_like.vocab import VocabPlan
 
@@ -26,21 +26,45 @@ TOKENIZER_FILES = (
 )
 
 
-@contextmanager
-def staged_output(out: Path, force: bool) -> Iterator[Path]:
-    """Yield a fresh temporary folder beside ``out``; move it to ``out`` if the body succeeds.
+def partial_dir(out: Path) -> Path:
+    """The staging folder of ``out``: a hidden sibling, kept after a crash for --resume."""
+    return out.parent / f".{out.name}.partial"
 
-    On any failure (including Ctrl-C) the temporary folder is removed and ``out`` is untouched.
+
+@contextmanager
+def staged_output(out: Path, force: bool, resume: bool = False) -> Iterator[Path]:
+    """Yield the staging folder beside ``out``; move it to ``out`` if the body succeeds.
+
+    A failure removes the staging folder and leaves ``out`` untouched, except when tensors
+    were being written (the folder holds a resume journal) and the run was interrupted or hit
+    an I/O error (a full disk): then the folder is kept and the error says how to resume.
     """
+    from mergekit_like.journal import JOURNAL
+
     if out.exists() and not force:
         raise MergeError(f"{out}: already exists; pass --force to replace it")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
-    if tmp.exists():
+    tmp = partial_dir(out)
+    if tmp.exists() and not resume:
+        if not force:
+            raise MergeError(f"{tmp}: holds the partial output of an interrupted run; rerun "
+                             "with --resume to continue it, or --force to start over")
         shutil.rmtree(tmp)
-    tmp.mkdir()
+    tmp.mkdir(parents=True, exist_ok=True)
     try:
         yield tmp
+    except KeyboardInterrupt:
+        if (tmp / JOURNAL).is_file():
+            raise Interrupted(f"interrupted; the partial output is kept in {tmp}: rerun the "
+                              "same command with --resume to continue") from None
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    except OSError as exc:
+        if (tmp / JOURNAL).is_file():
+            raise MergeError(f"writing {out} failed: {exc.strerror or exc}; the partial output "
+                             f"is kept in {tmp}: fix the cause (e.g. free disk space) and rerun "
+                             "with --resume") from None
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -8,6 +8,7 @@ This is the library API behind ``merge RECIPE OUT``::
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,8 +17,14 @@ from mergekit_like.device import resolve_device
 from mergekit_like.execute import DEFAULT_CHUNK_BYTES, ExecOptions, execute
 from mergekit_like.io.reader import TensorReader
 from mergekit_like.io.writer import ShardWriter, layout_shards
+from mergekit_like.journal import Journal, fingerprint
 from mergekit_like.loader import load_recipe
-from mergekit_like.output import check_output_path, staged_output, write_metadata
+from mergekit_like.output import (
+    check_output_path,
+    resolved_recipe_yaml,
+    staged_output,
+    write_metadata,
+)
 from mergekit_like.plan import Plan, build_plan
 
 DEFAULT_SHARD_BYTES = 5 * 10**9
@@ -33,6 +40,7 @@ class MergeOptions:
     seed: int = 0
     quiet: bool = False
     chunk_bytes: int = DEFAULT_CHUNK_BYTES
+    resume: bool = False
 
 
 def write_model(plan: Plan, out: Path, options: MergeOptions) -> None:
@@ -43,14 +51,22 @@ def write_model(plan: Plan, out: Path, options: MergeOptions) -> None:
                            options.out_shard_bytes)
     exec_options = ExecOptions(device=device, seed=options.seed,
                                chunk_bytes=options.chunk_bytes, progress=not options.quiet)
-    with staged_output(out, options.force) as tmp:
-        writer = ShardWriter(tmp, layout)
+    print_ = fingerprint(resolved_recipe_yaml(plan), *layout.headers, repr(layout.files),
+                         str(options.seed), plan.compute_dtype, device)
+    with staged_output(out, options.force, options.resume) as tmp:
+        journal = Journal.open(tmp, print_, resume=options.resume)
+        todo = dataclasses.replace(plan, tensors=tuple(
+            t for t in plan.tensors if t.name not in journal.done))
+        writer = ShardWriter(tmp, layout, done=journal.done)
         try:
             with TensorReader() as reader:
-                execute(plan, reader, writer, exec_options)
+                execute(todo, reader, writer, exec_options,
+                        on_tensor=lambda pt: journal.record(pt.name))
             writer.finish()
         finally:
             writer.close()
+            journal.close()
+        journal.path.unlink()
         write_metadata(plan, tmp)
 
 
