@@ -1,19 +1,22 @@
 """What every soup method works with, and what it hands back.
 
 A :class:`SoupContext` bundles the ingredients, the live model, the evaluator and the
-method's options. Methods return a :class:`SoupResult`: the rows of the report's table, the
-weights of the model to write, and the method's own details (greedy steps, subsets, alphas,
-learned coefficients) for the report and plots.
+method's options; every candidate it scores comes with its
+:class:`~mergekit_like.soups.cost.Cost` (build and evaluation time, peak RSS). Methods return
+a :class:`SoupResult`: the rows of the report's table, the weights of the model to write, and
+the method's own details (greedy steps, subsets, alphas, learned coefficients) for the report
+and plots.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mergekit_like.soups.config import SoupParams
+from mergekit_like.soups.cost import Cost, Stopwatch
 from mergekit_like.soups.evaluation import Evaluator, Score
 from mergekit_like.soups.ingredients import Ingredients, RunningSum
 
@@ -23,13 +26,16 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class Scored:
-    """A candidate's val score (which chooses) and test score (reported; None if no test)."""
+    """A candidate's val score (which chooses) and test score (reported; None if no test),
+    and what building and scoring it cost (None for a candidate not built in the model, such
+    as the logit ensemble)."""
 
     val: Score
     test: Score | None
+    cost: Cost | None = None
 
     def as_dict(self) -> dict[str, float | None]:
-        """Flat numbers for the JSON report."""
+        """Flat scores for the JSON report (the cost is reported separately)."""
         test = self.test
         return {"val": self.val.value, "val_loss": self.val.loss,
                 "test": None if test is None else test.value,
@@ -98,24 +104,30 @@ class SoupContext:
 
     def score_mix(self, weights: dict[int, float], label: str, test: bool = True,
                   running: RunningSum | None = None, sum_weight: float = 0.0) -> Scored:
-        """Load a mixture of ingredients (and the running sum) and score it."""
+        """Load a mixture of ingredients (and the running sum) and score it, timing both."""
+        watch = Stopwatch()
         self.ingredients.mix(weights, running, sum_weight)
-        return self.score_loaded(label, test)
+        build = watch.lap()
+        scored = self.score_loaded(label, test)
+        return replace(scored, cost=Cost(build, watch.lap()))
 
     def individuals(self) -> list[Scored]:
         """Each fine-tuned ingredient's scores, computed once (with logits when available)."""
         if self._individual is None:
             out = []
             for k in self.members:
+                watch = Stopwatch()
                 self.ingredients.mix({k: 1.0})
+                build = watch.lap()
                 label = f"ingredient {k - self.first + 1}/{len(self.members)}"
                 if self.evaluator.has_logits:
                     self._logits[k] = {s: self.evaluator.logits(self.ingredients.model, s, label)
                                        for s in (self.val, self.test) if s}
-                    out.append(Scored(*(self.evaluator.score_logits(self._logits[k][s], s)
-                                        if s else None for s in (self.val, self.test))))
+                    scored = Scored(*(self.evaluator.score_logits(self._logits[k][s], s)
+                                      if s else None for s in (self.val, self.test)))
                 else:
-                    out.append(self.score_loaded(label))
+                    scored = self.score_loaded(label)
+                out.append(replace(scored, cost=Cost(build, watch.lap())))
             self._individual = out
         return self._individual
 

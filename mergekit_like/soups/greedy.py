@@ -3,7 +3,8 @@
 Sort the ingredients by held-out score; start the soup with the best; add each next one if
 the soup's held-out score does not drop (``>=``, the paper's text) or rises (``>``, its code).
 Each candidate is ``(S + theta_k) / (n + 1)`` from the running sum ``S`` of the n ingredients
-already in, so a step reads one ingredient, not the whole soup.
+already in, so a step reads one ingredient, not the whole soup. Each step records its cost
+(build and evaluation seconds, peak RSS); step 1's is that of scoring the first ingredient.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import random
 from mergekit_like.soups.baselines import baseline_rows
 from mergekit_like.soups.config import GreedySoupParams
 from mergekit_like.soups.context import Row, SoupContext, SoupResult
+from mergekit_like.soups.cost import cost_dict
 
 
 def greedy_order(ctx: SoupContext, params: GreedySoupParams) -> list[int]:
@@ -40,12 +42,14 @@ def greedy_soup(ctx: SoupContext) -> SoupResult:
         soup = [first]
         best = individual[first - ctx.first].val
         steps = [{"step": 1, "ingredient": ctx.name(first), "val": best.value,
-                  "val_loss": best.loss, "accepted": True, "soup_size": 1}]
+                  "val_loss": best.loss, "accepted": True, "soup_size": 1,
+                  **cost_dict(individual[first - ctx.first].cost)}]
         curve = [(1.0, best.value, None)]
         for k in ctx.bar(order[1:], "greedy soup"):
             n = running.count
-            cand = ctx.score_mix({k: 1.0 / (n + 1)}, f"greedy step {len(steps) + 1}",
-                                 test=False, running=running, sum_weight=1.0 / (n + 1)).val
+            scored = ctx.score_mix({k: 1.0 / (n + 1)}, f"greedy step {len(steps) + 1}",
+                                   test=False, running=running, sum_weight=1.0 / (n + 1))
+            cand = scored.val
             accepted = ev.at_least(cand.value, best.value, strict=strict)
             if accepted:
                 ing.add_to(running, k)
@@ -53,7 +57,8 @@ def greedy_soup(ctx: SoupContext) -> SoupResult:
                 best = cand
                 curve.append((float(len(soup)), cand.value, None))
             steps.append({"step": len(steps) + 1, "ingredient": ctx.name(k), "val": cand.value,
-                          "val_loss": cand.loss, "accepted": accepted, "soup_size": len(soup)})
+                          "val_loss": cand.loss, "accepted": accepted, "soup_size": len(soup),
+                          **cost_dict(scored.cost)})
         on_disk = running.on_disk
     finally:
         running.close()

@@ -3,7 +3,12 @@
 Ingredient tensors are read through the core's catalogs and :class:`TensorReader`, from the
 plan of the uniform linear soup (which also checks that every ingredient has the same tensor
 names and shapes). A candidate ``sum_w * S + sum_k w_k * theta_k`` is built tensor by tensor
-straight into the live model, so a step costs one pass over the ingredients it names.
+straight into the live model, so a step costs one pass over the ingredients it names. The
+model is loaded once (:func:`load_model`); candidates only overwrite its tensors in place.
+
+Ingredients read once are kept in memory (float32) while they fit the soup's
+``memory_budget``, after setting aside room for one running sum; the rest are read from
+disk each time a candidate needs them.
 
 :class:`RunningSum` holds ``S``: float32 tensors in memory when they fit the budget, else a
 safetensors file in the staging folder, updated in place through a memory map.
@@ -72,13 +77,21 @@ def checkpoint_names(model: Any) -> dict[str, str]:
 
 
 class Ingredients:
-    """Reads ingredient tensors and loads mixtures of them into one live model."""
+    """Reads ingredient tensors and loads mixtures of them into one live model.
 
-    def __init__(self, plan: Plan, reader: TensorReader, model: Any) -> None:
+    ``budget`` (bytes) bounds the ingredients kept in memory: one float32 copy of the merged
+    tensors is set aside for a running sum, and each ingredient is kept, when first read,
+    while the rest of the budget has room for it. ``budget=0`` reads everything from disk.
+    """
+
+    def __init__(self, plan: Plan, reader: TensorReader, model: Any, budget: int = 0) -> None:
         self.plan = plan
         self.reader = reader
         self.model = model
         self.tensors = [t for t in plan.tensors if t.method != COPY]
+        self.disk_reads = 0  # tensors read from disk (a measure of what the cache saves)
+        self._room = budget - self.nbytes_float32()  # the budget less one running sum
+        self._kept: dict[int, dict[int, torch.Tensor] | None] = {}  # None: read from disk
         state = model.state_dict()
         own = checkpoint_names(model)
         missing = [t.name for t in self.tensors if t.name not in own]
@@ -99,11 +112,36 @@ class Ingredients:
         """The recipe's reference of each ingredient, in order."""
         return [m.model for m in self.plan.recipe.recipe.models or []]
 
+    @property
+    def in_memory(self) -> list[int]:
+        """The ingredients kept in memory so far."""
+        return sorted(k for k, kept in self._kept.items() if kept is not None)
+
     def read(self, k: int, index: int, device: str = "cpu") -> torch.Tensor:
-        """Tensor ``index`` (of :attr:`tensors`) of ingredient ``k``, as float32."""
+        """Tensor ``index`` (of :attr:`tensors`) of ingredient ``k``, as float32.
+
+        The tensor may be the kept copy: callers must not modify it in place.
+        """
+        kept = self._keep(k)
+        if kept is not None and index in kept:
+            return kept[index].to(device)
         ref = self.tensors[index].inputs[k]
         info = self.plan.models[ref.model].tensors[ref.name]
-        return self.reader.read(info, ref.name, dtype="float32", device=device)
+        self.disk_reads += 1
+        if kept is None:
+            return self.reader.read(info, ref.name, dtype="float32", device=device)
+        kept[index] = self.reader.read(info, ref.name, dtype="float32")
+        return kept[index].to(device)
+
+    def _keep(self, k: int) -> dict[int, torch.Tensor] | None:
+        """Ingredient ``k``'s kept tensors, deciding on its first read whether it fits."""
+        if k not in self._kept:
+            size = self.nbytes_float32()
+            fits = size <= self._room
+            if fits:
+                self._room -= size
+            self._kept[k] = {} if fits else None
+        return self._kept[k]
 
     def mix(self, weights: Mapping[int, float], running: RunningSum | None = None,
             sum_weight: float = 0.0) -> None:

@@ -5,15 +5,19 @@ whole model (``granularity: model``) or one per tensor (``tensor``, "by layer");
 start at zero (the uniform soup). Each step mixes the stacked ingredients with the current
 coefficients, runs the live model on a val batch with those weights swapped in, and steps
 the optimiser on the loss. Unlike greedy soup, this holds every ingredient in memory.
+The run's cost is reported as one candidate: building (reading the stacks, loading the final
+mixture), training (the gradient steps) and evaluating the result.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from mergekit_like.soups.baselines import baseline_rows
 from mergekit_like.soups.config import LearnedSoupParams
 from mergekit_like.soups.context import Row, SoupContext, SoupResult
+from mergekit_like.soups.cost import Cost, Stopwatch
 
 if TYPE_CHECKING:
     import torch
@@ -51,6 +55,7 @@ def learned_soup(ctx: SoupContext) -> SoupResult:
     members = ctx.members
     device = ev.device
     names = [t.name for t in ing.tensors]
+    watch = Stopwatch()
     stacks = [torch.stack([ing.read(k, i) for k in members]).to(device)
               for i in range(len(names))]
     shape = (len(members),) if params.granularity == "model" else (len(names), len(members))
@@ -59,6 +64,7 @@ def learned_soup(ctx: SoupContext) -> SoupResult:
            else torch.optim.SGD([logits], lr=params.lr))
     history = []
     model = ing.model
+    build = watch.lap()
     for step in ctx.bar(list(range(params.steps)), "learned soup"):
         coef = coefficients(logits, params.temperature)
         mixed = {}
@@ -73,6 +79,7 @@ def learned_soup(ctx: SoupContext) -> SoupResult:
         opt.step()
         history.append(float(loss.detach()))
     del stacks
+    train = watch.lap()
     final = coefficients(logits.detach(), params.temperature).cpu()
     if params.granularity == "model":
         weights: dict[int, Any] = {k: float(final[j]) for j, k in enumerate(members)}
@@ -83,12 +90,16 @@ def learned_soup(ctx: SoupContext) -> SoupResult:
         table = {name: {ctx.name(k): float(final[i, j]) for j, k in enumerate(members)}
                  for i, name in enumerate(names)}
         _load_per_tensor(ctx, members, final)
+    build += watch.lap()
     scored = ctx.score_loaded("learned soup")
+    cost = Cost(build, watch.lap())
+    scored = replace(scored, cost=cost)
     rows, curves = baseline_rows(ctx)
     rows.insert(len(rows) - (1 if rows[-1].name == "ensemble" else 0),
                 Row("learned soup", scored, len(members), params.granularity))
     details = {"coefficients": table, "loss_history": history,
-               "granularity": params.granularity, "num_steps": params.steps}
+               "granularity": params.granularity, "num_steps": params.steps,
+               "cost": {**cost.as_dict(), "train_s": train}}
     return SoupResult(rows, weights, "learned soup", details, curves)
 
 

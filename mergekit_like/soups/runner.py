@@ -2,9 +2,10 @@
 ``evaluation:`` block (its output is scored after it is written).
 
 The soup story: plan the uniform linear soup (this checks the ingredients), load one live
-model, score candidates with the evaluator, write the chosen mixture as an ordinary linear
-merge (:func:`mergekit_like.run.write_model`), then the report and plots beside it. All of
-it is staged and published atomically.
+model (once: every candidate's weights are copied into it), score candidates with the
+evaluator, write the chosen mixture as an ordinary linear merge
+(:func:`mergekit_like.run.write_model`), then the report and plots beside it. All of it is
+staged and published atomically.
 
 Example::
 
@@ -149,8 +150,9 @@ def run_soup(loaded: LoadedRecipe, out: Path, options: MergeOptions,
             ev: Evaluator = build_evaluator(cfg, loaded.path.parent, model.main_input_name,
                                             plan.output.tokenizer_dir, device, allow_code,
                                             progress)
-            ctx = SoupContext(method.name, Ingredients(plan, reader, model), ev, params, tmp,
-                              budget, progress, first)
+            ingredients = Ingredients(plan, reader, model, budget)
+            ctx = SoupContext(method.name, ingredients, ev, params, tmp, budget, progress,
+                              first)
             result = RUNNERS[method.name](ctx)
         written = method.writes and result.weights is not None
         if written:

@@ -2,12 +2,14 @@
 
 Each alpha gives ``(1 - alpha) * base + alpha * mean(fine-tuned models)``; every alpha is
 scored on val (and test), and the best on val is written (ties: the first in the list).
+Each alpha records its cost (build and evaluation seconds, peak RSS).
 """
 
 from __future__ import annotations
 
 from mergekit_like.soups.config import WiseFtParams
 from mergekit_like.soups.context import Row, Scored, SoupContext, SoupResult
+from mergekit_like.soups.cost import cost_dict
 
 
 def wise_weights(alpha: float, base: int, members: list[int]) -> dict[int, float]:
@@ -36,7 +38,8 @@ def wise_ft(ctx: SoupContext) -> SoupResult:
             Row("fine-tuned" if len(members) == 1 else "fine-tuned (uniform soup)", tuned,
                 len(members)),
             Row("wise_ft", scored, len(members) + 1, f"alpha={alpha:g}")]
-    details = {"alphas": [{"alpha": a, **s.as_dict()} for a, s in sweep], "best_alpha": alpha}
+    details = {"alphas": [{"alpha": a, **s.as_dict(), **cost_dict(s.cost)} for a, s in sweep],
+               "best_alpha": alpha}
     curve = [(a, s.val.value, s.test.value if s.test else None) for a, s in sweep]
     weights = {k: w for k, w in wise_weights(alpha, base, members).items() if w}
     return SoupResult(rows, weights, "wise_ft", details, {"wise_ft": curve})

@@ -42,6 +42,17 @@ def ingredients(tmp_path: Path) -> Callable[[Sequence[float]], list[Path]]:
     return lambda biases: make_ingredients(tmp_path / "models", biases)
 
 
+COST_KEYS = ("build_s", "eval_s", "peak_rss_bytes")
+
+
+def assert_costs(entries: Sequence[dict]) -> None:
+    """Every report entry (a candidate) carries its cost as non-negative numbers."""
+    assert entries
+    for e in entries:
+        for key in COST_KEYS:
+            assert isinstance(e[key], int | float) and e[key] >= 0, (key, e)
+
+
 def soup_recipe(method: str, models: Sequence[Path], scorer: str = "distance",
                 soup: str = "", extra: str = "") -> str:
     """A soup recipe over ``models`` scored by a custom scorer of scorers.py."""

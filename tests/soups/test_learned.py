@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from tests.conftest import load_tensors, write_recipe
-from tests.soups.conftest import soup_recipe
+from tests.soups.conftest import assert_costs, soup_recipe
 from tests.soups.scorers import TEST_TARGET, VAL_TARGET
 
 BIASES = [0.75, 0.5, 1.0]
@@ -45,6 +45,10 @@ def run(tmp_path, ingredients, run_cli, granularity):
 
 def test_coefficients_per_model(tmp_path, ingredients, run_cli):
     models, out, report = run(tmp_path, ingredients, run_cli, "model")
+    cost = report["details"]["cost"]  # the run is one candidate: build, train, evaluate
+    assert_costs([cost])
+    assert cost["train_s"] > 0
+    assert "| train s | build s | eval s | peak RSS MiB |" in (out / "soup_report.md").read_text()
     coef, losses = expected(BIASES)
     got = report["details"]["coefficients"]
     assert list(got) == [str(m) for m in models]

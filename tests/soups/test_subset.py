@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from tests.conftest import load_tensors, write_recipe
-from tests.soups.conftest import soup_recipe
+from tests.soups.conftest import assert_costs, soup_recipe
 from tests.soups.scorers import VAL_TARGET
 
 BIASES = [0.75, 0.5, 1.0, 0.25]
@@ -29,6 +29,11 @@ def test_best_subset_is_found_and_written(tmp_path, ingredients, run_cli):
     subsets = [s for n in range(1, 5) for s in itertools.combinations(range(4), n)]
     scores = [score(sum(BIASES[k] for k in s) / len(s)) for s in subsets]
     assert len(report["details"]["subsets"]) == 2 ** 4 - 1
+    assert_costs(report["details"]["subsets"])  # every subset scored has its cost
+    md = (out / "soup_report.md").read_text()
+    s = report["details"]["subsets"][-1]
+    assert (f"| {', '.join(s['subset'])} | {s['val']:.4f} | {s['build_s']:.3f} | "
+            f"{s['eval_s']:.3f} | {s['peak_rss_bytes'] / 2 ** 20:.1f} |") in md
     for got, s, want in zip(report["details"]["subsets"], subsets, scores, strict=True):
         assert got["subset"] == [str(models[k]) for k in s]
         assert got["val"] == pytest.approx(want, abs=1e-6)

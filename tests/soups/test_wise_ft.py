@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from tests.conftest import load_tensors, write_recipe
-from tests.soups.conftest import soup_recipe
+from tests.soups.conftest import assert_costs, soup_recipe
 from tests.soups.scorers import TEST_TARGET, VAL_TARGET
 
 
@@ -22,6 +22,11 @@ def test_alpha_sweep(tmp_path, ingredients, run_cli):
     alphas = [i / 10 for i in range(11)]
     sweep = report["details"]["alphas"]
     assert [a["alpha"] for a in sweep] == pytest.approx(alphas)
+    assert_costs(sweep)  # every alpha has its cost
+    md = (out / "soup_report.md").read_text()
+    a = sweep[7]
+    assert (f"| 0.7 | {a['val']:.4f} | - | {a['test']:.4f} | - | {a['build_s']:.3f} | "
+            f"{a['eval_s']:.3f} | {a['peak_rss_bytes'] / 2 ** 20:.1f} |") in md
     for got, a in zip(sweep, alphas, strict=True):
         assert got["val"] == pytest.approx(-round(abs(a - VAL_TARGET), 6), abs=1e-6)
         assert got["test"] == pytest.approx(-round(abs(a - TEST_TARGET), 6), abs=1e-6)
