@@ -2,14 +2,23 @@
 
 The executor computes in the plan's compute dtype on the chosen device, frees every input
 right after use, and hands each result to the writer, which streams it into its place in
-the output shard. Memory therefore stays bounded by the largest chunk, not the model.
+the output shard. Memory therefore stays bounded by the largest step, not the model.
+
+Work is a sequence of steps (a tensor, or a row chunk of one for elementwise methods). A
+single background thread overlaps I/O with compute: while step ``i`` is merged, it reads
+the inputs of step ``i + 1`` and writes the result of step ``i - 1``. At most one step is
+read ahead and one result is waiting to be written, so memory stays bounded; a step whose
+inputs exceed the chunk budget is not read ahead but after the previous step is freed.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import os
+from collections import deque
+from collections.abc import Callable, Collection, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from mergekit_like.errors import MergeError
 from mergekit_like.io.reader import TensorReader, torch_dtype
@@ -21,17 +30,28 @@ from mergekit_like.plan import COPY, Plan, PlannedTensor
 if TYPE_CHECKING:
     import torch
 
-DEFAULT_CHUNK_BYTES = 64 * 2**20  # per input, in the compute dtype
+    Inputs = tuple[list[torch.Tensor], torch.Tensor | None]
+
+# per input, in the compute dtype; 16 MiB keeps the working set (inputs, temporaries, the step
+# read ahead) far below 1 GB and is as fast as larger chunks (bench/RESULTS.md)
+DEFAULT_CHUNK_BYTES = 16 * 2**20
+T = TypeVar("T")
+R = TypeVar("R")
+S = TypeVar("S")
 
 
 @dataclass(frozen=True)
 class ExecOptions:
-    """How to run a plan: device, seed for random methods, chunk size, progress output."""
+    """How to run a plan: device, seed for random methods, chunk size, progress output.
+
+    ``prefetch``: read ahead and write behind on a background thread (same bytes either way).
+    """
 
     device: str = "cpu"
     seed: int = 0
     chunk_bytes: int = DEFAULT_CHUNK_BYTES
     progress: bool = True
+    prefetch: bool = True
 
 
 def row_chunks(pt: PlannedTensor, compute_itemsize: int, chunk_bytes: int) -> list[tuple[int, int]]:
@@ -47,19 +67,107 @@ def row_chunks(pt: PlannedTensor, compute_itemsize: int, chunk_bytes: int) -> li
     return [(r, min(rows, r + step)) for r in range(0, rows, step)] or [(0, 0)]
 
 
-def estimate_peak_bytes(plan: Plan, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> int:
-    """Largest working set of any step: inputs, base and result in the compute dtype."""
-    size = DTYPE_SIZES[RECIPE_DTYPES[plan.compute_dtype]]
-    peak = 0
+@dataclass(frozen=True)
+class Step:
+    """One unit of work: rows ``rows`` of ``pt`` (None: the whole tensor).
+
+    ``offset`` is where the result goes, in bytes into the output tensor; ``in_bytes`` is
+    the size of the step's inputs (and base) in the compute dtype; ``last`` marks a tensor's
+    final chunk.
+    """
+
+    pt: PlannedTensor
+    rows: tuple[int, int] | None
+    offset: int
+    in_bytes: int
+    last: bool
+
+
+def plan_steps(plan: Plan, compute_itemsize: int, chunk_bytes: int) -> list[Step]:
+    """Every step of ``plan`` in order: each tensor, split by :func:`row_chunks`."""
+    steps = []
     for pt in plan.tensors:
-        r0, r1 = row_chunks(pt, size, chunk_bytes)[0]
-        elems = (r1 - r0)
+        row_elems = 1
         for d in pt.shape[1:]:
-            elems *= d
+            row_elems *= d
         n_in = len(pt.inputs) + (1 if pt.base else 0)
+        chunks = row_chunks(pt, compute_itemsize, chunk_bytes)
+        for i, (r0, r1) in enumerate(chunks):
+            rows = (r0, r1) if pt.shape and pt.method != COPY else None
+            elems = (r1 - r0) * row_elems if pt.shape else 1
+            steps.append(Step(pt, rows, r0 * row_elems * DTYPE_SIZES[pt.dtype],
+                              elems * compute_itemsize * n_in, i == len(chunks) - 1))
+    return steps
+
+
+def estimate_peak_bytes(plan: Plan, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> int:
+    """Largest working set of any step: its inputs, base, result and temporaries in the
+    compute dtype, plus the next step read ahead and the previous result being written."""
+    size = DTYPE_SIZES[RECIPE_DTYPES[plan.compute_dtype]]
+    steps = plan_steps(plan, size, chunk_bytes)
+    peak = 0
+    for i, step in enumerate(steps):
+        n_in = len(step.pt.inputs) + (1 if step.pt.base else 0)
         # inputs + result + one temporary per input (task vectors, masks)
-        peak = max(peak, elems * size * (2 * n_in + 2))
+        own = step.in_bytes * (2 * n_in + 2) // max(1, n_in)
+        ahead = steps[i + 1].in_bytes if i + 1 < len(steps) else 0
+        ahead = ahead if ahead <= chunk_bytes * max(1, n_in) else 0
+        behind = steps[i - 1].in_bytes // max(1, n_in) if i else 0
+        peak = max(peak, own + ahead + behind)
     return peak
+
+
+def prefer_huge_pages() -> None:
+    """Let torch's CPU allocator back large tensors with transparent huge pages.
+
+    Every step allocates fresh buffers of tens of MB; with 4 KiB pages their first touch
+    costs more than the merge arithmetic (see bench/RESULTS.md). Read by torch at its first
+    allocation, so this only takes effect before torch has allocated anything (as in the
+    ``merge`` command); setting ``THP_MEM_ALLOC_ENABLE`` yourself takes precedence.
+    """
+    os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
+
+
+def run_pipeline(
+    steps: Sequence[S],
+    load: Callable[[S], T],
+    run: Callable[[S, T], R],
+    write: Callable[[S, R], None],
+    *,
+    prefetch: bool = True,
+    read_ahead: Callable[[S], bool] = lambda step: True,
+) -> None:
+    """``write(s, run(s, load(s)))`` for every step ``s``, in order.
+
+    With ``prefetch``, ``load`` and ``write`` run on one background thread (never at the
+    same time as each other) and ``run`` on the calling thread: step ``i + 1`` is loaded
+    while step ``i`` runs, unless ``read_ahead(step)`` says it is too large (then it is
+    loaded once step ``i`` is done), and at most one result waits to be written. Without,
+    everything runs in turn on the calling thread. Exceptions propagate to the caller;
+    queued work is cancelled.
+    """
+    if not prefetch:
+        for step in steps:
+            write(step, run(step, load(step)))
+        return
+    pool = ThreadPoolExecutor(1, thread_name_prefix="merge-io")
+    writes: deque[Future[None]] = deque()
+    try:
+        ahead = pool.submit(load, steps[0]) if steps else None
+        for i, step in enumerate(steps):
+            inputs = (ahead or pool.submit(load, step)).result()
+            nxt = steps[i + 1] if i + 1 < len(steps) else None
+            ahead = pool.submit(load, nxt) if nxt is not None and read_ahead(nxt) else None
+            out = run(step, inputs)
+            del inputs
+            writes.append(pool.submit(write, step, out))
+            del out
+            while len(writes) > 1:
+                writes.popleft().result()
+        while writes:
+            writes.popleft().result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def execute(
@@ -68,61 +176,100 @@ def execute(
     writer: ShardWriter,
     options: ExecOptions,
     on_tensor: Callable[[PlannedTensor], None] | None = None,
+    *,
+    skip: Collection[str] = (),
 ) -> None:
-    """Compute every planned tensor and write it; ``on_tensor`` is called after each."""
+    """Compute every planned tensor and write it; ``on_tensor`` is called after each.
+
+    ``skip`` names tensors already written (a resumed run): they are not computed, but
+    still count where the whole plan matters (``model_wide_trim`` ranks every tensor).
+
+    With ``options.prefetch`` one background thread reads the next step's inputs and writes
+    the previous step's result while the current step computes (:func:`run_pipeline`); the
+    reader and the writer are only ever used by one thread at a time. ``on_tensor`` is
+    called once a tensor's last chunk is written (on that thread when prefetching); every
+    write has completed when ``execute`` returns. The tensors handed to a merge method are
+    fresh copies that nothing else holds, so a method may update them in place.
+    """
+    prefer_huge_pages()
     from tqdm.auto import tqdm
 
     compute = RECIPE_DTYPES[plan.compute_dtype]
+    bounds = None
+    if any(getattr(pt.params, "model_wide_trim", False) for pt in plan.tensors):
+        from mergekit_like.global_trim import model_trim_bounds
+
+        bounds = model_trim_bounds(plan, reader, plan.compute_dtype, options.device,
+                                   options.chunk_bytes)
+    skipped = frozenset(skip)
+    steps = [s for s in plan_steps(plan, DTYPE_SIZES[compute], options.chunk_bytes)
+             if s.pt.name not in skipped]
     bar = tqdm(total=plan.write_bytes, unit="B", unit_scale=True, unit_divisor=1024,
                desc="merging", disable=not options.progress, dynamic_ncols=True)
-    try:
-        for i, pt in enumerate(plan.tensors):
-            _compute_tensor(plan, pt, reader, writer, compute, options)
-            bar.update(pt.nbytes)
-            bar.set_postfix_str(f"{i + 1}/{len(plan.tensors)} tensors", refresh=False)
+    done = 0
+
+    def load(step: Step) -> Inputs:
+        return _load(plan, step, reader, compute, options.device)
+
+    def run(step: Step, inputs: Inputs) -> torch.Tensor:
+        trim = None
+        if bounds is not None:
+            from mergekit_like.global_trim import context_bounds
+
+            trim = context_bounds(step.pt, bounds)
+        return _merge(step, inputs, TensorContext(step.pt.name, options.seed, trim_bounds=trim))
+
+    def write(step: Step, out: torch.Tensor) -> None:
+        nonlocal done
+        writer.write(step.pt.name, out, step.offset)
+        bar.update(out.numel() * out.element_size())
+        if step.last:
+            done += 1
+            bar.set_postfix_str(f"{done}/{len(plan.tensors)} tensors", refresh=False)
             if on_tensor is not None:
-                on_tensor(pt)
+                on_tensor(step.pt)
+
+    try:
+        run_pipeline(steps, load, run, write, prefetch=options.prefetch,
+                     read_ahead=lambda step: step.in_bytes <= options.chunk_bytes * max(
+                         1, len(step.pt.inputs) + (1 if step.pt.base else 0)))
     finally:
         bar.close()
 
 
-def _compute_tensor(plan: Plan, pt: PlannedTensor, reader: TensorReader, writer: ShardWriter,
-                    compute: str, options: ExecOptions) -> None:
+def _load(plan: Plan, step: Step, reader: TensorReader, compute: str,
+          device: str) -> Inputs:
+    """Read one step's inputs (and base) in the compute dtype on ``device``."""
+    pt = step.pt
+
     def info(ref):  # noqa: ANN001, ANN202
         return plan.models[ref.model].tensors[ref.name]
 
     if pt.method == COPY:
         ref = pt.inputs[0]
-        writer.write(pt.name, reader.read(info(ref), ref.name))
-        return
-    method = REGISTRY[pt.method]
-    out_size = DTYPE_SIZES[pt.dtype]
-    row_bytes = out_size
-    for d in pt.shape[1:]:
-        row_bytes *= d
-    ctx = TensorContext(pt.name, options.seed)
-    for r0, r1 in row_chunks(pt, DTYPE_SIZES[compute], options.chunk_bytes):
-        rows = (r0, r1) if pt.shape else None
-        if pt.vocab_sources is not None:  # rows mapped by token into the output vocabulary
-            from mergekit_like.vocab_remap import read_remapped
+        return [reader.read(info(ref), ref.name)], None
+    if pt.vocab_sources is not None:  # rows mapped by token into the output vocabulary
+        from mergekit_like.vocab_remap import read_remapped
 
-            assert plan.vocab is not None
-            tensors, base = read_remapped(pt, plan.vocab, lambda r: reader.read(
-                info(r), r.name, dtype=compute, device=options.device))
-        else:
-            tensors = [reader.read(info(r), r.name, rows=rows, dtype=compute,
-                                   device=options.device) for r in pt.inputs]
-            base = (reader.read(info(pt.base), pt.base.name, rows=rows, dtype=compute,
-                                device=options.device) if pt.base else None)
-        try:
-            out = method.merge(tensors, base, pt.model_params, pt.params, ctx)
-        except (ValueError, RuntimeError) as exc:
-            raise MergeError(f"tensor {pt.name!r}: merge method {pt.method!r} failed: "
-                             f"{str(exc).splitlines()[0]}") from None
-        del tensors, base
-        writer.write(pt.name, _to_dtype(out, pt.dtype), r0 * row_bytes)
-        del out
+        assert plan.vocab is not None
+        return read_remapped(pt, plan.vocab, lambda r: reader.read(
+            info(r), r.name, dtype=compute, device=device))
+    tensors = [reader.read(info(r), r.name, rows=step.rows, dtype=compute, device=device)
+               for r in pt.inputs]
+    base = (reader.read(info(pt.base), pt.base.name, rows=step.rows, dtype=compute,
+                        device=device) if pt.base else None)
+    return tensors, base
 
 
-def _to_dtype(tensor: torch.Tensor, dtype: str) -> torch.Tensor:
-    return tensor.to(torch_dtype(dtype))
+def _merge(step: Step, inputs: Inputs, ctx: TensorContext) -> torch.Tensor:
+    """Run the method on one step's inputs; the result in the output dtype."""
+    pt = step.pt
+    tensors, base = inputs
+    if pt.method == COPY:
+        return tensors[0]
+    try:
+        out = REGISTRY[pt.method].merge(tensors, base, pt.model_params, pt.params, ctx)
+    except (ValueError, RuntimeError) as exc:
+        raise MergeError(f"tensor {pt.name!r}: merge method {pt.method!r} failed: "
+                         f"{str(exc).splitlines()[0]}") from None
+    return out.to(torch_dtype(pt.dtype))

@@ -1,0 +1,235 @@
+"""The streaming executor: the read-ahead pipeline, row chunks, and identical bytes either way."""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+
+from mergekit_like.execute import (
+    ExecOptions,
+    estimate_peak_bytes,
+    execute,
+    plan_steps,
+    prefer_huge_pages,
+    run_pipeline,
+)
+from mergekit_like.io.reader import TensorReader
+from mergekit_like.io.writer import ShardWriter, layout_shards
+from mergekit_like.plan import plan_from_file
+from tests.conftest import load_tensors, write_recipe
+
+
+class Log:
+    """Records the order of pipeline events (thread-safe)."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, int]] = []
+        self.lock = threading.Lock()
+
+    def add(self, kind: str, i: int) -> None:
+        with self.lock:
+            self.events.append((kind, i))
+
+    def at(self, kind: str, i: int) -> int:
+        return self.events.index((kind, i))
+
+
+def pipeline(n: int, prefetch: bool, big: frozenset[int] = frozenset(),
+             fail: tuple[str, int] | None = None) -> tuple[Log, list[int]]:
+    log, written = Log(), []
+
+    def load(i: int) -> int:
+        log.add("load", i)
+        if fail == ("load", i):
+            raise ValueError("load failed")
+        return i * 10
+
+    def run(i: int, x: int) -> int:
+        log.add("run", i)
+        if fail == ("run", i):
+            raise ValueError("run failed")
+        log.add("ran", i)
+        return x + 1
+
+    def write(i: int, y: int) -> None:
+        log.add("write", i)
+        if fail == ("write", i):
+            raise ValueError("write failed")
+        written.append(y)
+
+    run_pipeline(list(range(n)), load, run, write, prefetch=prefetch,
+                 read_ahead=lambda i: i not in big)
+    return log, written
+
+
+@pytest.mark.parametrize("prefetch", [True, False])
+def test_pipeline_writes_every_result_in_order(prefetch):
+    log, written = pipeline(7, prefetch)
+    assert written == [i * 10 + 1 for i in range(7)]
+    assert [i for k, i in log.events if k == "run"] == list(range(7))
+
+
+def test_pipeline_reads_at_most_one_step_ahead_and_writes_behind():
+    log, _ = pipeline(8, True)
+    for i in range(8):
+        if i >= 2:  # step i is loaded only after step i - 2 has run
+            assert log.at("ran", i - 2) < log.at("load", i)
+        if i >= 1:  # the previous result is written before the step after this one runs
+            assert log.at("write", i - 1) < log.at("run", i + 1 if i + 1 < 8 else i)
+
+
+def test_pipeline_loads_a_large_step_only_after_the_previous_ran():
+    log, written = pipeline(6, True, big=frozenset({3}))
+    assert log.at("ran", 2) < log.at("load", 3)
+    assert written == [i * 10 + 1 for i in range(6)]
+
+
+def test_pipeline_without_prefetch_runs_each_step_in_turn():
+    log, _ = pipeline(3, False)
+    assert log.events == [(k, i) for i in range(3) for k in ("load", "run", "ran", "write")]
+
+
+@pytest.mark.parametrize("prefetch", [True, False])
+@pytest.mark.parametrize("stage", ["load", "run", "write"])
+def test_pipeline_errors_reach_the_caller(prefetch, stage):
+    with pytest.raises(ValueError, match=f"{stage} failed"):
+        pipeline(6, prefetch, fail=(stage, 2))
+
+
+def merge_with(recipe: Path, out: Path, options: ExecOptions) -> dict[str, bytes]:
+    """Execute a recipe into ``out`` with ``options``; the bytes of every output file."""
+    plan = plan_from_file(recipe)
+    out.mkdir()
+    writer = ShardWriter(out, layout_shards([(t.name, t.dtype, t.shape) for t in plan.tensors],
+                                            10**9))
+    with TensorReader() as reader:
+        execute(plan, reader, writer, options)
+    writer.finish()
+    return {f.name: f.read_bytes() for f in sorted(out.iterdir())}
+
+
+@pytest.fixture
+def ties_recipe(tmp_path, llama_family):
+    return write_recipe(tmp_path, f"""
+merge_method: ties
+base_model: {llama_family['base']}
+models:
+  - model: {llama_family['math']}
+    parameters: {{weight: 1.0, density: 0.5}}
+  - model: {llama_family['code']}
+    parameters: {{weight: 0.5, density: 0.7}}
+dtype: float32
+""")
+
+
+def test_prefetch_gives_byte_identical_output(tmp_path, ties_recipe):
+    a = merge_with(ties_recipe, tmp_path / "a", ExecOptions(prefetch=True, progress=False))
+    b = merge_with(ties_recipe, tmp_path / "b", ExecOptions(prefetch=False, progress=False))
+    assert a == b
+
+
+def test_row_chunks_give_the_linear_formula_byte_for_byte(tmp_path, llama_family):
+    recipe = write_recipe(tmp_path, f"""
+merge_method: linear
+models:
+  - model: {llama_family['math']}
+    parameters: {{weight: 0.2}}
+  - model: {llama_family['code']}
+    parameters: {{weight: 0.3}}
+  - model: {llama_family['chat']}
+    parameters: {{weight: 0.5}}
+""")
+    # 256 bytes per input: every matrix is split into many row chunks
+    chunked = merge_with(recipe, tmp_path / "c", ExecOptions(chunk_bytes=256, progress=False))
+    whole = merge_with(recipe, tmp_path / "w", ExecOptions(chunk_bytes=2**30, progress=False))
+    assert chunked == whole
+    got = load_tensors(tmp_path / "c")
+    a, b, c = (load_tensors(llama_family[n]) for n in ("math", "code", "chat"))
+    for name, t in got.items():
+        want = (0.2 * a[name].float() + 0.3 * b[name].float() + 0.5 * c[name].float())
+        torch.testing.assert_close(t.float(), want.to(t.dtype).float())
+
+
+def test_steps_cover_every_tensor_once(tmp_path, llama_family):
+    recipe = write_recipe(tmp_path, f"""
+merge_method: linear
+models:
+  - model: {llama_family['math']}
+  - model: {llama_family['code']}
+""")
+    plan = plan_from_file(recipe)
+    steps = plan_steps(plan, 4, 512)
+    for pt in plan.tensors:
+        mine = [s for s in steps if s.pt is pt]
+        assert [s.last for s in mine] == [False] * (len(mine) - 1) + [True]
+        if pt.shape:
+            row_bytes = pt.nbytes // pt.shape[0]
+            assert [s.rows for s in mine][0][0] == 0 and mine[-1].rows[1] == pt.shape[0]
+            assert [s.offset for s in mine] == [s.rows[0] * row_bytes for s in mine]
+            for s in mine:  # 2 inputs of (r1 - r0) rows in float32
+                r0, r1 = s.rows
+                assert s.in_bytes == 2 * (r1 - r0) * math.prod(pt.shape[1:]) * 4
+    embed = next(pt for pt in plan.tensors if pt.name.endswith("embed_tokens.weight"))
+    assert len([s for s in steps if s.pt is embed]) > 1  # 64 x 32 floats > 512 bytes
+
+
+def test_peak_estimate_counts_the_step_read_ahead(tmp_path, llama_family):
+    recipe = write_recipe(tmp_path, f"""
+merge_method: linear
+models:
+  - model: {llama_family['math']}
+  - model: {llama_family['code']}
+dtype: float32
+""")
+    plan = plan_from_file(recipe)
+    # the largest steps are 64 x 32 float32 matrices (8 KiB per input, 2 inputs). At
+    # mlp.gate_proj: inputs + result + one temporary per input = 6 x 8 KiB, up_proj read
+    # ahead (2 x 8 KiB), down_proj's result still being written (8 KiB)
+    assert estimate_peak_bytes(plan, chunk_bytes=2**30) == 6 * 8192 + 2 * 8192 + 8192
+
+
+def test_huge_pages_are_requested_unless_set(monkeypatch):
+    monkeypatch.delenv("THP_MEM_ALLOC_ENABLE", raising=False)
+    prefer_huge_pages()
+    assert os.environ["THP_MEM_ALLOC_ENABLE"] == "1"
+    monkeypatch.setenv("THP_MEM_ALLOC_ENABLE", "0")
+    prefer_huge_pages()
+    assert os.environ["THP_MEM_ALLOC_ENABLE"] == "0"
+
+
+def test_skipped_tensors_are_not_computed_but_still_rank_the_whole_model(tmp_path, llama_family):
+    # a resumed run: model_wide_trim's thresholds come from every tensor of the plan, so a
+    # tensor computed alone (the rest skipped) gets the bytes of the uninterrupted run
+    recipe = write_recipe(tmp_path, f"""
+merge_method: ties
+base_model: {llama_family['base']}
+models:
+  - model: {llama_family['math']}
+    parameters: {{density: 0.3}}
+  - model: {llama_family['code']}
+    parameters: {{density: 0.6}}
+parameters: {{model_wide_trim: true}}
+dtype: float32
+""")
+    full = merge_with(recipe, tmp_path / "full", ExecOptions(progress=False))
+    plan = plan_from_file(recipe)
+    target = "model.layers.1.mlp.up_proj.weight"
+    skip = frozenset(t.name for t in plan.tensors) - {target}
+    layout = layout_shards([(t.name, t.dtype, t.shape) for t in plan.tensors], 10**9)
+    (tmp_path / "one").mkdir()
+    writer = ShardWriter(tmp_path / "one", layout, done=skip)
+    seen: list[str] = []
+    with TensorReader() as reader:
+        execute(plan, reader, writer, ExecOptions(progress=False), on_tensor=lambda pt:
+                seen.append(pt.name), skip=skip)
+    writer.finish()
+    assert seen == [target]
+    slot = layout.slots[target]
+    got = (tmp_path / "one" / "model.safetensors").read_bytes()[slot.start:slot.end]
+    assert got == full["model.safetensors"][slot.start:slot.end]
+    assert got != bytes(slot.end - slot.start)
