@@ -183,3 +183,100 @@ def test_density_varying_by_tensor_is_a_plan_error_naming_the_field(tmp_path, ll
     assert f": {field}: model_wide_trim ranks each model's task vector as a whole" in message
     assert "must be one number per model" in message
 
+
+def _ties_formula(f: dict[str, Path], models: list[tuple[str, float, float]], per_model: bool,
+                  lam: float = 1.0) -> dict[str, torch.Tensor]:
+    """TIES written out: trim (per model or per tensor), elect by summed mass, disjoint mean."""
+    base = load_tensors(f["base"])
+    deltas = [{n: t - base[n] for n, t in load_tensors(f[name]).items()} for name, _, _ in models]
+    thresholds = []
+    for d, (_, _, density) in zip(deltas, models, strict=True):
+        mags = torch.cat([d[n].abs().reshape(-1) for n in sorted(d)])
+        thresholds.append(_kth_largest(mags, int(density * mags.numel())))
+    out = {}
+    for n, b in base.items():
+        trimmed = []
+        for d, (_, w, density), thr in zip(deltas, models, thresholds, strict=True):
+            if not per_model:
+                thr = _kth_largest(d[n].abs().reshape(-1), int(density * d[n].numel()))
+            trimmed.append((w, w * d[n] * (d[n].abs() >= thr)))
+        elected = torch.where(sum(t for _, t in trimmed) >= 0, 1.0, -1.0)
+        agree = [(w, t, (torch.sign(t) == elected).float()) for w, t in trimmed]
+        divisor = sum(w * k for w, _, k in agree)
+        mixed = sum(t * k for _, t, k in agree) / torch.where(divisor == 0, 1.0, divisor)
+        out[n] = b + lam * mixed
+    return out
+
+
+MODELS = [("math", 1.0, 0.3), ("code", 0.5, 0.6)]
+
+
+def _ties_cli_recipe(f: dict[str, Path], params: str) -> str:
+    return _recipe(f, "ties", [(name, f"{{weight: {w}, density: {p}}}") for name, w, p in MODELS],
+                   params)
+
+
+def test_cli_model_wide_ties_matches_the_formula(tmp_path, llama_family, run_cli):
+    f = llama_family
+    recipe = write_recipe(tmp_path, _ties_cli_recipe(f, "model_wide_trim: true, lambda: 0.9"))
+    res = run_cli(recipe, tmp_path / "out", "--quiet")
+    assert res.code == 0, res.err
+    out = load_tensors(tmp_path / "out")
+    expected = _ties_formula(f, MODELS, per_model=True, lam=0.9)
+    assert set(out) == set(expected)
+    for n, t in expected.items():
+        torch.testing.assert_close(out[n], t, msg=n)
+    per_tensor = _ties_formula(f, MODELS, per_model=False, lam=0.9)
+    assert any(not torch.allclose(out[n], per_tensor[n]) for n in out)  # the scope matters
+
+
+def test_cli_default_trims_per_tensor_unchanged(tmp_path, llama_family, run_cli):
+    f = llama_family
+    for name, params in (("default", "normalize: true"), ("off", "model_wide_trim: false")):
+        res = run_cli(write_recipe(tmp_path, _ties_cli_recipe(f, params), f"{name}.yaml"),
+                      tmp_path / name, "--quiet")
+        assert res.code == 0, res.err
+    default = (tmp_path / "default" / "model.safetensors").read_bytes()
+    assert default == (tmp_path / "off" / "model.safetensors").read_bytes()
+    out = load_tensors(tmp_path / "default")
+    for n, t in _ties_formula(f, MODELS, per_model=False).items():
+        torch.testing.assert_close(out[n], t, msg=n)
+
+
+def test_cli_density_gradient_with_model_scope_exits_2(tmp_path, llama_family, run_cli):
+    text = _recipe(llama_family, "ties", [("math", "{density: [0.3, 0.7]}")])
+    res = run_cli(write_recipe(tmp_path, text), tmp_path / "out", "--quiet")
+    assert res.code == 2
+    lines = res.err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in res.err
+    assert "models[0].parameters.density: model_wide_trim ranks" in lines[0]
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.xfail(strict=True, reason="run.py hands execute() a plan filtered to the "
+                   "tensors left to do, so the pre-pass ranks a part of each model; fix: pass the "
+                   "whole plan with execute(..., skip=done names), then drop this marker")
+def test_resumed_model_wide_merge_is_byte_identical(tmp_path, llama_family, run_cli,
+                                                    monkeypatch):
+    """A resumed run ranks over every tensor, not only those left to compute."""
+    import errno
+
+    from mergekit_like.io.writer import ShardWriter
+
+    recipe = write_recipe(tmp_path, _ties_cli_recipe(llama_family, "model_wide_trim: true"))
+    assert run_cli(recipe, tmp_path / "ref", "--quiet").code == 0
+    real_write, calls = ShardWriter.write, []
+
+    def full_disk_after_15(self, *args, **kwargs):  # noqa: ANN001, ANN202
+        calls.append(1)
+        if len(calls) > 15:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(self, *args, **kwargs)
+
+    monkeypatch.setattr(ShardWriter, "write", full_disk_after_15)
+    assert run_cli(recipe, tmp_path / "out", "--quiet").code == 2
+    monkeypatch.setattr(ShardWriter, "write", real_write)
+    resumed = run_cli(recipe, tmp_path / "out", "--quiet", "--resume")
+    assert resumed.code == 0, resumed.err
+    assert ((tmp_path / "out" / "model.safetensors").read_bytes()
+            == (tmp_path / "ref" / "model.safetensors").read_bytes())
