@@ -52,6 +52,8 @@ def _run_parser() -> argparse.ArgumentParser:
                    help="compute device (default cpu; auto picks cuda when available)")
     p.add_argument("--out-shard-size", default="5GB", help="largest output shard (default 5GB)")
     p.add_argument("--force", action="store_true", help="replace an existing OUT")
+    p.add_argument("--allow-nonfinite", action="store_true",
+                   help="merge and write tensors holding NaN or Inf instead of stopping")
     p.add_argument("--resume", action="store_true",
                    help="continue an interrupted run from its partial output (.OUT.partial)")
     p.add_argument("--seed", type=int, default=0, help="seed of random methods (default 0)")
@@ -108,7 +110,7 @@ def _merge(ns: argparse.Namespace) -> int:
             raise MergeError(f"{flag}: {exc}") from None
     shard, chunk = sizes["--out-shard-size"], sizes["--chunk-size"]
     options = MergeOptions(device=ns.device, out_shard_bytes=shard, force=ns.force,
-                           resume=ns.resume,
+                           resume=ns.resume, allow_nonfinite=ns.allow_nonfinite,
                            seed=ns.seed, quiet=ns.quiet, chunk_bytes=chunk)
     if ns.multirun:  # soups: sweeps run each setting through soups/runner.py
         from mergekit_like.soups.sweep import run_sweep

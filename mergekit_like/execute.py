@@ -52,6 +52,7 @@ class ExecOptions:
     chunk_bytes: int = DEFAULT_CHUNK_BYTES
     progress: bool = True
     prefetch: bool = True
+    allow_nonfinite: bool = False
 
 
 def row_chunks(pt: PlannedTensor, compute_itemsize: int, chunk_bytes: int) -> list[tuple[int, int]]:
@@ -217,7 +218,8 @@ def execute(
             from mergekit_like.global_trim import context_bounds
 
             trim = context_bounds(step.pt, bounds)
-        return _merge(step, inputs, TensorContext(step.pt.name, options.seed, trim_bounds=trim))
+        ctx = TensorContext(step.pt.name, options.seed, trim_bounds=trim)
+        return _merge(plan, step, inputs, ctx, options.allow_nonfinite)
 
     def write(step: Step, out: torch.Tensor) -> None:
         nonlocal done
@@ -261,8 +263,13 @@ def _load(plan: Plan, step: Step, reader: TensorReader, compute: str,
     return tensors, base
 
 
-def _merge(step: Step, inputs: Inputs, ctx: TensorContext) -> torch.Tensor:
-    """Run the method on one step's inputs; the result in the output dtype."""
+def _merge(plan: Plan, step: Step, inputs: Inputs, ctx: TensorContext,
+           allow_nonfinite: bool = False) -> torch.Tensor:
+    """Run the method on one step's inputs; the result in the output dtype.
+
+    Unless ``allow_nonfinite``, a result holding NaN or Inf is an error that names the
+    ingredient it came from, or the method when every input was finite.
+    """
     pt = step.pt
     tensors, base = inputs
     if pt.method == COPY:
@@ -272,4 +279,18 @@ def _merge(step: Step, inputs: Inputs, ctx: TensorContext) -> torch.Tensor:
     except (ValueError, RuntimeError) as exc:
         raise MergeError(f"tensor {pt.name!r}: merge method {pt.method!r} failed: "
                          f"{str(exc).splitlines()[0]}") from None
-    return out.to(torch_dtype(pt.dtype))
+    out = out.to(torch_dtype(pt.dtype))
+    if not allow_nonfinite and out.is_floating_point() and not bool(out.isfinite().all()):
+        _raise_nonfinite(plan, pt, tensors, base)
+    return out
+
+
+def _raise_nonfinite(plan: Plan, pt: PlannedTensor, tensors: list[torch.Tensor],
+                     base: torch.Tensor | None) -> None:
+    refs = [*pt.inputs, *([pt.base] if pt.base is not None else [])]
+    for ref, t in zip(refs, [*tensors, *([base] if base is not None else [])], strict=True):
+        if not bool(t.isfinite().all()):
+            raise MergeError(f"model {plan.models[ref.model].ref!r}: tensor {ref.name!r} holds "
+                             "NaN or Inf; pass --allow-nonfinite to merge it anyway")
+    raise MergeError(f"tensor {pt.name!r}: merge method {pt.method!r} produced NaN or Inf "
+                     "(check its parameters); pass --allow-nonfinite to write it anyway")

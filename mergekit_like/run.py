@@ -8,7 +8,6 @@ This is the library API behind ``merge RECIPE OUT``::
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +40,7 @@ class MergeOptions:
     quiet: bool = False
     chunk_bytes: int = DEFAULT_CHUNK_BYTES
     resume: bool = False
+    allow_nonfinite: bool = False
 
 
 def write_model(plan: Plan, out: Path, options: MergeOptions) -> None:
@@ -50,17 +50,16 @@ def write_model(plan: Plan, out: Path, options: MergeOptions) -> None:
     layout = layout_shards([(t.name, t.dtype, t.shape) for t in plan.tensors],
                            options.out_shard_bytes)
     exec_options = ExecOptions(device=device, seed=options.seed,
+                               allow_nonfinite=options.allow_nonfinite,
                                chunk_bytes=options.chunk_bytes, progress=not options.quiet)
     print_ = fingerprint(resolved_recipe_yaml(plan), *layout.headers, repr(layout.files),
                          str(options.seed), plan.compute_dtype, device)
     with staged_output(out, options.force, options.resume) as tmp:
         journal = Journal.open(tmp, print_, resume=options.resume)
-        todo = dataclasses.replace(plan, tensors=tuple(
-            t for t in plan.tensors if t.name not in journal.done))
         writer = ShardWriter(tmp, layout, done=journal.done)
         try:
             with TensorReader() as reader:
-                execute(todo, reader, writer, exec_options,
+                execute(plan, reader, writer, exec_options, skip=journal.done,
                         on_tensor=lambda pt: journal.record(pt.name))
             writer.finish()
         finally:

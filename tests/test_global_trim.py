@@ -253,9 +253,6 @@ def test_cli_density_gradient_with_model_scope_exits_2(tmp_path, llama_family, r
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.xfail(strict=True, reason="run.py hands execute() a plan filtered to the "
-                   "tensors left to do, so the pre-pass ranks a part of each model; fix: pass the "
-                   "whole plan with execute(..., skip=done names), then drop this marker")
 def test_resumed_model_wide_merge_is_byte_identical(tmp_path, llama_family, run_cli,
                                                     monkeypatch):
     """A resumed run ranks over every tensor, not only those left to compute."""
