@@ -119,8 +119,12 @@ def build_plan(loaded: LoadedRecipe) -> Plan:
     if builder.problems:
         raise PlanError(list(dict.fromkeys(builder.problems)))
     spec = output_spec(loaded, catalogs, index_of, ref_model, slices, layouts, out_layer, vocab)
-    return Plan(loaded, tuple(catalogs), tuple(tensors), recipe.dtype or "float32", spec,
+    plan = Plan(loaded, tuple(catalogs), tuple(tensors), recipe.dtype or "float32", spec,
                 tuple(builder.warnings()), vocab)
+    from mergekit_like.global_trim import model_trims  # imports this module
+
+    model_trims(plan)  # model_wide_trim needs one density per model: a plan-time error
+    return plan
 
 
 def _load_models(loaded: LoadedRecipe) -> tuple[list[ModelCatalog], dict[str, int]]:
