@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -61,6 +62,9 @@ def _run_parser() -> argparse.ArgumentParser:
     p.add_argument("--chunk-size", default="64MiB",
                    help="rows of large tensors are merged in chunks of this size (elementwise "
                         "methods; default 64MiB per input)")
+    p.add_argument("--num-processes", type=int, default=1, metavar="N",
+                   help="split the output shards across N local processes (default 1); under "
+                        "torchrun or accelerate launch, the launcher's processes are used")
     p.add_argument("--allow-code", action="store_true",
                    help="allow the recipe's evaluation.python to run (custom scorer code)")
     p.add_argument("-m", "--multirun", action="store_true",
@@ -109,8 +113,12 @@ def _merge(ns: argparse.Namespace) -> int:
         except ValueError as exc:
             raise MergeError(f"{flag}: {exc}") from None
     shard, chunk = sizes["--out-shard-size"], sizes["--chunk-size"]
+    if ns.num_processes < 1:
+        raise MergeError(f"--num-processes: expected 1 or more, got {ns.num_processes}")
+    say = not ns.quiet and os.environ.get("RANK", "0") == "0"  # one rank of torchrun speaks
     options = MergeOptions(device=ns.device, out_shard_bytes=shard, force=ns.force,
                            resume=ns.resume, allow_nonfinite=ns.allow_nonfinite,
+                           num_processes=ns.num_processes,
                            seed=ns.seed, quiet=ns.quiet, chunk_bytes=chunk)
     if ns.multirun:  # soups: sweeps run each setting through soups/runner.py
         from mergekit_like.soups.sweep import run_sweep
@@ -126,7 +134,7 @@ def _merge(ns: argparse.Namespace) -> int:
             for warning in plan.warnings:
                 print(warning, file=sys.stderr)
             write_model(plan, folder, options)
-            if not ns.quiet:
+            if say:
                 print(f"{doc.recipe.name}: wrote {folder}")
 
         run_documents(docs, ns.out, write_doc)
@@ -143,7 +151,7 @@ def _merge(ns: argparse.Namespace) -> int:
     for warning in plan.warnings:
         print(warning, file=sys.stderr)
     write_model(plan, ns.out, options)
-    if not ns.quiet:
+    if say:
         print(f"wrote {ns.out} ({len(plan.tensors)} tensors, {_human(plan.write_bytes)})")
     return 0
 

@@ -8,14 +8,14 @@ This is the library API behind ``merge RECIPE OUT``::
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from mergekit_like.device import resolve_device
 from mergekit_like.execute import DEFAULT_CHUNK_BYTES, ExecOptions, execute
 from mergekit_like.io.reader import TensorReader
-from mergekit_like.io.writer import ShardWriter, layout_shards
+from mergekit_like.io.writer import ShardLayout, ShardWriter, layout_shards
 from mergekit_like.journal import Journal, fingerprint
 from mergekit_like.loader import load_recipe
 from mergekit_like.output import (
@@ -24,7 +24,7 @@ from mergekit_like.output import (
     staged_output,
     write_metadata,
 )
-from mergekit_like.plan import Plan, build_plan
+from mergekit_like.plan import Plan, PlannedTensor, build_plan
 
 DEFAULT_SHARD_BYTES = 5 * 10**9
 
@@ -41,11 +41,25 @@ class MergeOptions:
     chunk_bytes: int = DEFAULT_CHUNK_BYTES
     resume: bool = False
     allow_nonfinite: bool = False
+    num_processes: int = 1
 
 
-def write_model(plan: Plan, out: Path, options: MergeOptions) -> None:
-    """Execute ``plan`` and publish the output folder at ``out`` (atomically)."""
-    check_output_path(plan, out)
+@dataclass(frozen=True)
+class WriteSetup:
+    """What decides the output bytes: the shard layout, the executor options, and their
+    fingerprint (the first line of the resume journal)."""
+
+    layout: ShardLayout
+    exec_options: ExecOptions
+    fingerprint: str
+
+
+def write_setup(plan: Plan, options: MergeOptions) -> WriteSetup:
+    """The shard layout, executor options and journal fingerprint of writing ``plan``.
+
+    The fingerprint names the device kind (cuda, not cuda:1), so every rank of a
+    distributed run shares it.
+    """
     device = resolve_device(options.device)
     layout = layout_shards([(t.name, t.dtype, t.shape) for t in plan.tensors],
                            options.out_shard_bytes)
@@ -53,17 +67,54 @@ def write_model(plan: Plan, out: Path, options: MergeOptions) -> None:
                                allow_nonfinite=options.allow_nonfinite,
                                chunk_bytes=options.chunk_bytes, progress=not options.quiet)
     print_ = fingerprint(resolved_recipe_yaml(plan), *layout.headers, repr(layout.files),
-                         str(options.seed), plan.compute_dtype, device)
+                         str(options.seed), plan.compute_dtype, device.split(":")[0])
+    return WriteSetup(layout, exec_options, print_)
+
+
+def write_shards(plan: Plan, folder: Path, setup: WriteSetup, journal: Journal,
+                 shards: Collection[int] | None = None,
+                 after: Callable[[PlannedTensor], None] | None = None) -> None:
+    """Compute the tensors of ``shards`` (default all) that ``journal`` lacks into
+    ``folder``, record each in ``journal`` and then call ``after``; check they are complete."""
+    slots = setup.layout.slots
+    mine = set(range(len(setup.layout.files)) if shards is None else shards)
+    done = frozenset(n for n in journal.done if n in slots and slots[n].shard in mine)
+    # skip rather than a cut-down plan: whole-model statistics (model_wide_trim) see it all
+    skip = frozenset(t.name for t in plan.tensors
+                     if slots[t.name].shard not in mine or t.name in done)
+
+    def on_tensor(pt: PlannedTensor) -> None:
+        journal.record(pt.name)
+        if after is not None:
+            after(pt)
+
+    writer = ShardWriter(folder, setup.layout, done=done, shards=shards)
+    try:
+        with TensorReader() as reader:
+            execute(plan, reader, writer, setup.exec_options, on_tensor=on_tensor, skip=skip)
+        writer.finish()
+    finally:
+        writer.close()
+
+
+def write_model(plan: Plan, out: Path, options: MergeOptions) -> None:
+    """Execute ``plan`` and publish the output folder at ``out`` (atomically).
+
+    With ``options.num_processes > 1``, or under torchrun / accelerate launch (WORLD_SIZE
+    above 1), the output shards are split across processes (:mod:`mergekit_like.distributed`).
+    """
+    from mergekit_like.distributed import launched_world_size, write_model_distributed
+
+    if options.num_processes > 1 or launched_world_size() > 1:
+        write_model_distributed(plan, out, options)
+        return
+    check_output_path(plan, out)
+    setup = write_setup(plan, options)
     with staged_output(out, options.force, options.resume) as tmp:
-        journal = Journal.open(tmp, print_, resume=options.resume)
-        writer = ShardWriter(tmp, layout, done=journal.done)
+        journal = Journal.open(tmp, setup.fingerprint, resume=options.resume)
         try:
-            with TensorReader() as reader:
-                execute(plan, reader, writer, exec_options, skip=journal.done,
-                        on_tensor=lambda pt: journal.record(pt.name))
-            writer.finish()
+            write_shards(plan, tmp, setup, journal)
         finally:
-            writer.close()
             journal.close()
         journal.path.unlink()
         write_metadata(plan, tmp)

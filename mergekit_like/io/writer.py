@@ -16,7 +16,7 @@ import math
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -122,29 +122,39 @@ class ShardWriter:
     ``done`` names tensors already complete in the shards of an interrupted run (from the
     resume journal): the shards are reopened as they are, after checking their size and
     header, and only the other tensors are expected.
+
+    ``shards`` (indices into ``layout.files``; default all) limits the writer to those files:
+    it creates, writes and checks only them, and :meth:`finish` writes the index only when it
+    owns every shard. Several writers, one per process, can so fill one layout together
+    (:mod:`mergekit_like.distributed`); the index is then written with :func:`write_index`.
     """
 
     def __init__(self, folder: Path, layout: ShardLayout,
-                 done: frozenset[str] = frozenset()) -> None:
+                 done: frozenset[str] = frozenset(),
+                 shards: Collection[int] | None = None) -> None:
         self.folder = folder
         self.layout = layout
-        self._fds: list[int] = []
-        self._written: dict[str, int] = dict.fromkeys(layout.slots, 0)
-        for name, header, size in zip(layout.files, layout.headers, layout.sizes, strict=True):
-            path = folder / name
+        self.shards = tuple(range(len(layout.files)) if shards is None else sorted(set(shards)))
+        self._fds: dict[int, int] = {}
+        mine = set(self.shards)
+        self._written: dict[str, int] = {n: 0 for n, s in layout.slots.items() if s.shard in mine}
+        for shard in self.shards:
+            path = folder / layout.files[shard]
+            header, size = layout.headers[shard], layout.sizes[shard]
             if done and path.is_file():
                 fd = os.open(path, os.O_RDWR)
-                self._fds.append(fd)
+                self._fds[shard] = fd
                 if os.fstat(fd).st_size != size or os.pread(fd, len(header), 0) != header:
                     raise OSError(f"{path} does not match the planned layout")
             else:
                 fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
-                self._fds.append(fd)
+                self._fds[shard] = fd
                 os.ftruncate(fd, size)
                 _pwrite_all(fd, header, 0)
         for name in done:
-            slot = layout.slots[name]
-            self._written[name] = slot.end - slot.start
+            if name in self._written:
+                slot = layout.slots[name]
+                self._written[name] = slot.end - slot.start
         self._writeback = writeback_starter()
         self._kill_after = int(os.environ.get(KILL_ENV, "-1"))
         self._writes = 0
@@ -159,6 +169,9 @@ class ShardWriter:
         import torch
 
         slot = self.layout.slots[name]
+        if slot.shard not in self._fds:
+            raise ValueError(f"{name}: its shard {self.layout.files[slot.shard]} is not "
+                             "written by this writer")
         data = tensor.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy()
         if slot.start + offset + data.nbytes > slot.end:
             raise ValueError(f"{name}: write past the end of its slot")
@@ -171,26 +184,32 @@ class ShardWriter:
         self._maybe_kill()
 
     def finish(self) -> None:
-        """Check every tensor was fully written, write the index, close the files."""
-        short = [n for n, s in self.layout.slots.items()
-                 if self._written[n] != s.end - s.start]
+        """Check every tensor of this writer's shards was fully written, close the files, and
+        write the index when this writer owns every shard."""
+        short = [n for n, done in self._written.items()
+                 if done != self.layout.slots[n].end - self.layout.slots[n].start]
         if short:
             raise RuntimeError(f"internal error: tensors not fully written: {short[:5]}")
-        for fd in self._fds:
+        for fd in self._fds.values():
             os.fsync(fd)
         self.close()
-        if len(self.layout.files) > 1:
-            index = {
-                "metadata": {"total_size": self.layout.total_tensor_bytes},
-                "weight_map": {n: self.layout.files[s.shard]
-                               for n, s in sorted(self.layout.slots.items())},
-            }
-            (self.folder / INDEX_NAME).write_text(json.dumps(index, indent=2) + "\n")
+        if len(self.shards) == len(self.layout.files):
+            write_index(self.folder, self.layout)
 
     def close(self) -> None:
-        for fd in self._fds:
+        for fd in self._fds.values():
             os.close(fd)
         self._fds.clear()
+
+
+def write_index(folder: Path, layout: ShardLayout) -> None:
+    """Write ``model.safetensors.index.json`` for a layout of several shards (else nothing)."""
+    if len(layout.files) > 1:
+        index = {
+            "metadata": {"total_size": layout.total_tensor_bytes},
+            "weight_map": {n: layout.files[s.shard] for n, s in sorted(layout.slots.items())},
+        }
+        (folder / INDEX_NAME).write_text(json.dumps(index, indent=2) + "\n")
 
 
 _SYNC_FILE_RANGE_WRITE = 2
