@@ -129,7 +129,7 @@ def model_card(plan: Plan, recipe_yaml: str, folder: Path) -> str:
     refs = recipe.referenced_models()
     front = {"base_model": refs, "library_name": "transformers",
              "tags": ["merge", "mergekit_like", recipe.merge_method]}
-    title = recipe.name or folder.name.split(".partial-")[0].lstrip(".")
+    title = recipe.name or folder.name.removeprefix(".").removesuffix(".partial")
     lines = ["---", yaml.safe_dump(front, sort_keys=False).rstrip(), "---", "",
              f"# {title}", "",
              f"This model was made by merging pre-trained language models with mergekit_like, "

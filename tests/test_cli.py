@@ -264,3 +264,9 @@ def test_processor_files_follow_the_tokenizer_source(tmp_path, llama_family, run
     text = f"merge_method: linear\nmodels: [{{model: {model}}}, {{model: {code}}}]\n"
     assert run_cli(write_recipe(tmp_path, text), tmp_path / "out", "--quiet").code == 0
     assert (tmp_path / "out" / "preprocessor_config.json").read_text() == '{"image_mean": [0.5]}'
+
+
+def test_model_card_title_defaults_to_the_output_name(tmp_path, llama_family, run_cli):
+    recipe = write_recipe(tmp_path, _linear(llama_family))
+    assert run_cli(recipe, tmp_path / "my-soup", "--quiet").code == 0
+    assert "\n# my-soup\n" in (tmp_path / "my-soup" / "README.md").read_text()
