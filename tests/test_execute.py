@@ -12,6 +12,7 @@ import torch
 
 from mergekit_like.execute import (
     ExecOptions,
+    all_finite,
     estimate_peak_bytes,
     execute,
     plan_steps,
@@ -233,3 +234,16 @@ dtype: float32
     got = (tmp_path / "one" / "model.safetensors").read_bytes()[slot.start:slot.end]
     assert got == full["model.safetensors"][slot.start:slot.end]
     assert got != bytes(slot.end - slot.start)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
+def test_all_finite_finds_nan_and_inf_wherever_they_are(dtype):
+    t = torch.linspace(-3, 3, 1000).to(dtype)
+    assert all_finite(t) and all_finite(t[:0])
+    for bad in ([float("nan")], [float("inf")], [float("-inf")], [float("inf"), float("-inf")]):
+        u = t.clone()
+        u[[7, 993][: len(bad)]] = torch.tensor(bad, dtype=dtype)
+        assert not all_finite(u)
+    # finite entries whose sum overflows are still finite
+    big = torch.full((64,), torch.finfo(dtype).max, dtype=dtype)
+    assert all_finite(big)
