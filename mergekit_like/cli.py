@@ -59,9 +59,9 @@ def _run_parser() -> argparse.ArgumentParser:
                    help="continue an interrupted run from its partial output (.OUT.partial)")
     p.add_argument("--seed", type=int, default=0, help="seed of random methods (default 0)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.add_argument("--chunk-size", default="64MiB",
+    p.add_argument("--chunk-size", default="16MiB",
                    help="rows of large tensors are merged in chunks of this size (elementwise "
-                        "methods; default 64MiB per input)")
+                        "methods; default 16MiB per input)")
     p.add_argument("--num-processes", type=int, default=1, metavar="N",
                    help="split the output shards across N local processes (default 1); under "
                         "torchrun or accelerate launch, the launcher's processes are used")
