@@ -16,7 +16,9 @@ says when it cannot). Each output is written to a fresh file and deleted after m
 
 Printed (and appended to ``--results`` with ``--label``): wall time, CPU time (user + system)
 and peak RSS of the merge, the floor's, and the merge/floor ratios; then the median of five
-runs of ``merge --help`` and ``merge validate``.
+runs of ``merge --help`` and ``merge validate``. "other load" is the number of cores other
+processes kept busy during the merge (the most of any repeat): wall times are only
+comparable between runs where it is near 0.
 """
 
 from __future__ import annotations
@@ -54,11 +56,23 @@ METHOD_PARAMS: dict[str, dict[str, object]] = {
 
 @dataclass(frozen=True)
 class Measure:
-    """One child process: wall seconds, CPU seconds (user + system), peak RSS bytes."""
+    """One child process: wall seconds, CPU seconds (user + system), peak RSS bytes, and
+    ``others``: the CPU cores that other processes kept busy meanwhile, on average."""
 
     wall: float
     cpu: float
     rss: int
+    others: float = 0.0
+
+
+def busy_seconds() -> float:
+    """CPU seconds spent busy by the whole machine since boot (all cores, /proc/stat)."""
+    try:
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return 0.0
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
 
 
 # Runs the command in a forked child and prints the child's own rusage: the child's peak RSS
@@ -84,12 +98,15 @@ def run_child(argv: list[str], code: Path | None = None) -> Measure:
     ``code``: a folder put first on the child's PYTHONPATH (another mergekit_like copy).
     """
     env = dict(os.environ, PYTHONPATH=str(code)) if code else None
+    busy = busy_seconds()
     proc = subprocess.run([sys.executable, "-S", "-c", _LAUNCHER, *argv],
                           capture_output=True, text=True, env=env)
-    code, wall, cpu, rss = proc.stdout.split()
-    if int(code) != 0 or proc.returncode != 0:
-        raise SystemExit(f"{' '.join(argv)} failed ({code}):\n{proc.stderr}")
-    return Measure(float(wall), float(cpu), int(rss) * 1024)
+    busy = busy_seconds() - busy
+    status, wall, cpu, rss = proc.stdout.split()
+    if int(status) != 0 or proc.returncode != 0:
+        raise SystemExit(f"{' '.join(argv)} failed ({status}):\n{proc.stderr}")
+    others = max(0.0, (busy - float(cpu)) / float(wall))
+    return Measure(float(wall), float(cpu), int(rss) * 1024, others)
 
 
 def floor_io(out: Path, out_bytes: int, inputs: list[Path]) -> None:
@@ -267,10 +284,12 @@ def main(argv: list[str] | None = None) -> int:
                     statistics.median(m.cpu for m in merges), max(m.rss for m in merges))
         f_read = statistics.median(r for r, _ in split)
         f_write = statistics.median(w for _, w in split)
+        others = max(x.others for x in merges)
         rows.append([method, str(len(inputs)), f"{m.wall:.1f}",
                      f"{f.wall:.1f} ({f_read:.1f} + {f_write:.1f})",
                      f"**{m.wall / f.wall:.2f}x**", f"{m.cpu:.1f}", f"{f.cpu:.1f}",
-                     f"{m.cpu / f.cpu:.2f}x", f"{m.rss / 2**20:.0f}", f"{f.rss / 2**20:.0f}"])
+                     f"{m.cpu / f.cpu:.2f}x", f"{m.rss / 2**20:.0f}", f"{f.rss / 2**20:.0f}",
+                     f"{others:.1f}"])
         print(fmt_row(rows[-1]), flush=True)
 
     any_recipe = next(iter(recipes.values()))
@@ -293,8 +312,9 @@ def main(argv: list[str] | None = None) -> int:
         + (f' --extra="{ns.extra}"' if ns.extra else "")
         + (f" --code {ns.code}" if ns.code else "") + "`", "",
         fmt_row(["method", "inputs", "wall s", "floor wall s (read + write)", "wall ratio", "CPU s",
-                 "floor CPU s", "CPU ratio", "peak RSS MiB", "floor RSS MiB"]),
-        fmt_row(["---"] * 10),
+                 "floor CPU s", "CPU ratio", "peak RSS MiB", "floor RSS MiB",
+                 "other load"]),
+        fmt_row(["---"] * 11),
         *(fmt_row(r) for r in rows), "",
         f"`merge --help`: {t_help:.2f} s; `merge validate {any_recipe.name}`: "
         f"{t_validate:.2f} s (median of 5).", "",
