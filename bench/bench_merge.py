@@ -308,6 +308,7 @@ def main(argv: list[str] | None = None) -> int:
         f"fine-tunes; page cache warm for the floor and the merges; {ns.repeat} run(s) each, "
         f"median.", "",
         f"Command: `.venv/bin/python bench/bench_merge.py --size {ns.size}"
+        + (f" --methods {' '.join(ns.methods)}" if list(ns.methods) != list(METHODS) else "")
         + (f" --repeat {ns.repeat}" if ns.repeat != 1 else "")
         + (f' --extra="{ns.extra}"' if ns.extra else "")
         + (f" --code {ns.code}" if ns.code else "") + "`", "",
