@@ -13,6 +13,7 @@ inputs exceed the chunk budget is not read ahead but after the previous step is 
 
 from __future__ import annotations
 
+import math
 import os
 from collections import deque
 from collections.abc import Callable, Collection, Sequence
@@ -29,6 +30,8 @@ from mergekit_like.plan import COPY, Plan, PlannedTensor
 
 if TYPE_CHECKING:
     import torch
+
+    from mergekit_like.methods.spec import TensorStats
 
     Inputs = tuple[list[torch.Tensor], torch.Tensor | None]
 
@@ -56,15 +59,16 @@ class ExecOptions:
 
 
 def row_chunks(pt: PlannedTensor, compute_itemsize: int, chunk_bytes: int) -> list[tuple[int, int]]:
-    """Row ranges to compute ``pt`` in: one range unless the method is elementwise and large."""
+    """Row ranges to compute ``pt`` in: one range unless the method is elementwise and large.
+
+    Only tensors of two or more dimensions are split (a 1-D tensor's "rows" would be single
+    entries; methods such as DELLA rank within rows).
+    """
     rows = pt.shape[0] if pt.shape else 1
-    if (pt.method == COPY or not pt.shape or pt.vocab_sources is not None
+    if (pt.method == COPY or len(pt.shape) < 2 or pt.vocab_sources is not None
             or not REGISTRY[pt.method].elementwise):
         return [(0, rows)]
-    row_elems = 1
-    for d in pt.shape[1:]:
-        row_elems *= d
-    step = max(1, chunk_bytes // max(1, row_elems * compute_itemsize))
+    step = max(1, chunk_bytes // max(1, math.prod(pt.shape[1:]) * compute_itemsize))
     return [(r, min(rows, r + step)) for r in range(0, rows, step)] or [(0, 0)]
 
 
@@ -72,9 +76,12 @@ def row_chunks(pt: PlannedTensor, compute_itemsize: int, chunk_bytes: int) -> li
 class Step:
     """One unit of work: rows ``rows`` of ``pt`` (None: the whole tensor).
 
-    ``offset`` is where the result goes, in bytes into the output tensor; ``in_bytes`` is
-    the size of the step's inputs (and base) in the compute dtype; ``last`` marks a tensor's
-    final chunk.
+    ``offset`` is where the result goes, in bytes into the output tensor; ``start`` the
+    flat index of the step's first entry; ``in_bytes`` the size of the step's inputs (and
+    base) in the compute dtype; ``last`` marks the final chunk of a tensor (or of a round).
+    ``round``: -1 for a merge step; ``r >= 0`` for a chunk of the method's statistics pass
+    ``r`` over the tensor (:class:`~mergekit_like.methods.spec.TensorStats`), which writes
+    nothing.
     """
 
     pt: PlannedTensor
@@ -82,22 +89,30 @@ class Step:
     offset: int
     in_bytes: int
     last: bool
+    round: int = -1
+    start: int = 0
 
 
-def plan_steps(plan: Plan, compute_itemsize: int, chunk_bytes: int) -> list[Step]:
-    """Every step of ``plan`` in order: each tensor, split by :func:`row_chunks`."""
+def plan_steps(plan: Plan, compute_itemsize: int, chunk_bytes: int,
+               rounds: Callable[[PlannedTensor], int] = lambda pt: 0) -> list[Step]:
+    """Every step of ``plan`` in order: each tensor, split by :func:`row_chunks`.
+
+    A tensor split in several chunks is preceded by ``rounds(pt)`` statistics passes over
+    the same chunks (see :class:`Step`).
+    """
     steps = []
     for pt in plan.tensors:
-        row_elems = 1
-        for d in pt.shape[1:]:
-            row_elems *= d
+        row_elems = math.prod(pt.shape[1:])
         n_in = len(pt.inputs) + (1 if pt.base else 0)
         chunks = row_chunks(pt, compute_itemsize, chunk_bytes)
-        for i, (r0, r1) in enumerate(chunks):
-            rows = (r0, r1) if pt.shape and pt.method != COPY else None
-            elems = (r1 - r0) * row_elems if pt.shape else 1
-            steps.append(Step(pt, rows, r0 * row_elems * DTYPE_SIZES[pt.dtype],
-                              elems * compute_itemsize * n_in, i == len(chunks) - 1))
+        n_rounds = rounds(pt) if len(chunks) > 1 else 0
+        for round_ in [*range(n_rounds), -1]:
+            for i, (r0, r1) in enumerate(chunks):
+                rows = (r0, r1) if pt.shape and pt.method != COPY else None
+                elems = (r1 - r0) * row_elems if pt.shape else 1
+                steps.append(Step(pt, rows, r0 * row_elems * DTYPE_SIZES[pt.dtype],
+                                  elems * compute_itemsize * n_in, i == len(chunks) - 1,
+                                  round_, r0 * row_elems))
     return steps
 
 
@@ -203,26 +218,59 @@ def execute(
         bounds = model_trim_bounds(plan, reader, plan.compute_dtype, options.device,
                                    options.chunk_bytes)
     skipped = frozenset(skip)
-    steps = [s for s in plan_steps(plan, DTYPE_SIZES[compute], options.chunk_bytes)
-             if s.pt.name not in skipped]
-    bar = tqdm(total=plan.write_bytes, unit="B", unit_scale=True, unit_divisor=1024,
-               desc="merging", disable=not options.progress, dynamic_ncols=True)
-    done = 0
 
-    def load(step: Step) -> Inputs:
-        return _load(plan, step, reader, compute, options.device)
-
-    def run(step: Step, inputs: Inputs) -> torch.Tensor:
+    def context(pt: PlannedTensor, stats: TensorStats | None = None,
+                start: int = 0) -> TensorContext:
         trim = None
         if bounds is not None:
             from mergekit_like.global_trim import context_bounds
 
-            trim = context_bounds(step.pt, bounds)
-        ctx = TensorContext(step.pt.name, options.seed, trim_bounds=trim)
-        return _merge(plan, step, inputs, ctx, options.allow_nonfinite)
+            trim = context_bounds(pt, bounds)
+        return TensorContext(pt.name, options.seed, trim_bounds=trim, stats=stats, start=start)
 
-    def write(step: Step, out: torch.Tensor) -> None:
+    def new_stats(pt: PlannedTensor) -> TensorStats | None:
+        factory = None if pt.method == COPY else REGISTRY[pt.method].stats
+        if factory is None:
+            return None
+        return factory(pt.shape, DTYPE_SIZES[compute] * 8, pt.model_params, pt.params,
+                       context(pt))
+
+    def rounds(pt: PlannedTensor) -> int:
+        stats = new_stats(pt)
+        return stats.rounds if stats is not None else 0
+
+    steps = [s for s in plan_steps(plan, DTYPE_SIZES[compute], options.chunk_bytes, rounds)
+             if s.pt.name not in skipped]
+    bar = tqdm(total=plan.write_bytes, unit="B", unit_scale=True, unit_divisor=1024,
+               desc="merging", disable=not options.progress, dynamic_ncols=True)
+    done = 0
+    gathering: dict[str, TensorStats | None] = {}  # stats of the tensor being chunked
+
+    def load(step: Step) -> Inputs:
+        return _load(plan, step, reader, compute, options.device)
+
+    def run(step: Step, inputs: Inputs) -> torch.Tensor | None:
+        pt = step.pt
+        chunked = step.rows is not None and step.rows != (0, pt.shape[0])
+        if chunked and pt.name not in gathering:
+            gathering[pt.name] = new_stats(pt)
+        stats = gathering.get(pt.name)
+        if step.round >= 0:  # a statistics pass: nothing to write
+            assert stats is not None
+            stats.observe(step.round, *inputs, step.start)
+            if step.last:
+                stats.finish(step.round)
+            return None
+        out = _merge(plan, step, inputs, context(pt, stats, step.start),
+                     options.allow_nonfinite)
+        if step.last:
+            gathering.pop(pt.name, None)
+        return out
+
+    def write(step: Step, out: torch.Tensor | None) -> None:
         nonlocal done
+        if out is None:
+            return
         writer.write(step.pt.name, out, step.offset)
         bar.update(out.numel() * out.element_size())
         if step.last:

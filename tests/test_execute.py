@@ -247,3 +247,52 @@ def test_all_finite_finds_nan_and_inf_wherever_they_are(dtype):
     # finite entries whose sum overflows are still finite
     big = torch.full((64,), torch.finfo(dtype).max, dtype=dtype)
     assert all_finite(big)
+
+
+WHOLE_TENSOR_METHODS = {  # methods that need figures over the whole tensor before a chunk
+    "ties": "{weight: 1.0, density: 0.5}",
+    "breadcrumbs": "{weight: 1.0, density: 0.6, gamma: 0.1}",
+    "breadcrumbs_ties": "{weight: 1.0, density: 0.6, gamma: 0.1}",
+    "dare_ties": "{weight: 1.0, density: 0.5}",
+    "dare_linear": "{weight: 0.7, density: 0.4}",
+    "della": "{weight: 1.0, density: 0.5, epsilon: 0.2}",
+}
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("rescale", [None, True])
+@pytest.mark.parametrize("method", sorted(WHOLE_TENSOR_METHODS))
+def test_row_chunks_after_statistics_passes_give_the_whole_tensor_bytes(
+        tmp_path, llama_family, method, rescale, dtype):
+    """Trim thresholds, L1 norms and random draws gathered chunk by chunk: same bytes.
+
+    In bfloat16 the task vectors hold many equal magnitudes, so the rank windows' ties are
+    broken across chunk boundaries."""
+    params = WHOLE_TENSOR_METHODS[method]
+    extra = "" if rescale is None else f"parameters: {{rescale: {str(rescale).lower()}}}\n"
+    recipe = write_recipe(tmp_path, f"""
+merge_method: {method}
+base_model: {llama_family['base']}
+models:
+  - model: {llama_family['math']}
+    parameters: {params}
+  - model: {llama_family['code']}
+    parameters: {params}
+dtype: {dtype}
+{extra}""")
+    chunked = merge_with(recipe, tmp_path / "c", ExecOptions(chunk_bytes=200, progress=False))
+    whole = merge_with(recipe, tmp_path / "w", ExecOptions(chunk_bytes=2**30, progress=False))
+    assert chunked == whole
+
+
+def test_slerp_in_row_chunks_gives_the_whole_tensor_bytes(tmp_path, llama_family):
+    recipe = write_recipe(tmp_path, f"""
+merge_method: slerp
+base_model: {llama_family['base']}
+models:
+  - model: {llama_family['math']}
+parameters: {{t: 0.3}}
+""")
+    chunked = merge_with(recipe, tmp_path / "c", ExecOptions(chunk_bytes=200, progress=False))
+    whole = merge_with(recipe, tmp_path / "w", ExecOptions(chunk_bytes=2**30, progress=False))
+    assert chunked == whole

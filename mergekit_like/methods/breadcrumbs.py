@@ -22,7 +22,7 @@ from __future__ import annotations
 from pydantic import Field
 
 from mergekit_like.methods.spec import MergeMethod, MethodParams
-from mergekit_like.methods.task_arithmetic import MagnitudeTrimParams, TaskArithmeticFamily
+from mergekit_like.methods.task_arithmetic import MagnitudeTrimParams, family_merge
 
 
 class BreadcrumbsModelParams(MethodParams):
@@ -35,7 +35,7 @@ class BreadcrumbsModelParams(MethodParams):
 BREADCRUMBS = MergeMethod(
     name="breadcrumbs",
     summary="Model Breadcrumbs: drop the largest and the smallest task-vector entries, add",
-    merge=TaskArithmeticFamily(trim="outliers"),
+    **family_merge(trim="outliers"),
     params=MagnitudeTrimParams,
     model_params=BreadcrumbsModelParams,
     base="required",
@@ -44,7 +44,7 @@ BREADCRUMBS = MergeMethod(
 BREADCRUMBS_TIES = MergeMethod(
     name="breadcrumbs_ties",
     summary="Model Breadcrumbs, then TIES sign election",
-    merge=TaskArithmeticFamily(trim="outliers", consensus="sum"),
+    **family_merge(trim="outliers", consensus="sum"),
     params=MagnitudeTrimParams,
     model_params=BreadcrumbsModelParams,
     base="required",

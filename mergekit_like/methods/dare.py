@@ -22,7 +22,7 @@ from pydantic import Field, ValidationInfo, field_validator
 from pydantic_core import PydanticCustomError
 
 from mergekit_like.methods.spec import MergeMethod, MethodParams
-from mergekit_like.methods.task_arithmetic import TaskArithmeticFamily, TaskArithmeticParams
+from mergekit_like.methods.task_arithmetic import TaskArithmeticParams, family_merge
 
 
 class RandomTrimParams(TaskArithmeticParams):
@@ -52,7 +52,7 @@ class DareModelParams(MethodParams):
 DARE_TIES = MergeMethod(
     name="dare_ties",
     summary="DARE: drop task-vector entries at random, rescale, then elect signs as TIES",
-    merge=TaskArithmeticFamily(trim="random", consensus="sum"),
+    **family_merge(trim="random", consensus="sum"),
     params=RandomTrimParams,
     model_params=DareModelParams,
     base="required",
@@ -61,7 +61,7 @@ DARE_TIES = MergeMethod(
 DARE_LINEAR = MergeMethod(
     name="dare_linear",
     summary="DARE: drop task-vector entries at random, rescale, then add them",
-    merge=TaskArithmeticFamily(trim="random"),
+    **family_merge(trim="random"),
     params=RandomTrimParams,
     model_params=DareModelParams,
     base="required",

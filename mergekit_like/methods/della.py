@@ -17,7 +17,7 @@ from pydantic_core import PydanticCustomError
 
 from mergekit_like.methods.dare import RandomTrimParams
 from mergekit_like.methods.spec import MergeMethod, MethodParams
-from mergekit_like.methods.task_arithmetic import TaskArithmeticFamily
+from mergekit_like.methods.task_arithmetic import family_merge
 
 
 class DellaParams(RandomTrimParams):
@@ -47,7 +47,7 @@ class DellaModelParams(MethodParams):
 DELLA = MergeMethod(
     name="della",
     summary="DELLA: magnitude-ranked random drop (MagPrune), rescale, elect signs as TIES",
-    merge=TaskArithmeticFamily(trim="della", consensus="sum"),
+    **family_merge(trim="della", consensus="sum"),
     params=DellaParams,
     model_params=DellaModelParams,
     base="required",
@@ -56,7 +56,7 @@ DELLA = MergeMethod(
 DELLA_LINEAR = MergeMethod(
     name="della_linear",
     summary="DELLA: magnitude-ranked random drop (MagPrune), rescale, add",
-    merge=TaskArithmeticFamily(trim="della"),
+    **family_merge(trim="della"),
     params=RandomTrimParams,
     model_params=DellaModelParams,
     base="required",

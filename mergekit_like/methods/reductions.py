@@ -42,3 +42,60 @@ def stable_sum(x: torch.Tensor, dim: int | None = None) -> torch.Tensor:
 def stable_norm(x: torch.Tensor, dim: int | None = None) -> torch.Tensor:
     """The L2 norm of ``x`` (along ``dim``), thread-count independent like :func:`stable_sum`."""
     return stable_sum(x * x, dim).sqrt()
+
+
+class BlockSums:
+    """:func:`stable_sum` of a tensor seen in consecutive chunks, with the same bytes.
+
+    The first-level block sums of :func:`stable_sum` (one float per :data:`BLOCK` entries of
+    the flat tensor) are taken as the chunks arrive, a block that straddles two chunks once
+    both are seen, and summed as :func:`stable_sum` would at :meth:`total`.
+
+    >>> import torch
+    >>> x = torch.rand(3 * BLOCK + 5)
+    >>> sums = BlockSums()
+    >>> sums.add(x[:100]); sums.add(x[100:])
+    >>> bool(sums.total() == stable_sum(x))
+    True
+    """
+
+    def __init__(self) -> None:
+        self._parts: list[torch.Tensor] = []
+        self._tail: torch.Tensor | None = None  # entries of a block not yet complete
+        self._numel = 0
+
+    def add(self, x: torch.Tensor) -> None:
+        """Account for the next chunk (any shape; its entries in flat order)."""
+        import torch
+
+        flat = x.reshape(-1)
+        self._numel += flat.numel()
+        if self._numel <= BLOCK:  # kept whole: stable_sum sums a short tensor directly
+            self._tail = flat.clone() if self._tail is None else torch.cat([self._tail, flat])
+            return
+        if self._tail is not None:
+            need = BLOCK - self._tail.numel()
+            self._tail = torch.cat([self._tail, flat[:need]])
+            flat = flat[need:]
+            if self._tail.numel() < BLOCK:
+                return
+            self._parts.append(self._tail.reshape(1, BLOCK).sum(dim=-1))
+            self._tail = None
+        whole = flat.numel() - flat.numel() % BLOCK
+        if whole:
+            self._parts.append(flat[:whole].reshape(-1, BLOCK).sum(dim=-1))
+        if whole < flat.numel():
+            self._tail = flat[whole:].clone()
+
+    def total(self) -> torch.Tensor:
+        """The sum of every entry added, equal to ``stable_sum`` of them all at once."""
+        import torch
+        import torch.nn.functional as F
+
+        if self._numel <= BLOCK:
+            return self._tail.sum() if self._tail is not None else torch.zeros(())
+        parts = list(self._parts)
+        if self._tail is not None:
+            parts.append(F.pad(self._tail, (0, BLOCK - self._tail.numel()))
+                         .reshape(1, BLOCK).sum(dim=-1))
+        return stable_sum(torch.cat(parts))

@@ -17,8 +17,9 @@ Edge cases, as in mergekit's ``slerp``:
 - a tensor whose norm is at most ``EPS`` (1e-8) is not normalised before the dot product
   (so an all-zero tensor gives ``cos(theta) = 0``, ``theta = pi / 2``).
 
-The result at an element depends on the norms of whole tensors, so this method is not
-elementwise and receives whole tensors.
+The result at an element depends on the norms of whole tensors: a large tensor is merged in
+row chunks after one pass that sums its norms and dot product (:class:`SlerpStats`), with
+the same bytes as merging it whole.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from typing import TYPE_CHECKING
 
 from pydantic import Field
 
-from mergekit_like.methods.reductions import stable_norm, stable_sum
+from mergekit_like.methods.reductions import BlockSums
 from mergekit_like.methods.spec import MergeMethod, MethodParams, NoParams, TensorContext
 
 if TYPE_CHECKING:
@@ -49,6 +50,22 @@ class SlerpParams(MethodParams):
     )
 
 
+def slerp_coefficients(t: float, n0: float, n1: float, dot: float, *,
+                       dot_threshold: float = DOT_THRESHOLD,
+                       eps: float = EPS) -> tuple[float, float]:
+    """``(s0, s1)`` with ``out = s0 * v0 + s1 * v1``, from the norms and the dot product.
+
+    >>> slerp_coefficients(0.5, 1.0, 1.0, 0.0)
+    (0.7071067811865475, 0.7071067811865475)
+    """
+    dot /= (n0 if n0 > eps else 1.0) * (n1 if n1 > eps else 1.0)
+    if abs(dot) > dot_threshold:
+        return 1.0 - t, t
+    theta = math.acos(dot)
+    sin_theta = math.sin(theta)
+    return math.sin(theta - theta * t) / sin_theta, math.sin(theta * t) / sin_theta
+
+
 def slerp(
     t: float,
     v0: torch.Tensor,
@@ -65,19 +82,53 @@ def slerp(
     >>> slerp(0.5, torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0]))
     tensor([0.7071, 0.7071])
     """
+    stats = SlerpStats(t, dot_threshold=dot_threshold, eps=eps)
+    stats.observe(0, [v1], v0, 0)
+    stats.finish(0)
+    return stats.apply(v0, v1)
 
-    a, b = v0.reshape(-1), v1.reshape(-1)
-    n0 = stable_norm(a).item()
-    n1 = stable_norm(b).item()
-    dot = stable_sum(a * b).item()
-    dot /= (n0 if n0 > eps else 1.0) * (n1 if n1 > eps else 1.0)
-    if abs(dot) > dot_threshold:
-        return v0.mul_(1.0 - t).add_(v1, alpha=t)
-    theta = math.acos(dot)
-    sin_theta = math.sin(theta)
-    s0 = math.sin(theta - theta * t) / sin_theta
-    s1 = math.sin(theta * t) / sin_theta
-    return v0.mul_(s0).add_(v1, alpha=s1)
+
+class SlerpStats:
+    """The norms and dot product of two whole tensors, gathered chunk by chunk.
+
+    Implements :class:`~mergekit_like.methods.spec.TensorStats` (one round), so the executor
+    can merge a large tensor in row chunks: each chunk is ``s0 * base + s1 * other`` with
+    coefficients from the whole tensors, the same bytes as merging it whole.
+    """
+
+    rounds = 1
+
+    def __init__(self, t: float, *, dot_threshold: float = DOT_THRESHOLD,
+                 eps: float = EPS) -> None:
+        self.t, self.dot_threshold, self.eps = t, dot_threshold, eps
+        self._sums = (BlockSums(), BlockSums(), BlockSums())  # |v0|^2, |v1|^2, v0 . v1
+        self.coefficients: tuple[float, float] | None = None
+
+    def observe(self, round_: int, tensors: Sequence[torch.Tensor], base: torch.Tensor | None,
+                start: int) -> None:
+        assert base is not None
+        a, b = base.reshape(-1), tensors[0].reshape(-1)
+        self._sums[0].add(a * a)
+        self._sums[1].add(b * b)
+        self._sums[2].add(a * b)
+
+    def finish(self, round_: int) -> None:
+        n0, n1, dot = (s.total() for s in self._sums)
+        self.coefficients = slerp_coefficients(
+            self.t, n0.sqrt().item(), n1.sqrt().item(), dot.item(),
+            dot_threshold=self.dot_threshold, eps=self.eps)
+
+    def apply(self, v0: torch.Tensor, v1: torch.Tensor) -> torch.Tensor:
+        """``s0 * v0 + s1 * v1``, in place on ``v0``."""
+        assert self.coefficients is not None, "finish() the round first"
+        s0, s1 = self.coefficients
+        return v0.mul_(s0).add_(v1, alpha=s1)
+
+
+def slerp_stats(shape: tuple[int, ...], width: int, model_params: Sequence[NoParams],
+                params: SlerpParams, ctx: TensorContext) -> SlerpStats:
+    """:class:`SlerpStats` for merging a large tensor in row chunks."""
+    return SlerpStats(params.t)
 
 
 def slerp_merge(
@@ -90,6 +141,9 @@ def slerp_merge(
     """SLERP from the base model's tensor (t=0) to the other model's (t=1)."""
     assert base is not None
     (other,) = tensors
+    if ctx.stats is not None:
+        assert isinstance(ctx.stats, SlerpStats)
+        return ctx.stats.apply(base, other)
     return slerp(params.t, base, other)
 
 
@@ -97,6 +151,8 @@ SLERP = MergeMethod(
     name="slerp",
     summary="spherical interpolation from base_model (t=0) to one other model (t=1)",
     merge=slerp_merge,
+    stats=slerp_stats,
+    elementwise=True,
     params=SlerpParams,
     base="required",
     min_models=1,

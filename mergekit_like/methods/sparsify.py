@@ -6,7 +6,8 @@ Four ways to trim one task vector (a :class:`Trim` names one and its settings):
 - ``outliers`` (Model Breadcrumbs): drop the ``int(gamma * n)`` largest magnitudes *and* the
   smallest, so that ``int(density * n)`` entries remain.
 
-These two rank magnitudes within the tensor (mergekit), unless ``Trim.bounds`` is given: then
+These two rank magnitudes within the tensor (mergekit), by ``(|delta|, position)`` so that
+exactly that many entries are kept (:mod:`~.rank_select`), unless ``Trim.bounds`` is given: then
 they keep the entries with ``low <= |delta| <= high``, bounds ranked over the whole model
 beforehand (``model_wide_trim``, :mod:`mergekit_like.global_trim`), every tie at a bound kept.
 - ``random`` (DARE): keep each entry independently with probability ``density``.
@@ -14,9 +15,13 @@ beforehand (``model_wide_trim``, :mod:`mergekit_like.global_trim`), every tie at
   magnitude rank within its row, from ``density - epsilon`` (smallest) to
   ``density + epsilon`` (largest), so the expected kept fraction is ``density``.
 
-Random draws use :func:`torch.rand` in float32 from the generator the caller passes (a
-:class:`~mergekit_like.methods.spec.TensorContext` generator), one draw of the tensor's shape
-per random trim, so a mask depends only on the run's seed and the tensor's name.
+Random trims compare each entry with its own uniform draw (:class:`~.spec.Draws`, from
+``TensorContext.draws``), which depends only on the run's seed, the tensor's name, the
+model's index and the entry's position.
+
+A tensor may be trimmed whole (:func:`sparsify`) or in row chunks (:class:`TrimState`, as the
+executor does for large tensors): the rank windows and L1 norms are gathered over the whole
+tensor in passes first, so both give the same bytes.
 
 Rescaling the kept entries (``Trim.rescale``):
 
@@ -32,10 +37,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
-from mergekit_like.methods.reductions import stable_sum
+from mergekit_like.methods.rank_select import RankWindow, rank_window_mask
+from mergekit_like.methods.reductions import BlockSums
 
 if TYPE_CHECKING:
     import torch
+
+    from mergekit_like.methods.spec import Draws
 
 TrimKind = Literal["magnitude", "outliers", "random", "della"]
 RANDOM_TRIMS: frozenset[str] = frozenset({"random", "della"})
@@ -61,12 +69,34 @@ class Trim:
     bounds: tuple[float, float] | None = None
 
 
+def trim_ranks(trim: Trim, numel: int) -> tuple[int, int]:
+    """The ranks ``[lo, hi)`` a magnitude or outlier trim keeps (see :mod:`.rank_select`).
+
+    ``magnitude``: the ``int(density * n)`` largest. ``outliers``: ``int(density * n)``
+    remain after dropping the ``int(gamma * n)`` largest and the smallest; when
+    ``density + gamma > 1`` fewer large entries are dropped so the count still holds.
+
+    >>> trim_ranks(Trim("outliers", 0.5, gamma=0.1), 20)
+    (8, 18)
+    """
+    keep = int(trim.density * numel)
+    if trim.kind == "magnitude":
+        return numel - keep, numel
+    n_top = int(trim.gamma * numel)
+    n_bottom = numel - keep - n_top
+    if n_bottom < 0:
+        n_top += n_bottom
+        n_bottom = 0
+    return n_bottom, numel - n_top
+
+
 def magnitude_mask(delta: torch.Tensor, density: float,
                    threshold: float | None = None) -> torch.Tensor:
     """A boolean mask keeping the ``int(density * numel)`` entries of largest magnitude.
 
     ``density >= 1`` keeps everything; ``density`` so small that no entry survives keeps
-    nothing. Exactly k entries are kept (ties at the threshold broken by position).
+    nothing. Exactly k entries are kept: of equal magnitudes at the threshold, the later
+    positions (ranked by ``(|delta|, position)``, :mod:`.rank_select`).
     With ``threshold`` (ranked over the whole model), keeps ``|delta| >= threshold`` instead.
 
     >>> import torch
@@ -75,48 +105,33 @@ def magnitude_mask(delta: torch.Tensor, density: float,
     """
     import torch
 
-    numel = delta.numel()
     if density >= 1.0:
         return torch.ones_like(delta, dtype=torch.bool)
     if threshold is not None:
         return delta.abs() >= threshold
-    k = int(density * numel)
-    mask = torch.zeros(numel, dtype=torch.bool, device=delta.device)
-    if k > 0:
-        top = torch.topk(delta.abs().reshape(-1), k, sorted=False).indices
-        mask[top] = True
-    return mask.view_as(delta)
+    return rank_window_mask(delta.abs(), *trim_ranks(Trim("magnitude", density), delta.numel()))
 
 
 def outlier_mask(delta: torch.Tensor, density: float, gamma: float,
                  bounds: tuple[float, float] | None = None) -> torch.Tensor:
     """Model Breadcrumbs' mask: drop the largest ``gamma`` fraction and the smallest entries.
 
-    ``int(density * n)`` entries remain; when ``density + gamma > 1`` fewer large entries
-    are dropped so the count still holds. Ties in magnitude are broken by position.
-    With ``bounds`` (ranked over the whole model), keeps ``low <= |delta| <= high`` instead.
+    ``int(density * n)`` entries remain (:func:`trim_ranks`); equal magnitudes are ranked
+    by position. With ``bounds`` (ranked over the whole model), keeps
+    ``low <= |delta| <= high`` instead.
 
     mergekit's ``magnitude_outliers`` empties the whole tensor when ``int(gamma * n)`` is 0
     (a slice ``[a:-0]``); here no large entry is dropped then, and ``density`` still remain.
     """
     import torch
 
-    numel = delta.numel()
     if density >= 1.0:
         return torch.ones_like(delta, dtype=torch.bool)
     if bounds is not None:
         mags = delta.abs()
         return (mags >= bounds[0]) & (mags <= bounds[1])
-    keep = int(density * numel)
-    n_top = int(gamma * numel)
-    n_bottom = numel - keep - n_top
-    if n_bottom < 0:
-        n_top += n_bottom
-        n_bottom = 0
-    order = torch.sort(delta.abs().reshape(-1), stable=True).indices  # ascending
-    mask = torch.zeros(numel, dtype=torch.bool, device=delta.device)
-    mask[order[n_bottom : numel - n_top]] = True
-    return mask.view_as(delta)
+    return rank_window_mask(delta.abs(), *trim_ranks(Trim("outliers", density, gamma),
+                                                     delta.numel()))
 
 
 def della_probabilities(delta: torch.Tensor, density: float, epsilon: float) -> torch.Tensor:
@@ -145,56 +160,105 @@ def della_probabilities(delta: torch.Tensor, density: float, epsilon: float) -> 
     return (density - epsilon + 2.0 * epsilon * rank_norm).view(delta.shape)
 
 
-def sparsify(delta: torch.Tensor, trim: Trim,
-             generator: torch.Generator | None = None) -> torch.Tensor:
+class TrimState:
+    """One model's trim of one tensor, which the executor may see in row chunks.
+
+    ``rounds`` passes gather what the trim needs over the whole tensor first: the rank
+    window's boundaries (magnitude and outlier trims, :class:`~.rank_select.RankWindow`), then
+    the L1 norms before and after trimming (``rescale="l1"``). :meth:`observe` every chunk of
+    the task vector, in order, and :meth:`finish` each round; then :meth:`apply` each chunk, in
+    order. ``draws``: the model's random draws (random trims).
+    """
+
+    def __init__(self, trim: Trim, numel: int, width: int, draws: Draws | None = None) -> None:
+        if trim.bounds is not None and trim.kind not in ("magnitude", "outliers"):
+            raise ValueError(f"{trim.kind} sparsification cannot use bounds ranked over the model")
+        if trim.kind not in ("magnitude", "outliers", *RANDOM_TRIMS):
+            raise ValueError(f"unknown sparsification {trim.kind!r}")
+        active = 0.0 < trim.density < 1.0
+        if active and trim.kind in RANDOM_TRIMS and draws is None:
+            raise ValueError(f"{trim.kind} sparsification needs random draws")
+        self.trim, self.draws = trim, draws
+        self.window = None
+        if active and trim.kind in ("magnitude", "outliers") and trim.bounds is None:
+            self.window = RankWindow(numel, *trim_ranks(trim, numel), width)
+        self._rank_rounds = self.window.rounds if self.window is not None else 0
+        self._l1 = active and trim.rescale == "l1"
+        self.rounds = self._rank_rounds + int(self._l1)
+        self._norms = (BlockSums(), BlockSums())
+        self._scale: torch.Tensor | None = None
+
+    def observe(self, round_: int, delta: torch.Tensor, start: int) -> None:
+        """Take the next chunk of the task vector into round ``round_``."""
+        if round_ < self._rank_rounds:
+            assert self.window is not None
+            self.window.observe(round_, delta.abs())
+        elif self._l1 and round_ == self._rank_rounds:
+            kept, _ = self._keep(delta, start)
+            self._norms[0].add(delta.abs())
+            self._norms[1].add(kept.abs_())
+
+    def finish(self, round_: int) -> None:
+        """Close round ``round_`` (after its last chunk)."""
+        if round_ < self._rank_rounds:
+            assert self.window is not None
+            self.window.finish(round_)
+        elif self._l1 and round_ == self._rank_rounds:
+            before, after = self._norms[0].total(), self._norms[1].total()
+            self._scale = None if before < L1_EPS or after < L1_EPS else before / after
+            if self.window is not None:
+                self.window.restart()
+
+    def apply(self, delta: torch.Tensor, start: int) -> torch.Tensor:
+        """The next chunk trimmed and rescaled (a new tensor; ``delta`` is untouched)."""
+        import torch
+
+        if self.trim.density >= 1.0:
+            return delta
+        if self.trim.density <= 0.0:
+            return torch.zeros_like(delta)
+        kept, prob = self._keep(delta, start)
+        if self.trim.rescale == "probability":
+            if prob is None:
+                raise ValueError("rescaling by keep probability applies to random trims only")
+            return kept.div_(prob if isinstance(prob, float) else prob.to(kept.dtype))
+        if self._l1 and self._scale is not None:
+            return kept.mul_(self._scale)
+        return kept
+
+    def _keep(self, delta: torch.Tensor,
+              start: int) -> tuple[torch.Tensor, float | torch.Tensor | None]:
+        """``delta * mask`` for the chunk, and the keep probability (random trims)."""
+        trim = self.trim
+        if trim.kind in RANDOM_TRIMS:
+            assert self.draws is not None
+            prob = (trim.density if trim.kind == "random"
+                    else della_probabilities(delta, trim.density, trim.epsilon))
+            draw = self.draws.take(start, start + delta.numel(), delta.device).view(delta.shape)
+            return delta * (draw < prob), prob
+        if self.window is not None:
+            return delta * self.window.mask(delta.abs()), None
+        assert trim.bounds is not None
+        mags = delta.abs()
+        low, high = trim.bounds
+        mask = (mags >= low) if trim.kind == "magnitude" else (mags >= low) & (mags <= high)
+        return delta * mask, None
+
+
+def sparsify(delta: torch.Tensor, trim: Trim, draws: Draws | None = None) -> torch.Tensor:
     """``delta`` trimmed and rescaled as ``trim`` says (a new tensor; ``delta`` is untouched).
 
-    Random trims need ``generator`` (on ``delta``'s device). ``density >= 1`` returns
-    ``delta`` unchanged (no rescaling), ``density <= 0`` returns zeros.
+    Random trims need ``draws`` (:class:`~.spec.Draws`). ``density >= 1`` returns ``delta``
+    unchanged (no rescaling), ``density <= 0`` returns zeros. The whole-tensor form of
+    :class:`TrimState`, with the same bytes as any chunking of it.
     """
     import torch
 
-    if trim.density >= 1.0:
-        return delta
-    if trim.density <= 0.0:
-        return torch.zeros_like(delta)
-    prob: float | torch.Tensor | None = None
-    if trim.bounds is not None and trim.kind not in ("magnitude", "outliers"):
-        raise ValueError(f"{trim.kind} sparsification cannot use bounds ranked over the model")
-    if trim.kind == "magnitude":
-        mask = magnitude_mask(delta, trim.density,
-                              None if trim.bounds is None else trim.bounds[0])
-    elif trim.kind == "outliers":
-        mask = outlier_mask(delta, trim.density, trim.gamma, trim.bounds)
-    elif trim.kind in RANDOM_TRIMS:
-        if generator is None:
-            raise ValueError(f"{trim.kind} sparsification needs a random generator")
-        prob = (trim.density if trim.kind == "random"
-                else della_probabilities(delta, trim.density, trim.epsilon))
-        draw = torch.rand(delta.shape, generator=generator, device=delta.device,
-                          dtype=torch.float32)
-        mask = draw < prob
-    else:
-        raise ValueError(f"unknown sparsification {trim.kind!r}")
-    return rescale_kept(delta, mask, trim.rescale, prob)
-
-
-def rescale_kept(delta: torch.Tensor, mask: torch.Tensor,
-                 mode: Literal["l1", "probability"] | None,
-                 prob: float | torch.Tensor | None = None) -> torch.Tensor:
-    """``delta * mask``, rescaled by ``mode`` (see the module docstring)."""
-    kept = delta * mask
-    if mode is None:
-        return kept
-    if mode == "probability":
-        if prob is None:
-            raise ValueError("rescaling by keep probability applies to random trims only")
-        return kept.div_(prob if isinstance(prob, float) else prob.to(kept.dtype))
-    before = stable_sum(delta.abs())
-    after = stable_sum(kept.abs())
-    if before < L1_EPS or after < L1_EPS:
-        return kept
-    return kept.mul_(before / after)
+    state = TrimState(trim, delta.numel(), torch.finfo(delta.dtype).bits, draws)
+    for round_ in range(state.rounds):
+        state.observe(round_, delta, 0)
+        state.finish(round_)
+    return state.apply(delta, 0)
 
 
 def variance_mask(deltas: list[torch.Tensor], fraction: float) -> torch.Tensor:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict
 
@@ -41,6 +41,48 @@ def tensor_seed(seed: int, name: str) -> int:
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
+DRAW_BLOCK = 1 << 20
+"""Entries per block of random draws (:class:`Draws`)."""
+
+
+@dataclass(frozen=True)
+class Draws:
+    """Uniform float32 draws in ``[0, 1)``, one per entry of a tensor, for one model.
+
+    Entry ``i`` (flat) gets entry ``i % DRAW_BLOCK`` of ``torch.rand(size)`` from a generator
+    seeded with ``tensor_seed(seed, f"{name}\\0{model}\\0{i // DRAW_BLOCK}")``, ``size`` being
+    :data:`DRAW_BLOCK` or what is left of the tensor for its last block. So a draw depends
+    only on the run's seed, the tensor, the model's index and the entry, never on how the
+    tensor is split into chunks. Generators on another device draw other numbers.
+
+    >>> import torch
+    >>> d = Draws(0, "w", 0, 10)
+    >>> torch.equal(d.take(3, 7, "cpu"), d.take(0, 10, "cpu")[3:7])
+    True
+    """
+
+    seed: int
+    name: str
+    model: int
+    numel: int
+
+    def take(self, start: int, stop: int, device: torch.device | str) -> torch.Tensor:
+        """The draws of entries ``[start, stop)``, a flat float32 tensor on ``device``."""
+        import torch
+
+        parts = []
+        for block in range(start // DRAW_BLOCK, -(-stop // DRAW_BLOCK)):
+            first = block * DRAW_BLOCK
+            gen = torch.Generator(device=device)
+            gen.manual_seed(tensor_seed(self.seed, f"{self.name}\0{self.model}\0{block}"))
+            size = min(DRAW_BLOCK, self.numel - first)
+            draw = torch.rand(size, generator=gen, device=device, dtype=torch.float32)
+            parts.append(draw[max(0, start - first):stop - first])
+        if not parts:
+            return torch.empty(0, device=device)
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+
 @dataclass(frozen=True)
 class TensorContext:
     """Where a method call happens: the output tensor's name and the run's seed.
@@ -50,20 +92,42 @@ class TensorContext:
     task-vector entries with ``low <= |x - base| <= high`` (None for a model kept whole).
     The executor fills it from :func:`mergekit_like.global_trim.model_trim_bounds`; None
     (the default) when no tensor of the plan trims over the whole model.
+
+    ``stats`` and ``start``: when the executor merges a large tensor in row chunks, the
+    method's :class:`TensorStats` (gathered over the whole tensor beforehand) and the flat
+    index of the chunk's first entry. None: the method receives the whole tensor.
     """
 
     name: str
     seed: int = 0
     trim_bounds: tuple[tuple[float, float] | None, ...] | None = None
+    stats: TensorStats | None = None
+    start: int = 0
 
-    def generator(self, device: torch.device | str = "cpu") -> torch.Generator:
-        """A generator seeded from (seed, tensor name), for reproducible random masks."""
-        import torch
+    def draws(self, model: int, numel: int) -> Draws:
+        """The random draws of input ``model`` for this tensor of ``numel`` entries."""
+        return Draws(self.seed, self.name, model, numel)
 
-        gen = torch.Generator(device=device)
-        gen.manual_seed(tensor_seed(self.seed, self.name))
-        return gen
 
+class TensorStats(Protocol):
+    """What a method learns about a whole tensor before merging it chunk by chunk.
+
+    ``rounds`` passes over the tensor's row chunks, in order: :meth:`observe` each chunk's
+    inputs (as the method receives them), then :meth:`finish` the round. The merge calls then
+    find the object in ``TensorContext.stats``, again chunk by chunk in order.
+    """
+
+    rounds: int
+
+    def observe(self, round_: int, tensors: Sequence[torch.Tensor], base: torch.Tensor | None,
+                start: int) -> None: ...
+
+    def finish(self, round_: int) -> None: ...
+
+
+StatsFactory = Callable[
+    [tuple[int, ...], int, "Sequence[Any]", Any, TensorContext], "TensorStats | None"]
+"""``stats(shape, compute_bits, model_params, params, ctx)``: a fresh :class:`TensorStats`."""
 
 MergeFunction = Callable[
     ["Sequence[torch.Tensor]", "torch.Tensor | None", "Sequence[Any]", Any, TensorContext],
@@ -83,8 +147,12 @@ class MergeMethod:
         model_params: the per-model parameter model (model, then slice, then recipe).
         base: whether ``base_model`` is required, optional, or unused by the method.
             When required, the base is passed separately and not among ``tensors``.
-        elementwise: the result at an element depends only on the inputs at that element,
-            so large tensors may be computed in row chunks.
+        elementwise: the result at an element depends only on the inputs at that element
+            (and on ``stats``, when given), so large tensors may be computed in row chunks.
+        stats: for methods that need whole-tensor figures (a trim threshold, norms) before
+            merging a chunk: builds the :class:`TensorStats` the executor gathers over the
+            chunks first. Given the whole tensor (``ctx.stats`` None), the method computes
+            them itself, with the same bytes.
         min_models / max_models: how many ingredients (excluding a required base).
     """
 
@@ -95,6 +163,7 @@ class MergeMethod:
     model_params: type[MethodParams] = NoParams
     base: Literal["required", "optional", "unused"] = "unused"
     elementwise: bool = False
+    stats: StatsFactory | None = None
     min_models: int = 1
     max_models: int | None = None
 

@@ -21,15 +21,16 @@ accepted for compatibility; masks here are already booleans, so it changes nothi
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field
 
 from mergekit_like.methods.reductions import stable_sum
-from mergekit_like.methods.sparsify import RANDOM_TRIMS, Trim, TrimKind, sparsify, variance_mask
-from mergekit_like.methods.spec import MergeMethod, MethodParams, TensorContext
+from mergekit_like.methods.sparsify import RANDOM_TRIMS, Trim, TrimKind, TrimState, variance_mask
+from mergekit_like.methods.spec import Draws, MergeMethod, MethodParams, TensorContext
 
 if TYPE_CHECKING:
     import torch
@@ -41,26 +42,29 @@ def generalized_task_arithmetic(
     tensors: Sequence[torch.Tensor],
     base: torch.Tensor,
     weights: Sequence[float] | Literal["energy"],
-    trims: Sequence[Trim] | None = None,
+    trims: Sequence[Trim | None] | TaskVectorStats | None = None,
     *,
     lambda_: float | torch.Tensor = 1.0,
     normalize: bool = False,
     consensus: Consensus | None = None,
     select_topk: float = 1.0,
-    generator: torch.Generator | None = None,
+    draws: Sequence[Draws | None] | None = None,
+    start: int = 0,
 ) -> torch.Tensor:
     """Merge the task vectors ``x_i - base``; see the module docstring for the formula.
 
     Args:
         weights: one per model, or ``"energy"`` (SCE): ``mean(delta_i ** 2)`` normalised to
             sum to 1 (uniform when every task vector is zero).
-        trims: how each task vector is sparsified (None: kept whole).
+        trims: how each task vector is sparsified (None: kept whole); or, for one row chunk
+            of a larger tensor, the :class:`TaskVectorStats` gathered over all of it, with
+            ``start`` the flat index of the chunk's first entry.
         consensus: sign election: ``"sum"`` (TIES: sign of the summed weighted task
             vectors), ``"count"`` (majority of their signs), ``"sum_unweighted"`` (SCE: sign
             of the summed task vectors before weighting); None mixes every entry.
         select_topk: below 1, SCE's selection of high-variance positions (see
             :func:`~mergekit_like.methods.sparsify.variance_mask`).
-        generator: the random source of random trims (``TensorContext.generator``).
+        draws: each model's random draws, for random trims (``TensorContext.draws``).
         lambda_: a number, or a tensor broadcasting against ``base`` (model_stock).
 
     >>> import torch
@@ -73,7 +77,9 @@ def generalized_task_arithmetic(
 
     deltas = [x - base for x in tensors]
     if trims is not None:
-        deltas = [sparsify(d, t, generator) for d, t in zip(deltas, trims, strict=True)]
+        stats = trims if isinstance(trims, TaskVectorStats) else TaskVectorStats.whole(
+            trims, deltas, draws)
+        deltas = stats.apply(deltas, start)
     if select_topk < 1.0:
         selected = variance_mask(deltas, select_topk)
         deltas = [d * selected for d in deltas]
@@ -99,6 +105,59 @@ def generalized_task_arithmetic(
     if not (isinstance(lambda_, float | int) and lambda_ == 1.0):
         mixed.mul_(lambda_)
     return mixed.add_(base)
+
+
+class TaskVectorStats:
+    """The trims of one tensor's task vectors, gathered over the whole tensor.
+
+    Implements :class:`~mergekit_like.methods.spec.TensorStats`: the executor observes the
+    inputs chunk by chunk (the task vectors are ``x_i - base``), round by round, then merges
+    chunk by chunk with this object in ``TensorContext.stats``.
+    """
+
+    def __init__(self, trims: Sequence[Trim | None], numel: int, width: int,
+                 draws: Sequence[Draws | None] | None = None) -> None:
+        draws = draws if draws is not None else [None] * len(trims)
+        self.states = [None if t is None else TrimState(t, numel, width, d)
+                       for t, d in zip(trims, draws, strict=True)]
+        self.rounds = max((s.rounds for s in self.states if s is not None), default=0)
+
+    @classmethod
+    def whole(cls, trims: Sequence[Trim | None], deltas: Sequence[torch.Tensor],
+              draws: Sequence[Draws | None] | None) -> TaskVectorStats:
+        """Gathered from whole task vectors (the method got the whole tensor)."""
+        import torch
+
+        stats = cls(trims, deltas[0].numel(), torch.finfo(deltas[0].dtype).bits, draws)
+        for round_ in range(stats.rounds):
+            stats.observe_deltas(round_, deltas, 0)
+            stats.finish(round_)
+        return stats
+
+    def observe(self, round_: int, tensors: Sequence[torch.Tensor], base: torch.Tensor | None,
+                start: int) -> None:
+        """Take the next chunk of the inputs (and base) into round ``round_``."""
+        assert base is not None
+        for x, state in zip(tensors, self.states, strict=True):
+            if state is not None and round_ < state.rounds:
+                state.observe(round_, x - base, start)
+
+    def observe_deltas(self, round_: int, deltas: Sequence[torch.Tensor], start: int) -> None:
+        """Like :meth:`observe`, given the task vectors themselves."""
+        for d, state in zip(deltas, self.states, strict=True):
+            if state is not None and round_ < state.rounds:
+                state.observe(round_, d, start)
+
+    def finish(self, round_: int) -> None:
+        """Close round ``round_``."""
+        for state in self.states:
+            if state is not None and round_ < state.rounds:
+                state.finish(round_)
+
+    def apply(self, deltas: Sequence[torch.Tensor], start: int) -> list[torch.Tensor]:
+        """The next chunk's task vectors, trimmed."""
+        return [d if s is None else s.apply(d, start)
+                for d, s in zip(deltas, self.states, strict=True)]
 
 
 def _elect(deltas: list[torch.Tensor], weights: list[float],
@@ -156,50 +215,79 @@ class TaskArithmeticFamily:
 
     Reads ``weight`` and, when present, ``density``, ``gamma`` and ``epsilon`` from each
     model's parameters; ``lambda``, ``normalize``, ``rescale``, ``rescale_by_probability``
-    and ``model_wide_trim`` from the global ones. Random trims draw from ``ctx.generator`` on
+    and ``model_wide_trim`` from the global ones. Random trims draw from ``ctx.draws`` on
     the base's device; with ``model_wide_trim`` the kept magnitudes come from
-    ``ctx.trim_bounds`` (ranked over the whole model before the merge).
+    ``ctx.trim_bounds`` (ranked over the whole model before the merge). :meth:`stats` lets
+    the executor merge large tensors in row chunks (the trims gathered over the whole
+    tensor first); given a whole tensor, the merge gathers them itself, with the same bytes.
     """
 
     trim: TrimKind | None = None
     consensus: Consensus | None = None
+
+    def trims(self, model_params: Sequence[MethodParams], params: MethodParams,
+              ctx: TensorContext) -> list[Trim] | None:
+        """Each model's :class:`Trim` (None when the method does not trim)."""
+        if self.trim is None:
+            return None
+        rescale = None
+        if getattr(params, "rescale", False):
+            by_prob = getattr(params, "rescale_by_probability", False)
+            rescale = "probability" if by_prob else "l1"
+        bounds: Sequence[tuple[float, float] | None] = [None] * len(model_params)
+        if getattr(params, "model_wide_trim", False):
+            if ctx.trim_bounds is None:
+                raise ValueError("model_wide_trim needs magnitude bounds ranked over the "
+                                 "whole model (mergekit_like.global_trim); none were given")
+            bounds = ctx.trim_bounds
+        return [Trim(self.trim, getattr(p, "density", 1.0), getattr(p, "gamma", 0.0),
+                     getattr(p, "epsilon", 0.0), rescale, b)
+                for p, b in zip(model_params, bounds, strict=True)]
+
+    def draws(self, n_models: int, numel: int, ctx: TensorContext) -> list[Draws] | None:
+        """Each model's random draws, for random trims."""
+        if self.trim not in RANDOM_TRIMS:
+            return None
+        return [ctx.draws(j, numel) for j in range(n_models)]
+
+    def stats(self, shape: tuple[int, ...], width: int, model_params: Sequence[MethodParams],
+              params: MethodParams, ctx: TensorContext) -> TaskVectorStats | None:
+        """The :class:`TaskVectorStats` for merging a tensor of ``shape`` in row chunks."""
+        trims = self.trims(model_params, params, ctx)
+        if trims is None:
+            return None
+        numel = math.prod(shape)
+        return TaskVectorStats(trims, numel, width, self.draws(len(model_params), numel, ctx))
 
     def __call__(self, tensors: Sequence[torch.Tensor], base: torch.Tensor | None,
                  model_params: Sequence[MethodParams], params: MethodParams,
                  ctx: TensorContext) -> torch.Tensor:
         if base is None:
             raise ValueError("this method needs a base_model")
-        trims = None
-        generator = None
-        if self.trim is not None:
-            rescale = None
-            if getattr(params, "rescale", False):
-                by_prob = getattr(params, "rescale_by_probability", False)
-                rescale = "probability" if by_prob else "l1"
-            bounds: Sequence[tuple[float, float] | None] = [None] * len(model_params)
-            if getattr(params, "model_wide_trim", False):
-                if ctx.trim_bounds is None:
-                    raise ValueError("model_wide_trim needs magnitude bounds ranked over the "
-                                     "whole model (mergekit_like.global_trim); none were given")
-                bounds = ctx.trim_bounds
-            trims = [Trim(self.trim, getattr(p, "density", 1.0), getattr(p, "gamma", 0.0),
-                          getattr(p, "epsilon", 0.0), rescale, b)
-                     for p, b in zip(model_params, bounds, strict=True)]
-            if self.trim in RANDOM_TRIMS:
-                generator = ctx.generator(base.device)
+        trims: Sequence[Trim] | TaskVectorStats | None = self.trims(model_params, params, ctx)
+        if trims is not None and ctx.stats is not None:
+            assert isinstance(ctx.stats, TaskVectorStats)
+            trims = ctx.stats
         return generalized_task_arithmetic(
             tensors, base, [getattr(p, "weight", 1.0) for p in model_params], trims,
             lambda_=getattr(params, "lambda_", 1.0), normalize=getattr(params, "normalize", False),
-            consensus=self.consensus, generator=generator,
+            consensus=self.consensus, draws=self.draws(len(tensors), base.numel(), ctx),
+            start=ctx.start,
         )
+
+
+def family_merge(trim: TrimKind | None = None, consensus: Consensus | None = None
+                 ) -> dict[str, Any]:
+    """A family member's ``MergeMethod`` fields: merge, stats, and elementwise (row chunks)."""
+    family = TaskArithmeticFamily(trim, consensus)
+    return {"merge": family, "stats": family.stats, "elementwise": True}
 
 
 TASK_ARITHMETIC = MergeMethod(
     name="task_arithmetic",
     summary="add weighted task vectors (model - base) to the base model (Ilharco et al., 2023)",
-    merge=TaskArithmeticFamily(),
+    **family_merge(),
     params=TaskArithmeticParams,
     model_params=TaskArithmeticModelParams,
     base="required",
-    elementwise=True,
 )

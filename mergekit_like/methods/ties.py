@@ -22,7 +22,7 @@ from __future__ import annotations
 from pydantic import Field
 
 from mergekit_like.methods.spec import MergeMethod, MethodParams
-from mergekit_like.methods.task_arithmetic import MagnitudeTrimParams, TaskArithmeticFamily
+from mergekit_like.methods.task_arithmetic import MagnitudeTrimParams, family_merge
 
 
 class TiesParams(MagnitudeTrimParams):
@@ -39,7 +39,7 @@ class TiesModelParams(MethodParams):
 TIES = MergeMethod(
     name="ties",
     summary="TIES: trim task vectors by magnitude, elect signs, average the agreeing ones",
-    merge=TaskArithmeticFamily(trim="magnitude", consensus="sum"),
+    **family_merge(trim="magnitude", consensus="sum"),
     params=TiesParams,
     model_params=TiesModelParams,
     base="required",

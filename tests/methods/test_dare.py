@@ -1,4 +1,4 @@
-"""DARE: masks reproduced from the tensor's seeded generator, formulas written out."""
+"""DARE: masks reproduced from the documented seeded draws, formulas written out."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from mergekit_like.methods import REGISTRY, TensorContext
+from mergekit_like.methods import REGISTRY
+from tests.methods.draws import documented_draws
 from tests.methods.test_task_arithmetic import merge
 
 GEN = torch.Generator().manual_seed(11)
@@ -16,9 +17,8 @@ D2 = torch.randn(6, 8, generator=GEN)
 
 
 def _masks(name: str, seed: int, densities: list[float]) -> list[torch.Tensor]:
-    """One float32 uniform draw per model, in model order, from the tensor's generator."""
-    gen = TensorContext(name, seed).generator()
-    return [torch.rand(BASE.shape, generator=gen) < d for d in densities]
+    """Each model's float32 uniform draws (seeded by run seed, tensor, model) below density."""
+    return [documented_draws(seed, name, j, BASE.shape) < d for j, d in enumerate(densities)]
 
 
 def _l1(delta: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -6,7 +6,8 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from mergekit_like.methods import REGISTRY, TensorContext
+from mergekit_like.methods import REGISTRY
+from tests.methods.draws import documented_draws
 from tests.methods.test_task_arithmetic import merge
 
 BASE = torch.full((2, 4), -0.25)
@@ -20,8 +21,8 @@ MODELS = [{"weight": 1.0, "density": 0.5, "epsilon": 0.3},
 
 
 def _masks(name: str, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    gen = TensorContext(name, seed).generator()
-    return torch.rand(BASE.shape, generator=gen) < P1, torch.rand(BASE.shape, generator=gen) < P2
+    return (documented_draws(seed, name, 0, BASE.shape) < P1,
+            documented_draws(seed, name, 1, BASE.shape) < P2)
 
 
 def test_della_linear_paper_rescale():

@@ -16,6 +16,7 @@ import torch
 
 from mergekit_like.methods import REGISTRY, TensorContext
 from tests.conftest import load_tensors, write_recipe
+from tests.methods.draws import documented_draws
 
 RANDOM_METHODS = ("dare_ties", "dare_linear", "della", "della_linear")
 
@@ -83,11 +84,10 @@ models:
     # one tensor, recomputed from its formula with the masks drawn as documented
     name = "model.layers.1.mlp.up_proj.weight"
     base, math_, code = (load_tensors(llama_family[k])[name] for k in ("base", "math", "code"))
-    gen = TensorContext(name, 7).generator()
     trimmed = []
-    for x, w, density in ((math_, 0.7, 0.5), (code, 0.3, 0.3)):
+    for j, (x, w, density) in enumerate(((math_, 0.7, 0.5), (code, 0.3, 0.3))):
         d = x - base
-        kept = d * (torch.rand(d.shape, generator=gen) < density)
+        kept = d * (documented_draws(7, name, j, d.shape) < density)
         trimmed.append(w * kept * d.abs().sum() / kept.abs().sum())
     sign = torch.where(trimmed[0] + trimmed[1] >= 0, 1.0, -1.0)
     mixed = sum(t * (t.sign() == sign) for t in trimmed)

@@ -90,7 +90,7 @@ def test_parameters_and_registration():
         SlerpParams(t=1.5)
     method = REGISTRY["slerp"]
     assert (method.base, method.min_models, method.max_models) == ("required", 1, 1)
-    assert not method.elementwise
+    assert method.elementwise and method.stats is not None  # row chunks after a norms pass
 
 
 def test_merge_through_cli(tmp_path, llama_family, run_cli):

@@ -13,6 +13,8 @@ from mergekit_like.methods.sparsify import (
     sparsify,
     variance_mask,
 )
+from mergekit_like.methods.spec import Draws
+from tests.methods.draws import documented_draws
 
 
 def _ranked(n: int) -> torch.Tensor:
@@ -65,8 +67,8 @@ def test_della_probabilities_reject_epsilon_outside_unit_interval():
 
 def test_random_trim_reproduces_from_the_generator_and_keeps_l1_norm():
     delta = torch.randn(300, 200, generator=torch.Generator().manual_seed(0))
-    out = sparsify(delta, Trim("random", 0.3, rescale="l1"), torch.Generator().manual_seed(5))
-    mask = torch.rand(delta.shape, generator=torch.Generator().manual_seed(5)) < 0.3
+    out = sparsify(delta, Trim("random", 0.3, rescale="l1"), Draws(5, "w", 0, delta.numel()))
+    mask = documented_draws(5, "w", 0, delta.shape) < 0.3
     scale = delta.abs().sum() / (delta * mask).abs().sum()
     torch.testing.assert_close(out, delta * mask * scale)
     torch.testing.assert_close(out.abs().sum(), delta.abs().sum())
@@ -76,18 +78,17 @@ def test_random_trim_reproduces_from_the_generator_and_keeps_l1_norm():
 
 def test_random_trim_paper_rescale_divides_kept_by_density():
     delta = torch.randn(1000, generator=torch.Generator().manual_seed(1))
-    out = sparsify(delta, Trim("random", 0.25, rescale="probability"),
-                   torch.Generator().manual_seed(2))
+    out = sparsify(delta, Trim("random", 0.25, rescale="probability"), Draws(2, "w", 0, 1000))
     kept = out != 0
     torch.testing.assert_close(out[kept], delta[kept] / 0.25)
-    raw = sparsify(delta, Trim("random", 0.25), torch.Generator().manual_seed(2))
+    raw = sparsify(delta, Trim("random", 0.25), Draws(2, "w", 0, 1000))
     assert torch.equal(raw[kept], delta[kept]) and torch.equal(raw != 0, kept)
 
 
 def test_della_trim_spares_large_entries_and_keeps_density_on_average():
     delta = torch.randn(2000, 50, generator=torch.Generator().manual_seed(3))
     out = sparsify(delta, Trim("della", 0.4, epsilon=0.2, rescale="probability"),
-                   torch.Generator().manual_seed(4))
+                   Draws(4, "w", 0, delta.numel()))
     kept = out != 0
     order = delta.abs().argsort(dim=1)
     smallest = kept.gather(1, order[:, :1]).float().mean().item()  # p = 0.2
@@ -101,7 +102,7 @@ def test_della_trim_spares_large_entries_and_keeps_density_on_average():
 def test_density_extremes():
     delta = torch.tensor([1.0, -2.0, 3.0])
     assert sparsify(delta, Trim("magnitude", 1.0, rescale="l1")) is delta
-    assert torch.equal(sparsify(delta, Trim("random", 0.0), torch.Generator()), torch.zeros(3))
+    assert torch.equal(sparsify(delta, Trim("random", 0.0), Draws(0, "w", 0, 3)), torch.zeros(3))
 
 
 def test_magnitude_trim_l1_rescale():

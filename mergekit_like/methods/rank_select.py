@@ -1,0 +1,161 @@
+"""Exact rank selection over a tensor seen in chunks: which magnitudes lie in a rank window.
+
+The magnitude trims (TIES, Model Breadcrumbs) keep the entries of a task vector whose rank
+lies in a window. Entries are ranked by ``(|delta|, position)`` ascending: by magnitude,
+equal magnitudes by their flat position, earlier first. TIES keeps ranks ``[n - k, n)`` (the
+``k`` largest); Breadcrumbs keeps ``[n_bottom, n - n_top)``. Because ties are broken by
+position, exactly ``hi - lo`` entries are kept, on every device and for every chunking.
+
+The window's two boundary values are found by radix select over the magnitudes' bit
+patterns (non-negative floats order as their bits do), 16 bits per round with a 65536-bin
+histogram: 1 round for bfloat16/float16, 2 for float32, 4 for float64. A tensor too large to
+hold is read once per round in row chunks (:meth:`RankWindow.observe`); then
+:meth:`RankWindow.mask` marks the kept entries chunk by chunk, in order, counting the entries
+equal to a boundary value as it goes so that each gets its rank.
+
+>>> import torch
+>>> rank_window_mask(torch.tensor([3.0, 1.0, 3.0, 2.0]), 2, 4).tolist()
+[True, False, True, False]
+>>> rank_window_mask(torch.tensor([3.0, 1.0, 3.0, 2.0]), 1, 3).tolist()
+[True, False, False, True]
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
+
+DIGIT = 16
+BINS = 1 << DIGIT
+
+
+def magnitude_bits(mags: torch.Tensor) -> torch.Tensor:
+    """Bit patterns of non-negative floats as non-negative integers in the same order.
+
+    int32 for 16- and 32-bit floats, int64 for float64; the sign bit is cleared (a NaN's may
+    be set), so NaN ranks above every number, as in ``torch.sort``.
+    """
+    import torch
+
+    width = torch.finfo(mags.dtype).bits
+    ints = {16: torch.int16, 32: torch.int32, 64: torch.int64}[width]
+    bits = mags.view(ints)
+    if width == 16:
+        bits = bits.to(torch.int32)
+    return bits & ((1 << (width - 1)) - 1)
+
+
+def radix_rounds(width: int) -> int:
+    """Histogram rounds needed to pin a value of a ``width``-bit float (16 bits each)."""
+    return width // DIGIT
+
+
+class _Target:
+    """The search for the value at one rank: the bits found so far and the ranks below."""
+
+    def __init__(self, rank: int) -> None:
+        self.rank = rank
+        self.prefix = -1  # -1: no bits yet
+        self.below = 0  # entries known to lie below the prefix
+        self.hist: torch.Tensor | None = None
+
+
+class RankWindow:
+    """Keep the entries ranked ``[lo, hi)`` by ``(magnitude, position)`` of ``numel`` entries.
+
+    Use: for each round in ``range(rounds)``, :meth:`observe` every chunk of magnitudes in
+    order, then :meth:`finish` the round; then :meth:`mask` each chunk in order (again after
+    :meth:`restart`, for another pass over the chunks).
+    """
+
+    def __init__(self, numel: int, lo: int, hi: int, width: int) -> None:
+        self.numel, self.lo, self.hi, self.width = numel, max(0, lo), min(numel, hi), width
+        self._targets: dict[int, _Target] = {}
+        if self.lo < self.hi:
+            if self.lo > 0:
+                self._targets[self.lo] = _Target(self.lo)
+            if self.hi < numel:
+                self._targets[self.hi - 1] = _Target(self.hi - 1)
+        self.rounds = radix_rounds(width) if self._targets else 0
+        self._seen_round = 0
+        self._bounds: list[tuple[int, int]] = []  # (value bits, entries below it), ascending
+        self._equal_seen: dict[int, int] = {}
+
+    def observe(self, round_: int, mags: torch.Tensor) -> None:
+        """Count the next chunk's magnitudes into round ``round_``'s histograms."""
+        import torch
+
+        bits = magnitude_bits(mags.reshape(-1))
+        if round_ == 0:
+            self._seen_round += bits.numel()
+        shift = self.width - DIGIT * (round_ + 1)
+        high = bits >> (shift + DIGIT) if round_ else None
+        for prefix in {t.prefix for t in self._targets.values()}:
+            sel = bits if high is None else bits[high == prefix]
+            digits = (sel >> shift) & (BINS - 1)
+            counts = (torch.bincount(digits, minlength=BINS) if digits.numel() >= BINS else
+                      torch.zeros(BINS, dtype=torch.int64, device=bits.device).index_add_(
+                          0, digits.long(), torch.ones_like(digits, dtype=torch.int64)))
+            for t in self._targets.values():
+                if t.prefix == prefix:
+                    t.hist = counts if t.hist is None else t.hist + counts
+
+    def finish(self, round_: int) -> None:
+        """Close round ``round_``: descend each target into the bin holding its rank."""
+        import torch
+
+        if round_ == 0 and self._seen_round != self.numel:
+            raise ValueError(f"rank window over {self.numel} entries saw {self._seen_round}")
+        for t in self._targets.values():
+            hist = t.hist.cpu() if t.hist is not None else torch.zeros(BINS, dtype=torch.int64)
+            cum = hist.cumsum(0)
+            left = t.rank - t.below
+            digit = int(torch.searchsorted(cum, torch.tensor(left, dtype=cum.dtype), right=True))
+            t.below += int(cum[digit]) - int(hist[digit])
+            t.prefix = (max(t.prefix, 0) << DIGIT) | digit
+            t.hist = None
+        if round_ == self.rounds - 1:
+            self._bounds = sorted({(t.prefix, t.below) for t in self._targets.values()})
+        self.restart()
+
+    def restart(self) -> None:
+        """Start a new pass of :meth:`mask` calls from the first chunk."""
+        self._equal_seen = {value: 0 for value, _ in self._bounds}
+
+    def mask(self, mags: torch.Tensor) -> torch.Tensor:
+        """Booleans shaped like ``mags``: which of the next chunk's entries are kept."""
+        import torch
+
+        if self.lo >= self.hi:
+            return torch.zeros(mags.shape, dtype=torch.bool, device=mags.device)
+        if not self._bounds:
+            return torch.ones(mags.shape, dtype=torch.bool, device=mags.device)
+        bits = magnitude_bits(mags)
+        keep = None
+        if self.lo > 0:
+            keep = bits > self._targets[self.lo].prefix
+        if self.hi < self.numel:
+            below_hi = bits < self._targets[self.hi - 1].prefix
+            keep = below_hi if keep is None else keep.logical_and_(below_hi)
+        assert keep is not None
+        flat_keep = keep.view(-1)
+        for value, below in self._bounds:  # entries equal to a bound: ranked by position
+            where = (bits.reshape(-1) == value).nonzero().squeeze(1)
+            ranks = torch.arange(where.numel(), device=where.device) + (
+                below + self._equal_seen[value])
+            self._equal_seen[value] += where.numel()
+            flat_keep[where[(ranks >= self.lo) & (ranks < self.hi)]] = True
+        return keep
+
+
+def rank_window_mask(mags: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
+    """Whole-tensor :class:`RankWindow`: booleans keeping ranks ``[lo, hi)`` of ``mags``."""
+    import torch
+
+    window = RankWindow(mags.numel(), lo, hi, torch.finfo(mags.dtype).bits)
+    for r in range(window.rounds):
+        window.observe(r, mags)
+        window.finish(r)
+    return window.mask(mags)
