@@ -16,13 +16,15 @@ All three keep exactly k entries; the script checks they keep the same magnitude
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from collections.abc import Callable, Sequence
 
-os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")  # as the merge runs (execute.py)
-import torch  # noqa: E402
+import torch
+
+from mergekit_like.execute import tune_allocator
+
+tune_allocator()  # as the merge runs (execute.py)
 
 
 def topk_mask(a: torch.Tensor, k: int) -> torch.Tensor:

@@ -32,19 +32,16 @@ BINS = 1 << DIGIT
 
 
 def magnitude_bits(mags: torch.Tensor) -> torch.Tensor:
-    """Bit patterns of non-negative floats as non-negative integers in the same order.
+    """Bit patterns of magnitudes (``x.abs()``) as non-negative integers in the same order.
 
-    int32 for 16- and 32-bit floats, int64 for float64; the sign bit is cleared (a NaN's may
-    be set), so NaN ranks above every number, as in ``torch.sort``.
+    int32 for 16- and 32-bit floats (a view, no copy, for 32), int64 for float64. ``abs``
+    clears the sign bit of NaN too, so NaN ranks above every number, as in ``torch.sort``.
     """
     import torch
 
     width = torch.finfo(mags.dtype).bits
-    ints = {16: torch.int16, 32: torch.int32, 64: torch.int64}[width]
-    bits = mags.view(ints)
-    if width == 16:
-        bits = bits.to(torch.int32)
-    return bits & ((1 << (width - 1)) - 1)
+    bits = mags.view({16: torch.int16, 32: torch.int32, 64: torch.int64}[width])
+    return bits.to(torch.int32) if width == 16 else bits
 
 
 def radix_rounds(width: int) -> int:
@@ -140,13 +137,19 @@ class RankWindow:
             below_hi = bits < self._targets[self.hi - 1].prefix
             keep = below_hi if keep is None else keep.logical_and_(below_hi)
         assert keep is not None
-        flat_keep = keep.view(-1)
         for value, below in self._bounds:  # entries equal to a bound: ranked by position
-            where = (bits.reshape(-1) == value).nonzero().squeeze(1)
-            ranks = torch.arange(where.numel(), device=where.device) + (
-                below + self._equal_seen[value])
-            self._equal_seen[value] += where.numel()
-            flat_keep[where[(ranks >= self.lo) & (ranks < self.hi)]] = True
+            equal = bits == value
+            count = int(torch.count_nonzero(equal))
+            first = below + self._equal_seen[value]  # rank of this chunk's first such entry
+            self._equal_seen[value] += count
+            if count == 0 or first + count <= self.lo or first >= self.hi:
+                continue
+            if self.lo <= first and first + count <= self.hi:
+                keep.logical_or_(equal)
+                continue
+            where = equal.view(-1).nonzero().squeeze(1)  # the window's edge is in this chunk
+            ranks = torch.arange(first, first + count, device=where.device)
+            keep.view(-1)[where[(ranks >= self.lo) & (ranks < self.hi)]] = True
         return keep
 
 

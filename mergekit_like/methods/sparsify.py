@@ -209,15 +209,16 @@ class TrimState:
             if self.window is not None:
                 self.window.restart()
 
-    def apply(self, delta: torch.Tensor, start: int) -> torch.Tensor:
-        """The next chunk trimmed and rescaled (a new tensor; ``delta`` is untouched)."""
+    def apply(self, delta: torch.Tensor, start: int, *, inplace: bool = False) -> torch.Tensor:
+        """The next chunk trimmed and rescaled: a new tensor, or ``delta`` itself updated
+        with ``inplace``."""
         import torch
 
         if self.trim.density >= 1.0:
             return delta
         if self.trim.density <= 0.0:
-            return torch.zeros_like(delta)
-        kept, prob = self._keep(delta, start)
+            return delta.zero_() if inplace else torch.zeros_like(delta)
+        kept, prob = self._keep(delta, start, inplace=inplace)
         if self.trim.rescale == "probability":
             if prob is None:
                 raise ValueError("rescaling by keep probability applies to random trims only")
@@ -226,23 +227,27 @@ class TrimState:
             return kept.mul_(self._scale)
         return kept
 
-    def _keep(self, delta: torch.Tensor,
-              start: int) -> tuple[torch.Tensor, float | torch.Tensor | None]:
+    def _keep(self, delta: torch.Tensor, start: int, *, inplace: bool = False
+              ) -> tuple[torch.Tensor, float | torch.Tensor | None]:
         """``delta * mask`` for the chunk, and the keep probability (random trims)."""
         trim = self.trim
+        prob: float | torch.Tensor | None = None
         if trim.kind in RANDOM_TRIMS:
             assert self.draws is not None
             prob = (trim.density if trim.kind == "random"
                     else della_probabilities(delta, trim.density, trim.epsilon))
             draw = self.draws.take(start, start + delta.numel(), delta.device).view(delta.shape)
-            return delta * (draw < prob), prob
-        if self.window is not None:
-            return delta * self.window.mask(delta.abs()), None
-        assert trim.bounds is not None
-        mags = delta.abs()
-        low, high = trim.bounds
-        mask = (mags >= low) if trim.kind == "magnitude" else (mags >= low) & (mags <= high)
-        return delta * mask, None
+            mask = draw < prob
+        elif self.window is not None:
+            mask = self.window.mask(delta.abs())
+        else:
+            assert trim.bounds is not None
+            mags = delta.abs()
+            low, high = trim.bounds
+            mask = mags >= low
+            if trim.kind == "outliers":
+                mask.logical_and_(mags <= high)
+        return (delta.mul_(mask) if inplace else delta * mask), prob
 
 
 def sparsify(delta: torch.Tensor, trim: Trim, draws: Draws | None = None) -> torch.Tensor:

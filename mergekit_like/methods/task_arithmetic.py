@@ -79,32 +79,55 @@ def generalized_task_arithmetic(
     if trims is not None:
         stats = trims if isinstance(trims, TaskVectorStats) else TaskVectorStats.whole(
             trims, deltas, draws)
-        deltas = stats.apply(deltas, start)
+        deltas = stats.apply(deltas, start, inplace=True)
     if select_topk < 1.0:
         selected = variance_mask(deltas, select_topk)
         deltas = [d * selected for d in deltas]
     if weights == "energy":
         weights = energy_weights(deltas)
     weights = [float(w) for w in weights]
-    elected = _elect(deltas, weights, consensus) if consensus is not None else None
-    mixed = torch.zeros_like(base)
-    if elected is None:
+    if consensus is None:
+        mixed = torch.zeros_like(base)
         for w, d in zip(weights, deltas, strict=True):
             mixed.add_(d, alpha=w)
         total = sum(weights)
         divisor: float | torch.Tensor = 1.0 if abs(total) < 1e-8 else total
-    else:
-        divisor = torch.zeros_like(base)
+    else:  # disjoint merge: only the task vectors agreeing with the elected sign
+        elected = _elect(deltas, weights, consensus)
+        mixed, divisor = None, None
         for w, d in zip(weights, deltas, strict=True):
-            keep = torch.sign(d) * (1.0 if w >= 0 else -1.0) == elected
-            mixed.add_(d * keep, alpha=w)
-            divisor.add_(keep.to(base.dtype), alpha=w)
-        divisor[divisor == 0] = 1.0
+            agree = d * elected
+            agree = agree > 0 if w >= 0 else agree < 0  # sign(w * d) == elected, d != 0
+            d.mul_(agree)  # the task vectors are this function's own
+            mixed = d.mul_(w) if mixed is None else mixed.add_(d, alpha=w)
+            if normalize:
+                divisor = (agree.to(base.dtype).mul_(w) if divisor is None
+                           else divisor.add_(agree, alpha=w))
+        assert mixed is not None
+        if divisor is not None:
+            divisor.masked_fill_(divisor == 0, 1.0)
     if normalize:
         mixed.div_(divisor)
     if not (isinstance(lambda_, float | int) and lambda_ == 1.0):
         mixed.mul_(lambda_)
     return mixed.add_(base)
+
+
+def _elect(deltas: list[torch.Tensor], weights: list[float],
+           consensus: Consensus) -> torch.Tensor:
+    """The elected sign (+1 or -1; ties go to +1) of every entry."""
+    import torch
+
+    total = torch.zeros_like(deltas[0])
+    for w, d in zip(weights, deltas, strict=True):
+        if consensus == "sum":
+            total.add_(d, alpha=w)
+        elif consensus == "sum_unweighted":
+            total.add_(d)
+        else:  # count: the signs of the weighted task vectors
+            total.add_(torch.sign(d), alpha=(w > 0) - (w < 0))
+    # +1 where total >= 0 (a total of -0.0 means every task vector is zero there: none agrees)
+    return torch.ones_like(total).copysign_(total)
 
 
 class TaskVectorStats:
@@ -140,7 +163,7 @@ class TaskVectorStats:
         assert base is not None
         for x, state in zip(tensors, self.states, strict=True):
             if state is not None and round_ < state.rounds:
-                state.observe(round_, x - base, start)
+                state.observe(round_, x.sub(base), start)
 
     def observe_deltas(self, round_: int, deltas: Sequence[torch.Tensor], start: int) -> None:
         """Like :meth:`observe`, given the task vectors themselves."""
@@ -154,26 +177,11 @@ class TaskVectorStats:
             if state is not None and round_ < state.rounds:
                 state.finish(round_)
 
-    def apply(self, deltas: Sequence[torch.Tensor], start: int) -> list[torch.Tensor]:
-        """The next chunk's task vectors, trimmed."""
-        return [d if s is None else s.apply(d, start)
+    def apply(self, deltas: Sequence[torch.Tensor], start: int, *,
+              inplace: bool = False) -> list[torch.Tensor]:
+        """The next chunk's task vectors, trimmed (updated in place with ``inplace``)."""
+        return [d if s is None else s.apply(d, start, inplace=inplace)
                 for d, s in zip(deltas, self.states, strict=True)]
-
-
-def _elect(deltas: list[torch.Tensor], weights: list[float],
-           consensus: Consensus) -> torch.Tensor:
-    """The elected sign (+1 or -1; ties go to +1) of every entry."""
-    import torch
-
-    total = torch.zeros_like(deltas[0])
-    for w, d in zip(weights, deltas, strict=True):
-        if consensus == "sum":
-            total.add_(d, alpha=w)
-        elif consensus == "sum_unweighted":
-            total.add_(d)
-        else:  # count: the signs of the weighted task vectors
-            total.add_(torch.sign(d), alpha=(w > 0) - (w < 0))
-    return torch.where(total >= 0, 1.0, -1.0).to(total.dtype)
 
 
 def energy_weights(deltas: Sequence[torch.Tensor]) -> list[float]:
