@@ -56,7 +56,6 @@ class _Target:
         self.rank = rank
         self.prefix = -1  # -1: no bits yet
         self.below = 0  # entries known to lie below the prefix
-        self.hist: torch.Tensor | None = None
 
 
 class RankWindow:
@@ -77,6 +76,7 @@ class RankWindow:
                 self._targets[self.hi - 1] = _Target(self.hi - 1)
         self.rounds = radix_rounds(width) if self._targets else 0
         self._seen_round = 0
+        self._hists: dict[int, torch.Tensor] = {}  # this round's histogram per prefix
         self._bounds: list[tuple[int, int]] = []  # (value bits, entries below it), ascending
         self._equal_seen: dict[int, int] = {}
 
@@ -92,12 +92,14 @@ class RankWindow:
         for prefix in {t.prefix for t in self._targets.values()}:
             sel = bits if high is None else bits[high == prefix]
             digits = (sel >> shift) & (BINS - 1)
-            counts = (torch.bincount(digits, minlength=BINS) if digits.numel() >= BINS else
-                      torch.zeros(BINS, dtype=torch.int64, device=bits.device).index_add_(
-                          0, digits.long(), torch.ones_like(digits, dtype=torch.int64)))
-            for t in self._targets.values():
-                if t.prefix == prefix:
-                    t.hist = counts if t.hist is None else t.hist + counts
+            hist = self._hists.get(prefix)
+            if hist is None:  # one buffer per round, added into chunk after chunk
+                hist = self._hists[prefix] = torch.zeros(BINS, dtype=torch.int64,
+                                                         device=bits.device)
+            if digits.numel() >= BINS:
+                hist.add_(torch.bincount(digits, minlength=BINS))
+            else:  # small chunks: cost by entries, not by bins
+                hist.index_add_(0, digits.long(), torch.ones_like(digits, dtype=torch.int64))
 
     def finish(self, round_: int) -> None:
         """Close round ``round_``: descend each target into the bin holding its rank."""
@@ -105,14 +107,15 @@ class RankWindow:
 
         if round_ == 0 and self._seen_round != self.numel:
             raise ValueError(f"rank window over {self.numel} entries saw {self._seen_round}")
+        hists = {prefix: h.cpu() for prefix, h in self._hists.items()}
+        self._hists = {}
         for t in self._targets.values():
-            hist = t.hist.cpu() if t.hist is not None else torch.zeros(BINS, dtype=torch.int64)
+            hist = hists.get(t.prefix, torch.zeros(BINS, dtype=torch.int64))
             cum = hist.cumsum(0)
             left = t.rank - t.below
             digit = int(torch.searchsorted(cum, torch.tensor(left, dtype=cum.dtype), right=True))
             t.below += int(cum[digit]) - int(hist[digit])
             t.prefix = (max(t.prefix, 0) << DIGIT) | digit
-            t.hist = None
         if round_ == self.rounds - 1:
             self._bounds = sorted({(t.prefix, t.below) for t in self._targets.values()})
         self.restart()

@@ -45,57 +45,77 @@ def stable_norm(x: torch.Tensor, dim: int | None = None) -> torch.Tensor:
 
 
 class BlockSums:
-    """:func:`stable_sum` of a tensor seen in consecutive chunks, with the same bytes.
+    """:func:`stable_sum` of ``numel`` entries seen in consecutive chunks, with the same bytes.
 
     The first-level block sums of :func:`stable_sum` (one float per :data:`BLOCK` entries of
-    the flat tensor) are taken as the chunks arrive, a block that straddles two chunks once
-    both are seen, and summed as :func:`stable_sum` would at :meth:`total`.
+    the flat tensor) are written into one buffer allocated at the first chunk, a block that
+    straddles two chunks once both are seen, and summed as :func:`stable_sum` would at
+    :meth:`total`. Nothing else stays allocated between chunks, so the merge's large
+    temporaries are not fragmented by small long-lived allocations among them.
 
     >>> import torch
     >>> x = torch.rand(3 * BLOCK + 5)
-    >>> sums = BlockSums()
+    >>> sums = BlockSums(x.numel())
     >>> sums.add(x[:100]); sums.add(x[100:])
     >>> bool(sums.total() == stable_sum(x))
     True
     """
 
-    def __init__(self) -> None:
-        self._parts: list[torch.Tensor] = []
-        self._tail: torch.Tensor | None = None  # entries of a block not yet complete
-        self._numel = 0
+    def __init__(self, numel: int) -> None:
+        self.numel = numel
+        self._seen = 0
+        self._small: torch.Tensor | None = None  # numel <= BLOCK: the entries themselves
+        self._level1: torch.Tensor | None = None
+        self._tail: torch.Tensor | None = None  # the block being filled
 
     def add(self, x: torch.Tensor) -> None:
         """Account for the next chunk (any shape; its entries in flat order)."""
         import torch
 
         flat = x.reshape(-1)
-        self._numel += flat.numel()
-        if self._numel <= BLOCK:  # kept whole: stable_sum sums a short tensor directly
-            self._tail = flat.clone() if self._tail is None else torch.cat([self._tail, flat])
+        n, pos = flat.numel(), self._seen
+        self._seen += n
+        if self._seen > self.numel:
+            raise ValueError(f"block sums of {self.numel} entries got {self._seen}")
+        if self.numel <= BLOCK:  # stable_sum sums a short tensor directly
+            self._small = flat.clone() if self._small is None else torch.cat([self._small, flat])
             return
-        if self._tail is not None:
-            need = BLOCK - self._tail.numel()
-            self._tail = torch.cat([self._tail, flat[:need]])
-            flat = flat[need:]
-            if self._tail.numel() < BLOCK:
-                return
-            self._parts.append(self._tail.reshape(1, BLOCK).sum(dim=-1))
-            self._tail = None
-        whole = flat.numel() - flat.numel() % BLOCK
+        if self._level1 is None:
+            self._level1 = flat.new_empty(-(-self.numel // BLOCK))
+            self._tail = flat.new_zeros(BLOCK)
+        assert self._tail is not None
+        i = 0
+        fill = pos % BLOCK
+        if fill:  # complete the block a previous chunk began
+            i = min(n, BLOCK - fill)
+            self._tail[fill:fill + i].copy_(flat[:i])
+            if fill + i == BLOCK:
+                self._sum_tail(pos // BLOCK)
+        whole = (n - i) // BLOCK * BLOCK
         if whole:
-            self._parts.append(flat[:whole].reshape(-1, BLOCK).sum(dim=-1))
-        if whole < flat.numel():
-            self._tail = flat[whole:].clone()
+            first = (pos + i) // BLOCK
+            torch.sum(flat[i:i + whole].view(-1, BLOCK), dim=-1,
+                      out=self._level1[first:first + whole // BLOCK])
+        if i + whole < n:
+            self._tail[:n - i - whole].copy_(flat[i + whole:])
 
     def total(self) -> torch.Tensor:
         """The sum of every entry added, equal to ``stable_sum`` of them all at once."""
         import torch
-        import torch.nn.functional as F
 
-        if self._numel <= BLOCK:
-            return self._tail.sum() if self._tail is not None else torch.zeros(())
-        parts = list(self._parts)
-        if self._tail is not None:
-            parts.append(F.pad(self._tail, (0, BLOCK - self._tail.numel()))
-                         .reshape(1, BLOCK).sum(dim=-1))
-        return stable_sum(torch.cat(parts))
+        if self._seen != self.numel:
+            raise ValueError(f"block sums of {self.numel} entries got {self._seen}")
+        if self.numel <= BLOCK:
+            return self._small.sum() if self._small is not None else torch.zeros(())
+        assert self._level1 is not None and self._tail is not None
+        fill = self._seen % BLOCK
+        if fill:  # the last block, padded with zeros as stable_sum pads it
+            self._tail[fill:].zero_()
+            self._sum_tail(len(self._level1) - 1)
+        return stable_sum(self._level1)
+
+    def _sum_tail(self, block: int) -> None:
+        import torch
+
+        assert self._level1 is not None and self._tail is not None
+        torch.sum(self._tail.view(1, BLOCK), dim=-1, out=self._level1[block:block + 1])

@@ -82,7 +82,7 @@ def slerp(
     >>> slerp(0.5, torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0]))
     tensor([0.7071, 0.7071])
     """
-    stats = SlerpStats(t, dot_threshold=dot_threshold, eps=eps)
+    stats = SlerpStats(t, v0.numel(), dot_threshold=dot_threshold, eps=eps)
     stats.observe(0, [v1], v0, 0)
     stats.finish(0)
     return stats.apply(v0, v1)
@@ -98,10 +98,10 @@ class SlerpStats:
 
     rounds = 1
 
-    def __init__(self, t: float, *, dot_threshold: float = DOT_THRESHOLD,
+    def __init__(self, t: float, numel: int, *, dot_threshold: float = DOT_THRESHOLD,
                  eps: float = EPS) -> None:
         self.t, self.dot_threshold, self.eps = t, dot_threshold, eps
-        self._sums = (BlockSums(), BlockSums(), BlockSums())  # |v0|^2, |v1|^2, v0 . v1
+        self._sums = tuple(BlockSums(numel) for _ in range(3))  # |v0|^2, |v1|^2, v0 . v1
         self.coefficients: tuple[float, float] | None = None
 
     def observe(self, round_: int, tensors: Sequence[torch.Tensor], base: torch.Tensor | None,
@@ -128,7 +128,7 @@ class SlerpStats:
 def slerp_stats(shape: tuple[int, ...], width: int, model_params: Sequence[NoParams],
                 params: SlerpParams, ctx: TensorContext) -> SlerpStats:
     """:class:`SlerpStats` for merging a large tensor in row chunks."""
-    return SlerpStats(params.t)
+    return SlerpStats(params.t, math.prod(shape))
 
 
 def slerp_merge(

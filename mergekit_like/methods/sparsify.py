@@ -185,7 +185,7 @@ class TrimState:
         self._rank_rounds = self.window.rounds if self.window is not None else 0
         self._l1 = active and trim.rescale == "l1"
         self.rounds = self._rank_rounds + int(self._l1)
-        self._norms = (BlockSums(), BlockSums())
+        self._norms = (BlockSums(numel), BlockSums(numel))
         self._scale: torch.Tensor | None = None
 
     def observe(self, round_: int, delta: torch.Tensor, start: int) -> None:

@@ -70,7 +70,7 @@ def test_bits_order_like_the_floats_and_nan_ranks_last():
 @pytest.mark.parametrize("size", [1, 1000, 4096, 5000, 10**6])
 def test_block_sums_in_chunks_equal_stable_sum(size):
     x = torch.rand(3 * 4096 + 17, generator=torch.Generator().manual_seed(1))
-    sums = BlockSums()
+    sums = BlockSums(x.numel())
     for part in x.split(size):
         sums.add(part)
     assert torch.equal(sums.total(), stable_sum(x))
