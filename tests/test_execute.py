@@ -225,6 +225,29 @@ def test_tuned_allocator_reuses_freed_step_buffers_without_page_faults():
     assert with_tuning < default // 4  # measured: 2-6 thousand against 51 thousand
 
 
+TRIM = """
+import torch
+from mergekit_like.execute import HeapTrimmer, tune_allocator
+tune_allocator()
+trim = HeapTrimmer(slack=64 * 2**20)
+before = trim.resident()
+held = [torch.ones(2**25) for _ in range(3)]  # 3 x 128 MiB in the heap
+keep = torch.ones(16)  # allocated above them: the heap top cannot shrink past it
+del held
+grown = trim.resident() - before
+print(grown >> 20, int(trim()), (trim.resident() - before) >> 20, int(trim()))
+"""
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="glibc malloc_trim")
+def test_heap_trimmer_hands_back_free_heap_pages_once_grown_by_its_slack():
+    done = subprocess.run([sys.executable, "-c", TRIM], check=True, capture_output=True,
+                          text=True, env={**os.environ, "THP_MEM_ALLOC_ENABLE": "0"})
+    grown, trimmed, after, again = (int(v) for v in done.stdout.split())
+    assert grown > 300  # the freed buffers stayed resident, as the tuned heap keeps them
+    assert trimmed == 1 and after < 64 and again == 0
+
+
 def test_skipped_tensors_are_not_computed_but_still_rank_the_whole_model(tmp_path, llama_family):
     # a resumed run: model_wide_trim's thresholds come from every tensor of the plan, so a
     # tensor computed alone (the rest skipped) gets the bytes of the uninterrupted run

@@ -70,17 +70,19 @@ class Draws:
         """The draws of entries ``[start, stop)``, a flat float32 tensor on ``device``."""
         import torch
 
-        parts = []
+        out = torch.empty(max(0, stop - start), dtype=torch.float32, device=device)
         for block in range(start // DRAW_BLOCK, -(-stop // DRAW_BLOCK)):
             first = block * DRAW_BLOCK
             gen = torch.Generator(device=device)
             gen.manual_seed(tensor_seed(self.seed, f"{self.name}\0{self.model}\0{block}"))
             size = min(DRAW_BLOCK, self.numel - first)
-            draw = torch.rand(size, generator=gen, device=device, dtype=torch.float32)
-            parts.append(draw[max(0, start - first):stop - first])
-        if not parts:
-            return torch.empty(0, device=device)
-        return parts[0] if len(parts) == 1 else torch.cat(parts)
+            lo, hi = max(start, first), min(stop, first + size)
+            if (lo, hi) == (first, first + size):  # the whole block: drawn in place
+                torch.rand(size, generator=gen, device=device, out=out[lo - start:hi - start])
+            else:
+                draw = torch.rand(size, generator=gen, device=device, dtype=torch.float32)
+                out[lo - start:hi - start] = draw[lo - first:hi - first]
+        return out
 
 
 @dataclass(frozen=True)
