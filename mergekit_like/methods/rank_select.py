@@ -125,34 +125,43 @@ class RankWindow:
         self._equal_seen = {value: 0 for value, _ in self._bounds}
 
     def mask(self, mags: torch.Tensor) -> torch.Tensor:
-        """Booleans shaped like ``mags``: which of the next chunk's entries are kept."""
+        """Which of the next chunk's entries are kept: 1 or 0, in ``mags``'s dtype and shape.
+
+        A float mask multiplies a task vector several times faster than a boolean one.
+        Entries equal to a boundary value are kept or dropped by rank; only in the chunk
+        where the window's edge falls among them is each one looked at.
+        """
         import torch
 
         if self.lo >= self.hi:
-            return torch.zeros(mags.shape, dtype=torch.bool, device=mags.device)
+            return torch.zeros_like(mags)
         if not self._bounds:
-            return torch.ones(mags.shape, dtype=torch.bool, device=mags.device)
+            return torch.ones_like(mags)
         bits = magnitude_bits(mags)
-        keep = None
-        if self.lo > 0:
-            keep = bits > self._targets[self.lo].prefix
-        if self.hi < self.numel:
-            below_hi = bits < self._targets[self.hi - 1].prefix
-            keep = below_hi if keep is None else keep.logical_and_(below_hi)
-        assert keep is not None
-        for value, below in self._bounds:  # entries equal to a bound: ranked by position
+        inclusive: dict[int, bool] = {}  # per boundary value: its equal entries all kept
+        split = []
+        for value, below in self._bounds:
             equal = bits == value
             count = int(torch.count_nonzero(equal))
             first = below + self._equal_seen[value]  # rank of this chunk's first such entry
             self._equal_seen[value] += count
-            if count == 0 or first + count <= self.lo or first >= self.hi:
-                continue
-            if self.lo <= first and first + count <= self.hi:
-                keep.logical_or_(equal)
-                continue
-            where = equal.view(-1).nonzero().squeeze(1)  # the window's edge is in this chunk
+            inclusive[value] = count > 0 and self.lo <= first and first + count <= self.hi
+            if count and not inclusive[value] and first < self.hi and first + count > self.lo:
+                split.append((equal, first, count))  # the window's edge is in this chunk
+        keep = torch.empty_like(mags)
+        if self.lo > 0:
+            low = self._targets[self.lo].prefix
+            (torch.ge if inclusive[low] else torch.gt)(bits, low, out=keep)
+        if self.hi < self.numel:
+            high = self._targets[self.hi - 1].prefix
+            upper = keep if self.lo == 0 else torch.empty_like(mags)
+            (torch.le if inclusive[high] else torch.lt)(bits, high, out=upper)
+            if upper is not keep:
+                keep.mul_(upper)
+        for equal, first, count in split:
+            where = equal.view(-1).nonzero().squeeze(1)
             ranks = torch.arange(first, first + count, device=where.device)
-            keep.view(-1)[where[(ranks >= self.lo) & (ranks < self.hi)]] = True
+            keep.view(-1)[where[(ranks >= self.lo) & (ranks < self.hi)]] = 1.0
         return keep
 
 
@@ -164,4 +173,4 @@ def rank_window_mask(mags: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
     for r in range(window.rounds):
         window.observe(r, mags)
         window.finish(r)
-    return window.mask(mags)
+    return window.mask(mags).bool()

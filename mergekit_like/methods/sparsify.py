@@ -230,6 +230,8 @@ class TrimState:
     def _keep(self, delta: torch.Tensor, start: int, *, inplace: bool = False
               ) -> tuple[torch.Tensor, float | torch.Tensor | None]:
         """``delta * mask`` for the chunk, and the keep probability (random trims)."""
+        import torch
+
         trim = self.trim
         prob: float | torch.Tensor | None = None
         if trim.kind in RANDOM_TRIMS:
@@ -237,16 +239,17 @@ class TrimState:
             prob = (trim.density if trim.kind == "random"
                     else della_probabilities(delta, trim.density, trim.epsilon))
             draw = self.draws.take(start, start + delta.numel(), delta.device).view(delta.shape)
-            mask = draw < prob
+            mask = torch.lt(draw, prob, out=draw).to(delta.dtype)  # 1.0 kept, 0.0 dropped
         elif self.window is not None:
             mask = self.window.mask(delta.abs())
         else:
             assert trim.bounds is not None
             mags = delta.abs()
             low, high = trim.bounds
-            mask = mags >= low
+            bool_mask = mags >= low
             if trim.kind == "outliers":
-                mask.logical_and_(mags <= high)
+                bool_mask.logical_and_(mags <= high)
+            mask = bool_mask.to(delta.dtype)
         return (delta.mul_(mask) if inplace else delta * mask), prob
 
 

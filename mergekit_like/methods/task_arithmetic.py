@@ -95,17 +95,20 @@ def generalized_task_arithmetic(
     else:  # disjoint merge: only the task vectors agreeing with the elected sign
         elected = _elect(deltas, weights, consensus)
         mixed, divisor = None, None
+        agree = torch.empty_like(base)
         for w, d in zip(weights, deltas, strict=True):
-            agree = d * elected
-            agree = agree > 0 if w >= 0 else agree < 0  # sign(w * d) == elected, d != 0
+            torch.mul(d, elected, out=agree)  # then 1.0 where sign(w * d) == elected, d != 0
+            (torch.gt if w >= 0 else torch.lt)(agree, 0, out=agree)
             d.mul_(agree)  # the task vectors are this function's own
             mixed = d.mul_(w) if mixed is None else mixed.add_(d, alpha=w)
             if normalize:
-                divisor = (agree.to(base.dtype).mul_(w) if divisor is None
-                           else divisor.add_(agree, alpha=w))
+                divisor = agree.mul(w) if divisor is None else divisor.add_(agree, alpha=w)
         assert mixed is not None
-        if divisor is not None:
-            divisor.masked_fill_(divisor == 0, 1.0)
+        if divisor is not None:  # no agreeing model: mixed is 0 there, divided by 1
+            if min(weights) > 0:  # every other divisor is at least the smallest weight
+                divisor.clamp_(min=min(weights))
+            else:
+                divisor.masked_fill_(divisor == 0, 1.0)
     if normalize:
         mixed.div_(divisor)
     if not (isinstance(lambda_, float | int) and lambda_ == 1.0):

@@ -26,9 +26,9 @@ def chunked(mags: torch.Tensor, lo: int, hi: int, size: int) -> torch.Tensor:
         for part in parts:
             window.observe(round_, part)
         window.finish(round_)
-    first = torch.cat([window.mask(p) for p in parts])
+    first = torch.cat([window.mask(p) for p in parts]).bool()
     window.restart()  # a second pass over the chunks marks the same entries
-    assert torch.equal(torch.cat([window.mask(p) for p in parts]), first)
+    assert torch.equal(torch.cat([window.mask(p) for p in parts]).bool(), first)
     return first.view_as(mags)
 
 
