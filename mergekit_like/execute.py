@@ -314,9 +314,13 @@ def execute(
         stats = gathering.get(pt.name)
         if step.round >= 0:  # a statistics pass: nothing to write
             assert stats is not None
-            stats.observe(step.round, *inputs, step.start)
-            if step.last:
-                stats.finish(step.round)
+            try:
+                stats.observe(step.round, *inputs, step.start)
+                if step.last:
+                    stats.finish(step.round)
+            except (ValueError, RuntimeError) as exc:
+                raise MergeError(f"tensor {pt.name!r}: merge method {pt.method!r} failed: "
+                                 f"{str(exc).splitlines()[0]}") from None
             return None
         out = _merge(plan, step, inputs, context(pt, stats, step.start),
                      options.allow_nonfinite)

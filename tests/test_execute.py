@@ -341,3 +341,41 @@ parameters: {{t: 0.3}}
     chunked = merge_with(recipe, tmp_path / "c", ExecOptions(chunk_bytes=200, progress=False))
     whole = merge_with(recipe, tmp_path / "w", ExecOptions(chunk_bytes=2**30, progress=False))
     assert chunked == whole
+
+
+@pytest.mark.parametrize("filter_wise", [False, True])
+def test_model_stock_in_row_chunks_gives_the_whole_tensor_bytes(tmp_path, llama_family,
+                                                                filter_wise):
+    recipe = write_recipe(tmp_path, f"""
+merge_method: model_stock
+base_model: {llama_family['base']}
+models:
+  - model: {llama_family['math']}
+  - model: {llama_family['code']}
+  - model: {llama_family['chat']}
+parameters: {{filter_wise: {str(filter_wise).lower()}}}
+""")
+    chunked = merge_with(recipe, tmp_path / "c", ExecOptions(chunk_bytes=200, progress=False))
+    whole = merge_with(recipe, tmp_path / "w", ExecOptions(chunk_bytes=2**30, progress=False))
+    assert chunked == whole
+
+
+def test_a_failing_statistics_pass_names_the_tensor_and_method(tmp_path, llama_family,
+                                                               monkeypatch):
+    from mergekit_like.errors import MergeError
+    from mergekit_like.methods import model_stock
+
+    def fail(self, round_):
+        raise ValueError("the fine-tunes point in opposite directions\nmore")
+
+    monkeypatch.setattr(model_stock.ModelStockStats, "finish", fail)
+    recipe = write_recipe(tmp_path, f"""
+merge_method: model_stock
+base_model: {llama_family['base']}
+models:
+  - model: {llama_family['math']}
+  - model: {llama_family['code']}
+""")
+    with pytest.raises(MergeError, match=r"^tensor '.*': merge method 'model_stock' failed: "
+                       r"the fine-tunes point in opposite directions$"):
+        merge_with(recipe, tmp_path / "c", ExecOptions(chunk_bytes=200, progress=False))

@@ -13,16 +13,20 @@ dimension; a 1-D tensor is one row) instead of over the whole tensor. Norm produ
 clamped below at 1e-6, as mergekit does, so an unchanged tensor stays at the base. Where
 ``1 + (N - 1) cos`` is 0 (fine-tunes pointing in opposite directions) ``t`` is undefined and
 the merge stops with an error naming the tensor; mergekit would write inf/NaN there.
+
+Large tensors are merged in row chunks: the norms and dot products are summed over the
+whole tensor first (:class:`ModelStockStats`), with the same bytes as merging it whole.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from pydantic import Field
 
-from mergekit_like.methods.reductions import stable_norm, stable_sum
+from mergekit_like.methods.reductions import BlockSums, stable_norm, stable_sum
 from mergekit_like.methods.spec import MergeMethod, MethodParams, NoParams, TensorContext
 from mergekit_like.methods.task_arithmetic import generalized_task_arithmetic
 
@@ -39,24 +43,72 @@ def interpolation_ratio(deltas: Sequence[torch.Tensor], filter_wise: bool) -> to
 
     A 0-d tensor, or with ``filter_wise`` one value per row shaped ``[..., 1]``.
     """
+    if not filter_wise:
+        stats = ModelStockStats(len(deltas), deltas[0].numel())
+        stats.observe_deltas(deltas)
+        stats.finish(0)
+        assert stats.t is not None
+        return stats.t
+    norms = [stable_norm(d, -1) for d in deltas]
+    dots = {(i, j): stable_sum(deltas[i] * deltas[j], -1)
+            for i in range(len(deltas)) for j in range(i + 1, len(deltas))}
+    return _ratio(norms, dots).unsqueeze(-1)
+
+
+def _ratio(norms: list[torch.Tensor], dots: dict[tuple[int, int], torch.Tensor]) -> torch.Tensor:
+    """``t = N cos / (1 + (N - 1) cos)`` from the norms and pairwise dot products."""
     import torch
 
-    dim = -1 if filter_wise else None
-    norms = [stable_norm(d, dim) for d in deltas]
-    cosines = []
-    for i, a in enumerate(deltas):
-        for j in range(i + 1, len(deltas)):
-            dot = stable_sum(a * deltas[j], dim)
-            cos = dot / (norms[i] * norms[j]).clamp(min=1e-6)
-            cosines.append(cos.clamp(-1.0, 1.0))
+    cosines = [(dot / (norms[i] * norms[j]).clamp(min=1e-6)).clamp(-1.0, 1.0)
+               for (i, j), dot in dots.items()]
     cos = torch.stack(cosines).mean(dim=0)
-    n = len(deltas)
+    n = len(norms)
     denominator = 1 + (n - 1) * cos
     if bool((denominator.abs() < 1e-6).any()):
         raise ValueError("the fine-tunes' task vectors point in opposite directions "
                          "(1 + (N - 1) cos is 0); model_stock is undefined here")
-    t = n * cos / denominator
-    return t.unsqueeze(-1) if filter_wise else t
+    return n * cos / denominator
+
+
+class ModelStockStats:
+    """The task vectors' norms and pairwise dot products over a whole tensor, chunk by chunk.
+
+    Implements :class:`~mergekit_like.methods.spec.TensorStats` (one round): after it, ``t``
+    holds the tensor's interpolation ratio, so the executor can merge a large tensor in row
+    chunks with the same bytes as whole (``filter_wise`` needs no pass: its ratio is per row).
+    """
+
+    rounds = 1
+
+    def __init__(self, n_models: int, numel: int) -> None:
+        self._squares = [BlockSums(numel) for _ in range(n_models)]
+        self._dots = {(i, j): BlockSums(numel)
+                      for i in range(n_models) for j in range(i + 1, n_models)}
+        self.t: torch.Tensor | None = None
+
+    def observe(self, round_: int, tensors: Sequence[torch.Tensor], base: torch.Tensor | None,
+                start: int) -> None:
+        assert base is not None
+        self.observe_deltas([x - base for x in tensors])
+
+    def observe_deltas(self, deltas: Sequence[torch.Tensor]) -> None:
+        """Take the next chunk of the task vectors."""
+        for d, sums in zip(deltas, self._squares, strict=True):
+            sums.add(d * d)
+        for (i, j), sums in self._dots.items():
+            sums.add(deltas[i] * deltas[j])
+
+    def finish(self, round_: int) -> None:
+        self.t = _ratio([s.total().sqrt() for s in self._squares],
+                        {key: s.total() for key, s in self._dots.items()})
+
+
+def model_stock_stats(shape: tuple[int, ...], width: int, model_params: Sequence[NoParams],
+                      params: ModelStockParams, ctx: TensorContext) -> ModelStockStats | None:
+    """:class:`ModelStockStats` for a tensor merged in row chunks (None with filter_wise)."""
+    if params.filter_wise and len(shape) > 0:
+        return None
+    return ModelStockStats(len(model_params), math.prod(shape))
 
 
 def model_stock_merge(
@@ -70,7 +122,11 @@ def model_stock_merge(
     if base is None:
         raise ValueError("model_stock needs a base_model")
     filter_wise = params.filter_wise and base.dim() > 0
-    t = interpolation_ratio([x - base for x in tensors], filter_wise)
+    if ctx.stats is not None:
+        assert isinstance(ctx.stats, ModelStockStats) and ctx.stats.t is not None
+        t = ctx.stats.t
+    else:
+        t = interpolation_ratio([x - base for x in tensors], filter_wise)
     return generalized_task_arithmetic(tensors, base, [1.0] * len(tensors), normalize=True,
                                        lambda_=t)
 
@@ -79,6 +135,8 @@ MODEL_STOCK = MergeMethod(
     name="model_stock",
     summary="Model Stock: base + t * mean task vector, t from the angle between the fine-tunes",
     merge=model_stock_merge,
+    stats=model_stock_stats,
+    elementwise=True,
     params=ModelStockParams,
     base="required",
     min_models=2,
