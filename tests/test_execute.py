@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
-import subprocess
-import sys
 import threading
 from pathlib import Path
 
@@ -115,6 +112,13 @@ def merge_with(recipe: Path, out: Path, options: ExecOptions) -> dict[str, bytes
     return {f.name: f.read_bytes() for f in sorted(out.iterdir())}
 
 
+def chunked_equals_whole(recipe: Path, tmp_path: Path) -> bool:
+    """Whether merging in 200-byte row chunks writes the same bytes as merging whole."""
+    chunked = merge_with(recipe, tmp_path / "c", ExecOptions(chunk_bytes=200, progress=False))
+    whole = merge_with(recipe, tmp_path / "w", ExecOptions(chunk_bytes=2**30, progress=False))
+    return chunked == whole
+
+
 @pytest.fixture
 def ties_recipe(tmp_path, llama_family):
     return write_recipe(tmp_path, f"""
@@ -195,59 +199,6 @@ dtype: float32
     assert estimate_peak_bytes(plan, chunk_bytes=2**30) == 6 * 8192 + 2 * 8192 + 8192
 
 
-FAULTS = """
-import resource, sys, torch
-from mergekit_like.execute import tune_allocator
-tuned = sys.argv[1] == "1" and tune_allocator()
-for size in (4 * 2**20, 10 * 2**20):  # 16 MiB steps, then 40 MiB ones (counted)
-    torch.empty(size).fill_(1.0)  # freed at once
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    for _ in range(5):
-        torch.empty(size).fill_(1.0)
-print(int(tuned), resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
-"""
-
-
-@pytest.mark.skipif(sys.platform != "linux", reason="glibc malloc settings")
-def test_tuned_allocator_reuses_freed_step_buffers_without_page_faults():
-    env = {**os.environ, "THP_MEM_ALLOC_ENABLE": "0"}
-
-    def faults(tune: str) -> tuple[int, int]:
-        done = subprocess.run([sys.executable, "-c", FAULTS, tune], check=True, env=env,
-                              capture_output=True, text=True)
-        tuned, count = done.stdout.split()
-        return int(tuned), int(count)
-
-    tuned, with_tuning = faults("1")
-    _, default = faults("0")
-    assert tuned == 1
-    assert default > 5 * 9000  # 40 MiB is 10240 pages of 4 KiB, faulted again each time
-    assert with_tuning < default // 4  # measured: 2-6 thousand against 51 thousand
-
-
-TRIM = """
-import torch
-from mergekit_like.execute import HeapTrimmer, tune_allocator
-tune_allocator()
-trim = HeapTrimmer(slack=64 * 2**20)
-before = trim.resident()
-held = [torch.ones(2**25) for _ in range(3)]  # 3 x 128 MiB in the heap
-keep = torch.ones(16)  # allocated above them: the heap top cannot shrink past it
-del held
-grown = trim.resident() - before
-print(grown >> 20, int(trim()), (trim.resident() - before) >> 20, int(trim()))
-"""
-
-
-@pytest.mark.skipif(sys.platform != "linux", reason="glibc malloc_trim")
-def test_heap_trimmer_hands_back_free_heap_pages_once_grown_by_its_slack():
-    done = subprocess.run([sys.executable, "-c", TRIM], check=True, capture_output=True,
-                          text=True, env={**os.environ, "THP_MEM_ALLOC_ENABLE": "0"})
-    grown, trimmed, after, again = (int(v) for v in done.stdout.split())
-    assert grown > 300  # the freed buffers stayed resident, as the tuned heap keeps them
-    assert trimmed == 1 and after < 64 and again == 0
-
-
 def test_skipped_tensors_are_not_computed_but_still_rank_the_whole_model(tmp_path, llama_family):
     # a resumed run: model_wide_trim's thresholds come from every tensor of the plan, so a
     # tensor computed alone (the rest skipped) gets the bytes of the uninterrupted run
@@ -325,9 +276,7 @@ models:
     parameters: {params}
 dtype: {dtype}
 {extra}""")
-    chunked = merge_with(recipe, tmp_path / "c", ExecOptions(chunk_bytes=200, progress=False))
-    whole = merge_with(recipe, tmp_path / "w", ExecOptions(chunk_bytes=2**30, progress=False))
-    assert chunked == whole
+    assert chunked_equals_whole(recipe, tmp_path)
 
 
 def test_slerp_in_row_chunks_gives_the_whole_tensor_bytes(tmp_path, llama_family):
@@ -338,9 +287,7 @@ models:
   - model: {llama_family['math']}
 parameters: {{t: 0.3}}
 """)
-    chunked = merge_with(recipe, tmp_path / "c", ExecOptions(chunk_bytes=200, progress=False))
-    whole = merge_with(recipe, tmp_path / "w", ExecOptions(chunk_bytes=2**30, progress=False))
-    assert chunked == whole
+    assert chunked_equals_whole(recipe, tmp_path)
 
 
 @pytest.mark.parametrize("filter_wise", [False, True])
@@ -355,9 +302,7 @@ models:
   - model: {llama_family['chat']}
 parameters: {{filter_wise: {str(filter_wise).lower()}}}
 """)
-    chunked = merge_with(recipe, tmp_path / "c", ExecOptions(chunk_bytes=200, progress=False))
-    whole = merge_with(recipe, tmp_path / "w", ExecOptions(chunk_bytes=2**30, progress=False))
-    assert chunked == whole
+    assert chunked_equals_whole(recipe, tmp_path)
 
 
 def test_a_failing_statistics_pass_names_the_tensor_and_method(tmp_path, llama_family,
