@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Literal
 from mergekit_like.errors import Loc, PlanError, Problem
 from mergekit_like.io.reader import TensorReader, torch_dtype
 from mergekit_like.methods import REGISTRY
+from mergekit_like.methods.rank_select import BINS, DIGIT, add_counts, magnitude_bits
 from mergekit_like.plan import COPY, Plan, PlannedTensor
 
 if TYPE_CHECKING:
@@ -40,8 +41,6 @@ if TYPE_CHECKING:
 Bounds = tuple[float, float]  # keep low <= |x - base| <= high
 ModelBounds = tuple[Bounds | None, ...]  # one per plan.models index; None: trimmed per tensor
 DEFAULT_CHUNK_BYTES = 64 * 2**20
-_DIGIT = 16
-_BINS = 1 << _DIGIT
 
 
 @dataclass(frozen=True)
@@ -162,14 +161,14 @@ def model_trim_bounds(plan: Plan, reader: TensorReader, compute_dtype: str,
         return _magnitudes(plan, pts, set(trims), reader, compute_dtype, device, chunk_bytes)
 
     # pass 1: the top 16 bits of every magnitude, per model; gives N and the ranks
-    first = _histograms(magnitudes(), {(m, -1) for m in trims}, width - _DIGIT, width)
+    first = _histograms(magnitudes(), {(m, -1) for m in trims}, width - DIGIT, width)
     targets: dict[tuple[int, int], tuple[int, int]] = {}  # (model, rank) -> (prefix, rank left)
     for model, trim in trims.items():
         n = int(first[(model, -1)].sum())
         for rank in trim.ranks(n):
             if rank:
                 targets[(model, rank)] = _descend(first[(model, -1)], -1, rank)
-    for shift in range(width - 2 * _DIGIT, -1, -_DIGIT):  # further passes: 16 bits each
+    for shift in range(width - 2 * DIGIT, -1, -DIGIT):  # further passes: 16 bits each
         want = {(m, prefix) for (m, _), (prefix, _) in targets.items()}
         hists = _histograms(magnitudes(), want, shift, width)
         targets = {key: _descend(hists[(key[0], prefix)], prefix, left)
@@ -227,17 +226,6 @@ def _magnitudes(plan: Plan, pts: list[PlannedTensor], models: set[int], reader: 
             del base
 
 
-def _bits(mags: torch.Tensor, width: int) -> torch.Tensor:
-    """Bit patterns of non-negative floats as non-negative integers, in the same order."""
-    import torch
-
-    ints = {16: torch.int16, 32: torch.int32, 64: torch.int64}[width]
-    bits = mags.view(ints)
-    if width == 16:
-        bits = bits.to(torch.int32)
-    return bits & ((1 << (width - 1)) - 1)  # sign bit off (a NaN's may be set)
-
-
 def _histograms(chunks: Iterator[tuple[int, torch.Tensor]], want: set[tuple[int, int]],
                 shift: int, width: int) -> dict[tuple[int, int], torch.Tensor]:
     """Per (model, prefix): counts of bits ``[shift, shift + 16)`` among the magnitudes whose
@@ -251,20 +239,15 @@ def _histograms(chunks: Iterator[tuple[int, torch.Tensor]], want: set[tuple[int,
     for model, mags in chunks:
         if model not in prefixes:
             continue
-        bits = _bits(mags, width)
-        high = bits >> (shift + _DIGIT) if shift + _DIGIT < width else None
+        bits = magnitude_bits(mags)
+        high = bits >> (shift + DIGIT) if shift + DIGIT < width else None
         for prefix in prefixes[model]:
             sel = bits if prefix < 0 or high is None else bits[high == prefix]
-            digits = (sel >> shift) & (_BINS - 1)
             key = (model, prefix)
             if key not in hists:
-                hists[key] = torch.zeros(_BINS, dtype=torch.int64, device=bits.device)
-            if digits.numel() >= _BINS:
-                hists[key].add_(torch.bincount(digits, minlength=_BINS))
-            else:  # small chunks: cost by entries, not by bins
-                digits = digits.long()
-                hists[key].index_add_(0, digits, torch.ones_like(digits))
-    return {key: hists[key].cpu() if key in hists else torch.zeros(_BINS, dtype=torch.int64)
+                hists[key] = torch.zeros(BINS, dtype=torch.int64, device=bits.device)
+            add_counts(hists[key], (sel >> shift) & (BINS - 1))
+    return {key: hists[key].cpu() if key in hists else torch.zeros(BINS, dtype=torch.int64)
             for key in want}
 
 
@@ -275,9 +258,9 @@ def _descend(hist: torch.Tensor, prefix: int, rank: int) -> tuple[int, int]:
 
     from_top = hist.flip(0).cumsum(0)
     i = int(torch.searchsorted(from_top, torch.tensor(rank, dtype=from_top.dtype)))
-    digit = _BINS - 1 - i
+    digit = BINS - 1 - i
     above = int(from_top[i]) - int(hist[digit])
-    return (max(prefix, 0) << _DIGIT) | digit, rank - above
+    return (max(prefix, 0) << DIGIT) | digit, rank - above
 
 
 def _value(pattern: int, dtype: torch.dtype) -> float:

@@ -44,6 +44,16 @@ def magnitude_bits(mags: torch.Tensor) -> torch.Tensor:
     return bits.to(torch.int32) if width == 16 else bits
 
 
+def add_counts(hist: torch.Tensor, digits: torch.Tensor) -> None:
+    """Add how often each of ``hist``'s bins occurs among ``digits`` into ``hist`` (int64)."""
+    import torch
+
+    if digits.numel() >= hist.numel():
+        hist.add_(torch.bincount(digits, minlength=hist.numel()))
+    else:  # few entries: cost by entries, not by bins
+        hist.index_add_(0, digits.long(), torch.ones_like(digits, dtype=torch.int64))
+
+
 def radix_rounds(width: int) -> int:
     """Histogram rounds needed to pin a value of a ``width``-bit float (16 bits each)."""
     return width // DIGIT
@@ -96,10 +106,7 @@ class RankWindow:
             if hist is None:  # one buffer per round, added into chunk after chunk
                 hist = self._hists[prefix] = torch.zeros(BINS, dtype=torch.int64,
                                                          device=bits.device)
-            if digits.numel() >= BINS:
-                hist.add_(torch.bincount(digits, minlength=BINS))
-            else:  # small chunks: cost by entries, not by bins
-                hist.index_add_(0, digits.long(), torch.ones_like(digits, dtype=torch.int64))
+            add_counts(hist, digits)
 
     def finish(self, round_: int) -> None:
         """Close round ``round_``: descend each target into the bin holding its rank."""

@@ -194,8 +194,9 @@ class TrimState:
             assert self.window is not None
             self.window.observe(round_, delta.abs())
         elif self._l1 and round_ == self._rank_rounds:
-            kept, _ = self._keep(delta, start)
-            self._norms[0].add(delta.abs())
+            mags = delta.abs()
+            kept, _ = self._keep(delta, start, mags=mags)
+            self._norms[0].add(mags)
             self._norms[1].add(kept.abs_())
 
     def finish(self, round_: int) -> None:
@@ -227,9 +228,11 @@ class TrimState:
             return kept.mul_(self._scale)
         return kept
 
-    def _keep(self, delta: torch.Tensor, start: int, *, inplace: bool = False
+    def _keep(self, delta: torch.Tensor, start: int, *, inplace: bool = False,
+              mags: torch.Tensor | None = None
               ) -> tuple[torch.Tensor, float | torch.Tensor | None]:
-        """``delta * mask`` for the chunk, and the keep probability (random trims)."""
+        """``delta * mask`` for the chunk, and the keep probability (random trims);
+        ``mags``: ``delta.abs()`` when the caller has it already."""
         import torch
 
         trim = self.trim
@@ -241,10 +244,10 @@ class TrimState:
             draw = self.draws.take(start, start + delta.numel(), delta.device).view(delta.shape)
             mask = torch.lt(draw, prob, out=draw).to(delta.dtype)  # 1.0 kept, 0.0 dropped
         elif self.window is not None:
-            mask = self.window.mask(delta.abs())
+            mask = self.window.mask(delta.abs() if mags is None else mags)
         else:
             assert trim.bounds is not None
-            mags = delta.abs()
+            mags = delta.abs() if mags is None else mags
             low, high = trim.bounds
             bool_mask = mags >= low
             if trim.kind == "outliers":
