@@ -62,6 +62,10 @@ def _run_parser() -> argparse.ArgumentParser:
     p.add_argument("--chunk-size", default="16MiB",
                    help="rows of large tensors are merged in chunks of this size (elementwise "
                         "methods; default 16MiB per input)")
+    p.add_argument("--kernels", default="auto", choices=("auto", "eager", "compiled"),
+                   help="run the task-arithmetic family (ties, dare, breadcrumbs...) as eager "
+                        "torch or compiled fused kernels (same bytes); auto compiles for large "
+                        "merges on CPU")
     p.add_argument("--num-processes", type=int, default=1, metavar="N",
                    help="split the output shards across N local processes (default 1); under "
                         "torchrun or accelerate launch, the launcher's processes are used")
@@ -119,7 +123,7 @@ def _merge(ns: argparse.Namespace) -> int:
     options = MergeOptions(device=ns.device, out_shard_bytes=shard, force=ns.force,
                            resume=ns.resume, allow_nonfinite=ns.allow_nonfinite,
                            num_processes=ns.num_processes,
-                           seed=ns.seed, quiet=ns.quiet, chunk_bytes=chunk)
+                           seed=ns.seed, quiet=ns.quiet, chunk_bytes=chunk, kernels=ns.kernels)
     if ns.multirun:  # soups: sweeps run each setting through soups/runner.py
         from mergekit_like.soups.sweep import run_sweep
 

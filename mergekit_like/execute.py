@@ -21,7 +21,7 @@ from collections import deque
 from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Literal, TypeVar
 
 from mergekit_like.errors import MergeError
 from mergekit_like.io.reader import TensorReader, torch_dtype
@@ -29,6 +29,7 @@ from mergekit_like.io.safetensors_header import DTYPE_SIZES, RECIPE_DTYPES
 from mergekit_like.io.writer import ShardWriter
 from mergekit_like.memory import HeapTrimmer, tune_allocator
 from mergekit_like.methods import REGISTRY, TensorContext
+from mergekit_like.methods.kernels import Kernels, choose_mode
 from mergekit_like.plan import COPY, Plan, PlannedTensor
 
 if TYPE_CHECKING:
@@ -51,6 +52,8 @@ class ExecOptions:
     """How to run a plan: device, seed for random methods, chunk size, progress output.
 
     ``prefetch``: read ahead and write behind on a background thread (same bytes either way).
+    ``kernels``: run the task-arithmetic family's passes eagerly, compiled, or ``auto``
+    (:func:`~mergekit_like.methods.kernels.choose_mode`); same bytes either way.
     """
 
     device: str = "cpu"
@@ -59,6 +62,7 @@ class ExecOptions:
     progress: bool = True
     prefetch: bool = True
     allow_nonfinite: bool = False
+    kernels: Literal["auto", "eager", "compiled"] = "auto"
 
 
 def row_chunks(pt: PlannedTensor, compute_itemsize: int, chunk_bytes: int) -> list[tuple[int, int]]:
@@ -210,6 +214,9 @@ def execute(
         bounds = model_trim_bounds(plan, reader, plan.compute_dtype, options.device,
                                    options.chunk_bytes)
     skipped = frozenset(skip)
+    kernels = Kernels(choose_mode(options.kernels, options.device, sum(
+        math.prod(pt.shape) * (len(pt.inputs) + 1) for pt in plan.tensors
+        if pt.name not in skipped and pt.method != COPY and REGISTRY[pt.method].kernels)))
 
     def context(pt: PlannedTensor, stats: TensorStats | None = None,
                 start: int = 0) -> TensorContext:
@@ -218,7 +225,8 @@ def execute(
             from mergekit_like.global_trim import context_bounds
 
             trim = context_bounds(pt, bounds)
-        return TensorContext(pt.name, options.seed, trim_bounds=trim, stats=stats, start=start)
+        return TensorContext(pt.name, options.seed, trim_bounds=trim, stats=stats, start=start,
+                             kernels=kernels)
 
     def new_stats(pt: PlannedTensor) -> TensorStats | None:
         factory = None if pt.method == COPY else REGISTRY[pt.method].stats

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from mergekit_like.device import resolve_device
 from mergekit_like.execute import DEFAULT_CHUNK_BYTES, ExecOptions, execute
@@ -42,6 +43,7 @@ class MergeOptions:
     resume: bool = False
     allow_nonfinite: bool = False
     num_processes: int = 1
+    kernels: Literal["auto", "eager", "compiled"] = "auto"
 
 
 @dataclass(frozen=True)
@@ -65,7 +67,8 @@ def write_setup(plan: Plan, options: MergeOptions) -> WriteSetup:
                            options.out_shard_bytes)
     exec_options = ExecOptions(device=device, seed=options.seed,
                                allow_nonfinite=options.allow_nonfinite,
-                               chunk_bytes=options.chunk_bytes, progress=not options.quiet)
+                               chunk_bytes=options.chunk_bytes, progress=not options.quiet,
+                               kernels=options.kernels)
     print_ = fingerprint(resolved_recipe_yaml(plan), *layout.headers, repr(layout.files),
                          str(options.seed), plan.compute_dtype, device.split(":")[0])
     return WriteSetup(layout, exec_options, print_)

@@ -22,6 +22,8 @@ equal to a boundary value as it goes so that each gets its rank.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -92,21 +94,34 @@ class RankWindow:
 
     def observe(self, round_: int, mags: torch.Tensor) -> None:
         """Count the next chunk's magnitudes into round ``round_``'s histograms."""
+        bits = magnitude_bits(mags.reshape(-1))
+
+        def digits(shift: int, prefix: int | None) -> torch.Tensor:
+            sel = bits if prefix is None else bits[bits >> (shift + DIGIT) == prefix]
+            return (sel >> shift) & (BINS - 1)
+
+        self.observe_digits(round_, bits.numel(), digits)
+
+    def observe_digits(self, round_: int, numel: int,
+                       digits: Callable[[int, int | None], torch.Tensor]) -> None:
+        """Like :meth:`observe`, for a chunk of ``numel`` magnitudes seen through ``digits``.
+
+        ``digits(shift, prefix)``: the 16-bit digits at ``shift`` of the chunk's magnitude
+        bits; with ``prefix`` (all rounds after the first), those of the entries whose bits
+        above the digit equal ``prefix``, the others left out or given as ``BINS``.
+        """
         import torch
 
-        bits = magnitude_bits(mags.reshape(-1))
         if round_ == 0:
-            self._seen_round += bits.numel()
+            self._seen_round += numel
         shift = self.width - DIGIT * (round_ + 1)
-        high = bits >> (shift + DIGIT) if round_ else None
         for prefix in {t.prefix for t in self._targets.values()}:
-            sel = bits if high is None else bits[high == prefix]
-            digits = (sel >> shift) & (BINS - 1)
+            found = digits(shift, prefix if round_ else None)
             hist = self._hists.get(prefix)
             if hist is None:  # one buffer per round, added into chunk after chunk
-                hist = self._hists[prefix] = torch.zeros(BINS, dtype=torch.int64,
-                                                         device=bits.device)
-            add_counts(hist, digits)
+                hist = self._hists[prefix] = torch.zeros(BINS + 1, dtype=torch.int64,
+                                                         device=found.device)
+            add_counts(hist, found)
 
     def finish(self, round_: int) -> None:
         """Close round ``round_``: descend each target into the bin holding its rank."""
@@ -114,7 +129,7 @@ class RankWindow:
 
         if round_ == 0 and self._seen_round != self.numel:
             raise ValueError(f"rank window over {self.numel} entries saw {self._seen_round}")
-        hists = {prefix: h.cpu() for prefix, h in self._hists.items()}
+        hists = {prefix: h[:BINS].cpu() for prefix, h in self._hists.items()}
         self._hists = {}
         for t in self._targets.values():
             hist = hists.get(t.prefix, torch.zeros(BINS, dtype=torch.int64))
@@ -131,12 +146,39 @@ class RankWindow:
         """Start a new pass of :meth:`mask` calls from the first chunk."""
         self._equal_seen = {value: 0 for value, _ in self._bounds}
 
-    def mask(self, mags: torch.Tensor) -> torch.Tensor:
+    def boundary_values(self) -> list[int]:
+        """The bit patterns of the window's boundary magnitudes (after the last round)."""
+        return [value for value, _ in self._bounds]
+
+    def edges(self, counts: Sequence[int]) -> Edges:
+        """The next chunk's :class:`Edges`, given how many of its entries equal each of
+        :meth:`boundary_values`; call once per chunk, in order."""
+        lo_edge = hi_edge = None
+        split = []
+        for (value, below), count in zip(self._bounds, counts, strict=True):
+            first = below + self._equal_seen[value]  # rank of this chunk's first such entry
+            self._equal_seen[value] += count
+            inclusive = count > 0 and self.lo <= first and first + count <= self.hi
+            if count and not inclusive and first < self.hi and first + count > self.lo:
+                split.append((value, first, count))  # the window's edge is in this chunk
+            if self.lo > 0 and value == self._targets[self.lo].prefix:
+                lo_edge = value if inclusive else value + 1
+            if self.hi < self.numel and value == self._targets[self.hi - 1].prefix:
+                hi_edge = value + 1 if inclusive else value
+        top = (1 << (self.width - 1)) - 1  # the largest bit pattern
+        if lo_edge is not None and lo_edge > top:
+            return Edges(None, 0)  # above every bit pattern: nothing is kept
+        if hi_edge is not None and hi_edge > top:
+            hi_edge = None  # above every bit pattern: no upper bound
+        return Edges(lo_edge, hi_edge, tuple(split))
+
+    def mask(self, mags: torch.Tensor, edges: Edges | None = None) -> torch.Tensor:
         """Which of the next chunk's entries are kept: 1 or 0, in ``mags``'s dtype and shape.
 
         A float mask multiplies a task vector several times faster than a boolean one.
         Entries equal to a boundary value are kept or dropped by rank; only in the chunk
-        where the window's edge falls among them is each one looked at.
+        where the window's edge falls among them is each one looked at. ``edges``: the
+        chunk's :meth:`edges`, when the caller has taken them already.
         """
         import torch
 
@@ -145,31 +187,37 @@ class RankWindow:
         if not self._bounds:
             return torch.ones_like(mags)
         bits = magnitude_bits(mags)
-        inclusive: dict[int, bool] = {}  # per boundary value: its equal entries all kept
-        split = []
-        for value, below in self._bounds:
-            equal = bits == value
-            count = int(torch.count_nonzero(equal))
-            first = below + self._equal_seen[value]  # rank of this chunk's first such entry
-            self._equal_seen[value] += count
-            inclusive[value] = count > 0 and self.lo <= first and first + count <= self.hi
-            if count and not inclusive[value] and first < self.hi and first + count > self.lo:
-                split.append((equal, first, count))  # the window's edge is in this chunk
+        if edges is None:
+            edges = self.edges([int(torch.count_nonzero(bits == value))
+                                for value in self.boundary_values()])
         keep = torch.empty_like(mags)
-        if self.lo > 0:
-            low = self._targets[self.lo].prefix
-            (torch.ge if inclusive[low] else torch.gt)(bits, low, out=keep)
-        if self.hi < self.numel:
-            high = self._targets[self.hi - 1].prefix
-            upper = keep if self.lo == 0 else torch.empty_like(mags)
-            (torch.le if inclusive[high] else torch.lt)(bits, high, out=upper)
+        if edges.lo is not None:
+            torch.ge(bits, edges.lo, out=keep)
+        if edges.hi is not None:
+            upper = keep if edges.lo is None else torch.empty_like(mags)
+            torch.lt(bits, edges.hi, out=upper)
             if upper is not keep:
                 keep.mul_(upper)
-        for equal, first, count in split:
-            where = equal.view(-1).nonzero().squeeze(1)
+        elif edges.lo is None:
+            keep.fill_(1.0)
+        for value, first, count in edges.split:
+            where = (bits == value).view(-1).nonzero().squeeze(1)
             ranks = torch.arange(first, first + count, device=where.device)
             keep.view(-1)[where[(ranks >= self.lo) & (ranks < self.hi)]] = 1.0
         return keep
+
+
+@dataclass(frozen=True)
+class Edges:
+    """A rank window within one chunk: keep ``lo <= bits < hi`` (None: unbounded).
+
+    ``split``: ``(value, first rank, count)`` of a boundary value whose equal entries in this
+    chunk straddle the window's edge; those are kept or dropped one by one, by rank.
+    """
+
+    lo: int | None
+    hi: int | None
+    split: tuple[tuple[int, int, int], ...] = ()
 
 
 def rank_window_mask(mags: torch.Tensor, lo: int, hi: int) -> torch.Tensor:

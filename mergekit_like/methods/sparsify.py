@@ -34,15 +34,17 @@ Rescaling the kept entries (``Trim.rescale``):
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
-from mergekit_like.methods.rank_select import RankWindow, rank_window_mask
+from mergekit_like.methods.rank_select import Edges, RankWindow, rank_window_mask
 from mergekit_like.methods.reductions import BlockSums
 
 if TYPE_CHECKING:
     import torch
 
+    from mergekit_like.methods.kernels import Rule, RulePost
     from mergekit_like.methods.spec import Draws
 
 TrimKind = Literal["magnitude", "outliers", "random", "della"]
@@ -210,16 +212,56 @@ class TrimState:
             if self.window is not None:
                 self.window.restart()
 
-    def apply(self, delta: torch.Tensor, start: int, *, inplace: bool = False) -> torch.Tensor:
+    def window_values(self) -> list[int]:
+        """The boundary magnitudes (bit patterns) whose equal entries a chunk must count
+        before :meth:`rule` (none unless the trim ranks within the tensor)."""
+        if self.window is None or not 0.0 < self.trim.density < 1.0:
+            return []
+        return self.window.boundary_values()
+
+    def rule(self, start: int, numel: int, counts: Sequence[int],
+             device: torch.device | str) -> Rule | Edges:
+        """The next chunk's trim as a :class:`~.kernels.Rule`, given how many of its entries
+        equal each of :meth:`window_values`; or, where a rank window's edge falls among
+        them (or the trim keeps by magnitude bounds or DELLA's ranks), the chunk's
+        :class:`~.rank_select.Edges` (possibly empty), for :meth:`apply`."""
+        from mergekit_like.methods.kernels import Rule
+
+        trim = self.trim
+        if trim.density >= 1.0:
+            return Rule("all")
+        if trim.density <= 0.0:
+            return Rule("zero")
+        edges = Edges(None, None)
+        if self.window is not None and self.window.boundary_values():
+            edges = self.window.edges(counts)
+        post: RulePost = "none"
+        if trim.rescale == "probability":
+            post = "divide"
+        elif self._l1 and self._scale is not None:
+            post = "scale"
+        if trim.kind == "random":
+            assert self.draws is not None
+            return Rule("random", p=trim.density, factor=self._scale or 1.0, post=post,
+                        draws=self.draws.take(start, start + numel, device))
+        if self.window is None or edges.split or post == "divide":
+            return edges
+        if self.window.lo >= self.window.hi:
+            return Rule("window", lo=0, hi=0, factor=self._scale or 1.0, post=post)
+        return Rule("window", lo=edges.lo, hi=edges.hi, factor=self._scale or 1.0, post=post)
+
+    def apply(self, delta: torch.Tensor, start: int, *, inplace: bool = False,
+              edges: Edges | None = None) -> torch.Tensor:
         """The next chunk trimmed and rescaled: a new tensor, or ``delta`` itself updated
-        with ``inplace``."""
+        with ``inplace``. ``edges``: the chunk's rank-window edges, when :meth:`rule` took
+        them already."""
         import torch
 
         if self.trim.density >= 1.0:
             return delta
         if self.trim.density <= 0.0:
             return delta.zero_() if inplace else torch.zeros_like(delta)
-        kept, prob = self._keep(delta, start, inplace=inplace)
+        kept, prob = self._keep(delta, start, inplace=inplace, edges=edges)
         if self.trim.rescale == "probability":
             if prob is None:
                 raise ValueError("rescaling by keep probability applies to random trims only")
@@ -229,7 +271,7 @@ class TrimState:
         return kept
 
     def _keep(self, delta: torch.Tensor, start: int, *, inplace: bool = False,
-              mags: torch.Tensor | None = None
+              mags: torch.Tensor | None = None, edges: Edges | None = None
               ) -> tuple[torch.Tensor, float | torch.Tensor | None]:
         """``delta * mask`` for the chunk, and the keep probability (random trims);
         ``mags``: ``delta.abs()`` when the caller has it already."""
@@ -244,7 +286,7 @@ class TrimState:
             draw = self.draws.take(start, start + delta.numel(), delta.device).view(delta.shape)
             mask = torch.lt(draw, prob, out=draw).to(delta.dtype)  # 1.0 kept, 0.0 dropped
         elif self.window is not None:
-            mask = self.window.mask(delta.abs() if mags is None else mags)
+            mask = self.window.mask(delta.abs() if mags is None else mags, edges)
         else:
             assert trim.bounds is not None
             mags = delta.abs() if mags is None else mags

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict
+
+from mergekit_like.methods.kernels import Kernels
 
 if TYPE_CHECKING:
     import torch
@@ -98,6 +100,9 @@ class TensorContext:
     ``stats`` and ``start``: when the executor merges a large tensor in row chunks, the
     method's :class:`TensorStats` (gathered over the whole tensor beforehand) and the flat
     index of the chunk's first entry. None: the method receives the whole tensor.
+
+    ``kernels``: whether the task-arithmetic family's passes run eagerly or compiled
+    (:mod:`mergekit_like.methods.kernels`); the bytes are the same either way.
     """
 
     name: str
@@ -105,6 +110,7 @@ class TensorContext:
     trim_bounds: tuple[tuple[float, float] | None, ...] | None = None
     stats: TensorStats | None = None
     start: int = 0
+    kernels: Kernels = field(default_factory=Kernels)
 
     def draws(self, model: int, numel: int) -> Draws:
         """The random draws of input ``model`` for this tensor of ``numel`` entries."""
@@ -155,6 +161,8 @@ class MergeMethod:
             merging a chunk: builds the :class:`TensorStats` the executor gathers over the
             chunks first. Given the whole tensor (``ctx.stats`` None), the method computes
             them itself, with the same bytes.
+        kernels: the method's passes run through :mod:`mergekit_like.methods.kernels`, so
+            compiling them (``--kernels``) speeds it up.
         min_models / max_models: how many ingredients (excluding a required base).
     """
 
@@ -166,6 +174,7 @@ class MergeMethod:
     base: Literal["required", "optional", "unused"] = "unused"
     elementwise: bool = False
     stats: StatsFactory | None = None
+    kernels: bool = False
     min_models: int = 1
     max_models: int | None = None
 
@@ -175,9 +184,9 @@ class MergeMethod:
         if self.base == "required":
             lines.append("    needs base_model")
         for label, model in (("global", self.params), ("per-model", self.model_params)):
-            for field, info in model.model_fields.items():
-                field = info.alias or field
+            for key, info in model.model_fields.items():
+                key = info.alias or key
                 default = "required" if info.is_required() else f"default {info.default!r}"
                 doc = f" - {info.description}" if info.description else ""
-                lines.append(f"    {label} {field} ({default}){doc}")
+                lines.append(f"    {label} {key} ({default}){doc}")
         return "\n".join(lines)

@@ -24,10 +24,12 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field
 
+from mergekit_like.methods.kernels import Consensus, Kernels, Rule, apply_rule
 from mergekit_like.methods.reductions import stable_sum
 from mergekit_like.methods.sparsify import RANDOM_TRIMS, Trim, TrimKind, TrimState, variance_mask
 from mergekit_like.methods.spec import Draws, MergeMethod, MethodParams, TensorContext
@@ -35,7 +37,6 @@ from mergekit_like.methods.spec import Draws, MergeMethod, MethodParams, TensorC
 if TYPE_CHECKING:
     import torch
 
-Consensus = Literal["sum", "count", "sum_unweighted"]
 
 
 def generalized_task_arithmetic(
@@ -50,6 +51,7 @@ def generalized_task_arithmetic(
     select_topk: float = 1.0,
     draws: Sequence[Draws | None] | None = None,
     start: int = 0,
+    kernels: Kernels | None = None,
 ) -> torch.Tensor:
     """Merge the task vectors ``x_i - base``; see the module docstring for the formula.
 
@@ -66,6 +68,8 @@ def generalized_task_arithmetic(
             :func:`~mergekit_like.methods.sparsify.variance_mask`).
         draws: each model's random draws, for random trims (``TensorContext.draws``).
         lambda_: a number, or a tensor broadcasting against ``base`` (model_stock).
+        kernels: run the passes eagerly (the default) or compiled (:mod:`.kernels`); the
+            bytes are the same.
 
     >>> import torch
     >>> base = torch.zeros(2)
@@ -73,64 +77,29 @@ def generalized_task_arithmetic(
     ...                             base, [1.0, 1.0], normalize=True)
     tensor([2., 0.])
     """
-    import torch
-
-    deltas = [x - base for x in tensors]
-    if trims is not None:
-        stats = trims if isinstance(trims, TaskVectorStats) else TaskVectorStats.whole(
-            trims, deltas, draws)
-        deltas = stats.apply(deltas, start, inplace=True)
-    if select_topk < 1.0:
-        selected = variance_mask(deltas, select_topk)
-        deltas = [d * selected for d in deltas]
-    if weights == "energy":
-        weights = energy_weights(deltas)
+    if kernels is None:
+        kernels = Kernels()
+    lam = lambda_ if isinstance(lambda_, float | int) else None
+    if weights == "energy" or select_topk < 1.0 or lam is None:  # SCE, model_stock
+        deltas = [x - base for x in tensors]
+        if trims is not None:
+            stats = trims if isinstance(trims, TaskVectorStats) else TaskVectorStats.whole(
+                trims, deltas, draws, kernels)
+            deltas = stats.apply(deltas, start, inplace=True)
+        if select_topk < 1.0:
+            selected = variance_mask(deltas, select_topk)
+            deltas = [d * selected for d in deltas]
+        if weights == "energy":
+            weights = energy_weights(deltas)
+        return kernels.mix_deltas(deltas, base, [float(w) for w in weights], lambda_,
+                                  consensus, normalize)
     weights = [float(w) for w in weights]
-    if consensus is None:
-        mixed = torch.zeros_like(base)
-        for w, d in zip(weights, deltas, strict=True):
-            mixed.add_(d, alpha=w)
-        total = sum(weights)
-        divisor: float | torch.Tensor = 1.0 if abs(total) < 1e-8 else total
-    else:  # disjoint merge: only the task vectors agreeing with the elected sign
-        elected = _elect(deltas, weights, consensus)
-        mixed, divisor = None, None
-        agree = torch.empty_like(base)
-        for w, d in zip(weights, deltas, strict=True):
-            torch.mul(d, elected, out=agree)  # then 1.0 where sign(w * d) == elected, d != 0
-            (torch.gt if w >= 0 else torch.lt)(agree, 0, out=agree)
-            d.mul_(agree)  # the task vectors are this function's own
-            mixed = d.mul_(w) if mixed is None else mixed.add_(d, alpha=w)
-            if normalize:
-                divisor = agree.mul(w) if divisor is None else divisor.add_(agree, alpha=w)
-        assert mixed is not None
-        if divisor is not None:  # no agreeing model: mixed is 0 there, divided by 1
-            if min(weights) > 0:  # every other divisor is at least the smallest weight
-                divisor.clamp_(min=min(weights))
-            else:
-                divisor.masked_fill_(divisor == 0, 1.0)
-    if normalize:
-        mixed.div_(divisor)
-    if not (isinstance(lambda_, float | int) and lambda_ == 1.0):
-        mixed.mul_(lambda_)
-    return mixed.add_(base)
-
-
-def _elect(deltas: list[torch.Tensor], weights: list[float],
-           consensus: Consensus) -> torch.Tensor:
-    """The elected sign (+1 or -1; ties go to +1) of every entry."""
-    import torch
-
-    total = torch.zeros_like(deltas[0])
-    for w, d in zip(weights, deltas, strict=True):
-        if consensus == "sum":
-            total.add_(d, alpha=w)
-        elif consensus == "sum_unweighted":
-            total.add_(d)
-        else:  # count: the signs of the weighted task vectors
-            total.add_(torch.sign(d), alpha=(w > 0) - (w < 0))
-    # +1 where total >= 0 (a total of -0.0 means every task vector is zero there: none agrees)
-    return torch.ones_like(total).copysign_(total)
+    if trims is None:
+        return kernels.trim_mix(tensors, base, [Rule("all")] * len(tensors), weights,
+                                float(lam), consensus, normalize)
+    if not isinstance(trims, TaskVectorStats):
+        trims = TaskVectorStats.whole(trims, [x - base for x in tensors], draws, kernels)
+    return trims.merge(tensors, base, start, weights, float(lam), consensus, normalize)
 
 
 class TaskVectorStats:
@@ -142,19 +111,23 @@ class TaskVectorStats:
     """
 
     def __init__(self, trims: Sequence[Trim | None], numel: int, width: int,
-                 draws: Sequence[Draws | None] | None = None) -> None:
+                 draws: Sequence[Draws | None] | None = None,
+                 kernels: Kernels | None = None) -> None:
         draws = draws if draws is not None else [None] * len(trims)
+        self.kernels = kernels if kernels is not None else Kernels()
         self.states = [None if t is None else TrimState(t, numel, width, d)
                        for t, d in zip(trims, draws, strict=True)]
         self.rounds = max((s.rounds for s in self.states if s is not None), default=0)
 
     @classmethod
     def whole(cls, trims: Sequence[Trim | None], deltas: Sequence[torch.Tensor],
-              draws: Sequence[Draws | None] | None) -> TaskVectorStats:
+              draws: Sequence[Draws | None] | None,
+              kernels: Kernels | None = None) -> TaskVectorStats:
         """Gathered from whole task vectors (the method got the whole tensor)."""
         import torch
 
-        stats = cls(trims, deltas[0].numel(), torch.finfo(deltas[0].dtype).bits, draws)
+        stats = cls(trims, deltas[0].numel(), torch.finfo(deltas[0].dtype).bits, draws,
+                    kernels)
         for round_ in range(stats.rounds):
             stats.observe_deltas(round_, deltas, 0)
             stats.finish(round_)
@@ -165,7 +138,12 @@ class TaskVectorStats:
         """Take the next chunk of the inputs (and base) into round ``round_``."""
         assert base is not None
         for x, state in zip(tensors, self.states, strict=True):
-            if state is not None and round_ < state.rounds:
+            if state is None or round_ >= state.rounds:
+                continue
+            if state.window is not None and round_ < state.window.rounds:
+                state.window.observe_digits(round_, x.numel(),
+                                            partial(self.kernels.radix_digits, x, base))
+            else:
                 state.observe(round_, x.sub(base), start)
 
     def observe_deltas(self, round_: int, deltas: Sequence[torch.Tensor], start: int) -> None:
@@ -179,6 +157,35 @@ class TaskVectorStats:
         for state in self.states:
             if state is not None and round_ < state.rounds:
                 state.finish(round_)
+
+    def merge(self, tensors: Sequence[torch.Tensor], base: torch.Tensor, start: int,
+              weights: Sequence[float], lambda_: float, consensus: Consensus | None,
+              normalize: bool) -> torch.Tensor:
+        """The next chunk merged: trimmed by the gathered statistics, then mixed.
+
+        Where every model's trim of the chunk is a :class:`~.kernels.Rule` (always, but in
+        the one chunk where a rank window's edge falls among equal magnitudes), the chunk
+        is one :meth:`~.kernels.Kernels.trim_mix`; else the trims are applied one by one.
+        """
+        values = [[] if s is None else s.window_values() for s in self.states]
+        counts: list[list[int]] = [[] for _ in values]
+        if any(values):
+            counts = self.kernels.count_equal(tensors, base, values)
+        plans = [Rule("all") if s is None else s.rule(start, base.numel(), c, base.device)
+                 for s, c in zip(self.states, counts, strict=True)]
+        rules = [p for p in plans if isinstance(p, Rule)]
+        if len(rules) == len(plans):
+            return self.kernels.trim_mix(tensors, base, rules, weights, lambda_, consensus,
+                                         normalize)
+        deltas = []
+        for x, state, plan in zip(tensors, self.states, plans, strict=True):
+            d = x - base
+            if isinstance(plan, Rule):
+                deltas.append(apply_rule(d, plan))
+            else:
+                assert state is not None
+                deltas.append(state.apply(d, start, inplace=True, edges=plan))
+        return self.kernels.mix_deltas(deltas, base, weights, lambda_, consensus, normalize)
 
     def apply(self, deltas: Sequence[torch.Tensor], start: int, *,
               inplace: bool = False) -> list[torch.Tensor]:
@@ -268,7 +275,8 @@ class TaskArithmeticFamily:
         if trims is None:
             return None
         numel = math.prod(shape)
-        return TaskVectorStats(trims, numel, width, self.draws(len(model_params), numel, ctx))
+        return TaskVectorStats(trims, numel, width, self.draws(len(model_params), numel, ctx),
+                               ctx.kernels)
 
     def __call__(self, tensors: Sequence[torch.Tensor], base: torch.Tensor | None,
                  model_params: Sequence[MethodParams], params: MethodParams,
@@ -283,7 +291,7 @@ class TaskArithmeticFamily:
             tensors, base, [getattr(p, "weight", 1.0) for p in model_params], trims,
             lambda_=getattr(params, "lambda_", 1.0), normalize=getattr(params, "normalize", False),
             consensus=self.consensus, draws=self.draws(len(tensors), base.numel(), ctx),
-            start=ctx.start,
+            start=ctx.start, kernels=ctx.kernels,
         )
 
 
@@ -291,7 +299,7 @@ def family_merge(trim: TrimKind | None = None, consensus: Consensus | None = Non
                  ) -> dict[str, Any]:
     """A family member's ``MergeMethod`` fields: merge, stats, and elementwise (row chunks)."""
     family = TaskArithmeticFamily(trim, consensus)
-    return {"merge": family, "stats": family.stats, "elementwise": True}
+    return {"merge": family, "stats": family.stats, "elementwise": True, "kernels": True}
 
 
 TASK_ARITHMETIC = MergeMethod(

@@ -1,0 +1,324 @@
+"""The task-arithmetic family's passes as single torch functions, run eagerly or fused.
+
+A TIES merge of one chunk is some forty elementwise torch operations: task vectors, their
+magnitudes, masks, the sign election, the disjoint sum. Eagerly, each one reads and writes
+the whole chunk. The same functions compiled by ``torch.compile`` (inductor) become one or
+two loops over the chunk, some ten times faster on a CPU (bench/RESULTS.md).
+
+Each pass is written once, here, as a pure function of tensors: :func:`mix_deltas` (weighting,
+sign election, disjoint sum, normalisation), :func:`trim_mix` (task vectors trimmed by a
+per-chunk :class:`Rule`, then mixed), :func:`radix_digits` and :func:`count_equal` (the
+statistics of a magnitude trim). :class:`Kernels` runs them either way. Every operation is
+an IEEE operation on float32 or float64 (no contraction into fused multiply-adds, no
+reassociated sums), so a compiled kernel gives the same bytes as the eager one; the tests
+check this. Half-precision compute dtypes always run eagerly: compiled code would keep the
+intermediates in float32.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+from mergekit_like.methods.rank_select import BINS, magnitude_bits
+
+if TYPE_CHECKING:
+    import torch
+
+KernelMode = Literal["eager", "compiled"]
+Consensus = Literal["sum", "count", "sum_unweighted"]
+RuleKind = Literal["all", "zero", "window", "random"]
+RulePost = Literal["none", "scale", "divide"]
+
+
+@dataclass(frozen=True)
+class Rule:
+    """How one model's task vector is trimmed in one chunk, without looking at positions.
+
+    ``kind``: ``"all"`` keeps every entry, ``"zero"`` none (exact zeros), ``"window"`` the
+    entries with ``lo <= bits(|d|) < hi`` (either bound may be None: unbounded), ``"random"``
+    those whose draw is below ``p``. ``post``: then multiply by ``factor`` (``"scale"``,
+    an L1 rescale) or divide by ``p`` (``"divide"``, rescaling by keep probability).
+    """
+
+    kind: RuleKind
+    lo: int | None = None
+    hi: int | None = None
+    p: float = 1.0
+    factor: float = 1.0
+    post: RulePost = "none"
+    draws: torch.Tensor | None = field(default=None, compare=False, repr=False)
+
+
+def mix_deltas(deltas: Sequence[torch.Tensor], base: torch.Tensor, weights: torch.Tensor,
+               lambda_: torch.Tensor, consensus: Consensus | None,
+               normalize: bool) -> torch.Tensor:
+    """``base + lambda * mixed`` of (trimmed) task vectors; see :mod:`.task_arithmetic`.
+
+    ``weights``: one per model, in the compute dtype. Without ``consensus`` every entry is
+    mixed: ``sum_i w_i d_i``, divided by ``sum_i w_i`` with ``normalize`` (by 1 when that sum
+    is below 1e-8 in magnitude). With it, the sign of each entry is elected (ties and all-zero
+    entries go to +1 and -1 respectively, by ``copysign``) and only the task vectors agreeing
+    with it are summed, divided with ``normalize`` by the sum of the agreeing weights (the
+    smallest weight where none agrees and every weight is positive, else 1).
+    """
+    import torch
+
+    if consensus is None:
+        mixed = deltas[0] * weights[0]
+        for i in range(1, len(deltas)):
+            mixed = mixed + deltas[i] * weights[i]
+        if normalize:
+            total = weights.sum()
+            mixed = mixed / torch.where(total.abs() < 1e-8, torch.ones_like(total), total)
+        return mixed * lambda_ + base
+    total = None
+    for i, d in enumerate(deltas):
+        if consensus == "sum":
+            term = d * weights[i]
+        elif consensus == "sum_unweighted":
+            term = d
+        else:  # count: the signs of the weighted task vectors
+            term = torch.sign(d) * torch.sign(weights[i])
+        total = term if total is None else total + term
+    assert total is not None
+    elected = torch.ones_like(total).copysign(total)
+    mixed = divisor = None
+    for i, d in enumerate(deltas):
+        agrees = d * elected
+        agree = torch.where(weights[i] >= 0, agrees > 0, agrees < 0).to(d.dtype)
+        term = d * agree * weights[i]
+        mixed = term if mixed is None else mixed + term
+        if normalize:
+            share = agree * weights[i]
+            divisor = share if divisor is None else divisor + share
+    assert mixed is not None
+    if divisor is not None:  # no agreeing model: mixed is 0 there, divided as said above
+        low = weights.min()
+        divisor = torch.where(low > 0, torch.maximum(divisor, low),
+                              torch.where(divisor == 0, torch.ones_like(divisor), divisor))
+        mixed = mixed / divisor
+    return mixed * lambda_ + base
+
+
+def trimmed(d: torch.Tensor, kind: RuleKind, post: RulePost, bounds: torch.Tensor,
+            has_lo: bool, has_hi: bool, p: torch.Tensor, factor: torch.Tensor,
+            draws: torch.Tensor | None) -> torch.Tensor:
+    """One task vector trimmed by a rule (:class:`Rule`; thresholds in ``bounds``)."""
+    import torch
+
+    if kind == "zero":
+        return torch.zeros_like(d)
+    if kind == "window":
+        bits = magnitude_bits(d.abs())
+        keep = None
+        if has_lo:
+            keep = bits >= bounds[0]
+        if has_hi:
+            below = bits < bounds[1]
+            keep = below if keep is None else keep & below
+        if keep is not None:
+            d = d * keep.to(d.dtype)
+    elif kind == "random":
+        assert draws is not None
+        d = d * (draws < p).to(d.dtype)
+    if post == "scale":
+        d = d * factor
+    elif post == "divide":
+        d = d / p
+    return d
+
+
+def trim_mix(xs: Sequence[torch.Tensor], base: torch.Tensor,
+             shape: tuple[tuple[RuleKind, RulePost, bool, bool], ...],
+             bounds: torch.Tensor, ps: torch.Tensor, factors: torch.Tensor,
+             draws: Sequence[torch.Tensor | None], weights: torch.Tensor,
+             lambda_: torch.Tensor, consensus: Consensus | None,
+             normalize: bool) -> torch.Tensor:
+    """:func:`mix_deltas` of the task vectors ``x_i - base``, each trimmed by its rule.
+
+    ``shape``: per model, ``(kind, post, has_lo, has_hi)`` (the static part of its
+    :class:`Rule`); ``bounds`` (n, 2), ``ps`` and ``factors`` (n) its numbers.
+    """
+    deltas = []
+    for i, x in enumerate(xs):
+        kind, post, has_lo, has_hi = shape[i]
+        deltas.append(trimmed(x - base, kind, post, bounds[i], has_lo, has_hi, ps[i],
+                              factors[i], draws[i]))
+    return mix_deltas(deltas, base, weights, lambda_, consensus, normalize)
+
+
+def rule_numbers(rules: Sequence[Rule], dtype: torch.dtype, device: torch.device | str
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The numbers of ``rules`` as tensors: bounds (n, 2) as magnitude bits, ``p`` and
+    factors (n) in ``dtype``."""
+    import torch
+
+    bits = torch.int64 if dtype == torch.float64 else torch.int32
+    bounds = torch.tensor([[r.lo or 0, r.hi or 0] for r in rules], dtype=bits)
+    ps = torch.tensor([r.p for r in rules], dtype=dtype)
+    factors = torch.tensor([r.factor for r in rules], dtype=dtype)
+    return bounds.to(device), ps.to(device), factors.to(device)
+
+
+def apply_rule(d: torch.Tensor, rule: Rule) -> torch.Tensor:
+    """One task vector trimmed by ``rule``, eagerly (as :func:`trim_mix` does it)."""
+    bounds, ps, factors = rule_numbers([rule], d.dtype, d.device)
+    return trimmed(d, rule.kind, rule.post, bounds[0], rule.lo is not None,
+                   rule.hi is not None, ps[0], factors[0],
+                   None if rule.draws is None else rule.draws.view(d.shape))
+
+
+def radix_digits(x: torch.Tensor, base: torch.Tensor, shift: int,
+                 prefix: torch.Tensor | None) -> torch.Tensor:
+    """The 16-bit digit at ``shift`` of each ``bits(|x - base|)``, as int32 in ``[0, BINS)``;
+    with ``prefix``, entries whose higher bits differ from it get ``BINS`` instead."""
+    import torch
+
+    bits = magnitude_bits((x - base).abs())
+    digits = ((bits >> shift) & (BINS - 1)).to(torch.int32)
+    if prefix is None:
+        return digits
+    return torch.where((bits >> (shift + 16)) == prefix, digits, BINS)
+
+
+def count_equal(xs: Sequence[torch.Tensor], base: torch.Tensor,
+                values: Sequence[torch.Tensor]) -> torch.Tensor:
+    """How many entries of each ``bits(|x_i - base|)`` equal each of ``values[i]`` (a 1-D
+    integer tensor per model); the counts of all models, concatenated."""
+    import torch
+
+    counts = []
+    for x, vals in zip(xs, values, strict=True):
+        bits = magnitude_bits((x - base).abs()).reshape(-1, 1)
+        counts.append((bits == vals.reshape(1, -1)).sum(0))
+    return torch.cat(counts)
+
+
+COMPILE_MIN_ENTRIES = 1 << 30
+"""``auto`` compiles only for merges reading at least this many entries through the family's
+passes: below it, compiling (seconds to tens of seconds on a first run) costs more than it
+saves."""
+
+
+def choose_mode(requested: Literal["auto", "eager", "compiled"], device: str,
+                entries: int) -> KernelMode:
+    """The kernel mode of a run: ``requested``, with ``auto`` resolved.
+
+    ``auto`` compiles on CPU when a C++ compiler is found and the merge reads at least
+    :data:`COMPILE_MIN_ENTRIES` entries through the family's passes; eagerly otherwise
+    (GPUs run the eager passes fast).
+    """
+    if requested != "auto":
+        return requested
+    if not device.startswith("cpu") or entries < COMPILE_MIN_ENTRIES:
+        return "eager"
+    import os
+    import shutil
+
+    compiler = os.environ.get("CXX") or shutil.which("g++") or shutil.which("clang++")
+    return "compiled" if compiler else "eager"
+
+
+@dataclass(frozen=True)
+class Kernels:
+    """Runs this module's passes eagerly, or compiled by ``torch.compile`` (``mode``).
+
+    A compiled pass is traced once per structure (number of models, rule kinds) and then
+    reused for every chunk size (``dynamic=True``); the code is cached on disk by inductor,
+    so a later run starts faster. Half-precision inputs always run eagerly.
+    """
+
+    mode: KernelMode = "eager"
+    _compiled: dict[str, Callable[..., Any]] = field(default_factory=dict, compare=False,
+                                                     repr=False)
+
+    def fused(self, dtype: torch.dtype) -> bool:
+        """Whether passes over tensors of ``dtype`` run compiled."""
+        import torch
+
+        return self.mode == "compiled" and dtype in (torch.float32, torch.float64)
+
+    def _get(self, fn: Callable[..., Any], dtype: torch.dtype) -> Callable[..., Any]:
+        if not self.fused(dtype):
+            return fn
+        compiled = self._compiled.get(fn.__name__)
+        if compiled is None:
+            compiled = self._compiled[fn.__name__] = self._compile(fn)
+        return compiled
+
+    def _compile(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        """``fn`` compiled; should compiling fail (no working C++ toolchain), ``fn`` itself
+        from then on, with one warning: the bytes are the same, only slower."""
+        import sys
+
+        import torch
+
+        compiled = torch.compile(fn, dynamic=True)
+
+        def run(*args: Any) -> Any:
+            if self._compiled.get(fn.__name__) is fn:
+                return fn(*args)
+            try:
+                return compiled(*args)
+            except Exception as exc:
+                if not type(exc).__module__.startswith(("torch._dynamo", "torch._inductor")):
+                    raise
+                self._compiled[fn.__name__] = fn
+                print(f"warning: compiling the merge kernels failed ({type(exc).__name__}); "
+                      "merging with eager torch instead (same bytes, slower)", file=sys.stderr)
+                return fn(*args)
+
+        return run
+
+    def trim_mix(self, xs: Sequence[torch.Tensor], base: torch.Tensor, rules: Sequence[Rule],
+                 weights: Sequence[float], lambda_: float, consensus: Consensus | None,
+                 normalize: bool) -> torch.Tensor:
+        """:func:`trim_mix` with each model's :class:`Rule`."""
+        import torch
+
+        shape = tuple((r.kind, r.post, r.lo is not None, r.hi is not None) for r in rules)
+        bounds, ps, factors = rule_numbers(rules, base.dtype, base.device)
+        w = torch.tensor(list(weights), dtype=base.dtype, device=base.device)
+        lam = torch.tensor(lambda_, dtype=base.dtype, device=base.device)
+        fn = self._get(trim_mix, base.dtype)
+        return fn([x.reshape(-1) for x in xs], base.reshape(-1), shape, bounds, ps, factors,
+                  [None if r.draws is None else r.draws.reshape(-1) for r in rules],
+                  w, lam, consensus, normalize).view(base.shape)
+
+    def mix_deltas(self, deltas: Sequence[torch.Tensor], base: torch.Tensor,
+                   weights: Sequence[float], lambda_: float | torch.Tensor,
+                   consensus: Consensus | None, normalize: bool) -> torch.Tensor:
+        """:func:`mix_deltas` with the weights (and a scalar lambda) as numbers."""
+        import torch
+
+        w = torch.tensor(list(weights), dtype=base.dtype, device=base.device)
+        lam = (lambda_ if isinstance(lambda_, torch.Tensor)
+               else torch.tensor(float(lambda_), dtype=base.dtype, device=base.device))
+        fn = self._get(mix_deltas, base.dtype) if lam.dim() == 0 else mix_deltas
+        return fn(deltas, base, w, lam, consensus, normalize)
+
+    def radix_digits(self, x: torch.Tensor, base: torch.Tensor, shift: int,
+                     prefix: int | None) -> torch.Tensor:
+        """:func:`radix_digits` of flat tensors."""
+        import torch
+
+        bits = torch.int64 if base.dtype == torch.float64 else torch.int32
+        pre = None if prefix is None else torch.tensor(prefix, dtype=bits, device=base.device)
+        return self._get(radix_digits, base.dtype)(x.reshape(-1), base.reshape(-1), shift, pre)
+
+    def count_equal(self, xs: Sequence[torch.Tensor], base: torch.Tensor,
+                    values: Sequence[Sequence[int]]) -> list[list[int]]:
+        """:func:`count_equal`, per model a list of counts."""
+        import torch
+
+        bits = torch.int64 if base.dtype == torch.float64 else torch.int32
+        vals = [torch.tensor(list(v), dtype=bits, device=base.device) for v in values]
+        flat = self._get(count_equal, base.dtype)(
+            [x.reshape(-1) for x in xs], base.reshape(-1), vals).tolist()
+        out, at = [], 0
+        for v in values:
+            out.append(flat[at:at + len(v)])
+            at += len(v)
+        return out
