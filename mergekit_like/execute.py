@@ -247,10 +247,16 @@ def execute(
     gathering: dict[str, TensorStats | None] = {}  # stats of the tensor being chunked
     trim_heap = HeapTrimmer()
 
-    def load(step: Step) -> Inputs:
+    def wanted(step: Step) -> bool:  # a statistics pass the method still needs
+        stats = gathering.get(step.pt.name)
+        return step.round < 0 or stats is None or stats.wants(step.round)
+
+    def load(step: Step) -> Inputs | None:
+        if not wanted(step):  # read on the I/O thread: at worst, read in vain
+            return None
         return _load(plan, step, reader, compute, options.device)
 
-    def run(step: Step, inputs: Inputs) -> torch.Tensor | None:
+    def run(step: Step, inputs: Inputs | None) -> torch.Tensor | None:
         pt = step.pt
         chunked = step.rows is not None and step.rows != (0, pt.shape[0])
         if chunked and pt.name not in gathering:
@@ -258,6 +264,9 @@ def execute(
         stats = gathering.get(pt.name)
         if step.round >= 0:  # a statistics pass: nothing to write
             assert stats is not None
+            if not stats.wants(step.round):
+                return None
+            assert inputs is not None
             try:
                 stats.observe(step.round, *inputs, step.start)
                 if step.last:
@@ -266,6 +275,7 @@ def execute(
                 raise MergeError(f"tensor {pt.name!r}: merge method {pt.method!r} failed: "
                                  f"{str(exc).splitlines()[0]}") from None
             return None
+        assert inputs is not None
         out = _merge(plan, step, inputs, context(pt, stats, step.start),
                      options.allow_nonfinite)
         if step.last:

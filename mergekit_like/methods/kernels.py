@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
-from mergekit_like.methods.rank_select import BINS, magnitude_bits
+from mergekit_like.methods.rank_select import bit_digits, magnitude_bits
 
 if TYPE_CHECKING:
     import torch
@@ -34,12 +34,15 @@ RulePost = Literal["none", "scale", "divide"]
 
 @dataclass(frozen=True)
 class Rule:
-    """How one model's task vector is trimmed in one chunk, without looking at positions.
+    """How one model's task vector is trimmed in one chunk.
 
     ``kind``: ``"all"`` keeps every entry, ``"zero"`` none (exact zeros), ``"window"`` the
-    entries with ``lo <= bits(|d|) < hi`` (either bound may be None: unbounded), ``"random"``
-    those whose draw is below ``p``. ``post``: then multiply by ``factor`` (``"scale"``,
-    an L1 rescale) or divide by ``p`` (``"divide"``, rescaling by keep probability).
+    entries with ``lo <= bits(|d|) < hi`` (either bound may be None: unbounded) and, for
+    each ``(value, first, stop)`` of ``spans``, those with ``bits(|d|) == value`` at flat
+    positions ``first <= i < stop`` of the chunk (where a rank window's edge falls among
+    equal magnitudes); ``"random"`` those whose draw is below ``p``. ``post``: then multiply
+    by ``factor`` (``"scale"``, an L1 rescale) or divide by ``p`` (``"divide"``, rescaling by
+    keep probability).
     """
 
     kind: RuleKind
@@ -48,6 +51,7 @@ class Rule:
     p: float = 1.0
     factor: float = 1.0
     post: RulePost = "none"
+    spans: tuple[tuple[int, int, int], ...] = ()
     draws: torch.Tensor | None = field(default=None, compare=False, repr=False)
 
 
@@ -102,10 +106,13 @@ def mix_deltas(deltas: Sequence[torch.Tensor], base: torch.Tensor, weights: torc
     return mixed * lambda_ + base
 
 
-def trimmed(d: torch.Tensor, kind: RuleKind, post: RulePost, bounds: torch.Tensor,
-            has_lo: bool, has_hi: bool, p: torch.Tensor, factor: torch.Tensor,
+def trimmed(d: torch.Tensor, kind: RuleKind, post: RulePost, has_lo: bool, has_hi: bool,
+            n_spans: int, bounds: torch.Tensor, span_values: torch.Tensor,
+            span_places: torch.Tensor, p: torch.Tensor, factor: torch.Tensor,
             draws: torch.Tensor | None) -> torch.Tensor:
-    """One task vector trimmed by a rule (:class:`Rule`; thresholds in ``bounds``)."""
+    """One flat task vector trimmed by a rule (:class:`Rule`): its thresholds in ``bounds``
+    (2), its spans' values in ``span_values`` (2) and their positions in ``span_places``
+    (2, 2)."""
     import torch
 
     if kind == "zero":
@@ -118,6 +125,12 @@ def trimmed(d: torch.Tensor, kind: RuleKind, post: RulePost, bounds: torch.Tenso
         if has_hi:
             below = bits < bounds[1]
             keep = below if keep is None else keep & below
+        if n_spans:
+            where = torch.arange(d.numel(), device=d.device)
+            for k in range(n_spans):
+                span = ((bits == span_values[k]) & (where >= span_places[k, 0])
+                        & (where < span_places[k, 1]))
+                keep = span if keep is None else keep | span
         if keep is not None:
             d = d * keep.to(d.dtype)
     elif kind == "random":
@@ -130,57 +143,66 @@ def trimmed(d: torch.Tensor, kind: RuleKind, post: RulePost, bounds: torch.Tenso
     return d
 
 
-def trim_mix(xs: Sequence[torch.Tensor], base: torch.Tensor,
-             shape: tuple[tuple[RuleKind, RulePost, bool, bool], ...],
-             bounds: torch.Tensor, ps: torch.Tensor, factors: torch.Tensor,
-             draws: Sequence[torch.Tensor | None], weights: torch.Tensor,
-             lambda_: torch.Tensor, consensus: Consensus | None,
+def trim_mix(xs: Sequence[torch.Tensor], base: torch.Tensor, shape: tuple[RuleShape, ...],
+             numbers: RuleNumbers, draws: Sequence[torch.Tensor | None],
+             weights: torch.Tensor, lambda_: torch.Tensor, consensus: Consensus | None,
              normalize: bool) -> torch.Tensor:
-    """:func:`mix_deltas` of the task vectors ``x_i - base``, each trimmed by its rule.
+    """:func:`mix_deltas` of the flat task vectors ``x_i - base``, each trimmed by its rule.
 
-    ``shape``: per model, ``(kind, post, has_lo, has_hi)`` (the static part of its
-    :class:`Rule`); ``bounds`` (n, 2), ``ps`` and ``factors`` (n) its numbers.
+    ``shape``: per model, the static part of its :class:`Rule` (:func:`rule_shape`);
+    ``numbers``: the rules' numbers as tensors (:func:`rule_numbers`).
     """
+    bounds, span_values, span_places, ps, factors = numbers
     deltas = []
     for i, x in enumerate(xs):
-        kind, post, has_lo, has_hi = shape[i]
-        deltas.append(trimmed(x - base, kind, post, bounds[i], has_lo, has_hi, ps[i],
-                              factors[i], draws[i]))
+        deltas.append(trimmed(x - base, *shape[i], bounds[i], span_values[i], span_places[i],
+                              ps[i], factors[i], draws[i]))
     return mix_deltas(deltas, base, weights, lambda_, consensus, normalize)
 
 
-def rule_numbers(rules: Sequence[Rule], dtype: torch.dtype, device: torch.device | str
-                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The numbers of ``rules`` as tensors: bounds (n, 2) as magnitude bits, ``p`` and
-    factors (n) in ``dtype``."""
+RuleShape = tuple[RuleKind, RulePost, bool, bool, int]
+RuleNumbers = tuple["torch.Tensor", "torch.Tensor", "torch.Tensor", "torch.Tensor",
+                    "torch.Tensor"]
+
+
+def rule_shape(rule: Rule, pad: bool = False) -> RuleShape:
+    """The static part of ``rule``: kind, post, whether it has each bound, its spans.
+
+    ``pad``: a window always has two spans (the missing ones empty), so that compiled code
+    is traced once for all the chunks of a tensor, with the same bytes.
+    """
+    spans = 2 if pad and rule.kind == "window" else len(rule.spans)
+    return rule.kind, rule.post, rule.lo is not None, rule.hi is not None, spans
+
+
+def rule_numbers(rules: Sequence[Rule], dtype: torch.dtype,
+                 device: torch.device | str) -> RuleNumbers:
+    """The numbers of ``rules`` as tensors: bounds (n, 2) and span values (n, 2) as
+    magnitude bits, span positions (n, 2, 2), ``p`` and factors (n) in ``dtype``."""
     import torch
 
     bits = torch.int64 if dtype == torch.float64 else torch.int32
-    bounds = torch.tensor([[r.lo or 0, r.hi or 0] for r in rules], dtype=bits)
-    ps = torch.tensor([r.p for r in rules], dtype=dtype)
-    factors = torch.tensor([r.factor for r in rules], dtype=dtype)
-    return bounds.to(device), ps.to(device), factors.to(device)
+    spans = [[*r.spans, *[(0, 0, 0)] * (2 - len(r.spans))] for r in rules]
+    return (torch.tensor([[r.lo or 0, r.hi or 0] for r in rules], dtype=bits, device=device),
+            torch.tensor([[v for v, _, _ in s] for s in spans], dtype=bits, device=device),
+            torch.tensor([[[a, b] for _, a, b in s] for s in spans], dtype=torch.int64,
+                         device=device),
+            torch.tensor([r.p for r in rules], dtype=dtype, device=device),
+            torch.tensor([r.factor for r in rules], dtype=dtype, device=device))
 
 
 def apply_rule(d: torch.Tensor, rule: Rule) -> torch.Tensor:
     """One task vector trimmed by ``rule``, eagerly (as :func:`trim_mix` does it)."""
-    bounds, ps, factors = rule_numbers([rule], d.dtype, d.device)
-    return trimmed(d, rule.kind, rule.post, bounds[0], rule.lo is not None,
-                   rule.hi is not None, ps[0], factors[0],
-                   None if rule.draws is None else rule.draws.view(d.shape))
+    bounds, values, places, ps, factors = rule_numbers([rule], d.dtype, d.device)
+    return trimmed(d.reshape(-1), *rule_shape(rule), bounds[0], values[0], places[0], ps[0],
+                   factors[0], None if rule.draws is None else rule.draws.reshape(-1)
+                   ).view(d.shape)
 
 
-def radix_digits(x: torch.Tensor, base: torch.Tensor, shift: int,
-                 prefix: torch.Tensor | None) -> torch.Tensor:
-    """The 16-bit digit at ``shift`` of each ``bits(|x - base|)``, as int32 in ``[0, BINS)``;
-    with ``prefix``, entries whose higher bits differ from it get ``BINS`` instead."""
-    import torch
-
-    bits = magnitude_bits((x - base).abs())
-    digits = ((bits >> shift) & (BINS - 1)).to(torch.int32)
-    if prefix is None:
-        return digits
-    return torch.where((bits >> (shift + 16)) == prefix, digits, BINS)
+def radix_digits(x: torch.Tensor, base: torch.Tensor, shift: int, prefix: torch.Tensor | None,
+                 guesses: torch.Tensor | None) -> torch.Tensor:
+    """:func:`~.rank_select.bit_digits` of ``bits(|x - base|)``."""
+    return bit_digits(magnitude_bits((x - base).abs()), shift, prefix, guesses)
 
 
 def count_equal(xs: Sequence[torch.Tensor], base: torch.Tensor,
@@ -278,12 +300,12 @@ class Kernels:
         """:func:`trim_mix` with each model's :class:`Rule`."""
         import torch
 
-        shape = tuple((r.kind, r.post, r.lo is not None, r.hi is not None) for r in rules)
-        bounds, ps, factors = rule_numbers(rules, base.dtype, base.device)
+        shape = tuple(rule_shape(r, pad=self.fused(base.dtype)) for r in rules)
+        numbers = rule_numbers(rules, base.dtype, base.device)
         w = torch.tensor(list(weights), dtype=base.dtype, device=base.device)
         lam = torch.tensor(lambda_, dtype=base.dtype, device=base.device)
         fn = self._get(trim_mix, base.dtype)
-        return fn([x.reshape(-1) for x in xs], base.reshape(-1), shape, bounds, ps, factors,
+        return fn([x.reshape(-1) for x in xs], base.reshape(-1), shape, numbers,
                   [None if r.draws is None else r.draws.reshape(-1) for r in rules],
                   w, lam, consensus, normalize).view(base.shape)
 
@@ -300,13 +322,16 @@ class Kernels:
         return fn(deltas, base, w, lam, consensus, normalize)
 
     def radix_digits(self, x: torch.Tensor, base: torch.Tensor, shift: int,
-                     prefix: int | None) -> torch.Tensor:
-        """:func:`radix_digits` of flat tensors."""
+                     prefix: int | None, guesses: tuple[int, ...]) -> torch.Tensor:
+        """:func:`radix_digits` of flat tensors (a :data:`~.rank_select.Digits`)."""
         import torch
 
         bits = torch.int64 if base.dtype == torch.float64 else torch.int32
         pre = None if prefix is None else torch.tensor(prefix, dtype=bits, device=base.device)
-        return self._get(radix_digits, base.dtype)(x.reshape(-1), base.reshape(-1), shift, pre)
+        guess = (torch.tensor(guesses, dtype=torch.int32, device=base.device) if guesses
+                 else None)
+        return self._get(radix_digits, base.dtype)(x.reshape(-1), base.reshape(-1), shift,
+                                                   pre, guess)
 
     def count_equal(self, xs: Sequence[torch.Tensor], base: torch.Tensor,
                     values: Sequence[Sequence[int]]) -> list[list[int]]:

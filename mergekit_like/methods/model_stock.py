@@ -86,6 +86,10 @@ class ModelStockStats:
                       for i in range(n_models) for j in range(i + 1, n_models)}
         self.t: torch.Tensor | None = None
 
+    def wants(self, round_: int) -> bool:
+        """Every round is needed."""
+        return True
+
     def observe(self, round_: int, tensors: Sequence[torch.Tensor], base: torch.Tensor | None,
                 start: int) -> None:
         assert base is not None

@@ -46,6 +46,15 @@ def magnitude_bits(mags: torch.Tensor) -> torch.Tensor:
     return bits.to(torch.int32) if width == 16 else bits
 
 
+def counts(digits: torch.Tensor, bins: int) -> torch.Tensor:
+    """How often each of ``bins`` values occurs among ``digits`` (int64)."""
+    import torch
+
+    hist = torch.zeros(bins, dtype=torch.int64, device=digits.device)
+    add_counts(hist, digits)
+    return hist
+
+
 def add_counts(hist: torch.Tensor, digits: torch.Tensor) -> None:
     """Add how often each of ``hist``'s bins occurs among ``digits`` into ``hist`` (int64)."""
     import torch
@@ -61,21 +70,65 @@ def radix_rounds(width: int) -> int:
     return width // DIGIT
 
 
+def bit_digits(bits: torch.Tensor, shift: int, prefix: torch.Tensor | None = None,
+               guesses: torch.Tensor | None = None) -> torch.Tensor:
+    """The 16-bit digits at ``shift`` of non-negative ``bits``, as int32 (a radix round).
+
+    ``prefix``: entries whose bits above the digit differ from it get ``BINS`` instead.
+    ``guesses`` (a first round): entries whose digit equals ``guesses[k]`` get
+    ``BINS * (k + 1)`` plus their next 16-bit digit instead, so that one histogram of
+    ``BINS * (1 + len(guesses))`` bins also holds the next round's histogram of each
+    guessed bin.
+    """
+    import torch
+
+    digits = ((bits >> shift) & (BINS - 1)).to(torch.int32)
+    if prefix is not None:
+        return torch.where((bits >> (shift + DIGIT)) == prefix, digits, BINS)
+    if guesses is not None:
+        low = ((bits >> (shift - DIGIT)) & (BINS - 1)).to(torch.int32)
+        for k in range(guesses.numel()):
+            digits = torch.where(digits == guesses[k], low + BINS * (k + 1), digits)
+    return digits
+
+
+Digits = Callable[[int, "int | None", "tuple[int, ...]"], "torch.Tensor"]
+"""``digits(shift, prefix, guesses)``: a chunk's :func:`bit_digits` (prefix and guesses as
+numbers; no guesses: ``()``)."""
+
+
 class _Target:
     """The search for the value at one rank: the bits found so far and the ranks below."""
 
     def __init__(self, rank: int) -> None:
         self.rank = rank
-        self.prefix = -1  # -1: no bits yet
+        self.prefix = 0  # the digits found so far
         self.below = 0  # entries known to lie below the prefix
+        self.round = 0  # digits found so far
+
+    def descend(self, hist: torch.Tensor) -> None:
+        """Take the next digit: the bin of ``hist`` (counts under the prefix) holding the rank."""
+        import torch
+
+        cum = hist.cumsum(0)
+        left = self.rank - self.below
+        digit = int(torch.searchsorted(cum, torch.tensor(left, dtype=cum.dtype), right=True))
+        self.below += int(cum[digit]) - int(hist[digit])
+        self.prefix = (self.prefix << DIGIT) | digit
+        self.round += 1
 
 
 class RankWindow:
     """Keep the entries ranked ``[lo, hi)`` by ``(magnitude, position)`` of ``numel`` entries.
 
-    Use: for each round in ``range(rounds)``, :meth:`observe` every chunk of magnitudes in
-    order, then :meth:`finish` the round; then :meth:`mask` each chunk in order (again after
-    :meth:`restart`, for another pass over the chunks).
+    Use: for each round in ``range(rounds)`` that :meth:`wants`, :meth:`observe` every chunk
+    of magnitudes in order, then :meth:`finish` the round; then :meth:`mask` each chunk in
+    order (again after :meth:`restart`, for another pass over the chunks).
+
+    The first round also guesses, from the first chunk, which of its bins will hold each
+    window boundary, and counts the next digits of those bins as it goes. A guess that
+    proves right settles the second round too, which is then not wanted. Guessing from the
+    whole tensor (one chunk) is always right.
     """
 
     def __init__(self, numel: int, lo: int, hi: int, width: int) -> None:
@@ -89,39 +142,53 @@ class RankWindow:
         self.rounds = radix_rounds(width) if self._targets else 0
         self._seen_round = 0
         self._hists: dict[int, torch.Tensor] = {}  # this round's histogram per prefix
+        self._guesses: tuple[int, ...] | None = None  # the first round's guessed bins
         self._bounds: list[tuple[int, int]] = []  # (value bits, entries below it), ascending
         self._equal_seen: dict[int, int] = {}
 
+    def wants(self, round_: int) -> bool:
+        """Whether round ``round_`` may still be needed: once it is not (a right guess
+        settles the second), it stays so."""
+        return any(t.round <= round_ for t in self._targets.values())
+
     def observe(self, round_: int, mags: torch.Tensor) -> None:
         """Count the next chunk's magnitudes into round ``round_``'s histograms."""
+        import torch
+
         bits = magnitude_bits(mags.reshape(-1))
 
-        def digits(shift: int, prefix: int | None) -> torch.Tensor:
-            sel = bits if prefix is None else bits[bits >> (shift + DIGIT) == prefix]
-            return (sel >> shift) & (BINS - 1)
+        def digits(shift: int, prefix: int | None, guesses: tuple[int, ...]) -> torch.Tensor:
+            return bit_digits(bits, shift, None if prefix is None else torch.tensor(prefix),
+                              torch.tensor(guesses, dtype=torch.int32) if guesses else None)
 
         self.observe_digits(round_, bits.numel(), digits)
 
-    def observe_digits(self, round_: int, numel: int,
-                       digits: Callable[[int, int | None], torch.Tensor]) -> None:
-        """Like :meth:`observe`, for a chunk of ``numel`` magnitudes seen through ``digits``.
+    def observe_digits(self, round_: int, numel: int, digits: Digits) -> None:
+        """Like :meth:`observe`, for a chunk of ``numel`` magnitudes seen through ``digits``
+        (:data:`Digits`, computed from the magnitudes however the caller likes)."""
+        shift = self.width - DIGIT * (round_ + 1)
+        if round_ > 0:
+            for prefix in {t.prefix for t in self._targets.values() if t.round == round_}:
+                self._count(prefix, digits(shift, prefix, ()), BINS + 1)
+            return
+        self._seen_round += numel
+        if self._guesses is None:
+            self._guesses = ()
+            if self.rounds > 1:  # guess from this chunk where each boundary falls
+                cum = counts(digits(shift, None, ()), BINS).cumsum(0)
+                spots = [min(BINS - 1, int((cum <= t.rank * numel // self.numel).sum()))
+                         for t in self._targets.values()]
+                self._guesses = tuple(sorted(set(spots)))
+        self._count(-1, digits(shift, None, self._guesses), BINS * (1 + len(self._guesses)))
 
-        ``digits(shift, prefix)``: the 16-bit digits at ``shift`` of the chunk's magnitude
-        bits; with ``prefix`` (all rounds after the first), those of the entries whose bits
-        above the digit equal ``prefix``, the others left out or given as ``BINS``.
-        """
+    def _count(self, prefix: int, digits: torch.Tensor, bins: int) -> None:
         import torch
 
-        if round_ == 0:
-            self._seen_round += numel
-        shift = self.width - DIGIT * (round_ + 1)
-        for prefix in {t.prefix for t in self._targets.values()}:
-            found = digits(shift, prefix if round_ else None)
-            hist = self._hists.get(prefix)
-            if hist is None:  # one buffer per round, added into chunk after chunk
-                hist = self._hists[prefix] = torch.zeros(BINS + 1, dtype=torch.int64,
-                                                         device=found.device)
-            add_counts(hist, found)
+        hist = self._hists.get(prefix)
+        if hist is None:  # one buffer per round, added into chunk after chunk
+            hist = self._hists[prefix] = torch.zeros(bins, dtype=torch.int64,
+                                                     device=digits.device)
+        add_counts(hist, digits)
 
     def finish(self, round_: int) -> None:
         """Close round ``round_``: descend each target into the bin holding its rank."""
@@ -129,16 +196,25 @@ class RankWindow:
 
         if round_ == 0 and self._seen_round != self.numel:
             raise ValueError(f"rank window over {self.numel} entries saw {self._seen_round}")
-        hists = {prefix: h[:BINS].cpu() for prefix, h in self._hists.items()}
+        hists = {prefix: h.cpu() for prefix, h in self._hists.items()}
         self._hists = {}
-        for t in self._targets.values():
-            hist = hists.get(t.prefix, torch.zeros(BINS, dtype=torch.int64))
-            cum = hist.cumsum(0)
-            left = t.rank - t.below
-            digit = int(torch.searchsorted(cum, torch.tensor(left, dtype=cum.dtype), right=True))
-            t.below += int(cum[digit]) - int(hist[digit])
-            t.prefix = (max(t.prefix, 0) << DIGIT) | digit
-        if round_ == self.rounds - 1:
+        empty = torch.zeros(BINS, dtype=torch.int64)
+        if round_ == 0:
+            first = hists.get(-1, empty)
+            top = first[:BINS].clone()
+            below_guess = {}
+            for k, guess in enumerate(self._guesses or ()):
+                below_guess[guess] = first[BINS * (k + 1):BINS * (k + 2)]
+                top[guess] += below_guess[guess].sum()
+            for t in self._targets.values():
+                t.descend(top)
+                if t.prefix in below_guess and t.round < self.rounds:
+                    t.descend(below_guess[t.prefix])
+        else:
+            for t in self._targets.values():
+                if t.round == round_:
+                    t.descend(hists.get(t.prefix, empty)[:BINS])
+        if all(t.round == self.rounds for t in self._targets.values()):
             self._bounds = sorted({(t.prefix, t.below) for t in self._targets.values()})
         self.restart()
 
@@ -226,6 +302,7 @@ def rank_window_mask(mags: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
 
     window = RankWindow(mags.numel(), lo, hi, torch.finfo(mags.dtype).bits)
     for r in range(window.rounds):
-        window.observe(r, mags)
-        window.finish(r)
+        if window.wants(r):
+            window.observe(r, mags)
+            window.finish(r)
     return window.mask(mags).bool()

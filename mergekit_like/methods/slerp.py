@@ -104,6 +104,10 @@ class SlerpStats:
         self._sums = tuple(BlockSums(numel) for _ in range(3))  # |v0|^2, |v1|^2, v0 . v1
         self.coefficients: tuple[float, float] | None = None
 
+    def wants(self, round_: int) -> bool:
+        """Every round is needed."""
+        return True
+
     def observe(self, round_: int, tensors: Sequence[torch.Tensor], base: torch.Tensor | None,
                 start: int) -> None:
         assert base is not None

@@ -34,7 +34,7 @@ Rescaling the kept entries (``Trim.rescale``):
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
@@ -190,6 +190,13 @@ class TrimState:
         self._norms = (BlockSums(numel), BlockSums(numel))
         self._scale: torch.Tensor | None = None
 
+    def wants(self, round_: int) -> bool:
+        """Whether round ``round_`` is still needed (see :meth:`.RankWindow.wants`)."""
+        if round_ < self._rank_rounds:
+            assert self.window is not None
+            return self.window.wants(round_)
+        return round_ < self.rounds
+
     def observe(self, round_: int, delta: torch.Tensor, start: int) -> None:
         """Take the next chunk of the task vector into round ``round_``."""
         if round_ < self._rank_rounds:
@@ -219,12 +226,14 @@ class TrimState:
             return []
         return self.window.boundary_values()
 
-    def rule(self, start: int, numel: int, counts: Sequence[int],
-             device: torch.device | str) -> Rule | Edges:
+    def rule(self, start: int, numel: int, counts: Sequence[int], device: torch.device | str,
+             places: Callable[[int], torch.Tensor]) -> Rule | Edges:
         """The next chunk's trim as a :class:`~.kernels.Rule`, given how many of its entries
-        equal each of :meth:`window_values`; or, where a rank window's edge falls among
-        them (or the trim keeps by magnitude bounds or DELLA's ranks), the chunk's
-        :class:`~.rank_select.Edges` (possibly empty), for :meth:`apply`."""
+        equal each of :meth:`window_values`, and ``places(value)``: the flat positions of
+        the chunk's entries whose magnitude bits equal ``value``, ascending (asked for only
+        where a rank window's edge falls among them). Where the trim keeps by magnitude
+        bounds or DELLA's ranks, or the rule cannot rescale as asked, the chunk's
+        :class:`~.rank_select.Edges` (possibly empty) instead, for :meth:`apply`."""
         from mergekit_like.methods.kernels import Rule
 
         trim = self.trim
@@ -244,11 +253,18 @@ class TrimState:
             assert self.draws is not None
             return Rule("random", p=trim.density, factor=self._scale or 1.0, post=post,
                         draws=self.draws.take(start, start + numel, device))
-        if self.window is None or edges.split or post == "divide":
+        if self.window is None or post == "divide":
             return edges
         if self.window.lo >= self.window.hi:
             return Rule("window", lo=0, hi=0, factor=self._scale or 1.0, post=post)
-        return Rule("window", lo=edges.lo, hi=edges.hi, factor=self._scale or 1.0, post=post)
+        spans = []
+        for value, first, count in edges.split:  # keep the equal entries ranked in the window
+            where = places(value)
+            lo, hi = max(0, self.window.lo - first), min(count, self.window.hi - first)
+            spans.append((value, int(where[lo]) if lo < count else numel,
+                          int(where[hi]) if hi < count else numel))
+        return Rule("window", lo=edges.lo, hi=edges.hi, factor=self._scale or 1.0, post=post,
+                    spans=tuple(spans))
 
     def apply(self, delta: torch.Tensor, start: int, *, inplace: bool = False,
               edges: Edges | None = None) -> torch.Tensor:
@@ -309,8 +325,9 @@ def sparsify(delta: torch.Tensor, trim: Trim, draws: Draws | None = None) -> tor
 
     state = TrimState(trim, delta.numel(), torch.finfo(delta.dtype).bits, draws)
     for round_ in range(state.rounds):
-        state.observe(round_, delta, 0)
-        state.finish(round_)
+        if state.wants(round_):
+            state.observe(round_, delta, 0)
+            state.finish(round_)
     return state.apply(delta, 0)
 
 

@@ -127,6 +127,10 @@ class TensorStats(Protocol):
 
     rounds: int
 
+    def wants(self, round_: int) -> bool:
+        """Whether round ``round_`` is still needed; an unwanted round is skipped."""
+        ...
+
     def observe(self, round_: int, tensors: Sequence[torch.Tensor], base: torch.Tensor | None,
                 start: int) -> None: ...
 

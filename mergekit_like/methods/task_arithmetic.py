@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import Field
 
 from mergekit_like.methods.kernels import Consensus, Kernels, Rule, apply_rule
+from mergekit_like.methods.rank_select import magnitude_bits
 from mergekit_like.methods.reductions import stable_sum
 from mergekit_like.methods.sparsify import RANDOM_TRIMS, Trim, TrimKind, TrimState, variance_mask
 from mergekit_like.methods.spec import Draws, MergeMethod, MethodParams, TensorContext
@@ -97,8 +98,15 @@ def generalized_task_arithmetic(
     if trims is None:
         return kernels.trim_mix(tensors, base, [Rule("all")] * len(tensors), weights,
                                 float(lam), consensus, normalize)
-    if not isinstance(trims, TaskVectorStats):
-        trims = TaskVectorStats.whole(trims, [x - base for x in tensors], draws, kernels)
+    if not isinstance(trims, TaskVectorStats):  # the whole tensor: one chunk
+        import torch
+
+        trims = TaskVectorStats(trims, base.numel(), torch.finfo(base.dtype).bits, draws,
+                                kernels)
+        for round_ in range(trims.rounds):
+            if trims.wants(round_):
+                trims.observe(round_, tensors, base, 0)
+                trims.finish(round_)
     return trims.merge(tensors, base, start, weights, float(lam), consensus, normalize)
 
 
@@ -129,16 +137,22 @@ class TaskVectorStats:
         stats = cls(trims, deltas[0].numel(), torch.finfo(deltas[0].dtype).bits, draws,
                     kernels)
         for round_ in range(stats.rounds):
-            stats.observe_deltas(round_, deltas, 0)
-            stats.finish(round_)
+            if stats.wants(round_):
+                stats.observe_deltas(round_, deltas, 0)
+                stats.finish(round_)
         return stats
+
+    def wants(self, round_: int) -> bool:
+        """Whether any model's trim still needs round ``round_``."""
+        return any(s is not None and round_ < s.rounds and s.wants(round_)
+                   for s in self.states)
 
     def observe(self, round_: int, tensors: Sequence[torch.Tensor], base: torch.Tensor | None,
                 start: int) -> None:
         """Take the next chunk of the inputs (and base) into round ``round_``."""
         assert base is not None
         for x, state in zip(tensors, self.states, strict=True):
-            if state is None or round_ >= state.rounds:
+            if state is None or round_ >= state.rounds or not state.wants(round_):
                 continue
             if state.window is not None and round_ < state.window.rounds:
                 state.window.observe_digits(round_, x.numel(),
@@ -163,16 +177,20 @@ class TaskVectorStats:
               normalize: bool) -> torch.Tensor:
         """The next chunk merged: trimmed by the gathered statistics, then mixed.
 
-        Where every model's trim of the chunk is a :class:`~.kernels.Rule` (always, but in
-        the one chunk where a rank window's edge falls among equal magnitudes), the chunk
-        is one :meth:`~.kernels.Kernels.trim_mix`; else the trims are applied one by one.
+        Where every model's trim of the chunk is a :class:`~.kernels.Rule` (all but DELLA's
+        and the trims by bounds ranked over the whole model), the chunk is one
+        :meth:`~.kernels.Kernels.trim_mix`; else the trims are applied one by one.
         """
         values = [[] if s is None else s.window_values() for s in self.states]
         counts: list[list[int]] = [[] for _ in values]
         if any(values):
             counts = self.kernels.count_equal(tensors, base, values)
-        plans = [Rule("all") if s is None else s.rule(start, base.numel(), c, base.device)
-                 for s, c in zip(self.states, counts, strict=True)]
+        def places(x: torch.Tensor, value: int) -> torch.Tensor:
+            return (magnitude_bits((x - base).abs()).reshape(-1) == value).nonzero().squeeze(1)
+
+        plans = [Rule("all") if s is None else s.rule(start, base.numel(), c, base.device,
+                                                      partial(places, x))
+                 for x, s, c in zip(tensors, self.states, counts, strict=True)]
         rules = [p for p in plans if isinstance(p, Rule)]
         if len(rules) == len(plans):
             return self.kernels.trim_mix(tensors, base, rules, weights, lambda_, consensus,
