@@ -270,3 +270,22 @@ def test_model_card_title_defaults_to_the_output_name(tmp_path, llama_family, ru
     recipe = write_recipe(tmp_path, _linear(llama_family))
     assert run_cli(recipe, tmp_path / "my-soup", "--quiet").code == 0
     assert "\n# my-soup\n" in (tmp_path / "my-soup" / "README.md").read_text()
+
+
+def test_kernels_flag_chooses_compiled_or_eager_with_the_same_bytes(tmp_path, llama_family,
+                                                                   run_cli):
+    recipe = write_recipe(tmp_path, f"""
+merge_method: dare_ties
+base_model: {llama_family['base']}
+models:
+  - model: {llama_family['math']}
+    parameters: {{weight: 1.0, density: 0.5}}
+  - model: {llama_family['code']}
+    parameters: {{weight: 0.5, density: 0.7}}
+dtype: float32
+""")
+    for kernels in ("eager", "compiled"):
+        res = run_cli(recipe, tmp_path / kernels, "--quiet", "--kernels", kernels)
+        assert res.code == 0, res.err
+    assert (tmp_path / "eager" / "model.safetensors").read_bytes() == \
+        (tmp_path / "compiled" / "model.safetensors").read_bytes()

@@ -139,6 +139,13 @@ def test_prefetch_gives_byte_identical_output(tmp_path, ties_recipe):
     assert a == b
 
 
+def test_compiled_kernels_write_the_eager_bytes(tmp_path, ties_recipe):
+    eager = merge_with(ties_recipe, tmp_path / "e", ExecOptions(kernels="eager", progress=False))
+    for chunk in (200, 2**30):
+        options = ExecOptions(kernels="compiled", chunk_bytes=chunk, progress=False)
+        assert merge_with(ties_recipe, tmp_path / f"c{chunk}", options) == eager
+
+
 def test_row_chunks_give_the_linear_formula_byte_for_byte(tmp_path, llama_family):
     recipe = write_recipe(tmp_path, f"""
 merge_method: linear

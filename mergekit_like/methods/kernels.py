@@ -56,54 +56,56 @@ class Rule:
 
 
 def mix_deltas(deltas: Sequence[torch.Tensor], base: torch.Tensor, weights: torch.Tensor,
-               lambda_: torch.Tensor, consensus: Consensus | None,
+               signs: tuple[int, ...], lambda_: torch.Tensor, consensus: Consensus | None,
                normalize: bool) -> torch.Tensor:
     """``base + lambda * mixed`` of (trimmed) task vectors; see :mod:`.task_arithmetic`.
 
-    ``weights``: one per model, in the compute dtype. Without ``consensus`` every entry is
-    mixed: ``sum_i w_i d_i``, divided by ``sum_i w_i`` with ``normalize`` (by 1 when that sum
-    is below 1e-8 in magnitude). With it, the sign of each entry is elected (ties and all-zero
-    entries go to +1 and -1 respectively, by ``copysign``) and only the task vectors agreeing
-    with it are summed, divided with ``normalize`` by the sum of the agreeing weights (the
-    smallest weight where none agrees and every weight is positive, else 1).
+    ``weights``: one per model, in the compute dtype; ``signs``: their signs (1, 0 or -1).
+    Without ``consensus`` every entry is mixed: ``sum_i w_i d_i``, divided by ``sum_i w_i``
+    with ``normalize`` (by 1 when that sum is below 1e-8 in magnitude). With it, the sign of
+    each entry is elected (ties go to +1, entries where every task vector is zero to -1,
+    by ``copysign``) and only the task vectors agreeing with it are summed, divided with
+    ``normalize`` by the sum of the agreeing weights (where none agrees: by the smallest
+    weight when every weight is positive, else by 1). The task vectors are updated in place.
     """
     import torch
 
     if consensus is None:
-        mixed = deltas[0] * weights[0]
+        mixed = deltas[0].mul_(weights[0])
         for i in range(1, len(deltas)):
-            mixed = mixed + deltas[i] * weights[i]
+            mixed.add_(deltas[i].mul_(weights[i]))
         if normalize:
             total = weights.sum()
-            mixed = mixed / torch.where(total.abs() < 1e-8, torch.ones_like(total), total)
-        return mixed * lambda_ + base
-    total = None
+            mixed.div_(torch.where(total.abs() < 1e-8, torch.ones_like(total), total))
+        return mixed.mul_(lambda_).add_(base)
+    total = torch.zeros_like(base)
     for i, d in enumerate(deltas):
         if consensus == "sum":
-            term = d * weights[i]
+            total.add_(d * weights[i])
         elif consensus == "sum_unweighted":
-            term = d
-        else:  # count: the signs of the weighted task vectors
-            term = torch.sign(d) * torch.sign(weights[i])
-        total = term if total is None else total + term
-    assert total is not None
-    elected = torch.ones_like(total).copysign(total)
+            total.add_(d)
+        elif signs[i] > 0:  # count: the signs of the weighted task vectors
+            total.add_(torch.sign(d))
+        elif signs[i] < 0:
+            total.sub_(torch.sign(d))
+    elected = torch.ones_like(total).copysign_(total)
     mixed = divisor = None
     for i, d in enumerate(deltas):
         agrees = d * elected
-        agree = torch.where(weights[i] >= 0, agrees > 0, agrees < 0).to(d.dtype)
-        term = d * agree * weights[i]
-        mixed = term if mixed is None else mixed + term
+        agree = (agrees > 0) if signs[i] >= 0 else (agrees < 0)
+        term = d.mul_(agree).mul_(weights[i])
+        mixed = term if mixed is None else mixed.add_(term)
         if normalize:
-            share = agree * weights[i]
-            divisor = share if divisor is None else divisor + share
+            share = agree.to(d.dtype).mul_(weights[i])
+            divisor = share if divisor is None else divisor.add_(share)
     assert mixed is not None
     if divisor is not None:  # no agreeing model: mixed is 0 there, divided as said above
-        low = weights.min()
-        divisor = torch.where(low > 0, torch.maximum(divisor, low),
-                              torch.where(divisor == 0, torch.ones_like(divisor), divisor))
-        mixed = mixed / divisor
-    return mixed * lambda_ + base
+        if all(sign > 0 for sign in signs):
+            divisor = torch.maximum(divisor, weights.min())
+        else:
+            divisor.masked_fill_(divisor == 0, 1.0)
+        mixed.div_(divisor)
+    return mixed.mul_(lambda_).add_(base)
 
 
 def trimmed(d: torch.Tensor, kind: RuleKind, post: RulePost, has_lo: bool, has_hi: bool,
@@ -116,7 +118,7 @@ def trimmed(d: torch.Tensor, kind: RuleKind, post: RulePost, has_lo: bool, has_h
     import torch
 
     if kind == "zero":
-        return torch.zeros_like(d)
+        return d.zero_()
     if kind == "window":
         bits = magnitude_bits(d.abs())
         keep = None
@@ -124,29 +126,29 @@ def trimmed(d: torch.Tensor, kind: RuleKind, post: RulePost, has_lo: bool, has_h
             keep = bits >= bounds[0]
         if has_hi:
             below = bits < bounds[1]
-            keep = below if keep is None else keep & below
+            keep = below if keep is None else keep.logical_and_(below)
         if n_spans:
             where = torch.arange(d.numel(), device=d.device)
             for k in range(n_spans):
                 span = ((bits == span_values[k]) & (where >= span_places[k, 0])
                         & (where < span_places[k, 1]))
-                keep = span if keep is None else keep | span
+                keep = span if keep is None else keep.logical_or_(span)
         if keep is not None:
-            d = d * keep.to(d.dtype)
+            d.mul_(keep)
     elif kind == "random":
         assert draws is not None
-        d = d * (draws < p).to(d.dtype)
+        d.mul_(draws < p)
     if post == "scale":
-        d = d * factor
+        d.mul_(factor)
     elif post == "divide":
-        d = d / p
+        d.div_(p)
     return d
 
 
 def trim_mix(xs: Sequence[torch.Tensor], base: torch.Tensor, shape: tuple[RuleShape, ...],
              numbers: RuleNumbers, draws: Sequence[torch.Tensor | None],
-             weights: torch.Tensor, lambda_: torch.Tensor, consensus: Consensus | None,
-             normalize: bool) -> torch.Tensor:
+             weights: torch.Tensor, signs: tuple[int, ...], lambda_: torch.Tensor,
+             consensus: Consensus | None, normalize: bool) -> torch.Tensor:
     """:func:`mix_deltas` of the flat task vectors ``x_i - base``, each trimmed by its rule.
 
     ``shape``: per model, the static part of its :class:`Rule` (:func:`rule_shape`);
@@ -157,7 +159,12 @@ def trim_mix(xs: Sequence[torch.Tensor], base: torch.Tensor, shape: tuple[RuleSh
     for i, x in enumerate(xs):
         deltas.append(trimmed(x - base, *shape[i], bounds[i], span_values[i], span_places[i],
                               ps[i], factors[i], draws[i]))
-    return mix_deltas(deltas, base, weights, lambda_, consensus, normalize)
+    return mix_deltas(deltas, base, weights, signs, lambda_, consensus, normalize)
+
+
+def signs_of(weights: Sequence[float]) -> tuple[int, ...]:
+    """Each weight's sign: 1, 0 or -1."""
+    return tuple((w > 0) - (w < 0) for w in weights)
 
 
 RuleShape = tuple[RuleKind, RulePost, bool, bool, int]
@@ -202,20 +209,18 @@ def apply_rule(d: torch.Tensor, rule: Rule) -> torch.Tensor:
 def radix_digits(x: torch.Tensor, base: torch.Tensor, shift: int, prefix: torch.Tensor | None,
                  guesses: torch.Tensor | None) -> torch.Tensor:
     """:func:`~.rank_select.bit_digits` of ``bits(|x - base|)``."""
-    return bit_digits(magnitude_bits((x - base).abs()), shift, prefix, guesses)
+    return bit_digits(magnitude_bits((x - base).abs_()), shift, prefix, guesses)
 
 
 def count_equal(xs: Sequence[torch.Tensor], base: torch.Tensor,
-                values: Sequence[torch.Tensor]) -> torch.Tensor:
+                values: Sequence[torch.Tensor]) -> list[torch.Tensor]:
     """How many entries of each ``bits(|x_i - base|)`` equal each of ``values[i]`` (a 1-D
-    integer tensor per model); the counts of all models, concatenated."""
-    import torch
-
-    counts = []
+    integer tensor per model): per model and value, a 0-d tensor."""
+    found = []
     for x, vals in zip(xs, values, strict=True):
-        bits = magnitude_bits((x - base).abs()).reshape(-1, 1)
-        counts.append((bits == vals.reshape(1, -1)).sum(0))
-    return torch.cat(counts)
+        bits = magnitude_bits((x - base).abs_())
+        found.extend((bits == vals[j]).sum() for j in range(vals.numel()))
+    return found
 
 
 COMPILE_MIN_ENTRIES = 1 << 30
@@ -277,7 +282,8 @@ class Kernels:
 
         import torch
 
-        compiled = torch.compile(fn, dynamic=True)
+        # in this process: no pool of compile workers, each as large as a merge
+        compiled = torch.compile(fn, dynamic=True, options={"compile_threads": 1})
 
         def run(*args: Any) -> Any:
             if self._compiled.get(fn.__name__) is fn:
@@ -307,7 +313,7 @@ class Kernels:
         fn = self._get(trim_mix, base.dtype)
         return fn([x.reshape(-1) for x in xs], base.reshape(-1), shape, numbers,
                   [None if r.draws is None else r.draws.reshape(-1) for r in rules],
-                  w, lam, consensus, normalize).view(base.shape)
+                  w, signs_of(weights), lam, consensus, normalize).view(base.shape)
 
     def mix_deltas(self, deltas: Sequence[torch.Tensor], base: torch.Tensor,
                    weights: Sequence[float], lambda_: float | torch.Tensor,
@@ -319,7 +325,7 @@ class Kernels:
         lam = (lambda_ if isinstance(lambda_, torch.Tensor)
                else torch.tensor(float(lambda_), dtype=base.dtype, device=base.device))
         fn = self._get(mix_deltas, base.dtype) if lam.dim() == 0 else mix_deltas
-        return fn(deltas, base, w, lam, consensus, normalize)
+        return fn(deltas, base, w, signs_of(weights), lam, consensus, normalize)
 
     def radix_digits(self, x: torch.Tensor, base: torch.Tensor, shift: int,
                      prefix: int | None, guesses: tuple[int, ...]) -> torch.Tensor:
@@ -340,8 +346,9 @@ class Kernels:
 
         bits = torch.int64 if base.dtype == torch.float64 else torch.int32
         vals = [torch.tensor(list(v), dtype=bits, device=base.device) for v in values]
-        flat = self._get(count_equal, base.dtype)(
-            [x.reshape(-1) for x in xs], base.reshape(-1), vals).tolist()
+        found = self._get(count_equal, base.dtype)(
+            [x.reshape(-1) for x in xs], base.reshape(-1), vals)
+        flat = torch.stack(found).tolist() if found else []
         out, at = [], 0
         for v in values:
             out.append(flat[at:at + len(v)])

@@ -149,7 +149,7 @@ class RankWindow:
     def wants(self, round_: int) -> bool:
         """Whether round ``round_`` may still be needed: once it is not (a right guess
         settles the second), it stays so."""
-        return any(t.round <= round_ for t in self._targets.values())
+        return round_ < self.rounds and any(t.round <= round_ for t in self._targets.values())
 
     def observe(self, round_: int, mags: torch.Tensor) -> None:
         """Count the next chunk's magnitudes into round ``round_``'s histograms."""
