@@ -11,8 +11,8 @@ per-chunk :class:`Rule`, then mixed), :func:`radix_digits` and :func:`count_equa
 statistics of a magnitude trim). :class:`Kernels` runs them either way. Every operation is
 an IEEE operation on float32 or float64 (no contraction into fused multiply-adds, no
 reassociated sums), so a compiled kernel gives the same bytes as the eager one; the tests
-check this. Half-precision compute dtypes always run eagerly: compiled code would keep the
-intermediates in float32.
+check this. In half precision (bfloat16, float16) the compiled code rounds every
+intermediate to it, as eager torch does (inductor's ``emulate_precision_casts``).
 """
 
 from __future__ import annotations
@@ -254,7 +254,7 @@ class Kernels:
 
     A compiled pass is traced once per structure (number of models, rule kinds) and then
     reused for every chunk size (``dynamic=True``); the code is cached on disk by inductor,
-    so a later run starts faster. Half-precision inputs always run eagerly.
+    so a later run starts faster.
     """
 
     mode: KernelMode = "eager"
@@ -263,9 +263,8 @@ class Kernels:
 
     def fused(self, dtype: torch.dtype) -> bool:
         """Whether passes over tensors of ``dtype`` run compiled."""
-        import torch
 
-        return self.mode == "compiled" and dtype in (torch.float32, torch.float64)
+        return self.mode == "compiled" and dtype.is_floating_point and dtype.itemsize >= 2
 
     def _get(self, fn: Callable[..., Any], dtype: torch.dtype) -> Callable[..., Any]:
         if not self.fused(dtype):
@@ -282,8 +281,10 @@ class Kernels:
 
         import torch
 
-        # in this process: no pool of compile workers, each as large as a merge
-        compiled = torch.compile(fn, dynamic=True, options={"compile_threads": 1})
+        # in this process: no pool of compile workers, each as large as a merge; half
+        # precision rounded after every operation, as eager torch does
+        compiled = torch.compile(fn, dynamic=True, options={
+            "compile_threads": 1, "emulate_precision_casts": True})
 
         def run(*args: Any) -> Any:
             if self._compiled.get(fn.__name__) is fn:
