@@ -40,9 +40,10 @@ class Rule:
     entries with ``lo <= bits(|d|) < hi`` (either bound may be None: unbounded) and, for
     each ``(value, first, stop)`` of ``spans``, those with ``bits(|d|) == value`` at flat
     positions ``first <= i < stop`` of the chunk (where a rank window's edge falls among
-    equal magnitudes); ``"random"`` those whose draw is below ``p``. ``post``: then multiply
-    by ``factor`` (``"scale"``, an L1 rescale) or divide by ``p`` (``"divide"``, rescaling by
-    keep probability).
+    equal magnitudes); ``"random"`` those whose draw is below ``p`` (the draws of
+    :class:`~.spec.Draws` with ``key``, for the chunk starting at flat index ``start``).
+    ``post``: then multiply by ``factor`` (``"scale"``, an L1 rescale) or divide by ``p``
+    (``"divide"``, rescaling by keep probability).
     """
 
     kind: RuleKind
@@ -52,7 +53,8 @@ class Rule:
     factor: float = 1.0
     post: RulePost = "none"
     spans: tuple[tuple[int, int, int], ...] = ()
-    draws: torch.Tensor | None = field(default=None, compare=False, repr=False)
+    key: tuple[int, int] = (0, 0)
+    start: int = 0
 
 
 def mix_deltas(deltas: Sequence[torch.Tensor], base: torch.Tensor, weights: torch.Tensor,
@@ -108,13 +110,33 @@ def mix_deltas(deltas: Sequence[torch.Tensor], base: torch.Tensor, weights: torc
     return mixed.mul_(lambda_).add_(base)
 
 
+def mix32(x: torch.Tensor) -> torch.Tensor:
+    """A 32-bit integer hash of int64 values in ``[0, 2**32)`` (C. Wellons' "lowbias32",
+    second constants), updated in place. Every product stays below ``2**63``."""
+    x.bitwise_xor_(x >> 16)
+    x.mul_(0x21F0AAAD).bitwise_and_(0xFFFFFFFF)
+    x.bitwise_xor_(x >> 15)
+    x.mul_(0x735A2D97).bitwise_and_(0xFFFFFFFF)
+    return x.bitwise_xor_(x >> 15)
+
+
+def counter_uniforms(index: torch.Tensor, k0: int | torch.Tensor,
+                     k1: int | torch.Tensor) -> torch.Tensor:
+    """The uniform draws of flat ``index`` (int64) under key ``(k0, k1)`` (:class:`.Draws`)."""
+    import torch
+
+    h = mix32((index & 0xFFFFFFFF).bitwise_xor_(k0))
+    h = mix32(h.bitwise_xor_(index >> 32).bitwise_xor_(k1))
+    return (h >> 8).to(torch.float32).mul_(1.0 / (1 << 24))
+
+
 def trimmed(d: torch.Tensor, kind: RuleKind, post: RulePost, has_lo: bool, has_hi: bool,
             n_spans: int, bounds: torch.Tensor, span_values: torch.Tensor,
             span_places: torch.Tensor, p: torch.Tensor, factor: torch.Tensor,
-            draws: torch.Tensor | None) -> torch.Tensor:
+            key: torch.Tensor) -> torch.Tensor:
     """One flat task vector trimmed by a rule (:class:`Rule`): its thresholds in ``bounds``
     (2), its spans' values in ``span_values`` (2) and their positions in ``span_places``
-    (2, 2)."""
+    (2, 2), its draws' key and first index in ``key`` (3)."""
     import torch
 
     if kind == "zero":
@@ -136,8 +158,8 @@ def trimmed(d: torch.Tensor, kind: RuleKind, post: RulePost, has_lo: bool, has_h
         if keep is not None:
             d.mul_(keep)
     elif kind == "random":
-        assert draws is not None
-        d.mul_(draws < p)
+        index = torch.arange(d.numel(), device=d.device).add_(key[2])
+        d.mul_(counter_uniforms(index, key[0], key[1]) < p)
     if post == "scale":
         d.mul_(factor)
     elif post == "divide":
@@ -146,20 +168,24 @@ def trimmed(d: torch.Tensor, kind: RuleKind, post: RulePost, has_lo: bool, has_h
 
 
 def trim_mix(xs: Sequence[torch.Tensor], base: torch.Tensor, shape: tuple[RuleShape, ...],
-             numbers: RuleNumbers, draws: Sequence[torch.Tensor | None],
-             weights: torch.Tensor, signs: tuple[int, ...], lambda_: torch.Tensor,
-             consensus: Consensus | None, normalize: bool) -> torch.Tensor:
+             numbers: RuleNumbers, weights: torch.Tensor, signs: tuple[int, ...],
+             lambda_: torch.Tensor, consensus: Consensus | None,
+             normalize: bool) -> torch.Tensor:
     """:func:`mix_deltas` of the flat task vectors ``x_i - base``, each trimmed by its rule.
 
     ``shape``: per model, the static part of its :class:`Rule` (:func:`rule_shape`);
     ``numbers``: the rules' numbers as tensors (:func:`rule_numbers`).
     """
-    bounds, span_values, span_places, ps, factors = numbers
-    deltas = []
-    for i, x in enumerate(xs):
-        deltas.append(trimmed(x - base, *shape[i], bounds[i], span_values[i], span_places[i],
-                              ps[i], factors[i], draws[i]))
+    deltas = [trimmed(x - base, *shape[i], *(n[i] for n in numbers)) for i, x in enumerate(xs)]
     return mix_deltas(deltas, base, weights, signs, lambda_, consensus, normalize)
+
+
+def trim_magnitudes(x: torch.Tensor, base: torch.Tensor, shape: RuleShape,
+                    numbers: RuleNumbers) -> tuple[torch.Tensor, torch.Tensor]:
+    """``|x - base|`` and its trimmed version (one model, numbers of one rule): the L1
+    norms before and after trimming."""
+    d = x - base
+    return d.abs(), trimmed(d, *shape, *(n[0] for n in numbers)).abs_()
 
 
 def signs_of(weights: Sequence[float]) -> tuple[int, ...]:
@@ -169,7 +195,7 @@ def signs_of(weights: Sequence[float]) -> tuple[int, ...]:
 
 RuleShape = tuple[RuleKind, RulePost, bool, bool, int]
 RuleNumbers = tuple["torch.Tensor", "torch.Tensor", "torch.Tensor", "torch.Tensor",
-                    "torch.Tensor"]
+                    "torch.Tensor", "torch.Tensor"]
 
 
 def rule_shape(rule: Rule, pad: bool = False) -> RuleShape:
@@ -185,7 +211,8 @@ def rule_shape(rule: Rule, pad: bool = False) -> RuleShape:
 def rule_numbers(rules: Sequence[Rule], dtype: torch.dtype,
                  device: torch.device | str) -> RuleNumbers:
     """The numbers of ``rules`` as tensors: bounds (n, 2) and span values (n, 2) as
-    magnitude bits, span positions (n, 2, 2), ``p`` and factors (n) in ``dtype``."""
+    magnitude bits, span positions (n, 2, 2), ``p`` and factors (n) in ``dtype``, draw keys
+    and first indices (n, 3)."""
     import torch
 
     bits = torch.int64 if dtype == torch.float64 else torch.int32
@@ -195,15 +222,14 @@ def rule_numbers(rules: Sequence[Rule], dtype: torch.dtype,
             torch.tensor([[[a, b] for _, a, b in s] for s in spans], dtype=torch.int64,
                          device=device),
             torch.tensor([r.p for r in rules], dtype=dtype, device=device),
-            torch.tensor([r.factor for r in rules], dtype=dtype, device=device))
+            torch.tensor([r.factor for r in rules], dtype=dtype, device=device),
+            torch.tensor([[*r.key, r.start] for r in rules], dtype=torch.int64, device=device))
 
 
 def apply_rule(d: torch.Tensor, rule: Rule) -> torch.Tensor:
     """One task vector trimmed by ``rule``, eagerly (as :func:`trim_mix` does it)."""
-    bounds, values, places, ps, factors = rule_numbers([rule], d.dtype, d.device)
-    return trimmed(d.reshape(-1), *rule_shape(rule), bounds[0], values[0], places[0], ps[0],
-                   factors[0], None if rule.draws is None else rule.draws.reshape(-1)
-                   ).view(d.shape)
+    numbers = rule_numbers([rule], d.dtype, d.device)
+    return trimmed(d.reshape(-1), *rule_shape(rule), *(n[0] for n in numbers)).view(d.shape)
 
 
 def radix_digits(x: torch.Tensor, base: torch.Tensor, shift: int, prefix: torch.Tensor | None,
@@ -312,9 +338,16 @@ class Kernels:
         w = torch.tensor(list(weights), dtype=base.dtype, device=base.device)
         lam = torch.tensor(lambda_, dtype=base.dtype, device=base.device)
         fn = self._get(trim_mix, base.dtype)
-        return fn([x.reshape(-1) for x in xs], base.reshape(-1), shape, numbers,
-                  [None if r.draws is None else r.draws.reshape(-1) for r in rules],
-                  w, signs_of(weights), lam, consensus, normalize).view(base.shape)
+        return fn([x.reshape(-1) for x in xs], base.reshape(-1), shape, numbers, w,
+                  signs_of(weights), lam, consensus, normalize).view(base.shape)
+
+    def trim_magnitudes(self, x: torch.Tensor, base: torch.Tensor,
+                        rule: Rule) -> tuple[torch.Tensor, torch.Tensor]:
+        """:func:`trim_magnitudes` of one model's chunk."""
+        shape = rule_shape(rule, pad=self.fused(base.dtype))
+        numbers = rule_numbers([rule], base.dtype, base.device)
+        return self._get(trim_magnitudes, base.dtype)(x.reshape(-1), base.reshape(-1), shape,
+                                                      numbers)
 
     def mix_deltas(self, deltas: Sequence[torch.Tensor], base: torch.Tensor,
                    weights: Sequence[float], lambda_: float | torch.Tensor,

@@ -197,16 +197,26 @@ class TrimState:
             return self.window.wants(round_)
         return round_ < self.rounds
 
-    def observe(self, round_: int, delta: torch.Tensor, start: int) -> None:
-        """Take the next chunk of the task vector into round ``round_``."""
+    def observe(self, round_: int, delta: torch.Tensor, start: int,
+                edges: Edges | None = None) -> None:
+        """Take the next chunk of the task vector into round ``round_``; ``edges``: the
+        chunk's rank-window edges, when :meth:`rule` took them already."""
         if round_ < self._rank_rounds:
             assert self.window is not None
             self.window.observe(round_, delta.abs())
-        elif self._l1 and round_ == self._rank_rounds:
+        elif self.norm_round(round_):
             mags = delta.abs()
-            kept, _ = self._keep(delta, start, mags=mags)
-            self._norms[0].add(mags)
-            self._norms[1].add(kept.abs_())
+            kept, _ = self._keep(delta, start, mags=mags, edges=edges)
+            self.add_norms(mags, kept.abs_())
+
+    def norm_round(self, round_: int) -> bool:
+        """Whether round ``round_`` sums the L1 norms before and after trimming."""
+        return self._l1 and round_ == self._rank_rounds
+
+    def add_norms(self, mags: torch.Tensor, kept: torch.Tensor) -> None:
+        """Take the next chunk's magnitudes before and after trimming into the norm round."""
+        self._norms[0].add(mags)
+        self._norms[1].add(kept)
 
     def finish(self, round_: int) -> None:
         """Close round ``round_`` (after its last chunk)."""
@@ -252,7 +262,7 @@ class TrimState:
         if trim.kind == "random":
             assert self.draws is not None
             return Rule("random", p=trim.density, factor=self._scale or 1.0, post=post,
-                        draws=self.draws.take(start, start + numel, device))
+                        key=self.draws.key, start=start)
         if self.window is None or post == "divide":
             return edges
         if self.window.lo >= self.window.hi:

@@ -43,19 +43,17 @@ def tensor_seed(seed: int, name: str) -> int:
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
-DRAW_BLOCK = 1 << 20
-"""Entries per block of random draws (:class:`Draws`)."""
-
-
 @dataclass(frozen=True)
 class Draws:
     """Uniform float32 draws in ``[0, 1)``, one per entry of a tensor, for one model.
 
-    Entry ``i`` (flat) gets entry ``i % DRAW_BLOCK`` of ``torch.rand(size)`` from a generator
-    seeded with ``tensor_seed(seed, f"{name}\\0{model}\\0{i // DRAW_BLOCK}")``, ``size`` being
-    :data:`DRAW_BLOCK` or what is left of the tensor for its last block. So a draw depends
-    only on the run's seed, the tensor, the model's index and the entry, never on how the
-    tensor is split into chunks. Generators on another device draw other numbers.
+    Counter-based: entry ``i`` (flat) draws ``(h >> 8) / 2**24`` with
+    ``h = mix32(mix32((i mod 2**32) ^ k0) ^ (i >> 32) ^ k1)``, where ``k0`` and ``k1`` are
+    the low and high 32 bits of ``tensor_seed(seed, f"{name}\\0{model}")`` and ``mix32`` is
+    the 32-bit integer hash of :func:`~mergekit_like.methods.kernels.mix32`. So a draw
+    depends only on the run's seed, the tensor, the model's index and the entry: never on
+    how the tensor is split into chunks, nor on the device. Compiled kernels compute the
+    draws where they use them (:mod:`~mergekit_like.methods.kernels`).
 
     >>> import torch
     >>> d = Draws(0, "w", 0, 10)
@@ -68,23 +66,20 @@ class Draws:
     model: int
     numel: int
 
+    @property
+    def key(self) -> tuple[int, int]:
+        """``(k0, k1)``: the low and high 32 bits of the model's seed for this tensor."""
+        key = tensor_seed(self.seed, f"{self.name}\0{self.model}")
+        return key & 0xFFFFFFFF, key >> 32
+
     def take(self, start: int, stop: int, device: torch.device | str) -> torch.Tensor:
         """The draws of entries ``[start, stop)``, a flat float32 tensor on ``device``."""
         import torch
 
-        out = torch.empty(max(0, stop - start), dtype=torch.float32, device=device)
-        for block in range(start // DRAW_BLOCK, -(-stop // DRAW_BLOCK)):
-            first = block * DRAW_BLOCK
-            gen = torch.Generator(device=device)
-            gen.manual_seed(tensor_seed(self.seed, f"{self.name}\0{self.model}\0{block}"))
-            size = min(DRAW_BLOCK, self.numel - first)
-            lo, hi = max(start, first), min(stop, first + size)
-            if (lo, hi) == (first, first + size):  # the whole block: drawn in place
-                torch.rand(size, generator=gen, device=device, out=out[lo - start:hi - start])
-            else:
-                draw = torch.rand(size, generator=gen, device=device, dtype=torch.float32)
-                out[lo - start:hi - start] = draw[lo - first:hi - first]
-        return out
+        from mergekit_like.methods.kernels import counter_uniforms
+
+        index = torch.arange(start, max(start, stop), dtype=torch.int64, device=device)
+        return counter_uniforms(index, *self.key)
 
 
 @dataclass(frozen=True)

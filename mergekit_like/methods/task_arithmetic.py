@@ -157,6 +157,15 @@ class TaskVectorStats:
             if state.window is not None and round_ < state.window.rounds:
                 state.window.observe_digits(round_, x.numel(),
                                             partial(self.kernels.radix_digits, x, base))
+            elif state.norm_round(round_):  # the trim as a rule, as the merge will apply it
+                values = state.window_values()
+                counts = self.kernels.count_equal([x], base, [values])[0] if values else []
+                plan = state.rule(start, x.numel(), counts, base.device,
+                                  partial(equal_places, x, base))
+                if isinstance(plan, Rule):
+                    state.add_norms(*self.kernels.trim_magnitudes(x, base, plan))
+                else:
+                    state.observe(round_, x.sub(base), start, edges=plan)
             else:
                 state.observe(round_, x.sub(base), start)
 
@@ -185,11 +194,8 @@ class TaskVectorStats:
         counts: list[list[int]] = [[] for _ in values]
         if any(values):
             counts = self.kernels.count_equal(tensors, base, values)
-        def places(x: torch.Tensor, value: int) -> torch.Tensor:
-            return (magnitude_bits((x - base).abs()).reshape(-1) == value).nonzero().squeeze(1)
-
         plans = [Rule("all") if s is None else s.rule(start, base.numel(), c, base.device,
-                                                      partial(places, x))
+                                                      partial(equal_places, x, base))
                  for x, s, c in zip(tensors, self.states, counts, strict=True)]
         rules = [p for p in plans if isinstance(p, Rule)]
         if len(rules) == len(plans):
@@ -210,6 +216,11 @@ class TaskVectorStats:
         """The next chunk's task vectors, trimmed (updated in place with ``inplace``)."""
         return [d if s is None else s.apply(d, start, inplace=inplace)
                 for d, s in zip(deltas, self.states, strict=True)]
+
+
+def equal_places(x: torch.Tensor, base: torch.Tensor, value: int) -> torch.Tensor:
+    """The flat positions where ``|x - base|``'s bit pattern equals ``value``, ascending."""
+    return (magnitude_bits((x - base).abs()).reshape(-1) == value).nonzero().squeeze(1)
 
 
 def energy_weights(deltas: Sequence[torch.Tensor]) -> list[float]:

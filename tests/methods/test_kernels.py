@@ -156,3 +156,23 @@ def test_a_wrong_guess_takes_the_second_round():
     assert not window.wants(2)
     kept = torch.cat([window.mask(p) for p in mags.split(1000)]).bool()
     assert torch.equal(kept, torch.arange(4000) >= 2000)
+
+
+def test_counter_draws_are_uniform_and_independent_across_lags_and_models():
+    from mergekit_like.methods.spec import Draws
+
+    n = 1 << 20
+    u = Draws(0, "model.layers.0.mlp.up_proj.weight", 0, n).take(0, n, "cpu")
+    v = Draws(0, "model.layers.0.mlp.up_proj.weight", 1, n).take(0, n, "cpu")
+    assert float(u.min()) >= 0.0 and float(u.max()) < 1.0
+    torch.testing.assert_close(float(u.mean()), 0.5, atol=2e-3, rtol=0)
+    torch.testing.assert_close(float(u.var()), 1 / 12, atol=1e-3, rtol=0)
+
+    def chi2(a: torch.Tensor, b: torch.Tensor) -> float:  # 16 x 16 cells: 255 dof
+        cells = torch.bincount((a * 16).long() * 16 + (b * 16).long(), minlength=256).double()
+        return float(((cells - cells.mean()) ** 2 / cells.mean()).sum())
+
+    for lag in (1, 2, 3, 64, 4096):  # 0.1% of chi2(255) lies above 330
+        assert chi2(u[:-lag], u[lag:]) < 330
+    assert chi2(u, v) < 330
+    assert abs(float((u < 0.3).float().mean()) - 0.3) < 3e-3

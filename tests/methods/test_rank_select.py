@@ -7,7 +7,7 @@ import torch
 
 from mergekit_like.methods.rank_select import RankWindow, magnitude_bits, rank_window_mask
 from mergekit_like.methods.reductions import BlockSums, stable_sum
-from mergekit_like.methods.spec import DRAW_BLOCK, Draws
+from mergekit_like.methods.spec import Draws
 from tests.methods.draws import documented_draws
 
 
@@ -76,11 +76,12 @@ def test_block_sums_in_chunks_equal_stable_sum(size):
     assert torch.equal(sums.total(), stable_sum(x))
 
 
-def test_draws_follow_their_documented_blocks_and_do_not_depend_on_the_slice():
-    numel = 2 * DRAW_BLOCK + 123
+def test_draws_follow_their_documented_hash_and_do_not_depend_on_the_slice():
+    numel = 3 * 2**20 + 123
     draws = Draws(3, "w", 1, numel)
     whole = draws.take(0, numel, "cpu")
     assert torch.equal(whole, documented_draws(3, "w", 1, (numel,)))
-    assert torch.equal(draws.take(DRAW_BLOCK - 5, DRAW_BLOCK + 5, "cpu"),
-                       whole[DRAW_BLOCK - 5:DRAW_BLOCK + 5])
+    assert torch.equal(draws.take(2**20 - 5, 2**20 + 5, "cpu"), whole[2**20 - 5:2**20 + 5])
+    far = 2**32 + 7  # the high half of the index counts too
+    assert not torch.equal(draws.take(far, far + 100, "cpu"), whole[7:107])
     assert not torch.equal(Draws(3, "w", 0, numel).take(0, 100, "cpu"), whole[:100])
