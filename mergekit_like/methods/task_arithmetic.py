@@ -328,7 +328,9 @@ def family_merge(trim: TrimKind | None = None, consensus: Consensus | None = Non
                  ) -> dict[str, Any]:
     """A family member's ``MergeMethod`` fields: merge, stats, and elementwise (row chunks)."""
     family = TaskArithmeticFamily(trim, consensus)
-    return {"merge": family, "stats": family.stats, "elementwise": True, "kernels": True}
+    # compiling pays where there is a trim; plain task arithmetic is a few in-place passes
+    return {"merge": family, "stats": family.stats, "elementwise": True,
+            "kernels": trim is not None}
 
 
 TASK_ARITHMETIC = MergeMethod(
