@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
+from mergekit_like.methods.draws import counter_uniforms
 from mergekit_like.methods.rank_select import bit_digits, magnitude_bits
 
 if TYPE_CHECKING:
@@ -41,7 +42,7 @@ class Rule:
     each ``(value, first, stop)`` of ``spans``, those with ``bits(|d|) == value`` at flat
     positions ``first <= i < stop`` of the chunk (where a rank window's edge falls among
     equal magnitudes); ``"random"`` those whose draw is below ``p`` (the draws of
-    :class:`~.spec.Draws` with ``key``, for the chunk starting at flat index ``start``).
+    :class:`~.draws.Draws` with ``key``, for the chunk starting at flat index ``start``).
     ``post``: then multiply by ``factor`` (``"scale"``, an L1 rescale) or divide by ``p``
     (``"divide"``, rescaling by keep probability).
     """
@@ -108,26 +109,6 @@ def mix_deltas(deltas: Sequence[torch.Tensor], base: torch.Tensor, weights: torc
             divisor.masked_fill_(divisor == 0, 1.0)
         mixed.div_(divisor)
     return mixed.mul_(lambda_).add_(base)
-
-
-def mix32(x: torch.Tensor) -> torch.Tensor:
-    """A 32-bit integer hash of int64 values in ``[0, 2**32)`` (C. Wellons' "lowbias32",
-    second constants), updated in place. Every product stays below ``2**63``."""
-    x.bitwise_xor_(x >> 16)
-    x.mul_(0x21F0AAAD).bitwise_and_(0xFFFFFFFF)
-    x.bitwise_xor_(x >> 15)
-    x.mul_(0x735A2D97).bitwise_and_(0xFFFFFFFF)
-    return x.bitwise_xor_(x >> 15)
-
-
-def counter_uniforms(index: torch.Tensor, k0: int | torch.Tensor,
-                     k1: int | torch.Tensor) -> torch.Tensor:
-    """The uniform draws of flat ``index`` (int64) under key ``(k0, k1)`` (:class:`.Draws`)."""
-    import torch
-
-    h = mix32((index & 0xFFFFFFFF).bitwise_xor_(k0))
-    h = mix32(h.bitwise_xor_(index >> 32).bitwise_xor_(k1))
-    return (h >> 8).to(torch.float32).mul_(1.0 / (1 << 24))
 
 
 def trimmed(d: torch.Tensor, kind: RuleKind, post: RulePost, has_lo: bool, has_hi: bool,

@@ -44,8 +44,8 @@ from mergekit_like.methods.reductions import BlockSums
 if TYPE_CHECKING:
     import torch
 
+    from mergekit_like.methods.draws import Draws
     from mergekit_like.methods.kernels import Rule, RulePost
-    from mergekit_like.methods.spec import Draws
 
 TrimKind = Literal["magnitude", "outliers", "random", "della"]
 RANDOM_TRIMS: frozenset[str] = frozenset({"random", "della"})

@@ -7,13 +7,13 @@ uses one, the resolved per-model and global parameters, and a :class:`TensorCont
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict
 
+from mergekit_like.methods.draws import Draws
 from mergekit_like.methods.kernels import Kernels
 
 if TYPE_CHECKING:
@@ -28,58 +28,6 @@ class MethodParams(BaseModel):
 
 class NoParams(MethodParams):
     """A method without parameters of this kind."""
-
-
-def tensor_seed(seed: int, name: str) -> int:
-    """A 63-bit seed derived from the run's seed and the tensor's name.
-
-    Random masks depend only on (seed, name), never on the order or the process that
-    computes a tensor, so outputs are byte-identical however the work is scheduled.
-
-    >>> tensor_seed(0, "model.layers.0.mlp.up_proj.weight") == tensor_seed(0, "model.layers.0.mlp.up_proj.weight")
-    True
-    """  # noqa: E501
-    digest = hashlib.sha256(f"{seed}\0{name}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
-
-
-@dataclass(frozen=True)
-class Draws:
-    """Uniform float32 draws in ``[0, 1)``, one per entry of a tensor, for one model.
-
-    Counter-based: entry ``i`` (flat) draws ``(h >> 8) / 2**24`` with
-    ``h = mix32(mix32((i mod 2**32) ^ k0) ^ (i >> 32) ^ k1)``, where ``k0`` and ``k1`` are
-    the low and high 32 bits of ``tensor_seed(seed, f"{name}\\0{model}")`` and ``mix32`` is
-    the 32-bit integer hash of :func:`~mergekit_like.methods.kernels.mix32`. So a draw
-    depends only on the run's seed, the tensor, the model's index and the entry: never on
-    how the tensor is split into chunks, nor on the device. Compiled kernels compute the
-    draws where they use them (:mod:`~mergekit_like.methods.kernels`).
-
-    >>> import torch
-    >>> d = Draws(0, "w", 0, 10)
-    >>> torch.equal(d.take(3, 7, "cpu"), d.take(0, 10, "cpu")[3:7])
-    True
-    """
-
-    seed: int
-    name: str
-    model: int
-    numel: int
-
-    @property
-    def key(self) -> tuple[int, int]:
-        """``(k0, k1)``: the low and high 32 bits of the model's seed for this tensor."""
-        key = tensor_seed(self.seed, f"{self.name}\0{self.model}")
-        return key & 0xFFFFFFFF, key >> 32
-
-    def take(self, start: int, stop: int, device: torch.device | str) -> torch.Tensor:
-        """The draws of entries ``[start, stop)``, a flat float32 tensor on ``device``."""
-        import torch
-
-        from mergekit_like.methods.kernels import counter_uniforms
-
-        index = torch.arange(start, max(start, stop), dtype=torch.int64, device=device)
-        return counter_uniforms(index, *self.key)
 
 
 @dataclass(frozen=True)

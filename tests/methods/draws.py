@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from mergekit_like.methods.spec import tensor_seed
+from mergekit_like.methods.draws import tensor_seed
 
 M32 = 0xFFFFFFFF
 

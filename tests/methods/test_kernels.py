@@ -159,7 +159,7 @@ def test_a_wrong_guess_takes_the_second_round():
 
 
 def test_counter_draws_are_uniform_and_independent_across_lags_and_models():
-    from mergekit_like.methods.spec import Draws
+    from mergekit_like.methods.draws import Draws
 
     n = 1 << 20
     u = Draws(0, "model.layers.0.mlp.up_proj.weight", 0, n).take(0, n, "cpu")

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from mergekit_like.methods.draws import Draws
 from mergekit_like.methods.rank_select import RankWindow, magnitude_bits, rank_window_mask
 from mergekit_like.methods.reductions import BlockSums, stable_sum
-from mergekit_like.methods.spec import Draws
 from tests.methods.draws import documented_draws
 
 

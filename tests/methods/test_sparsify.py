@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from mergekit_like.methods.draws import Draws
 from mergekit_like.methods.sparsify import (
     Trim,
     della_probabilities,
@@ -13,7 +14,6 @@ from mergekit_like.methods.sparsify import (
     sparsify,
     variance_mask,
 )
-from mergekit_like.methods.spec import Draws
 from tests.methods.draws import documented_draws
 
 
