@@ -223,10 +223,12 @@ def count_equal(xs: Sequence[torch.Tensor], base: torch.Tensor,
                 values: Sequence[torch.Tensor]) -> list[torch.Tensor]:
     """How many entries of each ``bits(|x_i - base|)`` equal each of ``values[i]`` (a 1-D
     integer tensor per model): per model and value, a 0-d tensor."""
+    import torch
+
     found = []
     for x, vals in zip(xs, values, strict=True):
         bits = magnitude_bits((x - base).abs_())
-        found.extend((bits == vals[j]).sum() for j in range(vals.numel()))
+        found.extend(torch.count_nonzero(bits == vals[j]) for j in range(vals.numel()))
     return found
 
 

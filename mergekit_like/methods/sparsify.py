@@ -15,7 +15,7 @@ beforehand (``model_wide_trim``, :mod:`mergekit_like.global_trim`), every tie at
   magnitude rank within its row, from ``density - epsilon`` (smallest) to
   ``density + epsilon`` (largest), so the expected kept fraction is ``density``.
 
-Random trims compare each entry with its own uniform draw (:class:`~.spec.Draws`, from
+Random trims compare each entry with its own uniform draw (:class:`~.draws.Draws`, from
 ``TensorContext.draws``), which depends only on the run's seed, the tensor's name, the
 model's index and the entry's position.
 
@@ -327,7 +327,7 @@ class TrimState:
 def sparsify(delta: torch.Tensor, trim: Trim, draws: Draws | None = None) -> torch.Tensor:
     """``delta`` trimmed and rescaled as ``trim`` says (a new tensor; ``delta`` is untouched).
 
-    Random trims need ``draws`` (:class:`~.spec.Draws`). ``density >= 1`` returns ``delta``
+    Random trims need ``draws`` (:class:`~.draws.Draws`). ``density >= 1`` returns ``delta``
     unchanged (no rescaling), ``density <= 0`` returns zeros. The whole-tensor form of
     :class:`TrimState`, with the same bytes as any chunking of it.
     """
