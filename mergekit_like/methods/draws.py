@@ -55,10 +55,10 @@ class Draws:
 
     Counter-based: entry ``i`` (flat) draws ``(h >> 8) / 2**24`` with
     ``h = mix32(mix32((i mod 2**32) ^ k0) ^ (i >> 32) ^ k1)``, where ``k0`` and ``k1`` are
-    the low and high 32 bits of ``tensor_seed(seed, f"{name}\\0{model}")`` and ``mix32`` is
-    the 32-bit integer hash of :func:`mix32`. So a draw
-    depends only on the run's seed, the tensor, the model's index and the entry: never on
-    how the tensor is split into chunks, nor on the device. Compiled kernels compute the
+    the low and high 32 bits of ``tensor_seed(seed, f"{name}\\0{model}")``, and
+    :func:`mix32` a 32-bit integer hash. So a draw depends only on the run's seed, the
+    tensor, the model's index and the entry: never on how the tensor is split into chunks,
+    nor on the device. Compiled kernels compute the
     draws where they use them (:mod:`~mergekit_like.methods.kernels`).
 
     >>> import torch

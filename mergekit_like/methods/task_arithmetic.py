@@ -85,7 +85,7 @@ def generalized_task_arithmetic(
         deltas = [x - base for x in tensors]
         if trims is not None:
             stats = trims if isinstance(trims, TaskVectorStats) else TaskVectorStats.whole(
-                trims, deltas, draws, kernels)
+                trims, tensors, base, draws, kernels)
             deltas = stats.apply(deltas, start, inplace=True)
         if select_topk < 1.0:
             selected = variance_mask(deltas, select_topk)
@@ -98,15 +98,8 @@ def generalized_task_arithmetic(
     if trims is None:
         return kernels.trim_mix(tensors, base, [Rule("all")] * len(tensors), weights,
                                 float(lam), consensus, normalize)
-    if not isinstance(trims, TaskVectorStats):  # the whole tensor: one chunk
-        import torch
-
-        trims = TaskVectorStats(trims, base.numel(), torch.finfo(base.dtype).bits, draws,
-                                kernels)
-        for round_ in range(trims.rounds):
-            if trims.wants(round_):
-                trims.observe(round_, tensors, base, 0)
-                trims.finish(round_)
+    if not isinstance(trims, TaskVectorStats):
+        trims = TaskVectorStats.whole(trims, tensors, base, draws, kernels)
     return trims.merge(tensors, base, start, weights, float(lam), consensus, normalize)
 
 
@@ -128,17 +121,16 @@ class TaskVectorStats:
         self.rounds = max((s.rounds for s in self.states if s is not None), default=0)
 
     @classmethod
-    def whole(cls, trims: Sequence[Trim | None], deltas: Sequence[torch.Tensor],
-              draws: Sequence[Draws | None] | None,
+    def whole(cls, trims: Sequence[Trim | None], tensors: Sequence[torch.Tensor],
+              base: torch.Tensor, draws: Sequence[Draws | None] | None,
               kernels: Kernels | None = None) -> TaskVectorStats:
-        """Gathered from whole task vectors (the method got the whole tensor)."""
+        """Gathered from whole tensors (the method got the whole tensor: one chunk)."""
         import torch
 
-        stats = cls(trims, deltas[0].numel(), torch.finfo(deltas[0].dtype).bits, draws,
-                    kernels)
+        stats = cls(trims, base.numel(), torch.finfo(base.dtype).bits, draws, kernels)
         for round_ in range(stats.rounds):
             if stats.wants(round_):
-                stats.observe_deltas(round_, deltas, 0)
+                stats.observe(round_, tensors, base, 0)
                 stats.finish(round_)
         return stats
 
@@ -168,12 +160,6 @@ class TaskVectorStats:
                     state.observe(round_, x.sub(base), start, edges=plan)
             else:
                 state.observe(round_, x.sub(base), start)
-
-    def observe_deltas(self, round_: int, deltas: Sequence[torch.Tensor], start: int) -> None:
-        """Like :meth:`observe`, given the task vectors themselves."""
-        for d, state in zip(deltas, self.states, strict=True):
-            if state is not None and round_ < state.rounds:
-                state.observe(round_, d, start)
 
     def finish(self, round_: int) -> None:
         """Close round ``round_``."""
