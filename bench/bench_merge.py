@@ -39,8 +39,12 @@ import yaml
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-MERGE = ROOT / ".venv" / "bin" / "merge"
+# the project's virtual environment; elsewhere (a GPU machine with torch preinstalled) the
+# running interpreter, with mergekit_like found through PYTHONPATH
 PYTHON = ROOT / ".venv" / "bin" / "python"
+MERGE = [str(ROOT / ".venv" / "bin" / "merge")]
+if not PYTHON.exists():
+    PYTHON, MERGE = Path(sys.executable), [sys.executable, "-m", "mergekit_like"]
 BLOCK = 16 * 2**20
 METHODS = ("linear", "task_arithmetic", "ties", "dare_ties", "slerp", "breadcrumbs")
 # parameters each method is benchmarked with (keys a method does not declare are left out)
@@ -97,7 +101,8 @@ def run_child(argv: list[str], code: Path | None = None) -> Measure:
 
     ``code``: a folder put first on the child's PYTHONPATH (another mergekit_like copy).
     """
-    env = dict(os.environ, PYTHONPATH=str(code)) if code else None
+    path = os.pathsep.join(p for p in (str(code or ""), os.environ.get("PYTHONPATH", "")) if p)
+    env = dict(os.environ, PYTHONPATH=path)
     busy = busy_seconds()
     proc = subprocess.run([sys.executable, "-S", "-c", _LAUNCHER, *argv],
                           capture_output=True, text=True, env=env)
@@ -252,6 +257,11 @@ def main(argv: list[str] | None = None) -> int:
     (work / "out").mkdir(exist_ok=True)
     warm(files)
 
+    gpu = "cuda" in ns.extra
+    gpu_peak_file = work / "gpu_peak.txt"
+    # on a GPU the merge runs through a wrapper that records torch's peak GPU memory
+    merge_cmd = ([str(PYTHON), str(HERE / "gpu_merge.py"), str(gpu_peak_file)] if gpu
+                 else MERGE)
     rows: list[list[str]] = []
     notes: list[str] = []
     recipes: dict[str, Path] = {}
@@ -267,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
         inputs = input_files(recipe)
         out_bytes = inputs[0].stat().st_size
         out = work / "out" / method
-        floors, merges, split = [], [], []
+        floors, merges, split, gpu_peaks = [], [], [], []
         floor_file = work / "floor.bin"
         for _ in range(ns.repeat):
             warm(inputs)
@@ -275,8 +285,10 @@ def main(argv: list[str] | None = None) -> int:
                                      str(out_bytes), *map(str, inputs)]))
             split.append([float(x) for x in Path(f"{floor_file}.times").read_text().split()])
             warm(inputs)
-            merges.append(run_child([str(MERGE), str(path), str(out), "--quiet", "--force",
+            merges.append(run_child([*merge_cmd, str(path), str(out), "--quiet", "--force",
                                      *shlex.split(ns.extra)], ns.code))
+            if gpu:
+                gpu_peaks.append(int(gpu_peak_file.read_text().split()[0]))
             shutil.rmtree(out)
         f = Measure(statistics.median(m.wall for m in floors),
                     statistics.median(m.cpu for m in floors), max(m.rss for m in floors))
@@ -289,12 +301,12 @@ def main(argv: list[str] | None = None) -> int:
                      f"{f.wall:.1f} ({f_read:.1f} + {f_write:.1f})",
                      f"**{m.wall / f.wall:.2f}x**", f"{m.cpu:.1f}", f"{f.cpu:.1f}",
                      f"{m.cpu / f.cpu:.2f}x", f"{m.rss / 2**20:.0f}", f"{f.rss / 2**20:.0f}",
-                     f"{others:.1f}"])
+                     f"{others:.1f}"] + ([f"{max(gpu_peaks) / 2**20:.0f}"] if gpu else []))
         print(fmt_row(rows[-1]), flush=True)
 
     any_recipe = next(iter(recipes.values()))
-    t_help = median_time([str(MERGE), "--help"], ns.code)
-    t_validate = median_time([str(MERGE), "validate", str(any_recipe)], ns.code)
+    t_help = median_time([*MERGE, "--help"], ns.code)
+    t_validate = median_time([*MERGE, "validate", str(any_recipe)], ns.code)
     from mergekit_like.io.safetensors_header import read_header
 
     params = sum(i.numel for i in read_header(files[0]).values())
@@ -314,8 +326,8 @@ def main(argv: list[str] | None = None) -> int:
         + (f" --code {ns.code}" if ns.code else "") + "`", "",
         fmt_row(["method", "inputs", "wall s", "floor wall s (read + write)", "wall ratio", "CPU s",
                  "floor CPU s", "CPU ratio", "peak RSS MiB", "floor RSS MiB",
-                 "other load"]),
-        fmt_row(["---"] * 11),
+                 "other load"] + (["peak GPU MiB"] if gpu else [])),
+        fmt_row(["---"] * (12 if gpu else 11)),
         *(fmt_row(r) for r in rows), "",
         f"`merge --help`: {t_help:.2f} s; `merge validate {any_recipe.name}`: "
         f"{t_validate:.2f} s (median of 5).", "",

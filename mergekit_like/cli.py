@@ -62,6 +62,10 @@ def _run_parser() -> argparse.ArgumentParser:
     p.add_argument("--chunk-size", default="16MiB",
                    help="rows of large tensors are merged in chunks of this size (elementwise "
                         "methods; default 16MiB per input)")
+    p.add_argument("--max-gpu-memory", default=None, metavar="SIZE",
+                   help="with --device cuda: keep the merge's tensors on the GPU under SIZE "
+                        "(e.g. 8GiB): chunks shrink to fit, and a tensor that cannot fit is "
+                        "merged on the CPU")
     p.add_argument("--kernels", default="auto", choices=("auto", "eager", "compiled"),
                    help="run the task-arithmetic family (ties, dare, breadcrumbs...) as eager "
                         "torch or compiled fused kernels (same bytes); auto compiles for large "
@@ -117,13 +121,22 @@ def _merge(ns: argparse.Namespace) -> int:
         except ValueError as exc:
             raise MergeError(f"{flag}: {exc}") from None
     shard, chunk = sizes["--out-shard-size"], sizes["--chunk-size"]
+    max_gpu = None
+    if ns.max_gpu_memory is not None:
+        if ns.device == "cpu":
+            raise MergeError("--max-gpu-memory: applies to --device cuda or auto, not cpu")
+        try:
+            max_gpu = parse_size(ns.max_gpu_memory)
+        except ValueError as exc:
+            raise MergeError(f"--max-gpu-memory: {exc}") from None
     if ns.num_processes < 1:
         raise MergeError(f"--num-processes: expected 1 or more, got {ns.num_processes}")
     say = not ns.quiet and os.environ.get("RANK", "0") == "0"  # one rank of torchrun speaks
     options = MergeOptions(device=ns.device, out_shard_bytes=shard, force=ns.force,
                            resume=ns.resume, allow_nonfinite=ns.allow_nonfinite,
                            num_processes=ns.num_processes,
-                           seed=ns.seed, quiet=ns.quiet, chunk_bytes=chunk, kernels=ns.kernels)
+                           seed=ns.seed, quiet=ns.quiet, chunk_bytes=chunk, kernels=ns.kernels,
+                           max_gpu_bytes=max_gpu)
     if ns.multirun:  # soups: sweeps run each setting through soups/runner.py
         from mergekit_like.soups.sweep import run_sweep
 

@@ -17,34 +17,35 @@ inputs exceed the chunk budget is not read ahead but after the previous step is 
 from __future__ import annotations
 
 import math
-from collections import deque
-from collections.abc import Callable, Collection, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal, TypeVar
+from collections.abc import Callable, Collection
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Literal
 
 from mergekit_like.errors import MergeError
+from mergekit_like.io.cuda_staging import CudaStaging, Outbound
 from mergekit_like.io.reader import TensorReader, torch_dtype
 from mergekit_like.io.safetensors_header import DTYPE_SIZES, RECIPE_DTYPES
 from mergekit_like.io.writer import ShardWriter
 from mergekit_like.memory import HeapTrimmer, tune_allocator
 from mergekit_like.methods import REGISTRY, TensorContext
 from mergekit_like.methods.kernels import Kernels, choose_mode
+from mergekit_like.pipeline import run_pipeline
 from mergekit_like.plan import COPY, Plan, PlannedTensor
 
 if TYPE_CHECKING:
     import torch
 
+    from mergekit_like.io.safetensors_header import TensorInfo
     from mergekit_like.methods.spec import TensorStats
 
     Inputs = tuple[list[torch.Tensor], torch.Tensor | None]
+    # inputs, base, and the event of their upload to the GPU (None on the CPU)
+    Loaded = tuple[list[torch.Tensor], torch.Tensor | None, torch.cuda.Event | None]
+    Read = Callable[[TensorInfo, str, tuple[int, int] | None, str], torch.Tensor]
 
 # per input, in the compute dtype; 16 MiB keeps the working set (inputs, temporaries, the step
 # read ahead) far below 1 GB and is as fast as larger chunks (bench/RESULTS.md)
 DEFAULT_CHUNK_BYTES = 16 * 2**20
-T = TypeVar("T")
-R = TypeVar("R")
-S = TypeVar("S")
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,8 @@ class ExecOptions:
     ``prefetch``: read ahead and write behind on a background thread (same bytes either way).
     ``kernels``: run the task-arithmetic family's passes eagerly, compiled, or ``auto``
     (:func:`~mergekit_like.methods.kernels.choose_mode`); same bytes either way.
+    ``max_device_bytes``: on a GPU, the most memory the merge's tensors may take there
+    (:func:`fit_device`): chunks shrink to fit, and a step that cannot fit runs on the CPU.
     """
 
     device: str = "cpu"
@@ -63,6 +66,7 @@ class ExecOptions:
     prefetch: bool = True
     allow_nonfinite: bool = False
     kernels: Literal["auto", "eager", "compiled"] = "auto"
+    max_device_bytes: int | None = None
 
 
 def row_chunks(pt: PlannedTensor, compute_itemsize: int, chunk_bytes: int) -> list[tuple[int, int]]:
@@ -88,7 +92,7 @@ class Step:
     base) in the compute dtype; ``last`` marks the final chunk of a tensor (or of a round).
     ``round``: -1 for a merge step; ``r >= 0`` for a chunk of the method's statistics pass
     ``r`` over the tensor (:class:`~mergekit_like.methods.spec.TensorStats`), which writes
-    nothing.
+    nothing. ``cpu``: computed on the CPU although the run uses a GPU (:func:`fit_device`).
     """
 
     pt: PlannedTensor
@@ -98,6 +102,7 @@ class Step:
     last: bool
     round: int = -1
     start: int = 0
+    cpu: bool = False
 
 
 def plan_steps(plan: Plan, compute_itemsize: int, chunk_bytes: int,
@@ -123,63 +128,65 @@ def plan_steps(plan: Plan, compute_itemsize: int, chunk_bytes: int,
     return steps
 
 
-def estimate_peak_bytes(plan: Plan, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> int:
-    """Largest working set of any step: its inputs, base, result and temporaries in the
-    compute dtype, plus the next step read ahead and the previous result being written."""
-    size = DTYPE_SIZES[RECIPE_DTYPES[plan.compute_dtype]]
-    steps = plan_steps(plan, size, chunk_bytes)
-    peak = 0
+def step_peaks(steps: list[Step]) -> list[int]:
+    """Each step's working set: its inputs, base, result and temporaries in the compute
+    dtype, plus the next step read ahead and the previous result being written."""
+    peaks = []
     for i, step in enumerate(steps):
-        n_in = len(step.pt.inputs) + (1 if step.pt.base else 0)
+        n_in = max(1, len(step.pt.inputs) + (1 if step.pt.base else 0))
         # inputs + result + one temporary per input (task vectors, masks)
-        own = step.in_bytes * (2 * n_in + 2) // max(1, n_in)
-        ahead = steps[i + 1].in_bytes if i + 1 < len(steps) else 0
-        ahead = ahead if ahead <= chunk_bytes * max(1, n_in) else 0
-        behind = steps[i - 1].in_bytes // max(1, n_in) if i else 0
-        peak = max(peak, own + ahead + behind)
-    return peak
+        own = step.in_bytes * (2 * n_in + 2) // n_in
+        nxt = steps[i + 1] if i + 1 < len(steps) else None
+        ahead = nxt.in_bytes if nxt is not None and _read_ahead(nxt, step.in_bytes // n_in) else 0
+        behind = steps[i - 1].in_bytes // max(1, len(steps[i - 1].pt.inputs) + (
+            1 if steps[i - 1].pt.base else 0)) if i else 0
+        peaks.append(own + ahead + behind)
+    return peaks
 
 
-def run_pipeline(
-    steps: Sequence[S],
-    load: Callable[[S], T],
-    run: Callable[[S, T], R],
-    write: Callable[[S, R], None],
-    *,
-    prefetch: bool = True,
-    read_ahead: Callable[[S], bool] = lambda step: True,
-) -> None:
-    """``write(s, run(s, load(s)))`` for every step ``s``, in order.
+def _read_ahead(step: Step, chunk_bytes: int) -> bool:
+    """Whether ``step`` may be read while the one before it runs (its inputs fit a chunk)."""
+    return step.in_bytes <= chunk_bytes * max(1, len(step.pt.inputs) + (1 if step.pt.base else 0))
 
-    With ``prefetch``, ``load`` and ``write`` run on one background thread (never at the
-    same time as each other) and ``run`` on the calling thread: step ``i + 1`` is loaded
-    while step ``i`` runs, unless ``read_ahead(step)`` says it is too large (then it is
-    loaded once step ``i`` is done), and at most one result waits to be written. Without,
-    everything runs in turn on the calling thread. Exceptions propagate to the caller;
-    queued work is cancelled.
+
+def estimate_peak_bytes(plan: Plan, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> int:
+    """Largest working set of any step (:func:`step_peaks`)."""
+    size = DTYPE_SIZES[RECIPE_DTYPES[plan.compute_dtype]]
+    return max(step_peaks(plan_steps(plan, size, chunk_bytes)), default=0)
+
+
+MIN_DEVICE_CHUNK = 2**20
+DEVICE_SLACK = 1.25
+"""Device working sets are estimated at :func:`step_peaks` times this: the caching
+allocator rounds blocks up, and an upload holds the file-dtype bytes beside the converted
+tensor."""
+
+
+def fit_device(plan: Plan, chunk_bytes: int, limit: int | None,
+               rounds: Callable[[PlannedTensor], int] = lambda pt: 0) -> tuple[int, list[Step]]:
+    """The chunk size and steps of a GPU run whose tensors must stay under ``limit`` bytes.
+
+    Chunks are halved (down to 1 MiB) until every step of a tensor that can be split in
+    rows fits; a step that still does not fit (a whole tensor of a method that cannot work
+    in chunks, a huge row) is marked ``cpu`` and runs on the CPU. Copied tensors never
+    touch the GPU. Without ``limit``: the plain steps, all on the GPU.
     """
-    if not prefetch:
-        for step in steps:
-            write(step, run(step, load(step)))
-        return
-    pool = ThreadPoolExecutor(1, thread_name_prefix="merge-io")
-    writes: deque[Future[None]] = deque()
-    try:
-        ahead = pool.submit(load, steps[0]) if steps else None
-        for i, step in enumerate(steps):
-            inputs = (ahead or pool.submit(load, step)).result()
-            nxt = steps[i + 1] if i + 1 < len(steps) else None
-            ahead = pool.submit(load, nxt) if nxt is not None and read_ahead(nxt) else None
-            out = run(step, inputs)
-            del inputs
-            writes.append(pool.submit(write, step, out))
-            del out
-            while len(writes) > 1:
-                writes.popleft().result()
-        while writes:
-            writes.popleft().result()
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+    size = DTYPE_SIZES[RECIPE_DTYPES[plan.compute_dtype]]
+    if limit is None:
+        return chunk_bytes, plan_steps(plan, size, chunk_bytes, rounds)
+    chunk = chunk_bytes
+    while True:
+        steps = plan_steps(plan, size, chunk, rounds)
+        peaks = step_peaks(steps)
+        split = [len(row_chunks(s.pt, size, 1)) > 1 for s in steps]
+        if chunk <= MIN_DEVICE_CHUNK or all(
+                p * DEVICE_SLACK <= limit for p, c in zip(peaks, split, strict=True) if c):
+            break
+        chunk //= 2
+    # all steps of a tensor on one device: its statistics live there
+    over = {s.pt.name for s, p in zip(steps, peaks, strict=True)
+            if s.pt.method == COPY or p * DEVICE_SLACK > limit}
+    return chunk, [replace(s, cpu=True) if s.pt.name in over else s for s in steps]
 
 
 def execute(
@@ -239,8 +246,10 @@ def execute(
         stats = new_stats(pt)
         return stats.rounds if stats is not None else 0
 
-    steps = [s for s in plan_steps(plan, DTYPE_SIZES[compute], options.chunk_bytes, rounds)
-             if s.pt.name not in skipped]
+    staging = CudaStaging(options.device) if options.device.startswith("cuda") else None
+    chunk, steps = fit_device(plan, options.chunk_bytes,
+                              options.max_device_bytes if staging else None, rounds)
+    steps = [s for s in steps if s.pt.name not in skipped]
     bar = tqdm(total=plan.write_bytes, unit="B", unit_scale=True, unit_divisor=1024,
                desc="merging", disable=not options.progress, dynamic_ncols=True)
     done = 0
@@ -251,13 +260,30 @@ def execute(
         stats = gathering.get(step.pt.name)
         return step.round < 0 or stats is None or stats.wants(step.round)
 
-    def load(step: Step) -> Inputs | None:
+    def read_host(info: TensorInfo, name: str, rows: tuple[int, int] | None,
+                  dtype: str) -> torch.Tensor:
+        return reader.read(info, name, rows=rows, dtype=dtype, device=options.device
+                           if staging is None else "cpu")
+
+    def on_gpu(step: Step) -> bool:
+        return staging is not None and not step.cpu and step.pt.method != COPY
+
+    def load(step: Step) -> Loaded | None:
         if not wanted(step):  # read on the I/O thread: at worst, read in vain
             return None
-        return _load(plan, step, reader, compute, options.device)
+        if staging is None or not on_gpu(step):
+            return *_load(plan, step, compute, read_host), None
+        with staging.uploading():
+            tensors, base = _load(plan, step, compute, lambda info, name, rows, dtype:
+                                  staging.read(reader, info, name, rows, dtype))
+        return tensors, base, staging.hand_over([*tensors, base])
 
-    def run(step: Step, inputs: Inputs | None) -> torch.Tensor | None:
+    def run(step: Step, loaded: Loaded | None) -> Outbound | None:
         pt = step.pt
+        if loaded is not None and loaded[2] is not None:
+            assert staging is not None
+            staging.wait(loaded[2])
+        inputs = loaded[:2] if loaded is not None else None
         chunked = step.rows is not None and step.rows != (0, pt.shape[0])
         if chunked and pt.name not in gathering:
             gathering[pt.name] = new_stats(pt)
@@ -276,17 +302,25 @@ def execute(
                                  f"{str(exc).splitlines()[0]}") from None
             return None
         assert inputs is not None
+        # on a GPU the NaN/Inf check waits for the copy back, on the I/O thread
+        deferred = on_gpu(step)
         out = _merge(plan, step, inputs, context(pt, stats, step.start),
-                     options.allow_nonfinite)
+                     options.allow_nonfinite or deferred)
         if step.last:
             gathering.pop(pt.name, None)
             trim_heap()
-        return out
+        if deferred:
+            assert staging is not None
+            return staging.download(out, not options.allow_nonfinite)
+        return Outbound(out)
 
-    def write(step: Step, out: torch.Tensor | None) -> None:
+    def write(step: Step, outbound: Outbound | None) -> None:
         nonlocal done
-        if out is None:
+        if outbound is None:
             return
+        out = outbound.wait()
+        if not outbound.finite():
+            _raise_nonfinite(plan, step.pt, *_load(plan, step, compute, read_host))
         writer.write(step.pt.name, out, step.offset)
         bar.update(out.numel() * out.element_size())
         if step.last:
@@ -297,15 +331,13 @@ def execute(
 
     try:
         run_pipeline(steps, load, run, write, prefetch=options.prefetch,
-                     read_ahead=lambda step: step.in_bytes <= options.chunk_bytes * max(
-                         1, len(step.pt.inputs) + (1 if step.pt.base else 0)))
+                     read_ahead=lambda step: _read_ahead(step, chunk))
     finally:
         bar.close()
 
 
-def _load(plan: Plan, step: Step, reader: TensorReader, compute: str,
-          device: str) -> Inputs:
-    """Read one step's inputs (and base) in the compute dtype on ``device``."""
+def _load(plan: Plan, step: Step, compute: str, read: Read) -> Inputs:
+    """Read one step's inputs (and base) in the compute dtype with ``read``."""
     pt = step.pt
 
     def info(ref):  # noqa: ANN001, ANN202
@@ -313,17 +345,14 @@ def _load(plan: Plan, step: Step, reader: TensorReader, compute: str,
 
     if pt.method == COPY:
         ref = pt.inputs[0]
-        return [reader.read(info(ref), ref.name)], None
+        return [read(info(ref), ref.name, None, info(ref).dtype)], None
     if pt.vocab_sources is not None:  # rows mapped by token into the output vocabulary
         from mergekit_like.vocab_remap import read_remapped
 
         assert plan.vocab is not None
-        return read_remapped(pt, plan.vocab, lambda r: reader.read(
-            info(r), r.name, dtype=compute, device=device))
-    tensors = [reader.read(info(r), r.name, rows=step.rows, dtype=compute, device=device)
-               for r in pt.inputs]
-    base = (reader.read(info(pt.base), pt.base.name, rows=step.rows, dtype=compute,
-                        device=device) if pt.base else None)
+        return read_remapped(pt, plan.vocab, lambda r: read(info(r), r.name, None, compute))
+    tensors = [read(info(r), r.name, step.rows, compute) for r in pt.inputs]
+    base = read(info(pt.base), pt.base.name, step.rows, compute) if pt.base else None
     return tensors, base
 
 

@@ -44,6 +44,7 @@ class MergeOptions:
     allow_nonfinite: bool = False
     num_processes: int = 1
     kernels: Literal["auto", "eager", "compiled"] = "auto"
+    max_gpu_bytes: int | None = None
 
 
 @dataclass(frozen=True)
@@ -68,7 +69,7 @@ def write_setup(plan: Plan, options: MergeOptions) -> WriteSetup:
     exec_options = ExecOptions(device=device, seed=options.seed,
                                allow_nonfinite=options.allow_nonfinite,
                                chunk_bytes=options.chunk_bytes, progress=not options.quiet,
-                               kernels=options.kernels)
+                               kernels=options.kernels, max_device_bytes=options.max_gpu_bytes)
     print_ = fingerprint(resolved_recipe_yaml(plan), *layout.headers, repr(layout.files),
                          str(options.seed), plan.compute_dtype, device.split(":")[0])
     return WriteSetup(layout, exec_options, print_)

@@ -231,6 +231,11 @@ def test_device_and_option_errors(tmp_path, llama_family, run_cli):
         assert res.code == 2 and "no CUDA device" in res.err
     res = run_cli(recipe, tmp_path / "out", "--out-shard-size", "lots", "--quiet")
     assert res.code == 2 and "bad size 'lots'" in res.err
+    res = run_cli(recipe, tmp_path / "out", "--max-gpu-memory", "4GiB", "--quiet")
+    assert res.code == 2 and "--max-gpu-memory: applies to --device cuda" in res.err
+    res = run_cli(recipe, tmp_path / "out", "--device", "auto", "--max-gpu-memory", "x",
+                  "--quiet")
+    assert res.code == 2 and "--max-gpu-memory: bad size 'x'" in res.err
     res = run_cli(recipe, tmp_path / "out", "--device", "auto", "--quiet")
     assert res.code == 0, res.err
     assert not list(tmp_path.glob(".out.*"))

@@ -3,101 +3,26 @@
 from __future__ import annotations
 
 import math
-import threading
 from pathlib import Path
 
 import pytest
 import torch
 
 from mergekit_like.execute import (
+    DEVICE_SLACK,
     ExecOptions,
     all_finite,
     estimate_peak_bytes,
     execute,
+    fit_device,
     plan_steps,
-    run_pipeline,
+    row_chunks,
+    step_peaks,
 )
 from mergekit_like.io.reader import TensorReader
 from mergekit_like.io.writer import ShardWriter, layout_shards
 from mergekit_like.plan import plan_from_file
 from tests.conftest import load_tensors, write_recipe
-
-
-class Log:
-    """Records the order of pipeline events (thread-safe)."""
-
-    def __init__(self) -> None:
-        self.events: list[tuple[str, int]] = []
-        self.lock = threading.Lock()
-
-    def add(self, kind: str, i: int) -> None:
-        with self.lock:
-            self.events.append((kind, i))
-
-    def at(self, kind: str, i: int) -> int:
-        return self.events.index((kind, i))
-
-
-def pipeline(n: int, prefetch: bool, big: frozenset[int] = frozenset(),
-             fail: tuple[str, int] | None = None) -> tuple[Log, list[int]]:
-    log, written = Log(), []
-
-    def load(i: int) -> int:
-        log.add("load", i)
-        if fail == ("load", i):
-            raise ValueError("load failed")
-        return i * 10
-
-    def run(i: int, x: int) -> int:
-        log.add("run", i)
-        if fail == ("run", i):
-            raise ValueError("run failed")
-        log.add("ran", i)
-        return x + 1
-
-    def write(i: int, y: int) -> None:
-        log.add("write", i)
-        if fail == ("write", i):
-            raise ValueError("write failed")
-        written.append(y)
-
-    run_pipeline(list(range(n)), load, run, write, prefetch=prefetch,
-                 read_ahead=lambda i: i not in big)
-    return log, written
-
-
-@pytest.mark.parametrize("prefetch", [True, False])
-def test_pipeline_writes_every_result_in_order(prefetch):
-    log, written = pipeline(7, prefetch)
-    assert written == [i * 10 + 1 for i in range(7)]
-    assert [i for k, i in log.events if k == "run"] == list(range(7))
-
-
-def test_pipeline_reads_at_most_one_step_ahead_and_writes_behind():
-    log, _ = pipeline(8, True)
-    for i in range(8):
-        if i >= 2:  # step i is loaded only after step i - 2 has run
-            assert log.at("ran", i - 2) < log.at("load", i)
-        if i >= 1:  # the previous result is written before the step after this one runs
-            assert log.at("write", i - 1) < log.at("run", i + 1 if i + 1 < 8 else i)
-
-
-def test_pipeline_loads_a_large_step_only_after_the_previous_ran():
-    log, written = pipeline(6, True, big=frozenset({3}))
-    assert log.at("ran", 2) < log.at("load", 3)
-    assert written == [i * 10 + 1 for i in range(6)]
-
-
-def test_pipeline_without_prefetch_runs_each_step_in_turn():
-    log, _ = pipeline(3, False)
-    assert log.events == [(k, i) for i in range(3) for k in ("load", "run", "ran", "write")]
-
-
-@pytest.mark.parametrize("prefetch", [True, False])
-@pytest.mark.parametrize("stage", ["load", "run", "write"])
-def test_pipeline_errors_reach_the_caller(prefetch, stage):
-    with pytest.raises(ValueError, match=f"{stage} failed"):
-        pipeline(6, prefetch, fail=(stage, 2))
 
 
 def merge_with(recipe: Path, out: Path, options: ExecOptions) -> dict[str, bytes]:
@@ -204,6 +129,58 @@ dtype: float32
     # mlp.gate_proj: inputs + result + one temporary per input = 6 x 8 KiB, up_proj read
     # ahead (2 x 8 KiB), down_proj's result still being written (8 KiB)
     assert estimate_peak_bytes(plan, chunk_bytes=2**30) == 6 * 8192 + 2 * 8192 + 8192
+
+
+@pytest.fixture
+def nuslerp_family_recipe(tmp_path, llama_family):
+    """A method that takes whole tensors (nuslerp) beside copies: fit_device's hard cases."""
+    return write_recipe(tmp_path, f"""
+merge_method: nuslerp
+models:
+  - model: {llama_family['math']}
+    parameters: {{weight: 0.4}}
+  - model: {llama_family['code']}
+    parameters: {{weight: 0.6}}
+dtype: float32
+""")
+
+
+def test_fit_device_without_a_limit_keeps_every_step_and_the_chunk(ties_recipe):
+    plan = plan_from_file(ties_recipe)
+    chunk, steps = fit_device(plan, 4096, None)
+    assert chunk == 4096 and steps == plan_steps(plan, 4, 4096)
+    assert not any(s.cpu for s in steps)
+
+
+@pytest.mark.parametrize("limit", [30_000, 60_000, 10**9])
+def test_fit_device_shrinks_chunks_until_every_split_step_fits(ties_recipe, limit, monkeypatch):
+    monkeypatch.setattr("mergekit_like.execute.MIN_DEVICE_CHUNK", 64)
+    plan = plan_from_file(ties_recipe)
+    chunk, steps = fit_device(plan, 2**20, limit)
+    peaks = step_peaks(steps)
+    for step, peak in zip(steps, peaks, strict=True):  # what stays on the GPU fits
+        assert step.cpu or peak * DEVICE_SLACK <= limit
+    if chunk < 2**20:  # and the chunk is the largest power-of-two fraction that does
+        twice = step_peaks(plan_steps(plan, 4, 2 * chunk))
+        split = [len(row_chunks(s.pt, 4, 1)) > 1 for s in plan_steps(plan, 4, 2 * chunk)]
+        assert any(p * DEVICE_SLACK > limit for p, c in zip(twice, split, strict=True) if c)
+    for pt in plan.tensors:  # a tensor's steps all run on one device; copies on the CPU
+        flags = {s.cpu for s in steps if s.pt is pt}
+        assert len(flags) == 1
+        assert flags == {True} or pt.method != "copy"
+    assert any(not s.cpu for s in steps)
+
+
+def test_fit_device_sends_whole_tensors_that_cannot_fit_to_the_cpu(nuslerp_family_recipe):
+    plan = plan_from_file(nuslerp_family_recipe)
+    # nuslerp takes whole tensors. A 32 x 32 projection: 2 inputs of 4 KiB, working set
+    # 6 x 4 KiB + the next projection read ahead (8 KiB) + the last result (4 KiB), times
+    # the slack 1.25 = 45 KiB: fits 50 KB. The 64 x 32 matrices need twice that: they don't.
+    chunk, steps = fit_device(plan, 4096, 50_000)
+    big = {s.pt.name for s in steps if s.cpu}
+    assert "model.embed_tokens.weight" in big and "model.layers.0.mlp.up_proj.weight" in big
+    assert "model.norm.weight" not in big and "model.layers.0.self_attn.q_proj.weight" not in big
+    assert all(len([t for t in steps if t.pt is s.pt]) == 1 for s in steps)  # never split
 
 
 def test_skipped_tensors_are_not_computed_but_still_rank_the_whole_model(tmp_path, llama_family):
@@ -331,3 +308,58 @@ models:
     with pytest.raises(MergeError, match=r"^tensor '.*': merge method 'model_stock' failed: "
                        r"the fine-tunes point in opposite directions$"):
         merge_with(recipe, tmp_path / "c", ExecOptions(chunk_bytes=200, progress=False))
+
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+GPU_METHODS = {  # method: (models' parameters, whether a base model is used)
+    "linear": ("{weight: 0.6}", False),
+    "task_arithmetic": ("{weight: 0.6}", True),
+    "ties": ("{weight: 1.0, density: 0.5}", True),
+    "dare_ties": ("{weight: 1.0, density: 0.5}", True),
+    "breadcrumbs": ("{weight: 1.0, density: 0.6, gamma: 0.1}", True),
+    "della": ("{weight: 1.0, density: 0.5, epsilon: 0.2}", True),
+    "slerp": ("{}", True),
+    "nuslerp": ("{weight: 0.5}", False),
+    "model_stock": ("{}", True),
+}
+
+
+def gpu_recipe(tmp_path: Path, family: dict[str, Path], method: str) -> Path:
+    params, with_base = GPU_METHODS[method]
+    models = ["math", "code"] if method in ("slerp", "nuslerp") else ["math", "code", "chat"]
+    lines = [f"merge_method: {method}"]
+    if with_base:
+        lines.append(f"base_model: {family['base']}")
+    lines.append("models:")
+    lines += [f"  - model: {family[m]}\n    parameters: {params}" for m in models]
+    if method == "slerp":
+        lines.append("parameters: {t: 0.3}")
+    return write_recipe(tmp_path, "\n".join(lines) + "\ndtype: float32\n")
+
+
+@needs_cuda
+@pytest.mark.parametrize("method", sorted(GPU_METHODS))
+def test_cuda_merges_write_the_cpu_bytes(tmp_path, llama_family, method):
+    """Counter-based draws, IEEE elementwise arithmetic: the GPU writes what the CPU writes,
+    whole and in row chunks (statistics passes on the GPU)."""
+    recipe = gpu_recipe(tmp_path, llama_family, method)
+    cpu = merge_with(recipe, tmp_path / "cpu", ExecOptions(progress=False))
+    for chunk in (2**30, 200):
+        got = merge_with(recipe, tmp_path / f"gpu{chunk}",
+                         ExecOptions(device="cuda", chunk_bytes=chunk, progress=False))
+        assert got == cpu, f"{method}, chunks of {chunk} bytes"
+
+
+@needs_cuda
+@pytest.mark.parametrize("limit", [60_000, 20_000])
+def test_max_device_bytes_bounds_gpu_memory(tmp_path, llama_family, limit):
+    recipe = gpu_recipe(tmp_path, llama_family, "ties")
+    cpu = merge_with(recipe, tmp_path / "cpu", ExecOptions(progress=False))
+    torch.cuda.synchronize()
+    torch.cuda.empty_cache()
+    before = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    got = merge_with(recipe, tmp_path / "gpu", ExecOptions(
+        device="cuda", chunk_bytes=2**20, max_device_bytes=limit, progress=False))
+    assert torch.cuda.max_memory_allocated() - before <= limit
+    assert got == cpu

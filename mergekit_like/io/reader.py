@@ -41,6 +41,7 @@ class TensorReader:
 
     def __init__(self) -> None:
         self._maps: dict[Path, mmap.mmap] = {}
+        self._fds: dict[Path, int] = {}
         self._pickled: dict[Path, dict[str, Any]] = {}
 
     def _map(self, path: Path) -> mmap.mmap:
@@ -114,6 +115,36 @@ class TensorReader:
         mm.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
         return out
 
+    def read_bytes(self, info: TensorInfo, rows: tuple[int, int] | None = None, *,
+                   pin: bool = False) -> torch.Tensor:
+        """The stored bytes of ``info`` (rows [r0, r1)) as a flat uint8 CPU tensor.
+
+        Read with ``pread`` straight into the tensor: one copy from the page cache, no
+        mapping. ``pin``: the tensor is in page-locked memory, ready for a non-blocking copy
+        to a GPU. Safetensors files only (``info.file``); the dtype conversion is the
+        caller's.
+        """
+        import torch
+
+        row_bytes = DTYPE_SIZES[info.dtype]
+        for d in info.shape[1:]:
+            row_bytes *= d
+        r0, r1 = rows if rows is not None else (0, info.shape[0] if info.shape else 1)
+        start = info.start + r0 * row_bytes
+        count = (r1 - r0) * row_bytes if info.shape else info.nbytes
+        out = torch.empty(count, dtype=torch.uint8, pin_memory=pin)
+        fd = self._fds.get(info.file)
+        if fd is None:
+            fd = self._fds[info.file] = os.open(info.file, os.O_RDONLY)
+        view = memoryview(out.numpy())
+        done = 0
+        while done < count:
+            n = os.preadv(fd, [view[done:]], start + done)
+            if n <= 0:
+                raise OSError(f"{info.file}: unexpected end of file at byte {start + done}")
+            done += n
+        return out
+
     def _read_pickled(self, info: TensorInfo, name: str, rows: tuple[int, int] | None,
                       target: torch.dtype, device: str | torch.device) -> torch.Tensor:
         from mergekit_like.io.pickle_checkpoint import load_bin
@@ -131,6 +162,9 @@ class TensorReader:
         for mm in self._maps.values():
             mm.close()
         self._maps.clear()
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
         self._pickled.clear()
 
     def __enter__(self) -> TensorReader:
