@@ -12,6 +12,10 @@ overlaps I/O with compute: while step ``i`` is merged, it reads
 the inputs of step ``i + 1`` and writes the result of step ``i - 1``. At most one step is
 read ahead and one result is waiting to be written, so memory stays bounded; a step whose
 inputs exceed the chunk budget is not read ahead but after the previous step is freed.
+
+On a GPU (:mod:`~mergekit_like.io.cuda_staging`) reads and writes get a thread each, a
+tensor read in several passes keeps its chunks on the GPU between them when they fit, and
+``max_device_bytes`` bounds the GPU working set (:func:`fit_device`).
 """
 
 from __future__ import annotations
@@ -205,8 +209,10 @@ def execute(
 
     With ``options.prefetch`` one background thread reads the next step's inputs and writes
     the previous step's result while the current step computes (:func:`run_pipeline`); the
-    reader and the writer are only ever used by one thread at a time. ``on_tensor`` is
-    called once a tensor's last chunk is written (on that thread when prefetching); every
+    reader and the writer are only ever used by one thread at a time. On a GPU, reads and
+    writes get a thread each, and data moves through pinned memory on side streams
+    (:mod:`~mergekit_like.io.cuda_staging`). ``on_tensor`` is
+    called once a tensor's last chunk is written (on the writing thread); every
     write has completed when ``execute`` returns. The tensors handed to a merge method are
     fresh copies that nothing else holds, so a method may update them in place.
     """
@@ -268,7 +274,15 @@ def execute(
     def on_gpu(step: Step) -> bool:
         return staging is not None and not step.cpu and step.pt.method != COPY
 
+    # GPU only: a tensor read in several passes keeps its chunks on the GPU from the first
+    # statistics pass to the merge pass, when they fit: read once instead of once a pass
+    keep_budget = _keep_budget(options, steps) if staging is not None else 0
+    kept: dict[tuple[str, tuple[int, int] | None], Loaded] = {}
+
     def load(step: Step) -> Loaded | None:
+        key = (step.pt.name, step.rows)
+        if key in kept:  # statistics passes only read these inputs; the merge pass takes them
+            return kept[key] if step.round >= 0 else kept.pop(key)
         if not wanted(step):  # read on the I/O thread: at worst, read in vain
             return None
         if staging is None or not on_gpu(step):
@@ -276,7 +290,10 @@ def execute(
         with staging.uploading():
             tensors, base = _load(plan, step, compute, lambda info, name, rows, dtype:
                                   staging.read(reader, info, name, rows, dtype))
-        return tensors, base, staging.hand_over([*tensors, base])
+        loaded = tensors, base, staging.hand_over([*tensors, base])
+        if step.round >= 0 and _input_bytes(step.pt, compute) <= keep_budget:
+            kept[key] = loaded
+        return loaded
 
     def run(step: Step, loaded: Loaded | None) -> Outbound | None:
         pt = step.pt
@@ -319,8 +336,11 @@ def execute(
         if outbound is None:
             return
         out = outbound.wait()
-        if not outbound.finite():
-            _raise_nonfinite(plan, step.pt, *_load(plan, step, compute, read_host))
+        if not outbound.finite():  # name the culprit: read the inputs again, on this thread
+            with TensorReader() as own:
+                _raise_nonfinite(plan, step.pt, *_load(
+                    plan, step, compute, lambda info, name, rows, dtype: own.read(
+                        info, name, rows=rows, dtype=dtype)))
         writer.write(step.pt.name, out, step.offset)
         bar.update(out.numel() * out.element_size())
         if step.last:
@@ -331,9 +351,31 @@ def execute(
 
     try:
         run_pipeline(steps, load, run, write, prefetch=options.prefetch,
-                     read_ahead=lambda step: _read_ahead(step, chunk))
+                     read_ahead=lambda step: _read_ahead(step, chunk),
+                     split_io=staging is not None)  # a GPU leaves the cores to I/O
     finally:
         bar.close()
+
+
+def _input_bytes(pt: PlannedTensor, compute: str) -> int:
+    """The size of all of ``pt``'s inputs and base in the compute dtype."""
+    return math.prod(pt.shape) * (len(pt.inputs) + (1 if pt.base else 0)) * DTYPE_SIZES[compute]
+
+
+KEEP_SHARE = 4
+"""Without ``--max-gpu-memory``, inputs kept on the GPU between passes take at most
+1/KEEP_SHARE of its memory."""
+
+
+def _keep_budget(options: ExecOptions, steps: list[Step]) -> int:
+    """GPU bytes for the inputs of a tensor kept between its passes: what the limit leaves
+    beside the largest step's working set, or a share of the device's memory."""
+    if options.max_device_bytes is None:
+        import torch
+
+        return torch.cuda.get_device_properties(options.device).total_memory // KEEP_SHARE
+    gpu = [p for s, p in zip(steps, step_peaks(steps), strict=True) if not s.cpu]
+    return max(0, int(options.max_device_bytes - max(gpu, default=0) * DEVICE_SLACK))
 
 
 def _load(plan: Plan, step: Step, compute: str, read: Read) -> Inputs:

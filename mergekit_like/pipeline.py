@@ -25,21 +25,25 @@ def run_pipeline(
     *,
     prefetch: bool = True,
     read_ahead: Callable[[S], bool] = lambda step: True,
+    split_io: bool = False,
 ) -> None:
     """``write(s, run(s, load(s)))`` for every step ``s``, in order.
 
     With ``prefetch``, ``load`` and ``write`` run on one background thread (never at the
     same time as each other) and ``run`` on the calling thread: step ``i + 1`` is loaded
     while step ``i`` runs, unless ``read_ahead(step)`` says it is too large (then it is
-    loaded once step ``i`` is done), and at most one result waits to be written. Without,
-    everything runs in turn on the calling thread. Exceptions propagate to the caller;
-    queued work is cancelled.
+    loaded once step ``i`` is done), and at most one result waits to be written. With
+    ``split_io`` too, writes get a thread of their own, so a read and a write overlap (for
+    runs whose compute leaves the cores idle: a GPU merge); ``load`` and ``write`` must then
+    not share state. Without ``prefetch``, everything runs in turn on the calling thread.
+    Exceptions propagate to the caller; queued work is cancelled.
     """
     if not prefetch:
         for step in steps:
             write(step, run(step, load(step)))
         return
     pool = ThreadPoolExecutor(1, thread_name_prefix="merge-io")
+    out_pool = ThreadPoolExecutor(1, thread_name_prefix="merge-write") if split_io else pool
     writes: deque[Future[None]] = deque()
     try:
         ahead = pool.submit(load, steps[0]) if steps else None
@@ -49,7 +53,7 @@ def run_pipeline(
             ahead = pool.submit(load, nxt) if nxt is not None and read_ahead(nxt) else None
             out = run(step, inputs)
             del inputs
-            writes.append(pool.submit(write, step, out))
+            writes.append(out_pool.submit(write, step, out))
             del out
             while len(writes) > 1:
                 writes.popleft().result()
@@ -57,3 +61,4 @@ def run_pipeline(
             writes.popleft().result()
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+        out_pool.shutdown(wait=True, cancel_futures=True)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Literal
 
 from mergekit_like.device import resolve_device
+from mergekit_like.errors import MergeError
 from mergekit_like.execute import DEFAULT_CHUNK_BYTES, ExecOptions, execute
 from mergekit_like.io.reader import TensorReader
 from mergekit_like.io.writer import ShardLayout, ShardWriter, layout_shards
@@ -64,6 +65,9 @@ def write_setup(plan: Plan, options: MergeOptions) -> WriteSetup:
     distributed run shares it.
     """
     device = resolve_device(options.device)
+    if options.kernels == "compiled" and not device.startswith("cpu"):
+        raise MergeError(f"--kernels compiled: runs on the CPU only, not {device} (on a GPU, "
+                         "triton's fused kernels do not give the eager bytes); use auto or eager")
     layout = layout_shards([(t.name, t.dtype, t.shape) for t in plan.tensors],
                            options.out_shard_bytes)
     exec_options = ExecOptions(device=device, seed=options.seed,

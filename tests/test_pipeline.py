@@ -25,7 +25,8 @@ class Log:
 
 
 def pipeline(n: int, prefetch: bool, big: frozenset[int] = frozenset(),
-             fail: tuple[str, int] | None = None) -> tuple[Log, list[int]]:
+             fail: tuple[str, int] | None = None,
+             split_io: bool = False) -> tuple[Log, list[int]]:
     log, written = Log(), []
 
     def load(i: int) -> int:
@@ -48,7 +49,7 @@ def pipeline(n: int, prefetch: bool, big: frozenset[int] = frozenset(),
         written.append(y)
 
     run_pipeline(list(range(n)), load, run, write, prefetch=prefetch,
-                 read_ahead=lambda i: i not in big)
+                 read_ahead=lambda i: i not in big, split_io=split_io)
     return log, written
 
 
@@ -84,3 +85,31 @@ def test_pipeline_without_prefetch_runs_each_step_in_turn():
 def test_pipeline_errors_reach_the_caller(prefetch, stage):
     with pytest.raises(ValueError, match=f"{stage} failed"):
         pipeline(6, prefetch, fail=(stage, 2))
+
+
+@pytest.mark.parametrize("stage", ["load", "run", "write"])
+def test_split_io_keeps_the_order_bounds_and_errors(stage):
+    log, written = pipeline(9, True, split_io=True)
+    assert written == [i * 10 + 1 for i in range(9)]
+    for i in range(2, 8):  # still one step read ahead and one result behind
+        assert log.at("ran", i - 2) < log.at("load", i)
+        assert log.at("write", i - 1) < log.at("run", i + 1)
+    with pytest.raises(ValueError, match=f"{stage} failed"):
+        pipeline(6, True, fail=(stage, 2), split_io=True)
+
+
+def test_split_io_overlaps_a_read_with_a_write():
+    # write(0) waits until load(2), queued after it, has started: on one thread it would
+    # wait in vain
+    started = threading.Event()
+
+    def load(i: int) -> int:
+        if i == 2:
+            started.set()
+        return i
+
+    def write(i: int, _: int) -> None:
+        if i == 0:
+            assert started.wait(5), "load and write never overlapped"
+
+    run_pipeline(list(range(4)), load, lambda i, x: x, write, split_io=True)

@@ -143,8 +143,8 @@ def trimmed(d: torch.Tensor, kind: RuleKind, post: RulePost, has_lo: bool, has_h
         d.mul_(counter_uniforms(index, key[0], key[1]) < p)
     if post == "scale":
         d.mul_(factor)
-    elif post == "divide":
-        d.div_(p)
+    elif post == "divide":  # by a tensor: CUDA divides by a Python number as x * (1 / p)
+        d.div_(torch.full((), p, dtype=d.dtype, device=d.device))
     return d
 
 
@@ -244,8 +244,12 @@ def choose_mode(requested: Literal["auto", "eager", "compiled"], device: str,
 
     ``auto`` compiles on CPU when a C++ compiler is found and the merge reads at least
     :data:`COMPILE_MIN_ENTRIES` entries through the family's passes; eagerly otherwise
-    (GPUs run the eager passes fast).
+    (GPUs run the eager passes fast). ``compiled`` on a GPU is a ValueError: triton's fused
+    TIES kernel did not reproduce the eager bytes on an H100 (bench/RESULTS.md).
     """
+    if requested == "compiled" and not device.startswith("cpu"):
+        raise ValueError("compiled kernels run on the CPU only (on a GPU, triton's fused "
+                         "kernels do not give the eager bytes); use auto or eager there")
     if requested != "auto":
         return requested
     if not device.startswith("cpu") or entries < COMPILE_MIN_ENTRIES:

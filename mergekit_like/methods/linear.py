@@ -32,12 +32,14 @@ def linear_merge(
     weights = [p.weight for p in model_params]
     out = tensors[0] * weights[0]
     for w, t in zip(weights[1:], tensors[1:], strict=True):
-        out.add_(t, alpha=w)
+        # a product, then a sum: add_(t, alpha=w) may fuse them (one rounding) on some
+        # devices and not on others; the inputs are ours to overwrite
+        out.add_(t.mul_(w))
     if params.normalize:
         total = sum(weights)
         if total == 0:
             raise ValueError("the weights sum to zero; set normalize: false or change them")
-        out.div_(total)
+        out.div_(out.new_full((), total))  # CUDA divides by a Python number as x * (1 / total)
     return out
 
 

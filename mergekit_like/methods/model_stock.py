@@ -57,11 +57,11 @@ def interpolation_ratio(deltas: Sequence[torch.Tensor], filter_wise: bool) -> to
 
 def _ratio(norms: list[torch.Tensor], dots: dict[tuple[int, int], torch.Tensor]) -> torch.Tensor:
     """``t = N cos / (1 + (N - 1) cos)`` from the norms and pairwise dot products."""
-    import torch
 
     cosines = [(dot / (norms[i] * norms[j]).clamp(min=1e-6)).clamp(-1.0, 1.0)
                for (i, j), dot in dots.items()]
-    cos = torch.stack(cosines).mean(dim=0)
+    # the mean as additions in order and a true division, the same on every device
+    cos = sum(cosines[1:], start=cosines[0]) / cosines[0].new_full((), len(cosines))
     n = len(norms)
     denominator = 1 + (n - 1) * cos
     if bool((denominator.abs() < 1e-6).any()):

@@ -1,12 +1,14 @@
-"""Sums whose rounding does not depend on the number of threads.
+"""Sums whose rounding depends on neither the number of threads nor the device.
 
-``torch.sum`` over a whole large tensor splits the work among the intra-op threads and adds
-the partial sums in an order that depends on how many there are, so the last bits of the
-result (and of everything scaled by it: DARE's L1 rescaling, SCE's weights, Model Stock's
-angle) change with ``torch.set_num_threads``. :func:`stable_sum` adds fixed blocks of
-:data:`BLOCK` entries first, then the block sums, and so on: every partial sum is a
-reduction along the last dimension of a fixed shape, which torch computes one output per
-thread, so the result is the same bytes on 1 thread or 64.
+``torch.sum`` over a large tensor splits the work among the intra-op threads (or a GPU's
+blocks) and adds the partial sums in an order of its own, so the last bits of the result
+(and of everything scaled by it: DARE's L1 rescaling, SCE's weights, Model Stock's angle)
+change with ``torch.set_num_threads`` and between CPU and GPU. :func:`stable_sum` fixes the
+order instead: the flat tensor is cut into blocks of :data:`BLOCK` entries, each block is
+summed by a fixed pairwise tree (:func:`tree_sum`: halves added elementwise, then their
+halves, ...), then the block sums the same way. Every step is an elementwise IEEE addition,
+which every device rounds alike, so the result is the same bytes on 1 thread or 64, on the
+CPU or a GPU.
 """
 
 from __future__ import annotations
@@ -19,8 +21,34 @@ if TYPE_CHECKING:
 BLOCK = 4096
 
 
+def tree_sum(x: torch.Tensor) -> torch.Tensor:
+    """The sum along the last dimension by a fixed pairwise tree, the same on any device.
+
+    The last dimension is padded with zeros to a power of two, then halved until one entry
+    is left: ``x[..., :h] + x[..., h:]``, elementwise, so the order of the additions never
+    depends on threads or hardware.
+
+    >>> import torch
+    >>> tree_sum(torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]]))
+    tensor([ 6., 15.])
+    """
+    import torch.nn.functional as F
+
+    width = x.shape[-1]
+    if width == 0:
+        return x.new_zeros(x.shape[:-1])
+    pad = (1 << (width - 1).bit_length()) - width
+    if pad:
+        x = F.pad(x, (0, pad))
+    while x.shape[-1] > 1:
+        half = x.shape[-1] // 2
+        x = x[..., :half] + x[..., half:]
+    return x[..., 0]
+
+
 def stable_sum(x: torch.Tensor, dim: int | None = None) -> torch.Tensor:
-    """``x.sum()`` (or ``x.sum(dim)``) computed in a thread-count independent order.
+    """``x.sum()`` (or ``x.sum(dim)``) in a fixed order: blocks of :data:`BLOCK` entries,
+    each summed by :func:`tree_sum`, then the block sums the same way.
 
     >>> import torch
     >>> stable_sum(torch.ones(10_000))
@@ -35,8 +63,8 @@ def stable_sum(x: torch.Tensor, dim: int | None = None) -> torch.Tensor:
         pad = -x.shape[-1] % BLOCK
         if pad:
             x = F.pad(x, (0, pad))
-        x = x.reshape(*x.shape[:-1], -1, BLOCK).sum(dim=-1)
-    return x.sum(dim=-1)
+        x = tree_sum(x.reshape(*x.shape[:-1], -1, BLOCK))
+    return tree_sum(x)
 
 
 def stable_norm(x: torch.Tensor, dim: int | None = None) -> torch.Tensor:
@@ -94,8 +122,8 @@ class BlockSums:
         whole = (n - i) // BLOCK * BLOCK
         if whole:
             first = (pos + i) // BLOCK
-            torch.sum(flat[i:i + whole].view(-1, BLOCK), dim=-1,
-                      out=self._level1[first:first + whole // BLOCK])
+            self._level1[first:first + whole // BLOCK] = tree_sum(
+                flat[i:i + whole].view(-1, BLOCK))
         if i + whole < n:
             self._tail[:n - i - whole].copy_(flat[i + whole:])
 
@@ -106,7 +134,7 @@ class BlockSums:
         if self._seen != self.numel:
             raise ValueError(f"block sums of {self.numel} entries got {self._seen}")
         if self.numel <= BLOCK:
-            return self._small.sum() if self._small is not None else torch.zeros(())
+            return tree_sum(self._small) if self._small is not None else torch.zeros(())
         assert self._level1 is not None and self._tail is not None
         fill = self._seen % BLOCK
         if fill:  # the last block, padded with zeros as stable_sum pads it
@@ -115,7 +143,6 @@ class BlockSums:
         return stable_sum(self._level1)
 
     def _sum_tail(self, block: int) -> None:
-        import torch
 
         assert self._level1 is not None and self._tail is not None
-        torch.sum(self._tail.view(1, BLOCK), dim=-1, out=self._level1[block:block + 1])
+        self._level1[block] = tree_sum(self._tail)

@@ -100,6 +100,8 @@ def test_auto_compiles_only_large_cpu_merges_with_a_compiler(monkeypatch):
     assert choose_mode("auto", "cuda:0", 10 * COMPILE_MIN_ENTRIES) == "eager"
     assert choose_mode("eager", "cpu", 10 * COMPILE_MIN_ENTRIES) == "eager"
     assert choose_mode("compiled", "cpu", 1) == "compiled"
+    with pytest.raises(ValueError, match="CPU only"):
+        choose_mode("compiled", "cuda:0", 1)
     monkeypatch.delenv("CXX")
     monkeypatch.setattr("shutil.which", lambda name: None)
     assert choose_mode("auto", "cpu", COMPILE_MIN_ENTRIES) == "eager"
