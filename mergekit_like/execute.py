@@ -80,11 +80,16 @@ def row_chunks(pt: PlannedTensor, compute_itemsize: int, chunk_bytes: int) -> li
     entries; methods such as DELLA rank within rows).
     """
     rows = pt.shape[0] if pt.shape else 1
-    if (pt.method == COPY or len(pt.shape) < 2 or pt.vocab_sources is not None
-            or not REGISTRY[pt.method].elementwise):
+    if not splittable(pt):
         return [(0, rows)]
     step = max(1, chunk_bytes // max(1, math.prod(pt.shape[1:]) * compute_itemsize))
     return [(r, min(rows, r + step)) for r in range(0, rows, step)] or [(0, 0)]
+
+
+def splittable(pt: PlannedTensor) -> bool:
+    """Whether ``pt`` may be computed in row chunks (:func:`row_chunks`)."""
+    return not (pt.method == COPY or len(pt.shape) < 2 or pt.shape[0] < 2
+                or pt.vocab_sources is not None or not REGISTRY[pt.method].elementwise)
 
 
 @dataclass(frozen=True)
@@ -132,16 +137,17 @@ def plan_steps(plan: Plan, compute_itemsize: int, chunk_bytes: int,
     return steps
 
 
-def step_peaks(steps: list[Step]) -> list[int]:
+def step_peaks(steps: list[Step], chunk_bytes: int) -> list[int]:
     """Each step's working set: its inputs, base, result and temporaries in the compute
-    dtype, plus the next step read ahead and the previous result being written."""
+    dtype, plus the next step read ahead (when it fits ``chunk_bytes`` per input) and the
+    previous result being written."""
     peaks = []
     for i, step in enumerate(steps):
         n_in = max(1, len(step.pt.inputs) + (1 if step.pt.base else 0))
         # inputs + result + one temporary per input (task vectors, masks)
         own = step.in_bytes * (2 * n_in + 2) // n_in
         nxt = steps[i + 1] if i + 1 < len(steps) else None
-        ahead = nxt.in_bytes if nxt is not None and _read_ahead(nxt, step.in_bytes // n_in) else 0
+        ahead = nxt.in_bytes if nxt is not None and _read_ahead(nxt, chunk_bytes) else 0
         behind = steps[i - 1].in_bytes // max(1, len(steps[i - 1].pt.inputs) + (
             1 if steps[i - 1].pt.base else 0)) if i else 0
         peaks.append(own + ahead + behind)
@@ -156,7 +162,7 @@ def _read_ahead(step: Step, chunk_bytes: int) -> bool:
 def estimate_peak_bytes(plan: Plan, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> int:
     """Largest working set of any step (:func:`step_peaks`)."""
     size = DTYPE_SIZES[RECIPE_DTYPES[plan.compute_dtype]]
-    return max(step_peaks(plan_steps(plan, size, chunk_bytes)), default=0)
+    return max(step_peaks(plan_steps(plan, size, chunk_bytes), chunk_bytes), default=0)
 
 
 MIN_DEVICE_CHUNK = 2**20
@@ -181,8 +187,8 @@ def fit_device(plan: Plan, chunk_bytes: int, limit: int | None,
     chunk = chunk_bytes
     while True:
         steps = plan_steps(plan, size, chunk, rounds)
-        peaks = step_peaks(steps)
-        split = [len(row_chunks(s.pt, size, 1)) > 1 for s in steps]
+        peaks = step_peaks(steps, chunk)
+        split = [splittable(s.pt) for s in steps]
         if chunk <= MIN_DEVICE_CHUNK or all(
                 p * DEVICE_SLACK <= limit for p, c in zip(peaks, split, strict=True) if c):
             break
@@ -276,7 +282,7 @@ def execute(
 
     # GPU only: a tensor read in several passes keeps its chunks on the GPU from the first
     # statistics pass to the merge pass, when they fit: read once instead of once a pass
-    keep_budget = _keep_budget(options, steps) if staging is not None else 0
+    keep_budget = _keep_budget(options, steps, chunk) if staging is not None else 0
     kept: dict[tuple[str, tuple[int, int] | None], Loaded] = {}
 
     def load(step: Step) -> Loaded | None:
@@ -367,14 +373,14 @@ KEEP_SHARE = 4
 1/KEEP_SHARE of its memory."""
 
 
-def _keep_budget(options: ExecOptions, steps: list[Step]) -> int:
+def _keep_budget(options: ExecOptions, steps: list[Step], chunk_bytes: int) -> int:
     """GPU bytes for the inputs of a tensor kept between its passes: what the limit leaves
     beside the largest step's working set, or a share of the device's memory."""
     if options.max_device_bytes is None:
         import torch
 
         return torch.cuda.get_device_properties(options.device).total_memory // KEEP_SHARE
-    gpu = [p for s, p in zip(steps, step_peaks(steps), strict=True) if not s.cpu]
+    gpu = [p for s, p in zip(steps, step_peaks(steps, chunk_bytes), strict=True) if not s.cpu]
     return max(0, int(options.max_device_bytes - max(gpu, default=0) * DEVICE_SLACK))
 
 

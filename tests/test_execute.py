@@ -16,7 +16,7 @@ from mergekit_like.execute import (
     execute,
     fit_device,
     plan_steps,
-    row_chunks,
+    splittable,
     step_peaks,
 )
 from mergekit_like.io.reader import TensorReader
@@ -157,12 +157,12 @@ def test_fit_device_shrinks_chunks_until_every_split_step_fits(ties_recipe, limi
     monkeypatch.setattr("mergekit_like.execute.MIN_DEVICE_CHUNK", 64)
     plan = plan_from_file(ties_recipe)
     chunk, steps = fit_device(plan, 2**20, limit)
-    peaks = step_peaks(steps)
+    peaks = step_peaks(steps, chunk)
     for step, peak in zip(steps, peaks, strict=True):  # what stays on the GPU fits
         assert step.cpu or peak * DEVICE_SLACK <= limit
     if chunk < 2**20:  # and the chunk is the largest power-of-two fraction that does
-        twice = step_peaks(plan_steps(plan, 4, 2 * chunk))
-        split = [len(row_chunks(s.pt, 4, 1)) > 1 for s in plan_steps(plan, 4, 2 * chunk)]
+        twice = step_peaks(plan_steps(plan, 4, 2 * chunk), 2 * chunk)
+        split = [splittable(s.pt) for s in plan_steps(plan, 4, 2 * chunk)]
         assert any(p * DEVICE_SLACK > limit for p, c in zip(twice, split, strict=True) if c)
     for pt in plan.tensors:  # a tensor's steps all run on one device; copies on the CPU
         flags = {s.cpu for s in steps if s.pt is pt}
