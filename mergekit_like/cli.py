@@ -204,7 +204,7 @@ def _subcommand(cmd: str, ns: argparse.Namespace) -> int:
         loaded = uniform_recipe(loaded)
     if cmd == "validate":
         return _validate(loaded)
-    from mergekit_like.execute import estimate_peak_bytes
+    from mergekit_like.steps import estimate_peak_bytes
     from mergekit_like.plan import build_plan
 
     plan = build_plan(loaded)

@@ -81,3 +81,19 @@ def load_tensors(folder: Path) -> dict[str, object]:
     for f in sorted(folder.glob("*.safetensors")):
         out.update(load_file(f))
     return out
+
+
+@pytest.fixture
+def ties_recipe(tmp_path: Path, llama_family: dict[str, Path]) -> Path:
+    """TIES over llama_family (two models, float32)."""
+    return write_recipe(tmp_path, f"""
+merge_method: ties
+base_model: {llama_family['base']}
+models:
+  - model: {llama_family['math']}
+    parameters: {{weight: 1.0, density: 0.5}}
+  - model: {llama_family['code']}
+    parameters: {{weight: 0.5, density: 0.7}}
+dtype: float32
+""")
+
