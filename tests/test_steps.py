@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 
@@ -18,14 +19,19 @@ from mergekit_like.steps import (
 from tests.conftest import write_recipe
 
 
-def test_steps_cover_every_tensor_once(tmp_path, llama_family):
-    recipe = write_recipe(tmp_path, f"""
+def linear_pair(tmp_path, family) -> Path:
+    """linear over two of ``family``'s fine-tunes, computed in float32."""
+    return write_recipe(tmp_path, f"""
 merge_method: linear
 models:
-  - model: {llama_family['math']}
-  - model: {llama_family['code']}
+  - model: {family['math']}
+  - model: {family['code']}
+dtype: float32
 """)
-    plan = plan_from_file(recipe)
+
+
+def test_steps_cover_every_tensor_once(tmp_path, llama_family):
+    plan = plan_from_file(linear_pair(tmp_path, llama_family))
     steps = plan_steps(plan, 4, 512)
     for pt in plan.tensors:
         mine = [s for s in steps if s.pt is pt]
@@ -42,14 +48,7 @@ models:
 
 
 def test_peak_estimate_counts_the_step_read_ahead(tmp_path, llama_family):
-    recipe = write_recipe(tmp_path, f"""
-merge_method: linear
-models:
-  - model: {llama_family['math']}
-  - model: {llama_family['code']}
-dtype: float32
-""")
-    plan = plan_from_file(recipe)
+    plan = plan_from_file(linear_pair(tmp_path, llama_family))
     # the largest steps are 64 x 32 float32 matrices (8 KiB per input, 2 inputs). At
     # mlp.gate_proj: inputs + result + one temporary per input = 6 x 8 KiB, up_proj read
     # ahead (2 x 8 KiB), down_proj's result still being written (8 KiB)
