@@ -204,8 +204,8 @@ def _subcommand(cmd: str, ns: argparse.Namespace) -> int:
         loaded = uniform_recipe(loaded)
     if cmd == "validate":
         return _validate(loaded)
-    from mergekit_like.steps import estimate_peak_bytes
     from mergekit_like.plan import build_plan
+    from mergekit_like.steps import estimate_peak_bytes
 
     plan = build_plan(loaded)
     for warning in plan.warnings:
