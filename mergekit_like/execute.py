@@ -171,8 +171,9 @@ def execute(
             return kept[key] if step.round >= 0 else kept.pop(key)
         if not wanted(step):  # read on the I/O thread: at worst, read in vain
             return None
-        if staging is None or not on_gpu(step):
+        if not on_gpu(step):
             return *_load(plan, step, compute, read_host), None
+        assert staging is not None
         with staging.uploading():
             tensors, base = _load(plan, step, compute, lambda info, name, rows, dtype:
                                   staging.read(reader, info, name, rows, dtype))
@@ -241,7 +242,6 @@ def execute(
                      split_io=staging is not None)  # a GPU leaves the cores to I/O
     finally:
         bar.close()
-
 
 
 def _load(plan: Plan, step: Step, compute: str, read: Read) -> Inputs:
