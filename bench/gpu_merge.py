@@ -1,8 +1,8 @@
 """``merge`` on a GPU, recording torch's peak GPU memory: ``gpu_merge.py PEAK_FILE ARGS...``.
 
 Runs ``mergekit_like.cli.main(ARGS)`` in this process, then writes to PEAK_FILE the most
-GPU memory torch's caching allocator reserved and the most its tensors took, in bytes (the
-CUDA context, about 0.5 GiB, is outside both). Used by bench_merge.py for runs with
+GPU memory torch's caching allocator reserved and the most its tensors took, in bytes
+(memory outside the allocator, such as the CUDA context, is in neither). Used by bench_merge.py for runs with
 ``--extra="--device cuda ..."``.
 """
 
