@@ -37,8 +37,11 @@ def row_chunks(pt: PlannedTensor, compute_itemsize: int, chunk_bytes: int) -> li
 
 def splittable(pt: PlannedTensor) -> bool:
     """Whether ``pt`` may be computed in row chunks (:func:`row_chunks`)."""
-    return not (pt.method == COPY or len(pt.shape) < 2 or pt.shape[0] < 2
-                or pt.vocab_sources is not None or not REGISTRY[pt.method].elementwise)
+    if (pt.method == COPY or len(pt.shape) < 2 or pt.shape[0] < 2
+            or pt.vocab_sources is not None):
+        return False
+    elementwise = REGISTRY[pt.method].elementwise
+    return elementwise(pt.params) if callable(elementwise) else elementwise
 
 
 @dataclass(frozen=True)

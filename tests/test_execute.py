@@ -164,6 +164,23 @@ parameters: {{t: 0.3}}
     assert chunked_equals_whole(recipe, tmp_path)
 
 
+@pytest.mark.parametrize("base", [False, True])
+@pytest.mark.parametrize("mode", ["{}", "{nuslerp_flatten: false}",
+                                  "{nuslerp_flatten: false, nuslerp_row_wise: true}"])
+def test_nuslerp_in_row_chunks_gives_the_whole_tensor_bytes(tmp_path, llama_family, mode, base):
+    recipe = write_recipe(tmp_path, f"""
+merge_method: nuslerp
+{f"base_model: {llama_family['base']}" if base else ""}
+models:
+  - model: {llama_family['math']}
+    parameters: {{weight: 0.7}}
+  - model: {llama_family['code']}
+    parameters: {{weight: 0.3}}
+parameters: {mode}
+""")
+    assert chunked_equals_whole(recipe, tmp_path)
+
+
 @pytest.mark.parametrize("filter_wise", [False, True])
 def test_model_stock_in_row_chunks_gives_the_whole_tensor_bytes(tmp_path, llama_family,
                                                                 filter_wise):

@@ -57,7 +57,8 @@ def test_peak_estimate_counts_the_step_read_ahead(tmp_path, llama_family):
 
 @pytest.fixture
 def nuslerp_family_recipe(tmp_path, llama_family):
-    """A method that takes whole tensors (nuslerp) beside copies: fit_device's hard cases."""
+    """A method that takes whole tensors (nuslerp with its vectors along dim 0) beside
+    copies: fit_device's hard cases."""
     return write_recipe(tmp_path, f"""
 merge_method: nuslerp
 models:
@@ -65,6 +66,7 @@ models:
     parameters: {{weight: 0.4}}
   - model: {llama_family['code']}
     parameters: {{weight: 0.6}}
+parameters: {{nuslerp_flatten: false, nuslerp_row_wise: true}}
 dtype: float32
 """)
 
@@ -97,7 +99,7 @@ def test_fit_device_shrinks_chunks_until_every_split_step_fits(ties_recipe, limi
 
 def test_fit_device_sends_whole_tensors_that_cannot_fit_to_the_cpu(nuslerp_family_recipe):
     plan = plan_from_file(nuslerp_family_recipe)
-    # nuslerp takes whole tensors. A 32 x 32 projection: 2 inputs of 4 KiB, working set
+    # row-wise nuslerp takes whole tensors. A 32 x 32 projection: 2 inputs of 4 KiB, working set
     # 6 x 4 KiB + the next projection read ahead (8 KiB) + the last result (4 KiB), times
     # the slack 1.25 = 45 KiB: fits 50 KB. The 64 x 32 matrices need twice that: they don't.
     chunk, steps = fit_device(plan, 4096, 50_000)

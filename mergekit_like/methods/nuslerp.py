@@ -29,11 +29,13 @@ Unlike ``slerp``, a vector pair falls back to linear interpolation only when
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from pydantic import Field
 
+from mergekit_like.methods.reductions import BlockSums, stable_sum
 from mergekit_like.methods.spec import MergeMethod, MethodParams, TensorContext
 
 if TYPE_CHECKING:
@@ -61,11 +63,69 @@ class NuSlerpModelParams(MethodParams):
     )
 
 
+def nuslerp_coefficients(t: float, n0: float, n1: float, dot: float) -> tuple[float, float]:
+    """``(s0, s1)`` with ``nuslerp = s0 * v0 + s1 * v1``, from the norms and dot product.
+
+    >>> nuslerp_coefficients(0.5, 1.0, 1.0, 0.0)
+    (0.7071067811865475, 0.7071067811865475)
+    """
+    cos = dot / max(n0, NORM_EPS) / max(n1, NORM_EPS)
+    theta = math.acos(min(max(cos, -1.0), 1.0))
+    sin_theta = math.sin(theta)
+    if abs(sin_theta) < COLINEAR_EPS:
+        return 1.0 - t, t
+    return math.sin((1.0 - t) * theta) / sin_theta, math.sin(t * theta) / sin_theta
+
+
+class NuSlerpStats:
+    """The norms and dot product of two whole (flattened) tensors, gathered chunk by chunk.
+
+    Implements :class:`~mergekit_like.methods.spec.TensorStats` (one round): the executor
+    merges a large tensor in row chunks, each ``s0 * v0 + s1 * v1`` with coefficients from
+    the whole tensors, the same bytes as merging it whole. With a base, ``v0`` and ``v1``
+    are the task vectors.
+    """
+
+    rounds = 1
+
+    def __init__(self, t: float, numel: int) -> None:
+        self.t = t
+        self._sums = tuple(BlockSums(numel) for _ in range(3))  # |v0|^2, |v1|^2, v0 . v1
+        self.coefficients: tuple[float, float] | None = None
+
+    def wants(self, round_: int) -> bool:
+        """Every round is needed."""
+        return True
+
+    def observe(self, round_: int, tensors: Sequence[torch.Tensor], base: torch.Tensor | None,
+                start: int) -> None:
+        a, b = (x.reshape(-1) if base is None else (x - base).reshape(-1) for x in tensors)
+        self._sums[0].add(a * a)
+        self._sums[1].add(b * b)
+        self._sums[2].add(a * b)
+
+    def finish(self, round_: int) -> None:
+        n0, n1, dot = (s.total() for s in self._sums)
+        self.coefficients = nuslerp_coefficients(self.t, n0.sqrt().item(), n1.sqrt().item(),
+                                                  dot.item())
+
+    def apply(self, v0: torch.Tensor, v1: torch.Tensor) -> torch.Tensor:
+        """``s0 * v0 + s1 * v1``, in place on both (a product, then a sum: no fused
+        multiply-add, so every device rounds alike)."""
+        assert self.coefficients is not None, "finish() the round first"
+        s0, s1 = self.coefficients
+        return v0.mul_(s0).add_(v1.mul_(s1))
+
+
 def nuslerp(
     t: float, v0: torch.Tensor, v1: torch.Tensor, *, flatten: bool = True,
     row_wise: bool = False,
 ) -> torch.Tensor:
     """Spherically interpolate ``v0`` (t=0) to ``v1`` (t=1), whole or vector by vector.
+
+    Works in place on ``v0`` and ``v1`` (they must be owned by the caller). Every sum is
+    taken in a fixed order (:mod:`~mergekit_like.methods.reductions`), so a row's result
+    does not depend on the rows beside it, nor the whole tensor's on threads.
 
     >>> import torch
     >>> nuslerp(0.5, torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0]))
@@ -73,16 +133,16 @@ def nuslerp(
     """
     import torch
 
+    if flatten or v0.dim() <= 1:
+        stats = NuSlerpStats(t, v0.numel())
+        stats.observe(0, [v0, v1], None, 0)
+        stats.finish(0)
+        return stats.apply(v0, v1)
     shape = v0.shape
-    if flatten or v0.dim() == 0:
-        a, b = v0.reshape(-1), v1.reshape(-1)
-    elif row_wise:
-        a, b = v0.transpose(0, -1), v1.transpose(0, -1)
-    else:
-        a, b = v0, v1
-    n0 = torch.linalg.vector_norm(a, dim=-1, keepdim=True).clamp_min_(NORM_EPS)
-    n1 = torch.linalg.vector_norm(b, dim=-1, keepdim=True).clamp_min_(NORM_EPS)
-    cos = torch.linalg.vecdot(a, b, dim=-1).unsqueeze(-1).div_(n0).div_(n1)
+    a, b = (v0.transpose(0, -1), v1.transpose(0, -1)) if row_wise else (v0, v1)
+    n0 = stable_sum(a * a, -1).sqrt_().clamp_min_(NORM_EPS).unsqueeze(-1)
+    n1 = stable_sum(b * b, -1).sqrt_().clamp_min_(NORM_EPS).unsqueeze(-1)
+    cos = stable_sum(a * b, -1).unsqueeze(-1).div_(n0).div_(n1)
     theta = cos.clamp_(-1.0, 1.0).acos_()
     sin_theta = torch.sin(theta)
     out = torch.sin((1.0 - t) * theta) * a + torch.sin(t * theta) * b
@@ -90,9 +150,28 @@ def nuslerp(
     colinear = sin_theta.abs() < COLINEAR_EPS
     if bool(colinear.any()):
         out = torch.where(colinear, (1.0 - t) * a + t * b, out)
-    if row_wise and not flatten and v0.dim() > 0:
+    if row_wise:
         out = out.transpose(0, -1)
     return out.reshape(shape)
+
+
+def _t(model_params: Sequence[NuSlerpModelParams]) -> float:
+    w0, w1 = (p.weight for p in model_params)
+    total = w0 + w1
+    return 0.5 if abs(total) < 1e-6 else w1 / total
+
+
+def nuslerp_stats(shape: tuple[int, ...], width: int,
+                  model_params: Sequence[NuSlerpModelParams], params: NuSlerpParams,
+                  ctx: TensorContext) -> NuSlerpStats | None:
+    """:class:`NuSlerpStats` for a flattened tensor merged in row chunks (None row by row:
+    each chunk holds whole rows)."""
+    return NuSlerpStats(_t(model_params), math.prod(shape)) if params.nuslerp_flatten else None
+
+
+def _chunkable(params: NuSlerpParams) -> bool:
+    """Row chunks work unless the vectors run along dim 0 (``nuslerp_row_wise``)."""
+    return params.nuslerp_flatten or not params.nuslerp_row_wise
 
 
 def nuslerp_merge(
@@ -104,19 +183,23 @@ def nuslerp_merge(
 ) -> torch.Tensor:
     """NuSLERP of two models, or of their task vectors when a base model is given."""
     x0, x1 = tensors
-    w0, w1 = (p.weight for p in model_params)
-    total = w0 + w1
-    t = 0.5 if abs(total) < 1e-6 else w1 / total
-    opts = {"flatten": params.nuslerp_flatten, "row_wise": params.nuslerp_row_wise}
-    if base is None:
-        return nuslerp(t, x0, x1, **opts)
-    return nuslerp(t, x0.sub_(base), x1.sub_(base), **opts).add_(base)
+    if base is not None:
+        x0, x1 = x0.sub_(base), x1.sub_(base)
+    if ctx.stats is not None:
+        assert isinstance(ctx.stats, NuSlerpStats)
+        out = ctx.stats.apply(x0, x1)
+    else:
+        out = nuslerp(_t(model_params), x0, x1, flatten=params.nuslerp_flatten,
+                      row_wise=params.nuslerp_row_wise)
+    return out if base is None else out.add_(base)
 
 
 NUSLERP = MergeMethod(
     name="nuslerp",
     summary="spherical interpolation of two models by weight; of task vectors with a base",
     merge=nuslerp_merge,
+    stats=nuslerp_stats,
+    elementwise=_chunkable,
     params=NuSlerpParams,
     model_params=NuSlerpModelParams,
     base="optional",

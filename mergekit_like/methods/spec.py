@@ -103,7 +103,8 @@ class MergeMethod:
         base: whether ``base_model`` is required, optional, or unused by the method.
             When required, the base is passed separately and not among ``tensors``.
         elementwise: the result at an element depends only on the inputs at that element
-            (and on ``stats``, when given), so large tensors may be computed in row chunks.
+            (and on ``stats``, when given), so large tensors may be computed in row chunks;
+            or a function of the global parameters saying so (a setting may rule it out).
         stats: for methods that need whole-tensor figures (a trim threshold, norms) before
             merging a chunk: builds the :class:`TensorStats` the executor gathers over the
             chunks first. Given the whole tensor (``ctx.stats`` None), the method computes
@@ -119,7 +120,7 @@ class MergeMethod:
     params: type[MethodParams] = NoParams
     model_params: type[MethodParams] = NoParams
     base: Literal["required", "optional", "unused"] = "unused"
-    elementwise: bool = False
+    elementwise: bool | Callable[[Any], bool] = False
     stats: StatsFactory | None = None
     kernels: bool = False
     min_models: int = 1

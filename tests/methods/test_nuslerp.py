@@ -108,7 +108,11 @@ def test_parameters_and_registration():
     assert NuSlerpModelParams().weight == 1.0
     method = REGISTRY["nuslerp"]
     assert (method.base, method.min_models, method.max_models) == ("optional", 2, 2)
-    assert not method.elementwise
+    # row chunks, unless the vectors run along dim 0 (a chunk holds part of each)
+    assert callable(method.elementwise) and method.stats is not None
+    assert method.elementwise(NuSlerpParams())
+    assert method.elementwise(NuSlerpParams(nuslerp_flatten=False))
+    assert not method.elementwise(NuSlerpParams(nuslerp_flatten=False, nuslerp_row_wise=True))
 
 
 def test_merge_through_cli(tmp_path, llama_family, run_cli):
