@@ -181,6 +181,22 @@ parameters: {mode}
     assert chunked_equals_whole(recipe, tmp_path)
 
 
+@pytest.mark.parametrize("base", [False, True])
+def test_multislerp_in_row_chunks_gives_the_whole_tensor_bytes(tmp_path, llama_family, base):
+    recipe = write_recipe(tmp_path, f"""
+merge_method: multislerp
+{f"base_model: {llama_family['base']}" if base else ""}
+models:
+  - model: {llama_family['math']}
+    parameters: {{weight: 0.5}}
+  - model: {llama_family['code']}
+    parameters: {{weight: 0.3}}
+  - model: {llama_family['chat']}
+    parameters: {{weight: 0.2}}
+""")
+    assert chunked_equals_whole(recipe, tmp_path)
+
+
 @pytest.mark.parametrize("filter_wise", [False, True])
 def test_model_stock_in_row_chunks_gives_the_whole_tensor_bytes(tmp_path, llama_family,
                                                                 filter_wise):

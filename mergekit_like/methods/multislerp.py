@@ -17,6 +17,12 @@ falls back to ``w_1 x_1 + w_2 x_2`` for two models and fails for more; so do we.
 A single model is returned unchanged (its own tensor, not relative to the base). Unlike
 mergekit, weights that sum to zero with ``normalize_weights`` are an error instead of a
 tensor of NaNs.
+
+Every vector above is a combination of the ``x_i``, so one pass gathers what the formula
+needs, the Gram matrix ``x_i . x_j`` (:class:`MultiSlerpStats`, fixed-order sums), and
+the result is ``sum_i k_i x_i`` with coefficients worked out on the host in float64. A
+large tensor is therefore merged in row chunks after that pass, with the bytes of merging
+it whole.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ from typing import TYPE_CHECKING
 
 from pydantic import Field
 
-from mergekit_like.methods.reductions import stable_norm, stable_sum
+from mergekit_like.methods.reductions import BlockSums
 from mergekit_like.methods.spec import MergeMethod, MethodParams, TensorContext
 
 if TYPE_CHECKING:
@@ -41,6 +47,90 @@ class MultiSlerpParams(MethodParams):
 
 class MultiSlerpModelParams(MethodParams):
     weight: float = Field(1.0, description="relative weight of this model")
+
+
+def _weights(weights: Sequence[float], normalize: bool) -> list[float]:
+    w = [float(x) for x in weights]
+    if not normalize:
+        return w
+    total = sum(w)
+    if total == 0:
+        raise ValueError("the weights sum to zero; set normalize_weights: false or change them")
+    return [x / total for x in w]
+
+
+def multislerp_coefficients(gram: Sequence[Sequence[float]], w: Sequence[float],
+                            eps: float) -> list[float]:
+    """``k`` with ``multislerp = sum_i k_i x_i``, from the Gram matrix of the ``x_i``.
+
+    >>> [round(k, 4) for k in multislerp_coefficients([[1.0, 0.0], [0.0, 1.0]], [0.5, 0.5],
+    ...                                                1e-8)]
+    [0.7071, 0.7071]
+    """
+    n = len(w)
+
+    def dot(a: Sequence[float], b: Sequence[float]) -> float:
+        return sum(a[i] * gram[i][j] * b[j] for i in range(n) for j in range(n))
+
+    norms = [math.sqrt(max(gram[i][i], 0.0)) for i in range(n)]
+    mean = [w[i] / (norms[i] + eps) for i in range(n)]  # sum_i w_i u_i
+    mean_norm = math.sqrt(max(dot(mean, mean), 0.0))
+    if mean_norm < eps:
+        if n != 2:
+            raise ValueError("the weighted directions cancel out (opposite tensors with "
+                             "balancing weights); change the weights")
+        return list(w)
+    unit = [c / mean_norm for c in mean]  # m / |m|
+    along = sum(w[i] / (norms[i] + eps) * sum(gram[i][j] * unit[j] for j in range(n))
+                for i in range(n))  # sum_i w_i (u_i . m)
+    tangent = [mean[i] - along * unit[i] for i in range(n)]
+    tangent_norm = math.sqrt(max(dot(tangent, tangent), 0.0)) + eps
+    scale = sum(wi * ni for wi, ni in zip(w, norms, strict=True))
+    return [(math.cos(tangent_norm) * unit[i]
+             + math.sin(tangent_norm) / tangent_norm * tangent[i]) * scale for i in range(n)]
+
+
+class MultiSlerpStats:
+    """The Gram matrix of the (task-vector) tensors, gathered chunk by chunk.
+
+    Implements :class:`~mergekit_like.methods.spec.TensorStats` (one round); then each chunk
+    is ``sum_i k_i x_i`` (:func:`multislerp_coefficients`).
+    """
+
+    rounds = 1
+
+    def __init__(self, weights: Sequence[float], numel: int, eps: float) -> None:
+        self.weights, self.eps = list(weights), eps
+        n = len(self.weights)
+        self._pairs = [(i, j) for i in range(n) for j in range(i, n)]
+        self._sums = [BlockSums(numel) for _ in self._pairs]
+        self.coefficients: list[float] | None = None
+
+    def wants(self, round_: int) -> bool:
+        """Every round is needed."""
+        return True
+
+    def observe(self, round_: int, tensors: Sequence[torch.Tensor], base: torch.Tensor | None,
+                start: int) -> None:
+        xs = [x.reshape(-1) if base is None else (x - base).reshape(-1) for x in tensors]
+        for (i, j), sums in zip(self._pairs, self._sums, strict=True):
+            sums.add(xs[i] * xs[j])
+
+    def finish(self, round_: int) -> None:
+        n = len(self.weights)
+        gram = [[0.0] * n for _ in range(n)]
+        for (i, j), sums in zip(self._pairs, self._sums, strict=True):
+            gram[i][j] = gram[j][i] = sums.total().item()
+        self.coefficients = multislerp_coefficients(gram, self.weights, self.eps)
+
+    def apply(self, xs: Sequence[torch.Tensor]) -> torch.Tensor:
+        """``sum_i k_i x_i``, in place on the ``xs`` (products, then sums: no fused
+        multiply-add, so every device rounds alike)."""
+        assert self.coefficients is not None, "finish() the round first"
+        out = xs[0].mul_(self.coefficients[0])
+        for k, x in zip(self.coefficients[1:], xs[1:], strict=True):
+            out.add_(x.mul_(k))
+        return out
 
 
 def multislerp(
@@ -59,40 +149,25 @@ def multislerp(
     >>> multislerp([torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0])], [1.0, 1.0])
     tensor([0.7071, 0.7071])
     """
-    import torch
-
     if len(tensors) == 1:
         return tensors[0]
-    w = [float(x) for x in weights]
-    if normalize_weights:
-        total = sum(w)
-        if total == 0:
-            raise ValueError("the weights sum to zero; set normalize_weights: false "
-                             "or change them")
-        w = [x / total for x in w]
+    stats = MultiSlerpStats(_weights(weights, normalize_weights), tensors[0].numel(), eps)
     deltas = [x.sub_(base) if base is not None else x for x in tensors]
-    norms = [stable_norm(d).item() for d in deltas]
-    units = [d / (n + eps) for d, n in zip(deltas, norms, strict=True)]
-    mean = torch.zeros_like(units[0])
-    for wi, u in zip(w, units, strict=True):
-        mean.add_(u, alpha=wi)
-    mean_norm = stable_norm(mean).item()
-    if mean_norm < eps:
-        if len(tensors) != 2:
-            raise ValueError("the weighted directions cancel out (opposite tensors with "
-                             "balancing weights); change the weights")
-        out = deltas[0].mul_(w[0]).add_(deltas[1], alpha=w[1])
-        return out.add_(base) if base is not None else out
-    mean.div_(mean_norm)
-    tangent = torch.zeros_like(mean)
-    for wi, u in zip(w, units, strict=True):
-        dot = stable_sum(u.reshape(-1) * mean.reshape(-1)).item()
-        tangent.add_(u.sub_(mean, alpha=dot), alpha=wi)
-    tangent_norm = stable_norm(tangent).item() + eps
-    out = mean.mul_(math.cos(tangent_norm)).add_(
-        tangent, alpha=math.sin(tangent_norm) / tangent_norm)
-    out.mul_(sum(wi * n for wi, n in zip(w, norms, strict=True)))
+    stats.observe(0, deltas, None, 0)
+    stats.finish(0)
+    out = stats.apply(deltas)
     return out.add_(base) if base is not None else out
+
+
+def multislerp_stats(shape: tuple[int, ...], width: int,
+                     model_params: Sequence[MultiSlerpModelParams], params: MultiSlerpParams,
+                     ctx: TensorContext) -> MultiSlerpStats | None:
+    """:class:`MultiSlerpStats` for a large tensor merged in row chunks (None for one model,
+    which is returned as it is)."""
+    if len(model_params) == 1:
+        return None
+    return MultiSlerpStats(_weights([p.weight for p in model_params], params.normalize_weights),
+                           math.prod(shape), params.eps)
 
 
 def multislerp_merge(
@@ -103,14 +178,21 @@ def multislerp_merge(
     ctx: TensorContext,
 ) -> torch.Tensor:
     """Multi-SLERP of the models, or of their task vectors when a base model is given."""
-    return multislerp(tensors, [p.weight for p in model_params], base,
-                      normalize_weights=params.normalize_weights, eps=params.eps)
+    if ctx.stats is None or len(tensors) == 1:
+        return multislerp(tensors, [p.weight for p in model_params], base,
+                          normalize_weights=params.normalize_weights, eps=params.eps)
+    assert isinstance(ctx.stats, MultiSlerpStats)
+    deltas = [x.sub_(base) if base is not None else x for x in tensors]
+    out = ctx.stats.apply(deltas)
+    return out.add_(base) if base is not None else out
 
 
 MULTISLERP = MergeMethod(
     name="multislerp",
     summary="weighted spherical barycentre of any number of models (task vectors with a base)",
     merge=multislerp_merge,
+    stats=multislerp_stats,
+    elementwise=True,
     params=MultiSlerpParams,
     model_params=MultiSlerpModelParams,
     base="optional",
