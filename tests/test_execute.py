@@ -182,17 +182,18 @@ parameters: {mode}
 
 
 @pytest.mark.parametrize("base", [False, True])
-def test_multislerp_in_row_chunks_gives_the_whole_tensor_bytes(tmp_path, llama_family, base):
+@pytest.mark.parametrize("method", ["multislerp", "karcher"])
+def test_gram_methods_in_row_chunks_give_the_whole_tensor_bytes(tmp_path, llama_family, method,
+                                                                 base):
+    weights = {"math": 0.5, "code": 0.3, "chat": 0.2}
+    models = "\n".join(f"  - model: {llama_family[m]}" + (
+        f"\n    parameters: {{weight: {w}}}" if method == "multislerp" else "")
+        for m, w in weights.items())
     recipe = write_recipe(tmp_path, f"""
-merge_method: multislerp
+merge_method: {method}
 {f"base_model: {llama_family['base']}" if base else ""}
 models:
-  - model: {llama_family['math']}
-    parameters: {{weight: 0.5}}
-  - model: {llama_family['code']}
-    parameters: {{weight: 0.3}}
-  - model: {llama_family['chat']}
-    parameters: {{weight: 0.2}}
+{models}
 """)
     assert chunked_equals_whole(recipe, tmp_path)
 

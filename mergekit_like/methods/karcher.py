@@ -15,6 +15,10 @@ direction; the others are normalised to ``u_i`` and their weights renormalised t
 with ``theta_i = arccos(clamp(u . u_i, -1, 1))``. When every norm is at most ``tol`` the
 result is zero.
 
+Every iterate lies in the span of the inputs, so the iteration runs on the host, in float64,
+over coefficients, from the inputs' Gram matrix (:mod:`~mergekit_like.methods.gram`): one
+pass gathers it (in row chunks for a large tensor), and the result is ``sum_i k_i x_i``.
+
 Base model: mergekit adds a recipe's ``base_model`` to the inputs of every method, so its
 Karcher mean includes the base. We do the same: with a ``base_model`` the base is one more
 equally weighted input (first, as in mergekit's input order), listed among ``models`` or not.
@@ -28,7 +32,7 @@ from typing import TYPE_CHECKING
 
 from pydantic import Field
 
-from mergekit_like.methods.reductions import stable_norm, stable_sum
+from mergekit_like.methods.gram import Gram, combine
 from mergekit_like.methods.spec import MergeMethod, MethodParams, NoParams, TensorContext
 
 if TYPE_CHECKING:
@@ -40,49 +44,107 @@ class KarcherParams(MethodParams):
     tol: float = Field(1e-5, ge=0.0, description="convergence tolerance")
 
 
+def karcher_coefficients(gram: Sequence[Sequence[float]], *, max_iter: int = 10,
+                         tol: float = 1e-5) -> list[float]:
+    """``k`` with the Karcher mean ``= sum_i k_i x_i``, from the inputs' Gram matrix.
+
+    >>> [round(k, 4) for k in karcher_coefficients([[4.0, 0.0], [0.0, 4.0]])]
+    [0.7071, 0.7071]
+    """
+    n = len(gram)
+
+    def dot(a: Sequence[float], b: Sequence[float]) -> float:
+        return sum(a[i] * gram[i][j] * b[j] for i in range(n) for j in range(n) if a[i] and b[j])
+
+    norms = [math.sqrt(max(gram[i][i], 0.0)) for i in range(n)]
+    valid = [i for i in range(n) if norms[i] > tol]
+    scale = sum(norm / n for norm in norms)
+    if not valid:
+        return [0.0] * n
+    a = 1.0 / len(valid)
+    units = {i: [1.0 / norms[i] if j == i else 0.0 for j in range(n)] for i in valid}
+    u = [sum(a * units[i][j] for i in valid) for j in range(n)]
+    u_norm = math.sqrt(max(dot(u, u), 0.0))
+    u = list(units[valid[0]]) if u_norm < tol else [c / u_norm for c in u]
+    for _ in range(max_iter):
+        step = [0.0] * n
+        for i in valid:
+            cos = min(max(dot(u, units[i]), -1.0), 1.0)
+            theta = math.acos(cos)
+            if theta < tol:
+                continue
+            coef = a * theta / math.sin(theta)
+            step = [s + coef * ui - coef * cos * uj
+                    for s, ui, uj in zip(step, units[i], u, strict=True)]
+        step_norm = math.sqrt(max(dot(step, step), 0.0))
+        if step_norm < tol:
+            break
+        u = [math.cos(step_norm) * uj + math.sin(step_norm) / step_norm * sj
+             for uj, sj in zip(u, step, strict=True)]
+        u_norm = math.sqrt(max(dot(u, u), 0.0))
+        if u_norm > tol:
+            u = [c / u_norm for c in u]
+    return [c * scale for c in u]
+
+
+class KarcherStats:
+    """The inputs' Gram matrix, gathered chunk by chunk (one round), for
+    :func:`karcher_coefficients`; the base, when given, is the first input."""
+
+    rounds = 1
+
+    def __init__(self, numel: int, max_iter: int, tol: float) -> None:
+        self.numel, self.max_iter, self.tol = numel, max_iter, tol
+        self._gram: Gram | None = None  # sized at the first chunk: the base may be an input
+        self.coefficients: list[float] | None = None
+
+    def wants(self, round_: int) -> bool:
+        """Every round is needed."""
+        return True
+
+    def observe(self, round_: int, tensors: Sequence[torch.Tensor], base: torch.Tensor | None,
+                start: int) -> None:
+        inputs = [base, *tensors] if base is not None else list(tensors)
+        if self._gram is None:
+            self._gram = Gram(len(inputs), self.numel)
+        self._gram.add(inputs)
+
+    def finish(self, round_: int) -> None:
+        assert self._gram is not None, "observe() the chunks first"
+        self.coefficients = karcher_coefficients(self._gram.matrix(), max_iter=self.max_iter,
+                                                 tol=self.tol)
+
+    def apply(self, xs: Sequence[torch.Tensor]) -> torch.Tensor:
+        """``sum_i k_i x_i`` in place (zeros when every input is below ``tol``)."""
+        assert self.coefficients is not None, "finish() the round first"
+        if not any(self.coefficients):
+            return xs[0].zero_()
+        return combine(xs, self.coefficients)
+
+
 def karcher_mean(
     tensors: Sequence[torch.Tensor], *, max_iter: int = 10, tol: float = 1e-5
 ) -> torch.Tensor:
     """Equal-weight Karcher mean of the tensors' directions, scaled by their mean norm.
 
+    Works in place on ``tensors`` (they must be owned by the caller).
+
     >>> import torch
     >>> karcher_mean([torch.tensor([2.0, 0.0]), torch.tensor([0.0, 2.0])])
     tensor([1.4142, 1.4142])
     """
-    import torch
-
     if len(tensors) == 1:
         return tensors[0]
-    alpha = 1.0 / len(tensors)
-    norms = [stable_norm(x).item() for x in tensors]
-    valid = [(x, n) for x, n in zip(tensors, norms, strict=True) if n > tol]
-    scale = sum(alpha * n for n in norms)
-    if not valid:
-        return torch.zeros_like(tensors[0])
-    a = 1.0 / len(valid)
-    units = [x.div_(n).reshape(-1) for x, n in valid]
-    u = torch.zeros_like(units[0])
-    for ui in units:
-        u.add_(ui, alpha=a)
-    u_norm = stable_norm(u).item()
-    u = units[0].clone() if u_norm < tol else u.div_(u_norm)
-    for _ in range(max_iter):
-        step = torch.zeros_like(u)
-        for ui in units:
-            dot = min(max(stable_sum(u * ui).item(), -1.0), 1.0)
-            theta = math.acos(dot)
-            if theta < tol:
-                continue
-            coef = a * theta / math.sin(theta)
-            step.add_(ui, alpha=coef).add_(u, alpha=-coef * dot)
-        step_norm = stable_norm(step).item()
-        if step_norm < tol:
-            break
-        u = u.mul_(math.cos(step_norm)).add_(step, alpha=math.sin(step_norm) / step_norm)
-        u_norm = stable_norm(u).item()
-        if u_norm > tol:
-            u.div_(u_norm)
-    return u.mul_(scale).reshape(tensors[0].shape)
+    stats = KarcherStats(tensors[0].numel(), max_iter, tol)
+    stats.observe(0, tensors, None, 0)
+    stats.finish(0)
+    return stats.apply(tensors)
+
+
+def karcher_stats(shape: tuple[int, ...], width: int, model_params: Sequence[NoParams],
+                  params: KarcherParams, ctx: TensorContext) -> KarcherStats:
+    """:class:`KarcherStats` for a large tensor merged in row chunks."""
+    return KarcherStats(math.prod(shape), params.max_iter, params.tol)
 
 
 def karcher_merge(
@@ -94,13 +156,18 @@ def karcher_merge(
 ) -> torch.Tensor:
     """Karcher mean of the models (and of the base model, when the recipe names one)."""
     inputs = [base, *tensors] if base is not None else list(tensors)
-    return karcher_mean(inputs, max_iter=params.max_iter, tol=params.tol)
+    if ctx.stats is None or len(inputs) == 1:
+        return karcher_mean(inputs, max_iter=params.max_iter, tol=params.tol)
+    assert isinstance(ctx.stats, KarcherStats)
+    return ctx.stats.apply(inputs)
 
 
 KARCHER = MergeMethod(
     name="karcher",
     summary="Karcher (Riemannian) mean of the models on the hypersphere, equal weights",
     merge=karcher_merge,
+    stats=karcher_stats,
+    elementwise=True,
     params=KarcherParams,
     base="optional",
     min_models=1,

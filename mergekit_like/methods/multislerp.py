@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING
 
 from pydantic import Field
 
-from mergekit_like.methods.reductions import BlockSums
+from mergekit_like.methods.gram import Gram, combine
 from mergekit_like.methods.spec import MergeMethod, MethodParams, TensorContext
 
 if TYPE_CHECKING:
@@ -101,9 +101,7 @@ class MultiSlerpStats:
 
     def __init__(self, weights: Sequence[float], numel: int, eps: float) -> None:
         self.weights, self.eps = list(weights), eps
-        n = len(self.weights)
-        self._pairs = [(i, j) for i in range(n) for j in range(i, n)]
-        self._sums = [BlockSums(numel) for _ in self._pairs]
+        self._gram = Gram(len(self.weights), numel)
         self.coefficients: list[float] | None = None
 
     def wants(self, round_: int) -> bool:
@@ -112,25 +110,15 @@ class MultiSlerpStats:
 
     def observe(self, round_: int, tensors: Sequence[torch.Tensor], base: torch.Tensor | None,
                 start: int) -> None:
-        xs = [x.reshape(-1) if base is None else (x - base).reshape(-1) for x in tensors]
-        for (i, j), sums in zip(self._pairs, self._sums, strict=True):
-            sums.add(xs[i] * xs[j])
+        self._gram.add(tensors if base is None else [x - base for x in tensors])
 
     def finish(self, round_: int) -> None:
-        n = len(self.weights)
-        gram = [[0.0] * n for _ in range(n)]
-        for (i, j), sums in zip(self._pairs, self._sums, strict=True):
-            gram[i][j] = gram[j][i] = sums.total().item()
-        self.coefficients = multislerp_coefficients(gram, self.weights, self.eps)
+        self.coefficients = multislerp_coefficients(self._gram.matrix(), self.weights, self.eps)
 
     def apply(self, xs: Sequence[torch.Tensor]) -> torch.Tensor:
-        """``sum_i k_i x_i``, in place on the ``xs`` (products, then sums: no fused
-        multiply-add, so every device rounds alike)."""
+        """``sum_i k_i x_i``, in place on the ``xs`` (:func:`~.gram.combine`)."""
         assert self.coefficients is not None, "finish() the round first"
-        out = xs[0].mul_(self.coefficients[0])
-        for k, x in zip(self.coefficients[1:], xs[1:], strict=True):
-            out.add_(x.mul_(k))
-        return out
+        return combine(xs, self.coefficients)
 
 
 def multislerp(
