@@ -198,6 +198,23 @@ models:
     assert chunked_equals_whole(recipe, tmp_path)
 
 
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("topk", [1.0, 0.5, 0.0])
+def test_sce_in_row_chunks_gives_the_whole_tensor_bytes(tmp_path, llama_family, topk, dtype):
+    """The variance window's ties (many in bfloat16) are ranked across chunk boundaries."""
+    recipe = write_recipe(tmp_path, f"""
+merge_method: sce
+base_model: {llama_family['base']}
+models:
+  - model: {llama_family['math']}
+  - model: {llama_family['code']}
+  - model: {llama_family['chat']}
+parameters: {{select_topk: {topk}}}
+dtype: {dtype}
+""")
+    assert chunked_equals_whole(recipe, tmp_path)
+
+
 @pytest.mark.parametrize("filter_wise", [False, True])
 def test_model_stock_in_row_chunks_gives_the_whole_tensor_bytes(tmp_path, llama_family,
                                                                 filter_wise):
