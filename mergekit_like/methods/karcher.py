@@ -33,7 +33,13 @@ from typing import TYPE_CHECKING
 from pydantic import Field
 
 from mergekit_like.methods.gram import Gram, combine
-from mergekit_like.methods.spec import MergeMethod, MethodParams, NoParams, TensorContext
+from mergekit_like.methods.spec import (
+    MergeMethod,
+    MethodParams,
+    NoParams,
+    TensorContext,
+    gather_whole,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -135,10 +141,8 @@ def karcher_mean(
     """
     if len(tensors) == 1:
         return tensors[0]
-    stats = KarcherStats(tensors[0].numel(), max_iter, tol)
-    stats.observe(0, tensors, None, 0)
-    stats.finish(0)
-    return stats.apply(tensors)
+    return gather_whole(KarcherStats(tensors[0].numel(), max_iter, tol), tensors,
+                        None).apply(tensors)
 
 
 def karcher_stats(shape: tuple[int, ...], width: int, model_params: Sequence[NoParams],

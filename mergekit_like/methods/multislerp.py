@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING
 from pydantic import Field
 
 from mergekit_like.methods.gram import Gram, combine
-from mergekit_like.methods.spec import MergeMethod, MethodParams, TensorContext
+from mergekit_like.methods.spec import MergeMethod, MethodParams, TensorContext, gather_whole
 
 if TYPE_CHECKING:
     import torch
@@ -141,9 +141,7 @@ def multislerp(
         return tensors[0]
     stats = MultiSlerpStats(_weights(weights, normalize_weights), tensors[0].numel(), eps)
     deltas = [x.sub_(base) if base is not None else x for x in tensors]
-    stats.observe(0, deltas, None, 0)
-    stats.finish(0)
-    out = stats.apply(deltas)
+    out = gather_whole(stats, deltas, None).apply(deltas)
     return out.add_(base) if base is not None else out
 
 

@@ -35,8 +35,9 @@ from typing import TYPE_CHECKING
 
 from pydantic import Field
 
-from mergekit_like.methods.reductions import BlockSums, stable_sum
-from mergekit_like.methods.spec import MergeMethod, MethodParams, TensorContext
+from mergekit_like.methods.gram import Gram
+from mergekit_like.methods.reductions import stable_sum
+from mergekit_like.methods.spec import MergeMethod, MethodParams, TensorContext, gather_whole
 
 if TYPE_CHECKING:
     import torch
@@ -90,7 +91,7 @@ class NuSlerpStats:
 
     def __init__(self, t: float, numel: int) -> None:
         self.t = t
-        self._sums = tuple(BlockSums(numel) for _ in range(3))  # |v0|^2, |v1|^2, v0 . v1
+        self._gram = Gram(2, numel)  # |v0|^2, v0 . v1, |v1|^2
         self.coefficients: tuple[float, float] | None = None
 
     def wants(self, round_: int) -> bool:
@@ -99,15 +100,11 @@ class NuSlerpStats:
 
     def observe(self, round_: int, tensors: Sequence[torch.Tensor], base: torch.Tensor | None,
                 start: int) -> None:
-        a, b = (x.reshape(-1) if base is None else (x - base).reshape(-1) for x in tensors)
-        self._sums[0].add(a * a)
-        self._sums[1].add(b * b)
-        self._sums[2].add(a * b)
+        self._gram.add(tensors if base is None else [x - base for x in tensors])
 
     def finish(self, round_: int) -> None:
-        n0, n1, dot = (s.total() for s in self._sums)
-        self.coefficients = nuslerp_coefficients(self.t, n0.sqrt().item(), n1.sqrt().item(),
-                                                  dot.item())
+        (g00, dot), (_, g11) = self._gram.matrix()
+        self.coefficients = nuslerp_coefficients(self.t, math.sqrt(g00), math.sqrt(g11), dot)
 
     def apply(self, v0: torch.Tensor, v1: torch.Tensor) -> torch.Tensor:
         """``s0 * v0 + s1 * v1``, in place on both (a product, then a sum: no fused
@@ -134,10 +131,7 @@ def nuslerp(
     import torch
 
     if flatten or v0.dim() <= 1:
-        stats = NuSlerpStats(t, v0.numel())
-        stats.observe(0, [v0, v1], None, 0)
-        stats.finish(0)
-        return stats.apply(v0, v1)
+        return gather_whole(NuSlerpStats(t, v0.numel()), [v0, v1], None).apply(v0, v1)
     shape = v0.shape
     a, b = (v0.transpose(0, -1), v1.transpose(0, -1)) if row_wise else (v0, v1)
     n0 = stable_sum(a * a, -1).sqrt_().clamp_min_(NORM_EPS).unsqueeze(-1)

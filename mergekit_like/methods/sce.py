@@ -27,7 +27,13 @@ from pydantic import Field
 
 from mergekit_like.methods.rank_select import RankWindow, radix_rounds
 from mergekit_like.methods.reductions import BlockSums
-from mergekit_like.methods.spec import MergeMethod, MethodParams, NoParams, TensorContext
+from mergekit_like.methods.spec import (
+    MergeMethod,
+    MethodParams,
+    NoParams,
+    TensorContext,
+    gather_whole,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -78,12 +84,8 @@ class SceStats:
         """Gathered from whole tensors: the same passes over one chunk."""
         import torch
 
-        stats = cls(base.numel(), len(tensors), fraction, torch.finfo(base.dtype).bits)
-        for round_ in range(stats.rounds):
-            if stats.wants(round_):
-                stats.observe(round_, tensors, base, 0)
-                stats.finish(round_)
-        return stats
+        return gather_whole(cls(base.numel(), len(tensors), fraction,
+                                torch.finfo(base.dtype).bits), tensors, base)
 
     def wants(self, round_: int) -> bool:
         """Whether round ``round_`` may still be needed (once not, it stays so): a rank

@@ -30,8 +30,14 @@ from typing import TYPE_CHECKING
 
 from pydantic import Field
 
-from mergekit_like.methods.reductions import BlockSums
-from mergekit_like.methods.spec import MergeMethod, MethodParams, NoParams, TensorContext
+from mergekit_like.methods.gram import Gram
+from mergekit_like.methods.spec import (
+    MergeMethod,
+    MethodParams,
+    NoParams,
+    TensorContext,
+    gather_whole,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -83,9 +89,7 @@ def slerp(
     tensor([0.7071, 0.7071])
     """
     stats = SlerpStats(t, v0.numel(), dot_threshold=dot_threshold, eps=eps)
-    stats.observe(0, [v1], v0, 0)
-    stats.finish(0)
-    return stats.apply(v0, v1)
+    return gather_whole(stats, [v1], v0).apply(v0, v1)
 
 
 class SlerpStats:
@@ -101,7 +105,7 @@ class SlerpStats:
     def __init__(self, t: float, numel: int, *, dot_threshold: float = DOT_THRESHOLD,
                  eps: float = EPS) -> None:
         self.t, self.dot_threshold, self.eps = t, dot_threshold, eps
-        self._sums = tuple(BlockSums(numel) for _ in range(3))  # |v0|^2, |v1|^2, v0 . v1
+        self._gram = Gram(2, numel)  # |v0|^2, v0 . v1, |v1|^2
         self.coefficients: tuple[float, float] | None = None
 
     def wants(self, round_: int) -> bool:
@@ -111,15 +115,12 @@ class SlerpStats:
     def observe(self, round_: int, tensors: Sequence[torch.Tensor], base: torch.Tensor | None,
                 start: int) -> None:
         assert base is not None
-        a, b = base.reshape(-1), tensors[0].reshape(-1)
-        self._sums[0].add(a * a)
-        self._sums[1].add(b * b)
-        self._sums[2].add(a * b)
+        self._gram.add([base, tensors[0]])
 
     def finish(self, round_: int) -> None:
-        n0, n1, dot = (s.total() for s in self._sums)
+        (g00, dot), (_, g11) = self._gram.matrix()
         self.coefficients = slerp_coefficients(
-            self.t, n0.sqrt().item(), n1.sqrt().item(), dot.item(),
+            self.t, math.sqrt(g00), math.sqrt(g11), dot,
             dot_threshold=self.dot_threshold, eps=self.eps)
 
     def apply(self, v0: torch.Tensor, v1: torch.Tensor) -> torch.Tensor:

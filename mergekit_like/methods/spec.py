@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
@@ -78,6 +78,19 @@ class TensorStats(Protocol):
                 start: int) -> None: ...
 
     def finish(self, round_: int) -> None: ...
+
+
+S = TypeVar("S", bound=TensorStats)
+
+
+def gather_whole(stats: S, tensors: Sequence[torch.Tensor], base: torch.Tensor | None) -> S:
+    """``stats`` gathered over a whole tensor taken as one chunk: every wanted round, in
+    order, as the executor would run them. Returns ``stats``."""
+    for round_ in range(stats.rounds):
+        if stats.wants(round_):
+            stats.observe(round_, tensors, base, 0)
+            stats.finish(round_)
+    return stats
 
 
 StatsFactory = Callable[

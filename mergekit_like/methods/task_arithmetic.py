@@ -33,7 +33,13 @@ from mergekit_like.methods.kernels import Consensus, Kernels, Rule, apply_rule
 from mergekit_like.methods.rank_select import magnitude_bits
 from mergekit_like.methods.reductions import stable_sum
 from mergekit_like.methods.sparsify import RANDOM_TRIMS, Trim, TrimKind, TrimState, variance_mask
-from mergekit_like.methods.spec import Draws, MergeMethod, MethodParams, TensorContext
+from mergekit_like.methods.spec import (
+    Draws,
+    MergeMethod,
+    MethodParams,
+    TensorContext,
+    gather_whole,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -127,12 +133,8 @@ class TaskVectorStats:
         """Gathered from whole tensors (the method got the whole tensor: one chunk)."""
         import torch
 
-        stats = cls(trims, base.numel(), torch.finfo(base.dtype).bits, draws, kernels)
-        for round_ in range(stats.rounds):
-            if stats.wants(round_):
-                stats.observe(round_, tensors, base, 0)
-                stats.finish(round_)
-        return stats
+        return gather_whole(cls(trims, base.numel(), torch.finfo(base.dtype).bits, draws,
+                                kernels), tensors, base)
 
     def wants(self, round_: int) -> bool:
         """Whether any model's trim still needs round ``round_``."""
