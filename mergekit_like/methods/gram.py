@@ -10,7 +10,7 @@ chunked and whole give the same bytes.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from mergekit_like.methods.reductions import BlockSums
@@ -55,3 +55,53 @@ def combine(xs: Sequence[torch.Tensor], coefficients: Sequence[float]) -> torch.
     for k, x in zip(coefficients[1:], xs[1:], strict=True):
         out.add_(x.mul_(k))
     return out
+
+
+Inputs = Callable[["Sequence[torch.Tensor]", "torch.Tensor | None"], "list[torch.Tensor]"]
+"""Which vectors a method combines, from its ``tensors`` and ``base``."""
+
+
+def task_vectors(tensors: Sequence[torch.Tensor], base: torch.Tensor | None) -> list[torch.Tensor]:
+    """The tensors themselves, or ``x - base`` when there is a base (new tensors)."""
+    return list(tensors) if base is None else [x - base for x in tensors]
+
+
+class GramStats:
+    """One statistics pass gathering the Gram matrix of a method's vectors; then
+    ``sum_i k_i x_i`` with ``k = solve(gram)``. Implements
+    :class:`~mergekit_like.methods.spec.TensorStats`.
+
+    ``inputs`` picks the vectors from ``(tensors, base)`` (default :func:`task_vectors`);
+    the Gram matrix is sized at the first chunk. ``apply`` gets the same vectors, whole or
+    a chunk, and combines them in place; coefficients that are all zero give zeros.
+    """
+
+    rounds = 1
+
+    def __init__(self, numel: int, solve: Callable[[list[list[float]]], Sequence[float]],
+                 inputs: Inputs = task_vectors) -> None:
+        self.numel, self.solve, self.inputs = numel, solve, inputs
+        self._gram: Gram | None = None
+        self.coefficients: list[float] | None = None
+
+    def wants(self, round_: int) -> bool:
+        """Every round is needed."""
+        return True
+
+    def observe(self, round_: int, tensors: Sequence[torch.Tensor], base: torch.Tensor | None,
+                start: int) -> None:
+        xs = self.inputs(tensors, base)
+        if self._gram is None:
+            self._gram = Gram(len(xs), self.numel)
+        self._gram.add(xs)
+
+    def finish(self, round_: int) -> None:
+        assert self._gram is not None, "observe() the chunks first"
+        self.coefficients = list(self.solve(self._gram.matrix()))
+
+    def apply(self, xs: Sequence[torch.Tensor]) -> torch.Tensor:
+        """``sum_i k_i x_i`` in place on the ``xs`` (:func:`combine`)."""
+        assert self.coefficients is not None, "finish() the round first"
+        if not any(self.coefficients):
+            return xs[0].zero_()
+        return combine(xs, self.coefficients)

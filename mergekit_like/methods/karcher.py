@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 
 from pydantic import Field
 
-from mergekit_like.methods.gram import Gram, combine
+from mergekit_like.methods.gram import GramStats
 from mergekit_like.methods.spec import (
     MergeMethod,
     MethodParams,
@@ -93,39 +93,9 @@ def karcher_coefficients(gram: Sequence[Sequence[float]], *, max_iter: int = 10,
     return [c * scale for c in u]
 
 
-class KarcherStats:
-    """The inputs' Gram matrix, gathered chunk by chunk (one round), for
-    :func:`karcher_coefficients`; the base, when given, is the first input."""
-
-    rounds = 1
-
-    def __init__(self, numel: int, max_iter: int, tol: float) -> None:
-        self.numel, self.max_iter, self.tol = numel, max_iter, tol
-        self._gram: Gram | None = None  # sized at the first chunk: the base may be an input
-        self.coefficients: list[float] | None = None
-
-    def wants(self, round_: int) -> bool:
-        """Every round is needed."""
-        return True
-
-    def observe(self, round_: int, tensors: Sequence[torch.Tensor], base: torch.Tensor | None,
-                start: int) -> None:
-        inputs = [base, *tensors] if base is not None else list(tensors)
-        if self._gram is None:
-            self._gram = Gram(len(inputs), self.numel)
-        self._gram.add(inputs)
-
-    def finish(self, round_: int) -> None:
-        assert self._gram is not None, "observe() the chunks first"
-        self.coefficients = karcher_coefficients(self._gram.matrix(), max_iter=self.max_iter,
-                                                 tol=self.tol)
-
-    def apply(self, xs: Sequence[torch.Tensor]) -> torch.Tensor:
-        """``sum_i k_i x_i`` in place (zeros when every input is below ``tol``)."""
-        assert self.coefficients is not None, "finish() the round first"
-        if not any(self.coefficients):
-            return xs[0].zero_()
-        return combine(xs, self.coefficients)
+def with_base(tensors: Sequence[torch.Tensor], base: torch.Tensor | None) -> list[torch.Tensor]:
+    """Karcher's inputs: the base (first, when given) and the models' tensors."""
+    return [base, *tensors] if base is not None else list(tensors)
 
 
 def karcher_mean(
@@ -141,14 +111,16 @@ def karcher_mean(
     """
     if len(tensors) == 1:
         return tensors[0]
-    return gather_whole(KarcherStats(tensors[0].numel(), max_iter, tol), tensors,
-                        None).apply(tensors)
+    stats = GramStats(tensors[0].numel(), lambda gram: karcher_coefficients(
+        gram, max_iter=max_iter, tol=tol), with_base)
+    return gather_whole(stats, tensors, None).apply(tensors)
 
 
 def karcher_stats(shape: tuple[int, ...], width: int, model_params: Sequence[NoParams],
-                  params: KarcherParams, ctx: TensorContext) -> KarcherStats:
-    """:class:`KarcherStats` for a large tensor merged in row chunks."""
-    return KarcherStats(math.prod(shape), params.max_iter, params.tol)
+                  params: KarcherParams, ctx: TensorContext) -> GramStats:
+    """The Gram pass (:class:`~.gram.GramStats`) for a large tensor merged in row chunks."""
+    return GramStats(math.prod(shape), lambda gram: karcher_coefficients(
+        gram, max_iter=params.max_iter, tol=params.tol), with_base)
 
 
 def karcher_merge(
@@ -159,10 +131,10 @@ def karcher_merge(
     ctx: TensorContext,
 ) -> torch.Tensor:
     """Karcher mean of the models (and of the base model, when the recipe names one)."""
-    inputs = [base, *tensors] if base is not None else list(tensors)
+    inputs = with_base(tensors, base)
     if ctx.stats is None or len(inputs) == 1:
         return karcher_mean(inputs, max_iter=params.max_iter, tol=params.tol)
-    assert isinstance(ctx.stats, KarcherStats)
+    assert isinstance(ctx.stats, GramStats)
     return ctx.stats.apply(inputs)
 
 

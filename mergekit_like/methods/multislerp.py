@@ -19,7 +19,7 @@ mergekit, weights that sum to zero with ``normalize_weights`` are an error inste
 tensor of NaNs.
 
 Every vector above is a combination of the ``x_i``, so one pass gathers what the formula
-needs, the Gram matrix ``x_i . x_j`` (:class:`MultiSlerpStats`, fixed-order sums), and
+needs, the Gram matrix ``x_i . x_j`` (:class:`~.gram.GramStats`, fixed-order sums), and
 the result is ``sum_i k_i x_i`` with coefficients worked out on the host in float64. A
 large tensor is therefore merged in row chunks after that pass, with the bytes of merging
 it whole.
@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING
 
 from pydantic import Field
 
-from mergekit_like.methods.gram import Gram, combine
+from mergekit_like.methods.gram import GramStats
 from mergekit_like.methods.spec import MergeMethod, MethodParams, TensorContext, gather_whole
 
 if TYPE_CHECKING:
@@ -90,37 +90,6 @@ def multislerp_coefficients(gram: Sequence[Sequence[float]], w: Sequence[float],
              + math.sin(tangent_norm) / tangent_norm * tangent[i]) * scale for i in range(n)]
 
 
-class MultiSlerpStats:
-    """The Gram matrix of the (task-vector) tensors, gathered chunk by chunk.
-
-    Implements :class:`~mergekit_like.methods.spec.TensorStats` (one round); then each chunk
-    is ``sum_i k_i x_i`` (:func:`multislerp_coefficients`).
-    """
-
-    rounds = 1
-
-    def __init__(self, weights: Sequence[float], numel: int, eps: float) -> None:
-        self.weights, self.eps = list(weights), eps
-        self._gram = Gram(len(self.weights), numel)
-        self.coefficients: list[float] | None = None
-
-    def wants(self, round_: int) -> bool:
-        """Every round is needed."""
-        return True
-
-    def observe(self, round_: int, tensors: Sequence[torch.Tensor], base: torch.Tensor | None,
-                start: int) -> None:
-        self._gram.add(tensors if base is None else [x - base for x in tensors])
-
-    def finish(self, round_: int) -> None:
-        self.coefficients = multislerp_coefficients(self._gram.matrix(), self.weights, self.eps)
-
-    def apply(self, xs: Sequence[torch.Tensor]) -> torch.Tensor:
-        """``sum_i k_i x_i``, in place on the ``xs`` (:func:`~.gram.combine`)."""
-        assert self.coefficients is not None, "finish() the round first"
-        return combine(xs, self.coefficients)
-
-
 def multislerp(
     tensors: Sequence[torch.Tensor],
     weights: Sequence[float],
@@ -139,7 +108,8 @@ def multislerp(
     """
     if len(tensors) == 1:
         return tensors[0]
-    stats = MultiSlerpStats(_weights(weights, normalize_weights), tensors[0].numel(), eps)
+    w = _weights(weights, normalize_weights)
+    stats = GramStats(tensors[0].numel(), lambda gram: multislerp_coefficients(gram, w, eps))
     deltas = [x.sub_(base) if base is not None else x for x in tensors]
     out = gather_whole(stats, deltas, None).apply(deltas)
     return out.add_(base) if base is not None else out
@@ -147,13 +117,13 @@ def multislerp(
 
 def multislerp_stats(shape: tuple[int, ...], width: int,
                      model_params: Sequence[MultiSlerpModelParams], params: MultiSlerpParams,
-                     ctx: TensorContext) -> MultiSlerpStats | None:
-    """:class:`MultiSlerpStats` for a large tensor merged in row chunks (None for one model,
-    which is returned as it is)."""
+                     ctx: TensorContext) -> GramStats | None:
+    """The Gram pass (:class:`~.gram.GramStats`) for a large tensor merged in row chunks
+    (None for one model, which is returned as it is)."""
     if len(model_params) == 1:
         return None
-    return MultiSlerpStats(_weights([p.weight for p in model_params], params.normalize_weights),
-                           math.prod(shape), params.eps)
+    w = _weights([p.weight for p in model_params], params.normalize_weights)
+    return GramStats(math.prod(shape), lambda gram: multislerp_coefficients(gram, w, params.eps))
 
 
 def multislerp_merge(
@@ -167,7 +137,7 @@ def multislerp_merge(
     if ctx.stats is None or len(tensors) == 1:
         return multislerp(tensors, [p.weight for p in model_params], base,
                           normalize_weights=params.normalize_weights, eps=params.eps)
-    assert isinstance(ctx.stats, MultiSlerpStats)
+    assert isinstance(ctx.stats, GramStats)
     deltas = [x.sub_(base) if base is not None else x for x in tensors]
     out = ctx.stats.apply(deltas)
     return out.add_(base) if base is not None else out

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING
 
 from pydantic import Field
 
-from mergekit_like.methods.gram import Gram
+from mergekit_like.methods.gram import GramStats
 from mergekit_like.methods.reductions import stable_sum
 from mergekit_like.methods.spec import MergeMethod, MethodParams, TensorContext, gather_whole
 
@@ -78,40 +78,16 @@ def nuslerp_coefficients(t: float, n0: float, n1: float, dot: float) -> tuple[fl
     return math.sin((1.0 - t) * theta) / sin_theta, math.sin(t * theta) / sin_theta
 
 
-class NuSlerpStats:
-    """The norms and dot product of two whole (flattened) tensors, gathered chunk by chunk.
+def nuslerp_stats_for(t: float, numel: int) -> GramStats:
+    """The two (task-vector) tensors' norms and dot product over a whole flattened tensor,
+    chunk by chunk (:class:`~.gram.GramStats`): each chunk is then ``s0 * v0 + s1 * v1``
+    with coefficients from the whole tensors."""
 
-    Implements :class:`~mergekit_like.methods.spec.TensorStats` (one round): the executor
-    merges a large tensor in row chunks, each ``s0 * v0 + s1 * v1`` with coefficients from
-    the whole tensors, the same bytes as merging it whole. With a base, ``v0`` and ``v1``
-    are the task vectors.
-    """
+    def solve(gram: list[list[float]]) -> tuple[float, float]:
+        (g00, dot), (_, g11) = gram
+        return nuslerp_coefficients(t, math.sqrt(g00), math.sqrt(g11), dot)
 
-    rounds = 1
-
-    def __init__(self, t: float, numel: int) -> None:
-        self.t = t
-        self._gram = Gram(2, numel)  # |v0|^2, v0 . v1, |v1|^2
-        self.coefficients: tuple[float, float] | None = None
-
-    def wants(self, round_: int) -> bool:
-        """Every round is needed."""
-        return True
-
-    def observe(self, round_: int, tensors: Sequence[torch.Tensor], base: torch.Tensor | None,
-                start: int) -> None:
-        self._gram.add(tensors if base is None else [x - base for x in tensors])
-
-    def finish(self, round_: int) -> None:
-        (g00, dot), (_, g11) = self._gram.matrix()
-        self.coefficients = nuslerp_coefficients(self.t, math.sqrt(g00), math.sqrt(g11), dot)
-
-    def apply(self, v0: torch.Tensor, v1: torch.Tensor) -> torch.Tensor:
-        """``s0 * v0 + s1 * v1``, in place on both (a product, then a sum: no fused
-        multiply-add, so every device rounds alike)."""
-        assert self.coefficients is not None, "finish() the round first"
-        s0, s1 = self.coefficients
-        return v0.mul_(s0).add_(v1.mul_(s1))
+    return GramStats(numel, solve)
 
 
 def nuslerp(
@@ -131,7 +107,7 @@ def nuslerp(
     import torch
 
     if flatten or v0.dim() <= 1:
-        return gather_whole(NuSlerpStats(t, v0.numel()), [v0, v1], None).apply(v0, v1)
+        return gather_whole(nuslerp_stats_for(t, v0.numel()), [v0, v1], None).apply([v0, v1])
     shape = v0.shape
     a, b = (v0.transpose(0, -1), v1.transpose(0, -1)) if row_wise else (v0, v1)
     n0 = stable_sum(a * a, -1).sqrt_().clamp_min_(NORM_EPS).unsqueeze(-1)
@@ -157,10 +133,12 @@ def _t(model_params: Sequence[NuSlerpModelParams]) -> float:
 
 def nuslerp_stats(shape: tuple[int, ...], width: int,
                   model_params: Sequence[NuSlerpModelParams], params: NuSlerpParams,
-                  ctx: TensorContext) -> NuSlerpStats | None:
-    """:class:`NuSlerpStats` for a flattened tensor merged in row chunks (None row by row:
-    each chunk holds whole rows)."""
-    return NuSlerpStats(_t(model_params), math.prod(shape)) if params.nuslerp_flatten else None
+                  ctx: TensorContext) -> GramStats | None:
+    """:func:`nuslerp_stats_for` for a flattened tensor merged in row chunks (None row by
+    row: each chunk holds whole rows)."""
+    if not params.nuslerp_flatten:
+        return None
+    return nuslerp_stats_for(_t(model_params), math.prod(shape))
 
 
 def _chunkable(params: NuSlerpParams) -> bool:
@@ -180,8 +158,8 @@ def nuslerp_merge(
     if base is not None:
         x0, x1 = x0.sub_(base), x1.sub_(base)
     if ctx.stats is not None:
-        assert isinstance(ctx.stats, NuSlerpStats)
-        out = ctx.stats.apply(x0, x1)
+        assert isinstance(ctx.stats, GramStats)
+        out = ctx.stats.apply([x0, x1])
     else:
         out = nuslerp(_t(model_params), x0, x1, flatten=params.nuslerp_flatten,
                       row_wise=params.nuslerp_row_wise)

@@ -18,7 +18,7 @@ Edge cases, as in mergekit's ``slerp``:
   (so an all-zero tensor gives ``cos(theta) = 0``, ``theta = pi / 2``).
 
 The result at an element depends on the norms of whole tensors: a large tensor is merged in
-row chunks after one pass that sums its norms and dot product (:class:`SlerpStats`), with
+row chunks after one pass that sums its norms and dot product (:func:`slerp_stats_for`), with
 the same bytes as merging it whole.
 """
 
@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 
 from pydantic import Field
 
-from mergekit_like.methods.gram import Gram
+from mergekit_like.methods.gram import GramStats
 from mergekit_like.methods.spec import (
     MergeMethod,
     MethodParams,
@@ -88,52 +88,29 @@ def slerp(
     >>> slerp(0.5, torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0]))
     tensor([0.7071, 0.7071])
     """
-    stats = SlerpStats(t, v0.numel(), dot_threshold=dot_threshold, eps=eps)
-    return gather_whole(stats, [v1], v0).apply(v0, v1)
+    stats = slerp_stats_for(t, v0.numel(), dot_threshold=dot_threshold, eps=eps)
+    return gather_whole(stats, [v1], v0).apply([v0, v1])
 
 
-class SlerpStats:
-    """The norms and dot product of two whole tensors, gathered chunk by chunk.
+def slerp_stats_for(t: float, numel: int, *, dot_threshold: float = DOT_THRESHOLD,
+                    eps: float = EPS) -> GramStats:
+    """The norms and dot product of the base (``v0``) and the other tensor (``v1``) over a
+    whole tensor, chunk by chunk (:class:`~.gram.GramStats`): each chunk is then
+    ``s0 * v0 + s1 * v1`` with coefficients from the whole tensors, the bytes of merging it
+    whole."""
 
-    Implements :class:`~mergekit_like.methods.spec.TensorStats` (one round), so the executor
-    can merge a large tensor in row chunks: each chunk is ``s0 * base + s1 * other`` with
-    coefficients from the whole tensors, the same bytes as merging it whole.
-    """
+    def solve(gram: list[list[float]]) -> tuple[float, float]:
+        (g00, dot), (_, g11) = gram
+        return slerp_coefficients(t, math.sqrt(g00), math.sqrt(g11), dot,
+                                  dot_threshold=dot_threshold, eps=eps)
 
-    rounds = 1
-
-    def __init__(self, t: float, numel: int, *, dot_threshold: float = DOT_THRESHOLD,
-                 eps: float = EPS) -> None:
-        self.t, self.dot_threshold, self.eps = t, dot_threshold, eps
-        self._gram = Gram(2, numel)  # |v0|^2, v0 . v1, |v1|^2
-        self.coefficients: tuple[float, float] | None = None
-
-    def wants(self, round_: int) -> bool:
-        """Every round is needed."""
-        return True
-
-    def observe(self, round_: int, tensors: Sequence[torch.Tensor], base: torch.Tensor | None,
-                start: int) -> None:
-        assert base is not None
-        self._gram.add([base, tensors[0]])
-
-    def finish(self, round_: int) -> None:
-        (g00, dot), (_, g11) = self._gram.matrix()
-        self.coefficients = slerp_coefficients(
-            self.t, math.sqrt(g00), math.sqrt(g11), dot,
-            dot_threshold=self.dot_threshold, eps=self.eps)
-
-    def apply(self, v0: torch.Tensor, v1: torch.Tensor) -> torch.Tensor:
-        """``s0 * v0 + s1 * v1``, in place on ``v0``."""
-        assert self.coefficients is not None, "finish() the round first"
-        s0, s1 = self.coefficients
-        return v0.mul_(s0).add_(v1, alpha=s1)
+    return GramStats(numel, solve, lambda tensors, base: [base, tensors[0]])
 
 
 def slerp_stats(shape: tuple[int, ...], width: int, model_params: Sequence[NoParams],
-                params: SlerpParams, ctx: TensorContext) -> SlerpStats:
-    """:class:`SlerpStats` for merging a large tensor in row chunks."""
-    return SlerpStats(params.t, math.prod(shape))
+                params: SlerpParams, ctx: TensorContext) -> GramStats:
+    """:func:`slerp_stats_for` for merging a large tensor in row chunks."""
+    return slerp_stats_for(params.t, math.prod(shape))
 
 
 def slerp_merge(
@@ -147,8 +124,8 @@ def slerp_merge(
     assert base is not None
     (other,) = tensors
     if ctx.stats is not None:
-        assert isinstance(ctx.stats, SlerpStats)
-        return ctx.stats.apply(base, other)
+        assert isinstance(ctx.stats, GramStats)
+        return ctx.stats.apply([base, other])
     return slerp(params.t, base, other)
 
 
