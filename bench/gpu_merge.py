@@ -2,8 +2,8 @@
 
 Runs ``mergekit_like.cli.main(ARGS)`` in this process, then writes to PEAK_FILE the most
 GPU memory torch's caching allocator reserved and the most its tensors took, in bytes
-(memory outside the allocator, such as the CUDA context, is in neither). Used by bench_merge.py for runs with
-``--extra="--device cuda ..."``.
+(memory outside the allocator, such as the CUDA context, is in neither). Used by
+bench_merge.py for runs with ``--extra="--device cuda ..."``.
 """
 
 from __future__ import annotations
