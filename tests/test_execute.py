@@ -198,35 +198,34 @@ models:
     assert chunked_equals_whole(recipe, tmp_path)
 
 
+def base_and_three(tmp_path: Path, family: dict[str, Path], method: str, parameters: str,
+                   extra: str = "") -> Path:
+    """``method`` over family's base and its three fine-tunes, with global ``parameters``."""
+    return write_recipe(tmp_path, f"""
+merge_method: {method}
+base_model: {family['base']}
+models:
+  - model: {family['math']}
+  - model: {family['code']}
+  - model: {family['chat']}
+parameters: {parameters}
+{extra}""")
+
+
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 @pytest.mark.parametrize("topk", [1.0, 0.5, 0.0])
 def test_sce_in_row_chunks_gives_the_whole_tensor_bytes(tmp_path, llama_family, topk, dtype):
     """The variance window's ties (many in bfloat16) are ranked across chunk boundaries."""
-    recipe = write_recipe(tmp_path, f"""
-merge_method: sce
-base_model: {llama_family['base']}
-models:
-  - model: {llama_family['math']}
-  - model: {llama_family['code']}
-  - model: {llama_family['chat']}
-parameters: {{select_topk: {topk}}}
-dtype: {dtype}
-""")
+    recipe = base_and_three(tmp_path, llama_family, "sce", f"{{select_topk: {topk}}}",
+                            f"dtype: {dtype}\n")
     assert chunked_equals_whole(recipe, tmp_path)
 
 
 @pytest.mark.parametrize("filter_wise", [False, True])
 def test_model_stock_in_row_chunks_gives_the_whole_tensor_bytes(tmp_path, llama_family,
                                                                 filter_wise):
-    recipe = write_recipe(tmp_path, f"""
-merge_method: model_stock
-base_model: {llama_family['base']}
-models:
-  - model: {llama_family['math']}
-  - model: {llama_family['code']}
-  - model: {llama_family['chat']}
-parameters: {{filter_wise: {str(filter_wise).lower()}}}
-""")
+    recipe = base_and_three(tmp_path, llama_family, "model_stock",
+                            f"{{filter_wise: {str(filter_wise).lower()}}}")
     assert chunked_equals_whole(recipe, tmp_path)
 
 
