@@ -8,7 +8,9 @@ two loops over the chunk, some ten times faster on a CPU (bench/RESULTS.md).
 Each pass is written once, here, as a pure function of tensors: :func:`mix_deltas` (weighting,
 sign election, disjoint sum, normalisation), :func:`trim_mix` (task vectors trimmed by a
 per-chunk :class:`Rule`, then mixed), :func:`radix_digits` and :func:`count_equal` (the
-statistics of a magnitude trim). :class:`Kernels` runs them either way. Every operation is
+statistics of a magnitude trim). :class:`Kernels` runs them either way; compiled, the rank
+windows' first pass is the C kernel of :mod:`mergekit_like.native.bracket` (through
+:class:`PairChunk`). Every operation is
 an IEEE operation on float32 or float64 (no contraction into fused multiply-adds, no
 reassociated sums), so a compiled kernel gives the same bytes as the eager one; the tests
 check this. In half precision (bfloat16, float16) the compiled code rounds every
@@ -26,6 +28,9 @@ from mergekit_like.methods.rank_select import bit_digits, magnitude_bits
 
 if TYPE_CHECKING:
     import torch
+
+    from mergekit_like.methods.rank_bracket import BracketTally
+    from mergekit_like.native.bracket import BracketScan
 
 KernelMode = Literal["eager", "compiled"]
 Consensus = Literal["sum", "count", "sum_unweighted"]
@@ -271,13 +276,29 @@ class Kernels:
     """
 
     mode: KernelMode = "eager"
-    _compiled: dict[str, Callable[..., Any]] = field(default_factory=dict, compare=False,
-                                                     repr=False)
+    _compiled: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def fused(self, dtype: torch.dtype) -> bool:
         """Whether passes over tensors of ``dtype`` run compiled."""
 
         return self.mode == "compiled" and dtype.is_floating_point and dtype.itemsize >= 2
+
+    def bracket_scan(self) -> BracketScan | None:
+        """The C kernel of the rank windows' bracket round, when compiled and it builds
+        (else None, after one warning on stderr when compiled)."""
+        if self.mode != "compiled":
+            return None
+        scan = self._compiled.get("bracket_scan")
+        if scan is None:
+            from mergekit_like.native.bracket import BracketScan
+
+            scan = self._compiled["bracket_scan"] = BracketScan.open()
+            scan.warn_once()
+        return scan if scan.lib is not None else None
+
+    def magnitudes(self, x: torch.Tensor, base: torch.Tensor) -> PairChunk:
+        """The rank window's view of ``|x - base|`` for one chunk (flat tensors)."""
+        return PairChunk(x.reshape(-1), base.reshape(-1), self)
 
     def _get(self, fn: Callable[..., Any], dtype: torch.dtype) -> Callable[..., Any]:
         if not self.fused(dtype):
@@ -375,3 +396,35 @@ class Kernels:
             out.append(flat[at:at + len(v)])
             at += len(v)
         return out
+
+
+@dataclass(frozen=True)
+class PairChunk:
+    """A :class:`~.rank_select.MagnitudeChunk` of ``|x - base|``, computed by the kernels
+    from the two flat chunks as each round needs it."""
+
+    x: torch.Tensor
+    base: torch.Tensor
+    kernels: Kernels
+
+    @property
+    def numel(self) -> int:
+        """Entries in the chunk."""
+        return self.x.numel()
+
+    def digits(self, shift: int, prefix: int | None, guesses: tuple[int, ...]) -> torch.Tensor:
+        """:meth:`Kernels.radix_digits` of the chunk."""
+        return self.kernels.radix_digits(self.x, self.base, shift, prefix, guesses)
+
+    def sample(self, count: int) -> torch.Tensor:
+        """Bit patterns of every ``numel // count``-th entry."""
+        step = max(1, self.x.numel() // count)
+        return magnitude_bits((self.x[::step] - self.base[::step]).abs_())
+
+    def tally(self, tally: BracketTally) -> None:
+        """The bracket round's pass: in C where it can, else in torch."""
+        scan = self.kernels.bracket_scan()
+        if scan is not None and scan.supports(self.x, self.base):
+            scan.add(tally, self.x, self.base)
+        else:
+            tally.add(magnitude_bits((self.x - self.base).abs_()))

@@ -8,8 +8,11 @@ position, exactly ``hi - lo`` entries are kept, on every device and for every ch
 
 The window's two boundary values are found by radix select over the magnitudes' bit
 patterns (non-negative floats order as their bits do), 16 bits per round with a 65536-bin
-histogram: 1 round for bfloat16/float16, 2 for float32, 4 for float64. A tensor too large to
-hold is read once per round in row chunks (:meth:`RankWindow.observe`); then
+histogram: 1 round for bfloat16/float16, 2 for float32, 4 for float64. A window made with
+``bracket=True`` first tries one cheaper round that brackets the values from a sample
+(:mod:`.rank_bracket`; the C kernel of :mod:`mergekit_like.native.bracket` runs it), and
+falls back to the radix rounds for a value it misses. A tensor too large to hold is read
+once per round in row chunks (:meth:`RankWindow.observe`); then
 :meth:`RankWindow.mask` marks the kept entries chunk by chunk, in order, counting the entries
 equal to a boundary value as it goes so that each gets its rank.
 
@@ -22,9 +25,11 @@ equal to a boundary value as it goes so that each gets its rank.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
+
+from mergekit_like.methods.rank_bracket import BracketTally, choose_brackets, sample_size
 
 if TYPE_CHECKING:
     import torch
@@ -92,9 +97,45 @@ def bit_digits(bits: torch.Tensor, shift: int, prefix: torch.Tensor | None = Non
     return digits
 
 
-Digits = Callable[[int, "int | None", "tuple[int, ...]"], "torch.Tensor"]
-"""``digits(shift, prefix, guesses)``: a chunk's :func:`bit_digits` (prefix and guesses as
-numbers; no guesses: ``()``)."""
+class MagnitudeChunk(Protocol):
+    """A chunk of magnitudes as a :class:`RankWindow` reads it, computed however the caller
+    likes (from the magnitudes, or from two tensors whose difference they are)."""
+
+    numel: int
+
+    def digits(self, shift: int, prefix: int | None, guesses: tuple[int, ...]) -> torch.Tensor:
+        """The chunk's :func:`bit_digits` (prefix and guesses as numbers; none: ``()``)."""
+
+    def sample(self, count: int) -> torch.Tensor:
+        """The bit patterns of about ``count`` entries spread evenly over the chunk (all
+        of them when it has no more)."""
+
+    def tally(self, tally: BracketTally) -> None:
+        """``tally.add`` of the chunk's bit patterns."""
+
+
+@dataclass(frozen=True)
+class BitChunk:
+    """A :class:`MagnitudeChunk` over bit patterns already computed (:func:`magnitude_bits`)."""
+
+    bits: torch.Tensor
+
+    @property
+    def numel(self) -> int:  # noqa: D102
+        return self.bits.numel()
+
+    def digits(self, shift: int, prefix: int | None, guesses: tuple[int, ...]) -> torch.Tensor:
+        import torch
+
+        return bit_digits(self.bits, shift, None if prefix is None else torch.tensor(prefix),
+                          torch.tensor(guesses, dtype=torch.int32) if guesses else None)
+
+    def sample(self, count: int) -> torch.Tensor:
+        flat = self.bits.reshape(-1)
+        return flat[::max(1, flat.numel() // count)]
+
+    def tally(self, tally: BracketTally) -> None:
+        tally.add(self.bits)
 
 
 class _Target:
@@ -125,13 +166,15 @@ class RankWindow:
     of magnitudes in order, then :meth:`finish` the round; then :meth:`mask` each chunk in
     order (again after :meth:`restart`, for another pass over the chunks).
 
-    The first round also guesses, from the first chunk, which of its bins will hold each
-    window boundary, and counts the next digits of those bins as it goes. A guess that
-    proves right settles the second round too, which is then not wanted. Guessing from the
-    whole tensor (one chunk) is always right.
+    ``bracket``: round 0 brackets the boundary values from a sample of the first chunk
+    (:mod:`.rank_bracket`); a value it pins settles every later round for that boundary.
+    The radix rounds follow. The first radix round also guesses, from the first chunk,
+    which of its bins will hold each window boundary, and counts the next digits of those
+    bins as it goes. A guess that proves right settles the second radix round too, which is
+    then not wanted. Guessing from the whole tensor (one chunk) is always right.
     """
 
-    def __init__(self, numel: int, lo: int, hi: int, width: int) -> None:
+    def __init__(self, numel: int, lo: int, hi: int, width: int, bracket: bool = False) -> None:
         self.numel, self.lo, self.hi, self.width = numel, max(0, lo), min(numel, hi), width
         self._targets: dict[int, _Target] = {}
         if self.lo < self.hi:
@@ -139,7 +182,9 @@ class RankWindow:
                 self._targets[self.lo] = _Target(self.lo)
             if self.hi < numel:
                 self._targets[self.hi - 1] = _Target(self.hi - 1)
-        self.rounds = radix_rounds(width) if self._targets else 0
+        self._first = int(bracket and width == 32 and bool(self._targets))  # radix round 0
+        self.rounds = radix_rounds(width) + self._first if self._targets else 0
+        self._tally: BracketTally | None = None
         self._seen_round = 0
         self._hists: dict[int, torch.Tensor] = {}  # this round's histogram per prefix
         self._guesses: tuple[int, ...] | None = None  # the first round's guessed bins
@@ -149,37 +194,40 @@ class RankWindow:
     def wants(self, round_: int) -> bool:
         """Whether round ``round_`` may still be needed: once it is not (a right guess
         settles the second), it stays so."""
-        return round_ < self.rounds and any(t.round <= round_ for t in self._targets.values())
+        radix = round_ - self._first
+        return round_ < self.rounds and any(t.round <= max(radix, 0)
+                                            for t in self._targets.values())
 
     def observe(self, round_: int, mags: torch.Tensor) -> None:
-        """Count the next chunk's magnitudes into round ``round_``'s histograms."""
-        import torch
+        """Count the next chunk's magnitudes into round ``round_``."""
+        self.observe_chunk(round_, BitChunk(magnitude_bits(mags.reshape(-1))))
 
-        bits = magnitude_bits(mags.reshape(-1))
-
-        def digits(shift: int, prefix: int | None, guesses: tuple[int, ...]) -> torch.Tensor:
-            return bit_digits(bits, shift, None if prefix is None else torch.tensor(prefix),
-                              torch.tensor(guesses, dtype=torch.int32) if guesses else None)
-
-        self.observe_digits(round_, bits.numel(), digits)
-
-    def observe_digits(self, round_: int, numel: int, digits: Digits) -> None:
-        """Like :meth:`observe`, for a chunk of ``numel`` magnitudes seen through ``digits``
-        (:data:`Digits`, computed from the magnitudes however the caller likes)."""
+    def observe_chunk(self, round_: int, chunk: MagnitudeChunk) -> None:
+        """Like :meth:`observe`, for a chunk of magnitudes seen through a
+        :class:`MagnitudeChunk`."""
+        if round_ < self._first:
+            if self._tally is None:
+                sample = chunk.sample(sample_size(self.numel))
+                self._tally = BracketTally(choose_brackets(
+                    sample, list(self._targets), self.numel, whole=sample.numel() == self.numel))
+            chunk.tally(self._tally)
+            return
+        round_ -= self._first
         shift = self.width - DIGIT * (round_ + 1)
         if round_ > 0:
             for prefix in {t.prefix for t in self._targets.values() if t.round == round_}:
-                self._count(prefix, digits(shift, prefix, ()), BINS + 1)
+                self._count(prefix, chunk.digits(shift, prefix, ()), BINS + 1)
             return
-        self._seen_round += numel
+        self._seen_round += chunk.numel
         if self._guesses is None:
             self._guesses = ()
-            if self.rounds > 1:  # guess from this chunk where each boundary falls
-                cum = counts(digits(shift, None, ()), BINS).cumsum(0)
-                spots = [min(BINS - 1, int((cum <= t.rank * numel // self.numel).sum()))
-                         for t in self._targets.values()]
+            if radix_rounds(self.width) > 1:  # guess from this chunk where each boundary falls
+                cum = counts(chunk.digits(shift, None, ()), BINS).cumsum(0)
+                spots = [min(BINS - 1, int((cum <= t.rank * chunk.numel // self.numel).sum()))
+                         for t in self._targets.values() if t.round == 0]
                 self._guesses = tuple(sorted(set(spots)))
-        self._count(-1, digits(shift, None, self._guesses), BINS * (1 + len(self._guesses)))
+        self._count(-1, chunk.digits(shift, None, self._guesses),
+                    BINS * (1 + len(self._guesses)))
 
     def _count(self, prefix: int, digits: torch.Tensor, bins: int) -> None:
         import torch
@@ -192,6 +240,27 @@ class RankWindow:
 
     def finish(self, round_: int) -> None:
         """Close round ``round_``: descend each target into the bin holding its rank."""
+        if round_ < self._first:
+            self._finish_bracket()
+        else:
+            self._finish_radix(round_ - self._first)
+        if all(t.round == radix_rounds(self.width) for t in self._targets.values()):
+            self._bounds = sorted({(t.prefix, t.below) for t in self._targets.values()})
+        self.restart()
+
+    def _finish_bracket(self) -> None:
+        tally, self._tally = self._tally, None
+        seen = 0 if tally is None else tally.seen
+        if seen != self.numel:
+            raise ValueError(f"rank window over {self.numel} entries saw {seen}")
+        assert tally is not None
+        for t in self._targets.values():
+            found = tally.resolve(t.rank)
+            if found is not None:
+                t.prefix, t.below = found
+                t.round = radix_rounds(self.width)
+
+    def _finish_radix(self, round_: int) -> None:
         import torch
 
         if round_ == 0 and self._seen_round != self.numel:
@@ -207,16 +276,15 @@ class RankWindow:
                 below_guess[guess] = first[BINS * (k + 1):BINS * (k + 2)]
                 top[guess] += below_guess[guess].sum()
             for t in self._targets.values():
+                if t.round > 0:  # pinned by the bracket round
+                    continue
                 t.descend(top)
-                if t.prefix in below_guess and t.round < self.rounds:
+                if t.prefix in below_guess and t.round < radix_rounds(self.width):
                     t.descend(below_guess[t.prefix])
         else:
             for t in self._targets.values():
                 if t.round == round_:
                     t.descend(hists.get(t.prefix, empty)[:BINS])
-        if all(t.round == self.rounds for t in self._targets.values()):
-            self._bounds = sorted({(t.prefix, t.below) for t in self._targets.values()})
-        self.restart()
 
     def restart(self) -> None:
         """Start a new pass of :meth:`mask` calls from the first chunk."""

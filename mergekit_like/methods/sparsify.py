@@ -169,10 +169,12 @@ class TrimState:
     window's boundaries (magnitude and outlier trims, :class:`~.rank_select.RankWindow`), then
     the L1 norms before and after trimming (``rescale="l1"``). :meth:`observe` every chunk of
     the task vector, in order, and :meth:`finish` each round; then :meth:`apply` each chunk, in
-    order. ``draws``: the model's random draws (random trims).
+    order. ``draws``: the model's random draws (random trims). ``bracket``: the rank window
+    tries a bracket round first (see :class:`~.rank_select.RankWindow`).
     """
 
-    def __init__(self, trim: Trim, numel: int, width: int, draws: Draws | None = None) -> None:
+    def __init__(self, trim: Trim, numel: int, width: int, draws: Draws | None = None,
+                 bracket: bool = False) -> None:
         if trim.bounds is not None and trim.kind not in ("magnitude", "outliers"):
             raise ValueError(f"{trim.kind} sparsification cannot use bounds ranked over the model")
         if trim.kind not in ("magnitude", "outliers", *RANDOM_TRIMS):
@@ -183,7 +185,7 @@ class TrimState:
         self.trim, self.draws = trim, draws
         self.window = None
         if active and trim.kind in ("magnitude", "outliers") and trim.bounds is None:
-            self.window = RankWindow(numel, *trim_ranks(trim, numel), width)
+            self.window = RankWindow(numel, *trim_ranks(trim, numel), width, bracket)
         self._rank_rounds = self.window.rounds if self.window is not None else 0
         self._l1 = active and trim.rescale == "l1"
         self.rounds = self._rank_rounds + int(self._l1)

@@ -122,7 +122,8 @@ class TaskVectorStats:
                  kernels: Kernels | None = None) -> None:
         draws = draws if draws is not None else [None] * len(trims)
         self.kernels = kernels if kernels is not None else Kernels()
-        self.states = [None if t is None else TrimState(t, numel, width, d)
+        bracket = self.kernels.bracket_scan() is not None
+        self.states = [None if t is None else TrimState(t, numel, width, d, bracket)
                        for t, d in zip(trims, draws, strict=True)]
         self.rounds = max((s.rounds for s in self.states if s is not None), default=0)
 
@@ -149,8 +150,7 @@ class TaskVectorStats:
             if state is None or round_ >= state.rounds or not state.wants(round_):
                 continue
             if state.window is not None and round_ < state.window.rounds:
-                state.window.observe_digits(round_, x.numel(),
-                                            partial(self.kernels.radix_digits, x, base))
+                state.window.observe_chunk(round_, self.kernels.magnitudes(x, base))
             elif state.norm_round(round_):  # the trim as a rule, as the merge will apply it
                 values = state.window_values()
                 counts = self.kernels.count_equal([x], base, [values])[0] if values else []
