@@ -8,10 +8,11 @@ two loops over the chunk, some ten times faster on a CPU (bench/RESULTS.md).
 Each pass is written once, here, as a pure function of tensors: :func:`mix_deltas` (weighting,
 sign election, disjoint sum, normalisation), :func:`trim_mix` (task vectors trimmed by a
 per-chunk :class:`Rule`, then mixed), :func:`radix_digits` and :func:`count_equal` (the
-statistics of a magnitude trim). :class:`Kernels` runs them either way; compiled, the rank
-windows' first pass is the C kernel of :mod:`mergekit_like.native.bracket` (through
-:class:`PairChunk`). Every operation is
-an IEEE operation on float32 or float64 (no contraction into fused multiply-adds, no
+statistics of a magnitude trim). :class:`Kernels` runs them either way. Compiled, in
+float32 on a CPU, the C kernels of :mod:`mergekit_like.native` take over where they can: the
+merge pass (:mod:`~mergekit_like.native.mix`), and the rank windows' passes
+(:mod:`~mergekit_like.native.window`, through :class:`PairChunk`). Every operation is an
+IEEE operation on float32 or float64 (no contraction into fused multiply-adds, no
 reassociated sums), so a compiled kernel gives the same bytes as the eager one; the tests
 check this. In half precision (bfloat16, float16) the compiled code rounds every
 intermediate to it, as eager torch does (inductor's ``emulate_precision_casts``).
@@ -30,7 +31,8 @@ if TYPE_CHECKING:
     import torch
 
     from mergekit_like.methods.rank_bracket import BracketTally
-    from mergekit_like.native.bracket import BracketScan
+    from mergekit_like.native.mix import MixPass
+    from mergekit_like.native.window import WindowPasses
 
 KernelMode = Literal["eager", "compiled"]
 Consensus = Literal["sum", "count", "sum_unweighted"]
@@ -267,15 +269,25 @@ def choose_mode(requested: Literal["auto", "eager", "compiled"], device: str,
 
 
 @dataclass(frozen=True)
+class Native:
+    """The C kernels of a run: the rank windows' passes and the merge pass."""
+
+    window: WindowPasses
+    mix: MixPass
+
+
+@dataclass(frozen=True)
 class Kernels:
     """Runs this module's passes eagerly, or compiled by ``torch.compile`` (``mode``).
 
     A compiled pass is traced once per structure (number of models, rule kinds) and then
     reused for every chunk size (``dynamic=True``); the code is cached on disk by inductor,
-    so a later run starts faster.
+    so a later run starts faster. ``native_kernels``: compiled, let the C kernels of
+    :mod:`mergekit_like.native` take the passes they can (:meth:`native`).
     """
 
     mode: KernelMode = "eager"
+    native_kernels: bool = True
     _compiled: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def fused(self, dtype: torch.dtype) -> bool:
@@ -283,18 +295,23 @@ class Kernels:
 
         return self.mode == "compiled" and dtype.is_floating_point and dtype.itemsize >= 2
 
-    def bracket_scan(self) -> BracketScan | None:
-        """The C kernel of the rank windows' bracket round, when compiled and it builds
-        (else None, after one warning on stderr when compiled)."""
-        if self.mode != "compiled":
+    def native(self) -> Native | None:
+        """The C kernels (:mod:`mergekit_like.native`) when compiled and they build (else
+        None, after one warning on stderr when compiled)."""
+        if self.mode != "compiled" or not self.native_kernels:
             return None
-        scan = self._compiled.get("bracket_scan")
-        if scan is None:
-            from mergekit_like.native.bracket import BracketScan
+        found = self._compiled.get("native")
+        if found is None:
+            import sys
 
-            scan = self._compiled["bracket_scan"] = BracketScan.open()
-            scan.warn_once()
-        return scan if scan.lib is not None else None
+            from mergekit_like.native.mix import MixPass
+            from mergekit_like.native.window import WindowPasses
+
+            found = self._compiled["native"] = Native(WindowPasses.open(), MixPass.open())
+            for error in sorted({found.window.error, found.mix.error} - {""}):
+                print(f"warning: no C kernels ({error}); using torch instead (same bytes, "
+                      "slower)", file=sys.stderr)
+        return found if found.window.lib is not None and found.mix.lib is not None else None
 
     def magnitudes(self, x: torch.Tensor, base: torch.Tensor) -> PairChunk:
         """The rank window's view of ``|x - base|`` for one chunk (flat tensors)."""
@@ -341,6 +358,11 @@ class Kernels:
         """:func:`trim_mix` with each model's :class:`Rule`."""
         import torch
 
+        native = self.native()
+        if native is not None and native.mix.supports(xs, base, rules):
+            return native.mix.trim_mix([x.reshape(-1) for x in xs], base.reshape(-1), rules,
+                                       weights, lambda_, consensus,
+                                       normalize).view(base.shape)
         shape = tuple(rule_shape(r, pad=self.fused(base.dtype)) for r in rules)
         numbers = rule_numbers(rules, base.dtype, base.device)
         w = torch.tensor(list(weights), dtype=base.dtype, device=base.device)
@@ -386,6 +408,10 @@ class Kernels:
         """:func:`count_equal`, per model a list of counts."""
         import torch
 
+        native = self.native()
+        if native is not None and all(native.window.supports(x, base) for x in xs):
+            return [native.window.count_equal(x.reshape(-1), base.reshape(-1), v) if v else []
+                    for x, v in zip(xs, values, strict=True)]
         bits = torch.int64 if base.dtype == torch.float64 else torch.int32
         vals = [torch.tensor(list(v), dtype=bits, device=base.device) for v in values]
         found = self._get(count_equal, base.dtype)(
@@ -423,8 +449,18 @@ class PairChunk:
 
     def tally(self, tally: BracketTally) -> None:
         """The bracket round's pass: in C where it can, else in torch."""
-        scan = self.kernels.bracket_scan()
-        if scan is not None and scan.supports(self.x, self.base):
-            scan.add(tally, self.x, self.base)
+        native = self.kernels.native()
+        if native is not None and native.window.supports(self.x, self.base):
+            native.window.tally(tally, self.x, self.base)
         else:
             tally.add(magnitude_bits((self.x - self.base).abs_()))
+
+    def equal_places(self, value: int, ks: Sequence[int]) -> list[int]:
+        """The chunk's flat position of the ``k``-th entry (0-based) whose magnitude bits
+        equal ``value``, for each ``k`` of ``ks`` (ascending; each below their count)."""
+
+        native = self.kernels.native()
+        if native is not None and native.window.supports(self.x, self.base):
+            return native.window.equal_places(self.x, self.base, value, ks)
+        where = (magnitude_bits((self.x - self.base).abs_()) == value).nonzero().squeeze(1)
+        return [int(where[k]) for k in ks]

@@ -91,7 +91,7 @@ class BracketTally:
     """A bracket round's counts over a tensor's chunks, and the entries inside each bracket.
 
     :meth:`add` each chunk's bit patterns (or let a C kernel fill the same fields:
-    :mod:`mergekit_like.native.bracket`), then :meth:`resolve` the ranks.
+    :mod:`mergekit_like.native.window`), then :meth:`resolve` the ranks.
     """
 
     def __init__(self, brackets: Sequence[Bracket]) -> None:

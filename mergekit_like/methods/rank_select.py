@@ -10,7 +10,7 @@ The window's two boundary values are found by radix select over the magnitudes' 
 patterns (non-negative floats order as their bits do), 16 bits per round with a 65536-bin
 histogram: 1 round for bfloat16/float16, 2 for float32, 4 for float64. A window made with
 ``bracket=True`` first tries one cheaper round that brackets the values from a sample
-(:mod:`.rank_bracket`; the C kernel of :mod:`mergekit_like.native.bracket` runs it), and
+(:mod:`.rank_bracket`; the C kernel of :mod:`mergekit_like.native.window` runs it), and
 falls back to the radix rounds for a value it misses. A tensor too large to hold is read
 once per round in row chunks (:meth:`RankWindow.observe`); then
 :meth:`RankWindow.mask` marks the kept entries chunk by chunk, in order, counting the entries

@@ -239,13 +239,13 @@ class TrimState:
         return self.window.boundary_values()
 
     def rule(self, start: int, numel: int, counts: Sequence[int], device: torch.device | str,
-             places: Callable[[int], torch.Tensor]) -> Rule | Edges:
+             places: Callable[[int, list[int]], list[int]]) -> Rule | Edges:
         """The next chunk's trim as a :class:`~.kernels.Rule`, given how many of its entries
-        equal each of :meth:`window_values`, and ``places(value)``: the flat positions of
-        the chunk's entries whose magnitude bits equal ``value``, ascending (asked for only
-        where a rank window's edge falls among them). Where the trim keeps by magnitude
-        bounds or DELLA's ranks, or the rule cannot rescale as asked, the chunk's
-        :class:`~.rank_select.Edges` (possibly empty) instead, for :meth:`apply`."""
+        equal each of :meth:`window_values`, and ``places(value, ks)``: the flat position
+        of the chunk's ``k``-th entry whose magnitude bits equal ``value``, for each ``k`` of
+        ``ks`` (asked for only where a rank window's edge falls among them). Where the trim
+        keeps by magnitude bounds or DELLA's ranks, or the rule cannot rescale as asked, the
+        chunk's :class:`~.rank_select.Edges` (possibly empty) instead, for :meth:`apply`."""
         from mergekit_like.methods.kernels import Rule
 
         trim = self.trim
@@ -271,10 +271,10 @@ class TrimState:
             return Rule("window", lo=0, hi=0, factor=self._scale or 1.0, post=post)
         spans = []
         for value, first, count in edges.split:  # keep the equal entries ranked in the window
-            where = places(value)
             lo, hi = max(0, self.window.lo - first), min(count, self.window.hi - first)
-            spans.append((value, int(where[lo]) if lo < count else numel,
-                          int(where[hi]) if hi < count else numel))
+            asked = [k for k in (lo, hi) if k < count]
+            found = dict(zip(asked, places(value, asked), strict=True))
+            spans.append((value, found.get(lo, numel), found.get(hi, numel)))
         return Rule("window", lo=edges.lo, hi=edges.hi, factor=self._scale or 1.0, post=post,
                     spans=tuple(spans))
 

@@ -24,13 +24,11 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import partial
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field
 
 from mergekit_like.methods.kernels import Consensus, Kernels, Rule, apply_rule
-from mergekit_like.methods.rank_select import magnitude_bits
 from mergekit_like.methods.reductions import stable_sum
 from mergekit_like.methods.sparsify import RANDOM_TRIMS, Trim, TrimKind, TrimState, variance_mask
 from mergekit_like.methods.spec import (
@@ -122,7 +120,7 @@ class TaskVectorStats:
                  kernels: Kernels | None = None) -> None:
         draws = draws if draws is not None else [None] * len(trims)
         self.kernels = kernels if kernels is not None else Kernels()
-        bracket = self.kernels.bracket_scan() is not None
+        bracket = self.kernels.native() is not None
         self.states = [None if t is None else TrimState(t, numel, width, d, bracket)
                        for t, d in zip(trims, draws, strict=True)]
         self.rounds = max((s.rounds for s in self.states if s is not None), default=0)
@@ -155,7 +153,7 @@ class TaskVectorStats:
                 values = state.window_values()
                 counts = self.kernels.count_equal([x], base, [values])[0] if values else []
                 plan = state.rule(start, x.numel(), counts, base.device,
-                                  partial(equal_places, x, base))
+                                  self.kernels.magnitudes(x, base).equal_places)
                 if isinstance(plan, Rule):
                     state.add_norms(*self.kernels.trim_magnitudes(x, base, plan))
                 else:
@@ -182,8 +180,9 @@ class TaskVectorStats:
         counts: list[list[int]] = [[] for _ in values]
         if any(values):
             counts = self.kernels.count_equal(tensors, base, values)
-        plans = [Rule("all") if s is None else s.rule(start, base.numel(), c, base.device,
-                                                      partial(equal_places, x, base))
+        plans = [Rule("all") if s is None else
+                 s.rule(start, base.numel(), c, base.device,
+                        self.kernels.magnitudes(x, base).equal_places)
                  for x, s, c in zip(tensors, self.states, counts, strict=True)]
         rules = [p for p in plans if isinstance(p, Rule)]
         if len(rules) == len(plans):
@@ -204,11 +203,6 @@ class TaskVectorStats:
         """The next chunk's task vectors, trimmed (updated in place with ``inplace``)."""
         return [d if s is None else s.apply(d, start, inplace=inplace)
                 for d, s in zip(deltas, self.states, strict=True)]
-
-
-def equal_places(x: torch.Tensor, base: torch.Tensor, value: int) -> torch.Tensor:
-    """The flat positions where ``|x - base|``'s bit pattern equals ``value``, ascending."""
-    return (magnitude_bits((x - base).abs()).reshape(-1) == value).nonzero().squeeze(1)
 
 
 def energy_weights(deltas: Sequence[torch.Tensor]) -> list[float]:

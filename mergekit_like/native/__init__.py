@@ -5,6 +5,11 @@ a per-user cache (:mod:`.build`) and called through ``ctypes`` (which releases t
 Where no compiler is found or the build fails, the wrappers report it and the callers take
 their torch path instead: the results are the same, only slower.
 
-- :mod:`.bracket`: one pass of a bracketed rank selection (counts below a magnitude, and
-  the magnitudes inside a narrow bracket), for the magnitude trims' rank windows.
+- :mod:`.window`: the magnitude trims' rank-window passes: one pass of a bracketed rank
+  selection (counts below a magnitude, and the magnitudes inside a narrow bracket), and
+  the entries equal to a window's boundary value (how many, and where).
+- :mod:`.mix`: the merge pass of the TIES family (trim every task vector, elect the signs,
+  mix), the eager torch operations in the same order, in one loop.
+
+``--kernels compiled`` (and ``auto`` on large merges on a CPU) uses them, for float32.
 """

@@ -18,7 +18,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-FLAGS = ("-O3", "-shared", "-fPIC", "-pthread", "-std=c11")
+FLAGS = ("-O3", "-ffp-contract=off", "-shared", "-fPIC", "-pthread", "-std=c11")
 
 
 def compiler() -> str | None:

@@ -52,82 +52,133 @@ static inline uint32_t mix32(uint32_t x) {
   return x ^ (x >> 15);
 }
 
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__linux__)
+#define VECTOR_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define VECTOR_CLONES
+#endif
+
 /* d = trimmed(x - b) for entries [at, at + len) of the chunk */
-static void trim_block(const rule_t *r, float *d, const float *x, const float *b, int64_t at,
-                       int len) {
+VECTOR_CLONES static void trim_block(const rule_t *r, float *restrict d, const float *restrict x,
+                                     const float *restrict b, int64_t at, int len) {
   for (int j = 0; j < len; j++) d[j] = x[j] - b[j];
-  if (r->kind == ZERO) {
+  const int kind = r->kind;
+  if (kind == ZERO) {
     for (int j = 0; j < len; j++) d[j] = 0.0f;
-  } else if (r->kind == WINDOW) {
+  } else if (kind == WINDOW) {
     float keep[BLOCK];
-    const uint32_t lo = r->lo, hi = r->hi;
+    const uint32_t lo = r->has_lo ? r->lo : 0u, hi = r->has_hi ? r->hi : 0xffffffffu;
     const int bounded = r->has_lo || r->has_hi;
-    const float outside = bounded || r->n_spans ? 0.0f : 1.0f;
-    for (int j = 0; j < len; j++) {
-      uint32_t bits = bits_of(d[j]);
-      int in = (!r->has_lo || bits >= lo) & (!r->has_hi || bits < hi);
-      keep[j] = bounded && in ? 1.0f : outside;
+    if (bounded) {
+      for (int j = 0; j < len; j++) {
+        uint32_t bits = bits_of(d[j]);
+        keep[j] = bits >= lo && bits < hi ? 1.0f : 0.0f;
+      }
+    } else {
+      const float all = r->n_spans ? 0.0f : 1.0f;
+      for (int j = 0; j < len; j++) keep[j] = all;
     }
     for (int s = 0; s < r->n_spans; s++) {
       int64_t first = r->span_first[s] - at, stop = r->span_stop[s] - at;
       int from = first < 0 ? 0 : first > len ? len : (int)first;
       int to = stop < 0 ? 0 : stop > len ? len : (int)stop;
+      const uint32_t value = r->span_value[s];
       for (int j = from; j < to; j++)
-        if (bits_of(d[j]) == r->span_value[s]) keep[j] = 1.0f;
+        if (bits_of(d[j]) == value) keep[j] = 1.0f;
     }
     for (int j = 0; j < len; j++) d[j] = d[j] * keep[j];
-  } else if (r->kind == RANDOM) {
-    for (int j = 0; j < len; j++) {
-      uint64_t index = (uint64_t)(r->start + at + j);
-      uint32_t h = mix32((uint32_t)index ^ r->k0);
-      h = mix32(h ^ (uint32_t)(index >> 32) ^ r->k1);
-      float u = (float)(h >> 8) * (1.0f / 16777216.0f);
-      d[j] = d[j] * (u < r->p ? 1.0f : 0.0f);
+  } else if (kind == RANDOM) {
+    const uint32_t k0 = r->k0, k1 = r->k1;
+    const float p = r->p;
+    const uint64_t first = (uint64_t)(r->start + at);
+    const uint32_t low = (uint32_t)first, high = (uint32_t)(first >> 32);
+    if ((uint64_t)low + (uint64_t)len <= ((uint64_t)1 << 32)) { /* one high word */
+      const uint32_t high_key = high ^ k1;
+      float u[BLOCK];
+      for (int j = 0; j < len; j++) {
+        uint32_t h = mix32(mix32((low + (uint32_t)j) ^ k0) ^ high_key);
+        u[j] = (float)(int32_t)(h >> 8) * (1.0f / 16777216.0f);
+      }
+      for (int j = 0; j < len; j++) d[j] = d[j] * (u[j] < p ? 1.0f : 0.0f);
+    } else {
+      for (int j = 0; j < len; j++) {
+        uint64_t index = first + (uint64_t)j;
+        uint32_t h = mix32(mix32((uint32_t)index ^ k0) ^ (uint32_t)(index >> 32) ^ k1);
+        float u = (float)(int32_t)(h >> 8) * (1.0f / 16777216.0f);
+        d[j] = d[j] * (u < p ? 1.0f : 0.0f);
+      }
     }
   }
-  if (r->post == SCALE)
-    for (int j = 0; j < len; j++) d[j] = d[j] * r->factor;
-  else if (r->post == DIVIDE)
-    for (int j = 0; j < len; j++) d[j] = d[j] / r->p;
+  if (r->post == SCALE) {
+    const float factor = r->factor;
+    for (int j = 0; j < len; j++) d[j] = d[j] * factor;
+  } else if (r->post == DIVIDE) {
+    const float p = r->p;
+    for (int j = 0; j < len; j++) d[j] = d[j] / p;
+  }
 }
 
 static inline float sign_of(float v) { return (float)((v > 0.0f) - (v < 0.0f)); }
 
-static void mix_block(const mix_t *m, float (*d)[BLOCK], const float *b, float *out, int len) {
+VECTOR_CLONES static void mix_block(const mix_t *m, float (*restrict d)[BLOCK],
+                                    const float *restrict b, float *restrict out, int len) {
   const int n = m->models;
+  const float lambda = m->lambda;
+  float mixed[BLOCK];
   if (m->consensus == MIX_ALL) {
-    for (int j = 0; j < len; j++) {
-      float mixed = d[0][j] * m->rules[0].weight;
-      for (int i = 1; i < n; i++) mixed = mixed + d[i][j] * m->rules[i].weight;
-      if (m->normalize) mixed = mixed / m->plain_divisor;
-      out[j] = mixed * m->lambda + b[j];
-    }
-    return;
-  }
-  for (int j = 0; j < len; j++) {
-    float total = 0.0f;
-    for (int i = 0; i < n; i++) {
-      if (m->consensus == SUM) total = total + d[i][j] * m->rules[i].weight;
-      else if (m->consensus == SUM_UNWEIGHTED) total = total + d[i][j];
-      else if (m->rules[i].sign > 0) total = total + sign_of(d[i][j]);
-      else if (m->rules[i].sign < 0) total = total - sign_of(d[i][j]);
-    }
-    float elected = copysignf(1.0f, total), mixed = 0.0f, divisor = 0.0f;
-    for (int i = 0; i < n; i++) {
-      float agrees = d[i][j] * elected;
-      float agree = (m->rules[i].sign >= 0 ? agrees > 0.0f : agrees < 0.0f) ? 1.0f : 0.0f;
-      float term = d[i][j] * agree * m->rules[i].weight;
-      float share = agree * m->rules[i].weight;
-      mixed = i == 0 ? term : mixed + term;
-      divisor = i == 0 ? share : divisor + share;
+    const float w0 = m->rules[0].weight;
+    for (int j = 0; j < len; j++) mixed[j] = d[0][j] * w0;
+    for (int i = 1; i < n; i++) {
+      const float w = m->rules[i].weight;
+      for (int j = 0; j < len; j++) mixed[j] = mixed[j] + d[i][j] * w;
     }
     if (m->normalize) {
-      if (m->all_positive) divisor = divisor < m->min_weight ? m->min_weight : divisor;
-      else if (divisor == 0.0f) divisor = 1.0f;
-      mixed = mixed / divisor;
+      const float divisor = m->plain_divisor;
+      for (int j = 0; j < len; j++) mixed[j] = mixed[j] / divisor;
     }
-    out[j] = mixed * m->lambda + b[j];
+    for (int j = 0; j < len; j++) out[j] = mixed[j] * lambda + b[j];
+    return;
   }
+  float total[BLOCK], divisor[BLOCK];
+  for (int j = 0; j < len; j++) total[j] = 0.0f;
+  for (int i = 0; i < n; i++) {
+    const float w = m->rules[i].weight;
+    const int sign = m->rules[i].sign;
+    if (m->consensus == SUM)
+      for (int j = 0; j < len; j++) total[j] = total[j] + d[i][j] * w;
+    else if (m->consensus == SUM_UNWEIGHTED)
+      for (int j = 0; j < len; j++) total[j] = total[j] + d[i][j];
+    else if (sign > 0)
+      for (int j = 0; j < len; j++) total[j] = total[j] + sign_of(d[i][j]);
+    else if (sign < 0)
+      for (int j = 0; j < len; j++) total[j] = total[j] - sign_of(d[i][j]);
+  }
+  for (int j = 0; j < len; j++) total[j] = copysignf(1.0f, total[j]); /* the elected signs */
+  for (int i = 0; i < n; i++) {
+    const float w = m->rules[i].weight;
+    float agree[BLOCK];
+    if (m->rules[i].sign >= 0)
+      for (int j = 0; j < len; j++) agree[j] = d[i][j] * total[j] > 0.0f ? 1.0f : 0.0f;
+    else
+      for (int j = 0; j < len; j++) agree[j] = d[i][j] * total[j] < 0.0f ? 1.0f : 0.0f;
+    if (i == 0) {
+      for (int j = 0; j < len; j++) mixed[j] = d[0][j] * agree[j] * w;
+      for (int j = 0; j < len; j++) divisor[j] = agree[j] * w;
+    } else {
+      for (int j = 0; j < len; j++) mixed[j] = mixed[j] + d[i][j] * agree[j] * w;
+      for (int j = 0; j < len; j++) divisor[j] = divisor[j] + agree[j] * w;
+    }
+  }
+  if (m->normalize) {
+    if (m->all_positive) {
+      const float least = m->min_weight;
+      for (int j = 0; j < len; j++) divisor[j] = divisor[j] < least ? least : divisor[j];
+    } else {
+      for (int j = 0; j < len; j++) divisor[j] = divisor[j] == 0.0f ? 1.0f : divisor[j];
+    }
+    for (int j = 0; j < len; j++) mixed[j] = mixed[j] / divisor[j];
+  }
+  for (int j = 0; j < len; j++) out[j] = mixed[j] * lambda + b[j];
 }
 
 static void *run(void *arg) {

@@ -60,13 +60,13 @@ def test_compiled_kernels_without_the_c_kernel_warn_once_and_go_on(cache, monkey
                                                                    capsys):
     monkeypatch.setenv("MERGEKIT_LIKE_NATIVE", "0")
     kernels = Kernels("compiled")
-    assert kernels.bracket_scan() is None and kernels.bracket_scan() is None
-    assert capsys.readouterr().err.count("warning: no C kernel") == 1
-    assert Kernels("eager").bracket_scan() is None
+    assert kernels.native() is None and kernels.native() is None
+    assert capsys.readouterr().err.count("warning: no C kernels") == 1
+    assert Kernels("eager").native() is None
     assert capsys.readouterr().err == ""
 
 
 @needs_cc
-def test_compiled_kernels_bracket_with_the_c_kernel(cache):
-    scan = Kernels("compiled").bracket_scan()
-    assert scan is not None and scan.lib is not None
+def test_compiled_kernels_take_the_c_kernels(cache):
+    native = Kernels("compiled").native()
+    assert native is not None and native.window.lib and native.mix.lib

@@ -7,9 +7,9 @@ import torch
 
 from mergekit_like.methods.rank_bracket import Bracket, BracketTally
 from mergekit_like.methods.rank_select import magnitude_bits
-from mergekit_like.native.bracket import BracketScan
+from mergekit_like.native.window import WindowPasses
 
-SCAN = BracketScan.open()
+SCAN = WindowPasses.open()
 pytestmark = pytest.mark.skipif(SCAN.lib is None, reason=f"no C kernel: {SCAN.error}")
 
 
@@ -67,7 +67,7 @@ def test_the_kernel_tallies_as_torch_does(scan, n, quantiles):
     try:
         for part_x, part_b in zip(x.tensor_split(3), base.tensor_split(3), strict=True):
             want.add(magnitude_bits((part_x - part_b).abs()))
-            scan.add(got, part_x.contiguous(), part_b.contiguous())
+            scan.tally(got, part_x.contiguous(), part_b.contiguous())
     finally:
         torch.set_num_threads(threads)
     same(want, got)
@@ -78,7 +78,7 @@ def test_entries_past_the_capacity_are_counted_not_stored(scan):
     brackets = brackets_around(x, base, [(0.2, 0.8)], capacity=5000)
     want, got = BracketTally(brackets), BracketTally(brackets)
     want.add(magnitude_bits((x - base).abs()))
-    scan.add(got, x, base)
+    scan.tally(got, x, base)
     assert got.inside[0] > 5000
     same(want, got)
 

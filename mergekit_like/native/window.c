@@ -177,3 +177,35 @@ int mk_bracket_f32(const float *x, const float *b, int64_t n, int nb, const uint
     for (int j = 0; j < nb; j++) free(parts[t].buf[j]);
   return failed ? -1 : 0;
 }
+
+/* counts[v] += how many of the n entries' |x - b| bit patterns equal values[v] */
+int mk_count_equal_f32(const float *x, const float *b, int64_t n, int nv,
+                       const uint32_t *values, int64_t *counts) {
+  for (int v = 0; v < nv; v++) {
+    const uint32_t value = values[v];
+    int64_t total = 0;
+    for (int64_t start = 0; start < n; start += (int64_t)1 << 24) {
+      int64_t end = start + ((int64_t)1 << 24) < n ? start + ((int64_t)1 << 24) : n;
+      uint32_t count = 0;
+      for (int64_t i = start; i < end; i++) count += magnitude_bits(x[i], b[i]) == value;
+      total += count;
+    }
+    counts[v] += total;
+  }
+  return 0;
+}
+
+/* positions[k] = the flat position of the ks[k]-th entry (0-based, ks ascending) whose
+ * |x - b| bit pattern equals value, or n where there are not that many */
+int mk_equal_places_f32(const float *x, const float *b, int64_t n, uint32_t value, int nk,
+                        const int64_t *ks, int64_t *positions) {
+  int k = 0;
+  int64_t seen = 0;
+  for (int64_t i = 0; i < n && k < nk; i++) {
+    if (magnitude_bits(x[i], b[i]) != value) continue;
+    while (k < nk && ks[k] == seen) positions[k++] = i;
+    seen++;
+  }
+  for (; k < nk; k++) positions[k] = n;
+  return 0;
+}
