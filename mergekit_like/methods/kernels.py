@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     import torch
 
     from mergekit_like.methods.rank_bracket import BracketTally
+    from mergekit_like.methods.reductions import BlockSums
     from mergekit_like.native.mix import MixPass
     from mergekit_like.native.window import WindowPasses
 
@@ -378,6 +379,18 @@ class Kernels:
         numbers = rule_numbers([rule], base.dtype, base.device)
         return self._get(trim_magnitudes, base.dtype)(x.reshape(-1), base.reshape(-1), shape,
                                                       numbers)
+
+    def trim_norms(self, x: torch.Tensor, base: torch.Tensor, rule: Rule,
+                   sums: tuple[BlockSums, BlockSums]) -> None:
+        """Add one model's chunk into the L1 norms' sums before and after trimming by
+        ``rule`` (:func:`trim_magnitudes`, then ``sums[k].add``)."""
+        native = self.native()
+        if native is not None and native.mix.supports([x], base, [rule]):
+            native.mix.trim_norms(x.reshape(-1), base.reshape(-1), rule, sums)
+            return
+        mags, kept = self.trim_magnitudes(x, base, rule)
+        sums[0].add(mags)
+        sums[1].add(kept)
 
     def mix_deltas(self, deltas: Sequence[torch.Tensor], base: torch.Tensor,
                    weights: Sequence[float], lambda_: float | torch.Tensor,

@@ -127,6 +127,26 @@ class BlockSums:
         if i + whole < n:
             self._tail[:n - i - whole].copy_(flat[i + whole:])
 
+    @property
+    def seen(self) -> int:
+        """Entries added so far."""
+        return self._seen
+
+    def add_block_sums(self, sums: torch.Tensor) -> None:
+        """Account for the next ``len(sums)`` whole blocks, given as their :func:`tree_sum`
+        (computed elsewhere, e.g. by a C kernel): only where the entries seen so far end a
+        block and the tensor has more than one block."""
+        if self._seen % BLOCK or self.numel <= BLOCK:
+            raise ValueError("block sums must start a block of a tensor of several blocks")
+        if self._level1 is None:
+            self._level1 = sums.new_empty(-(-self.numel // BLOCK))
+            self._tail = sums.new_zeros(BLOCK)
+        first = self._seen // BLOCK
+        self._seen += sums.numel() * BLOCK
+        if self._seen > self.numel:
+            raise ValueError(f"block sums of {self.numel} entries got {self._seen}")
+        self._level1[first:first + sums.numel()] = sums
+
     def total(self) -> torch.Tensor:
         """The sum of every entry added, equal to ``stable_sum`` of them all at once."""
         import torch

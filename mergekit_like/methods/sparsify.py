@@ -215,6 +215,11 @@ class TrimState:
         """Whether round ``round_`` sums the L1 norms before and after trimming."""
         return self._l1 and round_ == self._rank_rounds
 
+    @property
+    def norms(self) -> tuple[BlockSums, BlockSums]:
+        """The norm round's sums of the magnitudes before and after trimming."""
+        return self._norms
+
     def add_norms(self, mags: torch.Tensor, kept: torch.Tensor) -> None:
         """Take the next chunk's magnitudes before and after trimming into the norm round."""
         self._norms[0].add(mags)

@@ -155,7 +155,7 @@ class TaskVectorStats:
                 plan = state.rule(start, x.numel(), counts, base.device,
                                   self.kernels.magnitudes(x, base).equal_places)
                 if isinstance(plan, Rule):
-                    state.add_norms(*self.kernels.trim_magnitudes(x, base, plan))
+                    self.kernels.trim_norms(x, base, plan, state.norms)
                 else:
                     state.observe(round_, x.sub(base), start, edges=plan)
             else:

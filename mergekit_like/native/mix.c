@@ -218,3 +218,77 @@ int mk_trim_mix_f32(const mix_t *mix, const float *const *xs, const float *base,
   for (int t = 1; t < started; t++) pthread_join(tid[t], NULL);
   return 0;
 }
+
+#define SUM_BLOCK 4096 /* reductions.BLOCK */
+
+/* the sum of v[0..SUM_BLOCK) by reductions.tree_sum's pairwise halving (v is overwritten) */
+static float tree_sum(float *v) {
+  for (int half = SUM_BLOCK / 2; half >= 1; half /= 2)
+    for (int k = 0; k < half; k++) v[k] = v[k] + v[k + half];
+  return v[0];
+}
+
+/* |d| and |trimmed d| of n entries at chunk offset at (trim_magnitudes in kernels.py) */
+static void magnitudes(const rule_t *r, const float *x, const float *b, int64_t at, int64_t n,
+                       float *mags, float *kept) {
+  for (int64_t k = 0; k < n; k += BLOCK) {
+    int len = n - k < BLOCK ? (int)(n - k) : BLOCK;
+    trim_block(r, kept + k, x + k, b + k, at + k, len);
+    for (int j = 0; j < len; j++) {
+      mags[k + j] = fabsf(x[k + j] - b[k + j]);
+      kept[k + j] = fabsf(kept[k + j]);
+    }
+  }
+}
+
+typedef struct {
+  const rule_t *rule;
+  const float *x, *b;
+  int64_t at, blocks;
+  float *mag_sums, *kept_sums;
+} norms_t;
+
+static void *norms(void *arg) {
+  const norms_t *p = arg;
+  float mags[SUM_BLOCK], kept[SUM_BLOCK];
+  for (int64_t k = 0; k < p->blocks; k++) {
+    int64_t off = k * SUM_BLOCK;
+    magnitudes(p->rule, p->x + off, p->b + off, p->at + off, SUM_BLOCK, mags, kept);
+    p->mag_sums[k] = tree_sum(mags);
+    p->kept_sums[k] = tree_sum(kept);
+  }
+  return NULL;
+}
+
+/* The L1 norms' first-level block sums (reductions.BlockSums) of |x - b| and of its trimmed
+ * magnitudes, for `blocks` whole blocks of 4096 entries starting at chunk offset at. */
+int mk_trim_norms_f32(const rule_t *rule, const float *x, const float *b, int64_t at,
+                      int64_t blocks, float *mag_sums, float *kept_sums, int threads) {
+  if (threads > MAX_THREADS) threads = MAX_THREADS;
+  if (threads > blocks / 8) threads = (int)(blocks / 8);
+  if (threads < 1) threads = 1;
+  norms_t parts[MAX_THREADS];
+  pthread_t tid[MAX_THREADS];
+  int64_t per = (blocks + threads - 1) / threads;
+  for (int t = 0; t < threads; t++) {
+    int64_t from = per * t < blocks ? per * t : blocks;
+    int64_t to = from + per < blocks ? from + per : blocks;
+    int64_t off = from * SUM_BLOCK;
+    parts[t] = (norms_t){rule, x + off, b + off, at + off, to - from, mag_sums + from,
+                         kept_sums + from};
+  }
+  int started = 1;
+  while (started < threads && pthread_create(&tid[started], NULL, norms, &parts[started]) == 0)
+    started++;
+  norms(&parts[0]);
+  for (int t = started; t < threads; t++) norms(&parts[t]);
+  for (int t = 1; t < started; t++) pthread_join(tid[t], NULL);
+  return 0;
+}
+
+/* |x - b| and its trimmed magnitudes, for n entries at chunk offset at */
+int mk_trim_magnitudes_f32(const rule_t *rule, const float *x, const float *b, int64_t at,
+                           int64_t n, float *mags, float *kept) {
+  magnitudes(rule, x, b, at, n, mags, kept);
+  return 0;
+}

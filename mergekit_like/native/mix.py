@@ -14,12 +14,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from mergekit_like.methods.reductions import BLOCK
 from mergekit_like.native.build import BuildError, load
 
 if TYPE_CHECKING:
     import torch
 
     from mergekit_like.methods.kernels import Consensus, Rule
+    from mergekit_like.methods.reductions import BlockSums
 
 SOURCE = Path(__file__).with_name("mix.c")
 MAX_MODELS = 16
@@ -60,8 +62,12 @@ class MixPass:
             lib = load(SOURCE)
         except BuildError as exc:
             return cls(None, str(exc))
-        lib.mk_trim_mix_f32.argtypes = [ctypes.POINTER(_Mix), ctypes.c_void_p, ctypes.c_void_p,
-                                        ctypes.c_void_p, ctypes.c_int64, ctypes.c_int]
+        ptr, i64 = ctypes.c_void_p, ctypes.c_int64
+        lib.mk_trim_mix_f32.argtypes = [ctypes.POINTER(_Mix), ptr, ptr, ptr, i64, ctypes.c_int]
+        lib.mk_trim_norms_f32.argtypes = [ctypes.POINTER(_Rule), ptr, ptr, i64, i64, ptr, ptr,
+                                          ctypes.c_int]
+        lib.mk_trim_magnitudes_f32.argtypes = [ctypes.POINTER(_Rule), ptr, ptr, i64, i64, ptr,
+                                               ptr]
         return cls(lib)
 
     def supports(self, xs: Sequence[torch.Tensor], base: torch.Tensor,
@@ -91,16 +97,7 @@ class MixPass:
                                                     total)),
                     min_weight=float(w.min()), lambda_=lambda_)
         for i, (rule, weight) in enumerate(zip(rules, weights, strict=True)):
-            r = spec.rules[i]
-            r.kind, r.post = KINDS[rule.kind], POSTS[rule.post]
-            r.has_lo, r.has_hi = rule.lo is not None, rule.hi is not None
-            r.lo, r.hi = rule.lo or 0, rule.hi or 0
-            r.n_spans = len(rule.spans)
-            for k, (value, first, stop) in enumerate(rule.spans):
-                r.span_value[k], r.span_first[k], r.span_stop[k] = value, first, stop
-            r.k0, r.k1 = rule.key
-            r.start, r.p, r.factor = rule.start, rule.p, rule.factor
-            r.weight, r.sign = weight, (weight > 0) - (weight < 0)
+            _fill(spec.rules[i], rule, weight)
         out = torch.empty_like(base)
         pointers = (ctypes.c_void_p * len(xs))(*(x.data_ptr() for x in xs))
         rc = self.lib.mk_trim_mix_f32(ctypes.byref(spec), ctypes.addressof(pointers),
@@ -109,3 +106,62 @@ class MixPass:
         if rc != 0:
             raise ValueError(f"the merge kernel refused its spec ({rc})")
         return out
+
+    def trim_norms(self, x: torch.Tensor, base: torch.Tensor, rule: Rule,
+                   sums: tuple[BlockSums, BlockSums]) -> None:
+        """Add one model's chunk into the L1 norms' block sums (before and after trimming
+        by ``rule``), as ``sums[k].add`` of :func:`.kernels.trim_magnitudes` would: whole
+        blocks summed in C without keeping the magnitudes, the ends of the chunk that only
+        part-fill a block through ``add``."""
+
+        assert self.lib is not None and self.supports([x], base, [rule])
+        spec = _Rule()
+        _fill(spec, rule, 1.0)
+        n = x.numel()
+        head, blocks = n, 0  # a tensor of one block is summed by stable_sum directly
+        if sums[0].numel > BLOCK:
+            head = min(n, -sums[0].seen % BLOCK)  # the end of a block a chunk began
+            blocks = (n - head) // BLOCK
+        tail = head + blocks * BLOCK
+        self._add_magnitudes(spec, x, base, 0, head, sums)
+        if blocks:
+            self._add_blocks(spec, x, base, head, blocks, sums)
+        self._add_magnitudes(spec, x, base, tail, n - tail, sums)
+
+    def _add_magnitudes(self, spec: _Rule, x: torch.Tensor, base: torch.Tensor, at: int,
+                        count: int, sums: tuple[BlockSums, BlockSums]) -> None:
+        import torch
+
+        assert self.lib is not None
+        if count:
+            mags, kept = torch.empty(count), torch.empty(count)
+            self.lib.mk_trim_magnitudes_f32(ctypes.byref(spec), x[at:].data_ptr(),
+                                            base[at:].data_ptr(), at, count, mags.data_ptr(),
+                                            kept.data_ptr())
+            sums[0].add(mags)
+            sums[1].add(kept)
+
+    def _add_blocks(self, spec: _Rule, x: torch.Tensor, base: torch.Tensor, at: int,
+                    blocks: int, sums: tuple[BlockSums, BlockSums]) -> None:
+        import torch
+
+        assert self.lib is not None
+        mag_sums, kept_sums = torch.empty(blocks), torch.empty(blocks)
+        self.lib.mk_trim_norms_f32(ctypes.byref(spec), x[at:].data_ptr(), base[at:].data_ptr(),
+                                   at, blocks, mag_sums.data_ptr(), kept_sums.data_ptr(),
+                                   torch.get_num_threads())
+        sums[0].add_block_sums(mag_sums)
+        sums[1].add_block_sums(kept_sums)
+
+
+def _fill(r: _Rule, rule: Rule, weight: float) -> None:
+    """The C struct of ``rule``, for a model of ``weight``."""
+    r.kind, r.post = KINDS[rule.kind], POSTS[rule.post]
+    r.has_lo, r.has_hi = rule.lo is not None, rule.hi is not None
+    r.lo, r.hi = rule.lo or 0, rule.hi or 0
+    r.n_spans = len(rule.spans)
+    for k, (value, first, stop) in enumerate(rule.spans):
+        r.span_value[k], r.span_first[k], r.span_stop[k] = value, first, stop
+    r.k0, r.k1 = rule.key
+    r.start, r.p, r.factor = rule.start, rule.p, rule.factor
+    r.weight, r.sign = weight, (weight > 0) - (weight < 0)

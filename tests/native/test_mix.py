@@ -109,3 +109,35 @@ def test_what_it_does_not_take():
     three = Rule("window", lo=1, spans=((1, 0, 1),) * 3)
     assert not MIX.supports(xs, base, [three] * 3)
     assert not MIX.supports(xs * 6, base, [Rule("all")] * 18)
+
+
+@pytest.mark.parametrize("chunk_size", [20_000, 1700, 4096, 5000])
+@pytest.mark.parametrize("kind", ["window", "random"])
+def test_the_l1_norms_sum_as_block_sums_of_the_eager_magnitudes(chunk_size, kind):
+    from mergekit_like.methods.reductions import BlockSums
+
+    gen = torch.Generator().manual_seed(4)  # full float32 mantissas: sums that round
+    x, base = torch.randn(20_000, generator=gen), torch.randn(20_000, generator=gen)
+    want, got = (BlockSums(20_000), BlockSums(20_000)), (BlockSums(20_000), BlockSums(20_000))
+    for start in range(0, 20_000, chunk_size):
+        cx, cb = x[start:start + chunk_size], base[start:start + chunk_size]
+        rule = rules_for(kind, [cx], cb, start=start)[0]
+        mags, kept = EAGER.trim_magnitudes(cx.clone(), cb.clone(), rule)
+        want[0].add(mags)
+        want[1].add(kept)
+        MIX.trim_norms(cx, cb, rule, got)
+    for w, g in zip(want, got, strict=True):
+        assert same_bytes(g.total(), w.total())
+
+
+def test_block_sums_taken_whole_equal_those_of_the_entries():
+    from mergekit_like.methods.reductions import BLOCK, BlockSums, stable_sum, tree_sum
+
+    x = torch.rand(3 * BLOCK + 5, generator=torch.Generator().manual_seed(0))
+    sums = BlockSums(x.numel())
+    sums.add(x[:BLOCK])
+    sums.add_block_sums(tree_sum(x[BLOCK:3 * BLOCK].view(2, BLOCK)))
+    sums.add(x[3 * BLOCK:])
+    assert same_bytes(sums.total(), stable_sum(x))
+    with pytest.raises(ValueError, match="must start a block"):
+        sums.add_block_sums(torch.zeros(1))
