@@ -164,12 +164,20 @@ def execute(
     budget = (keep_budget(options.device, options.max_device_bytes, steps, chunk)
               if staging is not None else 0)
     kept: dict[tuple[str, tuple[int, int] | None], Loaded] = {}
+    finished: dict[str, int] = {}  # per tensor, the last statistics round finished
+
+    def deferred_read(step: Step) -> bool:
+        # the first chunk of a round after the first is loaded while the round before ends:
+        # bet that it settles the method's need (a right guess, a bracket that held), and
+        # let run() read the chunk itself should the round be wanted after all
+        return (step.round > 0 and not on_gpu(step)
+                and finished.get(step.pt.name, -1) < step.round - 1)
 
     def load(step: Step) -> Loaded | None:
         key = (step.pt.name, step.rows)
         if key in kept:  # statistics passes only read these inputs; the merge pass takes them
             return kept[key] if step.round >= 0 else kept.pop(key)
-        if not wanted(step):  # read on the I/O thread: at worst, read in vain
+        if not wanted(step) or deferred_read(step):  # on the I/O thread: at worst, in vain
             return None
         if not on_gpu(step):
             return *_load(plan, step, compute, read_host), None
@@ -196,11 +204,15 @@ def execute(
             assert stats is not None
             if not stats.wants(step.round):
                 return None
-            assert inputs is not None
+            if inputs is None:  # a read deferred_read bet against
+                with TensorReader() as own:
+                    inputs = _load(plan, step, compute, lambda info, name, rows, dtype:
+                                   own.read(info, name, rows=rows, dtype=dtype))
             try:
                 stats.observe(step.round, *inputs, step.start)
                 if step.last:
                     stats.finish(step.round)
+                    finished[pt.name] = step.round
             except (ValueError, RuntimeError) as exc:
                 raise MergeError(f"tensor {pt.name!r}: merge method {pt.method!r} failed: "
                                  f"{str(exc).splitlines()[0]}") from None

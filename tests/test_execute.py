@@ -51,6 +51,35 @@ def test_compiled_kernels_write_the_eager_bytes(tmp_path, ties_recipe):
         assert merge_with(ties_recipe, tmp_path / f"c{chunk}", options) == eager
 
 
+def test_rounds_a_bracket_settled_are_never_read(tmp_path, ties_recipe, monkeypatch):
+    """The first chunk of a later statistics round is not read ahead before the round
+    before ends; when the round is wanted after all, the compute thread reads it."""
+    import mergekit_like.execute as execute_module
+
+    reads: list[tuple[str, int]] = []
+    load = execute_module._load
+
+    def counting(plan, step, compute, read):  # noqa: ANN001, ANN202
+        reads.append((step.pt.name, step.round))
+        return load(plan, step, compute, read)
+
+    monkeypatch.setattr(execute_module, "_load", counting)
+    rescaled = ties_recipe.with_name("rescaled.yaml")
+    rescaled.write_text(ties_recipe.read_text() + "parameters: {rescale: true}\n")
+    for recipe in (ties_recipe, rescaled):
+        eager = merge_with(recipe, tmp_path / f"e-{recipe.stem}",
+                           ExecOptions(kernels="eager", chunk_bytes=200, prefetch=False,
+                                       progress=False))
+        reads.clear()
+        options = ExecOptions(kernels="compiled", chunk_bytes=200, progress=False)
+        assert merge_with(recipe, tmp_path / f"c-{recipe.stem}", options) == eager
+        later = {r for _, r in reads if r > 0}
+        if recipe is ties_recipe:
+            assert reads and later == set()  # the bracket round settled every window
+        else:
+            assert later == {3}  # the L1 round after the bracket round (and two unwanted)
+
+
 def test_row_chunks_give_the_linear_formula_byte_for_byte(tmp_path, llama_family):
     recipe = write_recipe(tmp_path, f"""
 merge_method: linear
