@@ -36,6 +36,8 @@ if TYPE_CHECKING:
 
 DIGIT = 16
 BINS = 1 << DIGIT
+BRACKET_ROUNDS = 2
+"""Bracket rounds a ``bracket=True`` window tries before its radix rounds."""
 
 
 def magnitude_bits(mags: torch.Tensor) -> torch.Tensor:
@@ -167,7 +169,9 @@ class RankWindow:
     order (again after :meth:`restart`, for another pass over the chunks).
 
     ``bracket``: round 0 brackets the boundary values from a sample of the first chunk
-    (:mod:`.rank_bracket`); a value it pins settles every later round for that boundary.
+    (:mod:`.rank_bracket`), and samples every chunk as it goes; round 1, wanted only where
+    round 0 missed (a first chunk unlike the rest), brackets again from that sample of the
+    whole tensor. A value a bracket pins settles every later round for that boundary.
     The radix rounds follow. The first radix round also guesses, from the first chunk,
     which of its bins will hold each window boundary, and counts the next digits of those
     bins as it goes. A guess that proves right settles the second radix round too, which is
@@ -182,9 +186,11 @@ class RankWindow:
                 self._targets[self.lo] = _Target(self.lo)
             if self.hi < numel:
                 self._targets[self.hi - 1] = _Target(self.hi - 1)
-        self._first = int(bracket and width == 32 and bool(self._targets))  # radix round 0
+        # bracket rounds before the radix rounds
+        self._first = BRACKET_ROUNDS * int(bracket and width == 32 and bool(self._targets))
         self.rounds = radix_rounds(width) + self._first if self._targets else 0
         self._tally: BracketTally | None = None
+        self._spread: list[torch.Tensor] = []  # round 0's sample of every chunk
         self._seen_round = 0
         self._hists: dict[int, torch.Tensor] = {}  # this round's histogram per prefix
         self._guesses: tuple[int, ...] | None = None  # the first round's guessed bins
@@ -206,10 +212,20 @@ class RankWindow:
         """Like :meth:`observe`, for a chunk of magnitudes seen through a
         :class:`MagnitudeChunk`."""
         if round_ < self._first:
+            import torch
+
+            share = -(-sample_size(self.numel) * chunk.numel // self.numel)
             if self._tally is None:
-                sample = chunk.sample(sample_size(self.numel))
-                self._tally = BracketTally(choose_brackets(
-                    sample, list(self._targets), self.numel, whole=sample.numel() == self.numel))
+                open_ranks = [r for r, t in self._targets.items() if t.round == 0]
+                if round_ == 0:
+                    sample = chunk.sample(sample_size(self.numel))
+                    whole = sample.numel() == self.numel
+                else:
+                    sample, whole = torch.cat(self._spread), False
+                self._tally = BracketTally(choose_brackets(sample, open_ranks, self.numel,
+                                                           whole=whole))
+            if round_ == 0:
+                self._spread.append(chunk.sample(share))
             chunk.tally(self._tally)
             return
         round_ -= self._first
@@ -242,6 +258,8 @@ class RankWindow:
         """Close round ``round_``: descend each target into the bin holding its rank."""
         if round_ < self._first:
             self._finish_bracket()
+            if round_ > 0 or all(t.round > 0 for t in self._targets.values()):
+                self._spread = []
         else:
             self._finish_radix(round_ - self._first)
         if all(t.round == radix_rounds(self.width) for t in self._targets.values()):
@@ -255,7 +273,7 @@ class RankWindow:
             raise ValueError(f"rank window over {self.numel} entries saw {seen}")
         assert tally is not None
         for t in self._targets.values():
-            found = tally.resolve(t.rank)
+            found = tally.resolve(t.rank) if t.round == 0 else None
             if found is not None:
                 t.prefix, t.below = found
                 t.round = radix_rounds(self.width)

@@ -96,21 +96,22 @@ def test_an_overflowing_bracket_is_not_resolved_but_counts_exactly():
     assert t.resolve(n // 2) is None
 
 
-def windowed(mags: torch.Tensor, lo: int, hi: int, size: int) -> tuple[torch.Tensor, bool]:
-    """A bracketed window over chunks of ``size``: the kept entries, and whether the radix
-    rounds were needed after the bracket round."""
+def windowed(mags: torch.Tensor, lo: int, hi: int, size: int) -> tuple[torch.Tensor, list]:
+    """A bracketed window over chunks of ``size``: the kept entries, and the rounds after
+    the first that were wanted (1: the second bracket round; 2, 3: the radix rounds)."""
     window = RankWindow(mags.numel(), lo, hi, 32, bracket=True)
-    assert window.rounds == 3
+    assert window.rounds == 4
     parts = [BitChunk(magnitude_bits(p)) for p in mags.reshape(-1).split(size)]
-    fell_back = False
+    later = []
     for round_ in range(window.rounds):
         if window.wants(round_):
-            fell_back |= round_ > 0
+            if round_:
+                later.append(round_)
             for part in parts:
                 window.observe_chunk(round_, part)
             window.finish(round_)
     kept = torch.cat([window.mask(p.bits.view(torch.float32)) for p in parts]).bool()
-    return kept.view_as(mags), fell_back
+    return kept.view_as(mags), later
 
 
 @pytest.mark.parametrize(("lo_frac", "hi_frac"), [(0.5, 1.0), (0.1, 0.99), (0.0, 0.3)])
@@ -119,22 +120,38 @@ def test_bracketed_windows_match_a_stable_sort(lo_frac, hi_frac):
     for mags in (torch.randn(n, generator=torch.Generator().manual_seed(6)).abs(),
                  fine_tune_deltas(n, 6)):
         lo, hi = int(lo_frac * n), int(hi_frac * n)
-        kept, fell_back = windowed(mags, lo, hi, 40_000)
+        kept, later = windowed(mags, lo, hi, 40_000)
         assert torch.equal(kept, by_sort(mags, lo, hi))
-        assert not fell_back
+        assert later == []
 
 
-def test_a_missed_bracket_falls_back_to_the_radix_rounds():
+def test_a_first_chunk_unlike_the_rest_takes_the_second_bracket_round():
     n = 120_000
     gen = torch.Generator().manual_seed(7)
     mags = torch.cat([1e-3 * torch.rand(30_000, generator=gen),
                       torch.rand(n - 30_000, generator=gen)])
-    kept, fell_back = windowed(mags, n // 2, n, 30_000)
-    assert fell_back
+    kept, later = windowed(mags, n // 2, n, 30_000)
+    assert later == [1]  # bracketed again from a sample of every chunk
     assert torch.equal(kept, by_sort(mags, n // 2, n))
+
+
+def test_brackets_that_miss_twice_fall_back_to_the_radix_rounds(monkeypatch):
+    from mergekit_like.methods import rank_select
+    from mergekit_like.methods.rank_bracket import Bracket
+
+    def useless(sample, ranks, numel, whole=False):  # a bracket holding no magnitude
+        return [Bracket(0, 0, 0)]
+
+    monkeypatch.setattr(rank_select, "choose_brackets", useless)
+    mags = torch.rand(50_000, generator=torch.Generator().manual_seed(8)) + 0.5
+    for lo, hi in ((25_000, 50_000), (5_000, 45_000)):
+        kept, later = windowed(mags, lo, hi, 12_000)
+        assert later[:2] == [1, 2]  # both bracket rounds, then the radix rounds
+        assert torch.equal(kept, by_sort(mags, lo, hi))
 
 
 def test_only_32_bit_windows_bracket():
     assert RankWindow(1000, 500, 1000, 16, bracket=True).rounds == 1
+    assert RankWindow(1000, 500, 1000, 32, bracket=True).rounds == 4
     assert RankWindow(1000, 500, 1000, 64, bracket=True).rounds == 4
     assert RankWindow(1000, 0, 1000, 32, bracket=True).rounds == 0  # nothing to find
