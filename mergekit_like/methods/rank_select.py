@@ -190,7 +190,8 @@ class RankWindow:
         self._first = BRACKET_ROUNDS * int(bracket and width == 32 and bool(self._targets))
         self.rounds = radix_rounds(width) + self._first if self._targets else 0
         self._tally: BracketTally | None = None
-        self._spread: list[torch.Tensor] = []  # round 0's sample of every chunk
+        self._spread: torch.Tensor | None = None  # round 0's sample of every chunk
+        self._spread_len = 0
         self._seen_round = 0
         self._hists: dict[int, torch.Tensor] = {}  # this round's histogram per prefix
         self._guesses: tuple[int, ...] | None = None  # the first round's guessed bins
@@ -220,12 +221,19 @@ class RankWindow:
                 if round_ == 0:
                     sample = chunk.sample(sample_size(self.numel))
                     whole = sample.numel() == self.numel
+                    # one buffer for the tensor: small allocations kept across the chunks
+                    # would fragment the heap that the chunks' large temporaries reuse
+                    chunks = -(-self.numel // chunk.numel)
+                    self._spread = torch.empty(sample_size(self.numel) + chunks,
+                                               dtype=torch.int32)
                 else:
-                    sample, whole = torch.cat(self._spread), False
+                    sample, whole = self._spread[:self._spread_len], False
                 self._tally = BracketTally(choose_brackets(sample, open_ranks, self.numel,
                                                            whole=whole))
-            if round_ == 0:
-                self._spread.append(chunk.sample(share))
+            if round_ == 0 and self._spread is not None:
+                taken = chunk.sample(share)[:min(share, len(self._spread) - self._spread_len)]
+                self._spread[self._spread_len:self._spread_len + len(taken)] = taken
+                self._spread_len += len(taken)
             chunk.tally(self._tally)
             return
         round_ -= self._first
@@ -259,7 +267,7 @@ class RankWindow:
         if round_ < self._first:
             self._finish_bracket()
             if round_ > 0 or all(t.round > 0 for t in self._targets.values()):
-                self._spread = []
+                self._spread, self._spread_len = None, 0
         else:
             self._finish_radix(round_ - self._first)
         if all(t.round == radix_rounds(self.width) for t in self._targets.values()):
