@@ -59,7 +59,7 @@ class Draws:
     :func:`mix32` a 32-bit integer hash. So a draw depends only on the run's seed, the
     tensor, the model's index and the entry: never on how the tensor is split into chunks,
     nor on the device. Compiled kernels compute the
-    draws where they use them (:mod:`~mergekit_like.methods.kernels`).
+    draws where they use them (:mod:`~mergekit_like.methods.passes`).
 
     >>> import torch
     >>> d = Draws(0, "w", 0, 10)

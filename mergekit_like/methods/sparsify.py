@@ -45,7 +45,7 @@ if TYPE_CHECKING:
     import torch
 
     from mergekit_like.methods.draws import Draws
-    from mergekit_like.methods.kernels import Rule, RulePost
+    from mergekit_like.methods.passes import Rule, RulePost
 
 TrimKind = Literal["magnitude", "outliers", "random", "della"]
 RANDOM_TRIMS: frozenset[str] = frozenset({"random", "della"})
@@ -245,13 +245,13 @@ class TrimState:
 
     def rule(self, start: int, numel: int, counts: Sequence[int], device: torch.device | str,
              places: Callable[[int, list[int]], list[int]]) -> Rule | Edges:
-        """The next chunk's trim as a :class:`~.kernels.Rule`, given how many of its entries
+        """The next chunk's trim as a :class:`~.passes.Rule`, given how many of its entries
         equal each of :meth:`window_values`, and ``places(value, ks)``: the flat position
         of the chunk's ``k``-th entry whose magnitude bits equal ``value``, for each ``k`` of
         ``ks`` (asked for only where a rank window's edge falls among them). Where the trim
         keeps by magnitude bounds or DELLA's ranks, or the rule cannot rescale as asked, the
         chunk's :class:`~.rank_select.Edges` (possibly empty) instead, for :meth:`apply`."""
-        from mergekit_like.methods.kernels import Rule
+        from mergekit_like.methods.passes import Rule
 
         trim = self.trim
         if trim.density >= 1.0:

@@ -28,7 +28,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field
 
-from mergekit_like.methods.kernels import Consensus, Kernels, Rule, apply_rule
+from mergekit_like.methods.kernels import Kernels
+from mergekit_like.methods.passes import Consensus, Rule, apply_rule
 from mergekit_like.methods.reductions import stable_sum
 from mergekit_like.methods.sparsify import RANDOM_TRIMS, Trim, TrimKind, TrimState, variance_mask
 from mergekit_like.methods.spec import (
@@ -172,7 +173,7 @@ class TaskVectorStats:
               normalize: bool) -> torch.Tensor:
         """The next chunk merged: trimmed by the gathered statistics, then mixed.
 
-        Where every model's trim of the chunk is a :class:`~.kernels.Rule` (all but DELLA's
+        Where every model's trim of the chunk is a :class:`~.passes.Rule` (all but DELLA's
         and the trims by bounds ranked over the whole model), the chunk is one
         :meth:`~.kernels.Kernels.trim_mix`; else the trims are applied one by one.
         """

@@ -1,5 +1,5 @@
 /* The TIES-family merge of one chunk in float32: each model's task vector trimmed by its
- * rule, then mixed (see kernels.py: trimmed, mix_deltas). Every operation is the one eager
+ * rule, then mixed (see methods/passes.py: trimmed, mix_deltas). Every operation is the one eager
  * torch does, in the same order, each rounded to float32 (no fused multiply-adds: built
  * with -ffp-contract=off), so the bytes are the eager bytes.
  */
@@ -228,7 +228,7 @@ static float tree_sum(float *v) {
   return v[0];
 }
 
-/* |d| and |trimmed d| of n entries at chunk offset at (trim_magnitudes in kernels.py) */
+/* |d| and |trimmed d| of n entries at chunk offset at (trim_magnitudes in methods/passes.py) */
 static void magnitudes(const rule_t *r, const float *x, const float *b, int64_t at, int64_t n,
                        float *mags, float *kept) {
   for (int64_t k = 0; k < n; k += BLOCK) {

@@ -1,7 +1,7 @@
-"""The TIES family's merge pass in C (``mix.c``): :func:`.kernels.trim_mix` in float32.
+"""The merge pass (:func:`~mergekit_like.methods.passes.trim_mix`) in C, ``mix.c``, float32.
 
 One loop over the chunk computes every model's task vector, trims it by its
-:class:`~mergekit_like.methods.kernels.Rule` (window, random draws, all, zero; scaled or
+:class:`~mergekit_like.methods.passes.Rule` (window, random draws, all, zero; scaled or
 divided after), elects the signs and mixes, with the same float32 operations in the same
 order as the eager torch code, so the bytes are the same (tests/native/test_mix.py).
 """
@@ -20,7 +20,7 @@ from mergekit_like.native.build import BuildError, load
 if TYPE_CHECKING:
     import torch
 
-    from mergekit_like.methods.kernels import Consensus, Rule
+    from mergekit_like.methods.passes import Consensus, Rule
     from mergekit_like.methods.reductions import BlockSums
 
 SOURCE = Path(__file__).with_name("mix.c")
@@ -85,7 +85,8 @@ class MixPass:
     def trim_mix(self, xs: Sequence[torch.Tensor], base: torch.Tensor, rules: Sequence[Rule],
                  weights: Sequence[float], lambda_: float, consensus: Consensus | None,
                  normalize: bool) -> torch.Tensor:
-        """:meth:`.kernels.Kernels.trim_mix` of flat chunks (see :meth:`supports`)."""
+        """:func:`mergekit_like.methods.passes.trim_mix` of flat chunks, for
+        :meth:`mergekit_like.methods.kernels.Kernels.trim_mix` (see :meth:`supports`)."""
         import torch
 
         assert self.lib is not None and self.supports(xs, base, rules)
@@ -110,9 +111,10 @@ class MixPass:
     def trim_norms(self, x: torch.Tensor, base: torch.Tensor, rule: Rule,
                    sums: tuple[BlockSums, BlockSums]) -> None:
         """Add one model's chunk into the L1 norms' block sums (before and after trimming
-        by ``rule``), as ``sums[k].add`` of :func:`.kernels.trim_magnitudes` would: whole
-        blocks summed in C without keeping the magnitudes, the ends of the chunk that only
-        part-fill a block through ``add``."""
+        by ``rule``), as ``sums[k].add`` of
+        :func:`mergekit_like.methods.passes.trim_magnitudes` would: whole blocks summed in C
+        without keeping the magnitudes, the ends of the chunk that only part-fill a block
+        through ``add``."""
 
         assert self.lib is not None and self.supports([x], base, [rule])
         spec = _Rule()

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from mergekit_like.methods.draws import Draws
-from mergekit_like.methods.kernels import Kernels, Rule
+from mergekit_like.methods.kernels import Kernels
+from mergekit_like.methods.passes import Rule
 from mergekit_like.methods.rank_select import magnitude_bits
 from mergekit_like.native.mix import MixPass
 
