@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Literal
 from mergekit_like.errors import Loc, PlanError, Problem
 from mergekit_like.io.reader import TensorReader, torch_dtype
 from mergekit_like.methods import REGISTRY
-from mergekit_like.methods.rank_select import BINS, DIGIT, add_counts, magnitude_bits
+from mergekit_like.methods.radix import BINS, DIGIT, add_counts, magnitude_bits
 from mergekit_like.plan import COPY, Plan, PlannedTensor
 
 if TYPE_CHECKING:

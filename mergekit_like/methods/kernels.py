@@ -29,7 +29,7 @@ from mergekit_like.methods.passes import (
     trim_magnitudes,
     trim_mix,
 )
-from mergekit_like.methods.rank_select import magnitude_bits
+from mergekit_like.methods.radix import magnitude_bits
 
 if TYPE_CHECKING:
     import torch
@@ -208,7 +208,7 @@ class Kernels:
 
     def radix_digits(self, x: torch.Tensor, base: torch.Tensor, shift: int,
                      prefix: int | None, guesses: tuple[int, ...]) -> torch.Tensor:
-        """:func:`radix_digits` of flat tensors (a :data:`~.rank_select.Digits`)."""
+        """:func:`~.passes.radix_digits` of flat tensors (for :meth:`PairChunk.digits`)."""
         import torch
 
         bits = torch.int64 if base.dtype == torch.float64 else torch.int32

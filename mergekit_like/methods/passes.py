@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 from mergekit_like.methods.draws import counter_uniforms
-from mergekit_like.methods.rank_select import bit_digits, magnitude_bits
+from mergekit_like.methods.radix import bit_digits, magnitude_bits
 
 if TYPE_CHECKING:
     import torch
@@ -211,7 +211,7 @@ def apply_rule(d: torch.Tensor, rule: Rule) -> torch.Tensor:
 
 def radix_digits(x: torch.Tensor, base: torch.Tensor, shift: int, prefix: torch.Tensor | None,
                  guesses: torch.Tensor | None) -> torch.Tensor:
-    """:func:`~.rank_select.bit_digits` of ``bits(|x - base|)``."""
+    """:func:`~.radix.bit_digits` of ``bits(|x - base|)``."""
     return bit_digits(magnitude_bits((x - base).abs_()), shift, prefix, guesses)
 
 

@@ -25,7 +25,8 @@ from typing import TYPE_CHECKING
 
 from pydantic import Field
 
-from mergekit_like.methods.rank_select import RankWindow, radix_rounds
+from mergekit_like.methods.radix import radix_rounds
+from mergekit_like.methods.rank_select import RankWindow
 from mergekit_like.methods.reductions import BlockSums
 from mergekit_like.methods.spec import (
     MergeMethod,

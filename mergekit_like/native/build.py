@@ -1,10 +1,11 @@
 """Compile a C file of this package into a shared library once, and load it.
 
 The library is cached under ``$MERGEKIT_LIKE_CACHE`` (else ``$XDG_CACHE_HOME/mergekit_like``,
-else ``~/.cache/mergekit_like``), named by a hash of the source, the compiler and its flags,
-so that an edited source or another compiler builds anew. Builds write to a temporary file
-and rename it into place, so concurrent processes (``--num-processes``) never load a half-
-written library. Set ``MERGEKIT_LIKE_NATIVE=0`` to turn the C kernels off.
+else ``~/.cache/mergekit_like``), named by a hash of the source and the headers beside it,
+the compiler and its flags, so that an edited source or another compiler builds anew.
+Builds write to a temporary file and rename it into place, so concurrent processes
+(``--num-processes``) never load a half-written library. Set ``MERGEKIT_LIKE_NATIVE=0`` to
+turn the C kernels off.
 """
 
 from __future__ import annotations
@@ -59,8 +60,8 @@ def load(source: Path) -> ctypes.CDLL:
     cc = compiler()
     if cc is None:
         raise BuildError("no C compiler found (set CC)")
-    text = source.read_bytes()
-    key = hashlib.sha256(b"\0".join([text, cc.encode(), " ".join(FLAGS).encode(),
+    texts = [source.read_bytes(), *(h.read_bytes() for h in sorted(source.parent.glob("*.h")))]
+    key = hashlib.sha256(b"\0".join([*texts, cc.encode(), " ".join(FLAGS).encode(),
                                      sys.platform.encode()])).hexdigest()[:16]
     target = cache_dir() / f"{source.stem}-{key}.so"
     if not target.exists():

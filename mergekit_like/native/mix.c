@@ -4,12 +4,12 @@
  * with -ffp-contract=off), so the bytes are the eager bytes.
  */
 #include <math.h>
-#include <pthread.h>
 #include <stdint.h>
 #include <string.h>
 
+#include "threads.h"
+
 #define MAX_MODELS 16
-#define MAX_THREADS 64
 #define BLOCK 256
 #define MIN_PER_THREAD (1 << 15)
 
@@ -199,23 +199,15 @@ static void *run(void *arg) {
 int mk_trim_mix_f32(const mix_t *mix, const float *const *xs, const float *base, float *out,
                     int64_t n, int threads) {
   if (mix->models < 1 || mix->models > MAX_MODELS) return -2;
-  if (threads > MAX_THREADS) threads = MAX_THREADS;
-  if (threads > n / MIN_PER_THREAD) threads = (int)(n / MIN_PER_THREAD);
-  if (threads < 1) threads = 1;
+  threads = thread_count(threads, n, MIN_PER_THREAD);
   part_t parts[MAX_THREADS];
-  pthread_t tid[MAX_THREADS];
   int64_t per = (n + threads - 1) / threads;
   per = (per + BLOCK - 1) / BLOCK * BLOCK;
   for (int t = 0; t < threads; t++) {
     int64_t from = per * t < n ? per * t : n, to = from + per < n ? from + per : n;
     parts[t] = (part_t){mix, xs, base, out, from, to};
   }
-  int started = 1;
-  while (started < threads && pthread_create(&tid[started], NULL, run, &parts[started]) == 0)
-    started++;
-  run(&parts[0]);
-  for (int t = started; t < threads; t++) run(&parts[t]);
-  for (int t = 1; t < started; t++) pthread_join(tid[t], NULL);
+  run_parts(run, parts, sizeof parts[0], threads);
   return 0;
 }
 
@@ -264,11 +256,8 @@ static void *norms(void *arg) {
  * magnitudes, for `blocks` whole blocks of 4096 entries starting at chunk offset at. */
 int mk_trim_norms_f32(const rule_t *rule, const float *x, const float *b, int64_t at,
                       int64_t blocks, float *mag_sums, float *kept_sums, int threads) {
-  if (threads > MAX_THREADS) threads = MAX_THREADS;
-  if (threads > blocks / 8) threads = (int)(blocks / 8);
-  if (threads < 1) threads = 1;
+  threads = thread_count(threads, blocks, 8);
   norms_t parts[MAX_THREADS];
-  pthread_t tid[MAX_THREADS];
   int64_t per = (blocks + threads - 1) / threads;
   for (int t = 0; t < threads; t++) {
     int64_t from = per * t < blocks ? per * t : blocks;
@@ -277,12 +266,7 @@ int mk_trim_norms_f32(const rule_t *rule, const float *x, const float *b, int64_
     parts[t] = (norms_t){rule, x + off, b + off, at + off, to - from, mag_sums + from,
                          kept_sums + from};
   }
-  int started = 1;
-  while (started < threads && pthread_create(&tid[started], NULL, norms, &parts[started]) == 0)
-    started++;
-  norms(&parts[0]);
-  for (int t = started; t < threads; t++) norms(&parts[t]);
-  for (int t = 1; t < started; t++) pthread_join(tid[t], NULL);
+  run_parts(norms, parts, sizeof parts[0], threads);
   return 0;
 }
 

@@ -5,10 +5,11 @@
  * split across threads; on x86-64 CPUs with AVX2, eight entries at a time (a left-packing
  * store), elsewhere one at a time. Same results either way.
  */
-#include <pthread.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include "threads.h"
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #include <immintrin.h>
@@ -16,7 +17,6 @@
 #endif
 
 #define MAX_BRACKETS 2
-#define MAX_THREADS 64
 #define MIN_PER_THREAD (1 << 16)
 
 typedef struct {
@@ -135,11 +135,8 @@ int mk_bracket_f32(const float *x, const float *b, int64_t n, int nb, const uint
                    const uint32_t *hi, int64_t *below, int64_t *at_lo, uint32_t *const *out,
                    int64_t *len, const int64_t *cap, int threads) {
   if (nb < 1 || nb > MAX_BRACKETS) return -2;
-  if (threads > MAX_THREADS) threads = MAX_THREADS;
-  if (threads > n / MIN_PER_THREAD) threads = (int)(n / MIN_PER_THREAD);
-  if (threads < 1) threads = 1;
+  threads = thread_count(threads, n, MIN_PER_THREAD);
   part_t parts[MAX_THREADS];
-  pthread_t tid[MAX_THREADS];
   int64_t per = (n + threads - 1) / threads;
   int failed = 0;
   for (int t = 0; t < threads; t++) {
@@ -157,12 +154,7 @@ int mk_bracket_f32(const float *x, const float *b, int64_t n, int nb, const uint
     }
   }
   if (!failed) {
-    int started = 1;
-    while (started < threads && pthread_create(&tid[started], NULL, scan, &parts[started]) == 0)
-      started++;
-    scan(&parts[0]);
-    for (int t = started; t < threads; t++) scan(&parts[t]); /* threads that did not start */
-    for (int t = 1; t < started; t++) pthread_join(tid[t], NULL);
+    run_parts(scan, parts, sizeof parts[0], threads);
     for (int t = 0; t < threads; t++)
       for (int j = 0; j < nb; j++) {
         below[j] += parts[t].below[j];

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from mergekit_like.methods.radix import magnitude_bits
 from mergekit_like.methods.rank_bracket import SAMPLE, BracketTally, choose_brackets
-from mergekit_like.methods.rank_select import BitChunk, RankWindow, magnitude_bits
+from mergekit_like.methods.rank_select import BitChunk, RankWindow
 from tests.methods.test_rank_select import by_sort
 
 

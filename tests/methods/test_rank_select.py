@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from mergekit_like.methods.draws import Draws
-from mergekit_like.methods.rank_select import RankWindow, magnitude_bits, rank_window_mask
+from mergekit_like.methods.radix import magnitude_bits
+from mergekit_like.methods.rank_select import RankWindow, rank_window_mask
 from mergekit_like.methods.reductions import BlockSums, stable_sum
 from tests.methods.draws import documented_draws
 

@@ -33,7 +33,12 @@ def test_a_library_is_built_once_and_rebuilt_when_its_source_changes(cache, tmp_
     source.write_text(SOURCE.replace("42", "43"))
     assert load(source).mk_answer() == 43
     assert len(list(cache.glob("answer-*.so"))) == 2
-    assert not list(cache.glob("*.so.tmp*")) and len(list(cache.iterdir())) == 2
+    assert len(list(cache.iterdir())) == 2  # no temporary files left
+    (tmp_path / "answer.h").write_text("#define ANSWER 44\n")  # a header beside it counts
+    source.write_text('#include "answer.h"\nint mk_answer(void) { return ANSWER; }\n')
+    assert load(source).mk_answer() == 44
+    (tmp_path / "answer.h").write_text("#define ANSWER 45\n")
+    assert load(source).mk_answer() == 45
 
 
 @needs_cc

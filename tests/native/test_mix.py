@@ -10,7 +10,7 @@ import torch
 from mergekit_like.methods.draws import Draws
 from mergekit_like.methods.kernels import Kernels
 from mergekit_like.methods.passes import Rule
-from mergekit_like.methods.rank_select import magnitude_bits
+from mergekit_like.methods.radix import magnitude_bits
 from mergekit_like.native.mix import MixPass
 
 MIX = MixPass.open()

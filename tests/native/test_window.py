@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from mergekit_like.methods.radix import magnitude_bits
 from mergekit_like.methods.rank_bracket import Bracket, BracketTally
-from mergekit_like.methods.rank_select import magnitude_bits
 from mergekit_like.native.window import WindowPasses
 
 SCAN = WindowPasses.open()
