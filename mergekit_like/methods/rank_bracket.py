@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    import numpy as np
     import torch
 
 SAMPLE = 1 << 16
@@ -90,11 +91,13 @@ def choose_brackets(sample: torch.Tensor, ranks: Sequence[int], numel: int,
 class BracketTally:
     """A bracket round's counts over a tensor's chunks, and the entries inside each bracket.
 
-    :meth:`add` each chunk's bit patterns (or let a C kernel fill the same fields:
-    :mod:`mergekit_like.native.window`), then :meth:`resolve` the ranks.
+    :meth:`add` each chunk's bit patterns (or let a C kernel fill the same fields and call
+    :meth:`end_chunk`: :mod:`mergekit_like.native.window`), then :meth:`resolve` the ranks.
+    ``places``: note each stored entry's position in its chunk, for :meth:`ledger` (chunks
+    under 2^31 entries).
     """
 
-    def __init__(self, brackets: Sequence[Bracket]) -> None:
+    def __init__(self, brackets: Sequence[Bracket], places: bool = False) -> None:
         import torch
 
         self.brackets = tuple(brackets)
@@ -102,21 +105,37 @@ class BracketTally:
         self.at_lo = [0] * len(brackets)  # entries equal to lo
         self.inside = [0] * len(brackets)  # entries in (lo, hi], stored or not
         self.stored = [torch.empty(b.capacity, dtype=torch.int32) for b in brackets]
+        self.places = ([torch.empty(b.capacity, dtype=torch.int32) for b in brackets]
+                       if places else None)
         self.seen = 0
+        # per bracket, at_lo and inside after each chunk
+        self.marks: list[list[tuple[int, int]]] = [[] for _ in brackets]
 
     def add(self, bits: torch.Tensor) -> None:
         """Count the next chunk's magnitude bit patterns (int32) into every bracket."""
+        import torch
+
         flat = bits.reshape(-1)
         for j, b in enumerate(self.brackets):
             self.below[j] += int((flat < b.lo).sum())
             self.at_lo[j] += int((flat == b.lo).sum())
-            found = flat[(flat > b.lo) & (flat <= b.hi)]
+            inside = (flat > b.lo) & (flat <= b.hi)
+            found = flat[inside]
             room = b.capacity - self.inside[j]
             if room > 0:
                 take = found[:room]
                 self.stored[j][self.inside[j]:self.inside[j] + take.numel()] = take
+                if self.places is not None:
+                    where = inside.nonzero().squeeze(1)[:room].to(torch.int32)
+                    self.places[j][self.inside[j]:self.inside[j] + where.numel()] = where
             self.inside[j] += found.numel()
         self.seen += flat.numel()
+        self.end_chunk()
+
+    def end_chunk(self) -> None:
+        """Note where the chunk just counted ends (for :meth:`ledger`)."""
+        for j in range(len(self.brackets)):
+            self.marks[j].append((self.at_lo[j], self.inside[j]))
 
     def resolve(self, rank: int) -> tuple[int, int] | None:
         """``(value, entries below it)`` of the entry at ``rank``, or None when its value
@@ -138,3 +157,41 @@ class BracketTally:
             value = int(np.partition(found, left)[left])
             return value, self.below[j] + self.at_lo[j] + int(np.count_nonzero(found < value))
         return None
+
+    def ledger(self, value: int) -> Ledger | None:
+        """Where the entries equal to ``value`` are, chunk by chunk, when a bracket holds
+        ``value`` and stored all its entries (else None). The positions are known for a
+        value inside a bracket, not for one equal to its low end (a heavy value, counted
+        but not stored)."""
+        import numpy as np
+
+        for j, b in enumerate(self.brackets):
+            if not b.lo <= value <= b.hi:
+                continue
+            marks = np.array(self.marks[j], dtype=np.int64).reshape(-1, 2)
+            if value == b.lo:
+                return Ledger(np.diff(marks[:, 0], prepend=0), None)
+            if self.inside[j] > b.capacity or self.places is None:
+                return None
+            equal = self.stored[j][:self.inside[j]].numpy() == value
+            seen = np.concatenate([[0], np.cumsum(equal)])
+            return Ledger(np.diff(seen[marks[:, 1]], prepend=0),
+                          self.places[j][:self.inside[j]].numpy()[equal].copy())
+        return None
+
+
+@dataclass(frozen=True)
+class Ledger:
+    """How many entries equal one value in each chunk (``counts``), and the positions of
+    those entries in their chunks, chunk after chunk (``places``; None: not known)."""
+
+    counts: np.ndarray
+    places: np.ndarray | None
+
+    def places_in(self, chunk: int, ks: Sequence[int]) -> list[int] | None:
+        """The positions in chunk ``chunk`` of its ``k``-th such entry for each ``k`` of
+        ``ks`` (each below the chunk's count), or None when the positions are not known."""
+        if self.places is None:
+            return None
+        first = int(self.counts[:chunk].sum())
+        return [int(self.places[first + k]) for k in ks]

@@ -38,7 +38,7 @@ from mergekit_like.methods.radix import (
     magnitude_bits,
     radix_rounds,
 )
-from mergekit_like.methods.rank_bracket import BracketTally, choose_brackets, sample_size
+from mergekit_like.methods.rank_bracket import BracketTally, Ledger, choose_brackets, sample_size
 
 if TYPE_CHECKING:
     import torch
@@ -124,6 +124,10 @@ class RankWindow:
     which of its bins will hold each window boundary, and counts the next digits of those
     bins as it goes. A guess that proves right settles the second radix round too, which is
     then not wanted. Guessing from the whole tensor (one chunk) is always right.
+
+    A boundary value a bracket pinned comes with that round's :class:`.rank_bracket.Ledger`:
+    the mask passes then take each chunk's count of its equal entries, and their positions,
+    from :meth:`known_counts` and :meth:`known_places` instead of counting them again.
     """
 
     def __init__(self, numel: int, lo: int, hi: int, width: int, bracket: bool = False) -> None:
@@ -145,6 +149,8 @@ class RankWindow:
         self._guesses: tuple[int, ...] | None = None  # the first round's guessed bins
         self._bounds: list[tuple[int, int]] = []  # (value bits, entries below it), ascending
         self._equal_seen: dict[int, int] = {}
+        self._ledgers: dict[int, Ledger] = {}  # per value a bracket pinned
+        self._chunk = 0  # the chunks a mask pass has taken edges of
 
     def wants(self, round_: int) -> bool:
         """Whether round ``round_`` may still be needed: once it is not (a right guess
@@ -177,7 +183,8 @@ class RankWindow:
                 else:
                     sample, whole = self._spread[:self._spread_len], False
                 self._tally = BracketTally(choose_brackets(sample, open_ranks, self.numel,
-                                                           whole=whole))
+                                                           whole=whole),
+                                           places=self.numel < 1 << 31)
             if round_ == 0 and self._spread is not None:
                 taken = chunk.sample(share)[:min(share, len(self._spread) - self._spread_len)]
                 self._spread[self._spread_len:self._spread_len + len(taken)] = taken
@@ -233,6 +240,9 @@ class RankWindow:
             if found is not None:
                 t.prefix, t.below = found
                 t.round = radix_rounds(self.width)
+                ledger = tally.ledger(t.prefix)
+                if ledger is not None:
+                    self._ledgers[t.prefix] = ledger
 
     def _finish_radix(self, round_: int) -> None:
         import torch
@@ -263,6 +273,21 @@ class RankWindow:
     def restart(self) -> None:
         """Start a new pass of :meth:`mask` calls from the first chunk."""
         self._equal_seen = {value: 0 for value, _ in self._bounds}
+        self._chunk = 0
+
+    def known_counts(self) -> list[int] | None:
+        """The next chunk's counts of entries equal to each of :meth:`boundary_values`,
+        where the bracket rounds' ledgers know them all (else None: count them)."""
+        values = self.boundary_values()
+        if not all(v in self._ledgers for v in values):
+            return None
+        return [int(self._ledgers[v].counts[self._chunk]) for v in values]
+
+    def known_places(self, value: int, ks: Sequence[int]) -> list[int] | None:
+        """Like ``places`` of :meth:`.sparsify.TrimState.rule`, for the chunk whose
+        :meth:`edges` were taken last, where the ledger of ``value`` knows them."""
+        ledger = self._ledgers.get(value)
+        return None if ledger is None else ledger.places_in(self._chunk - 1, ks)
 
     def boundary_values(self) -> list[int]:
         """The bit patterns of the window's boundary magnitudes (after the last round)."""
@@ -273,6 +298,7 @@ class RankWindow:
         :meth:`boundary_values`; call once per chunk, in order."""
         lo_edge = hi_edge = None
         split = []
+        self._chunk += 1
         for (value, below), count in zip(self._bounds, counts, strict=True):
             first = below + self._equal_seen[value]  # rank of this chunk's first such entry
             self._equal_seen[value] += count
@@ -306,8 +332,9 @@ class RankWindow:
             return torch.ones_like(mags)
         bits = magnitude_bits(mags)
         if edges is None:
-            edges = self.edges([int(torch.count_nonzero(bits == value))
-                                for value in self.boundary_values()])
+            known = self.known_counts()
+            edges = self.edges(known if known is not None else [
+                int(torch.count_nonzero(bits == value)) for value in self.boundary_values()])
         keep = torch.empty_like(mags)
         if edges.lo is not None:
             torch.ge(bits, edges.lo, out=keep)

@@ -243,6 +243,14 @@ class TrimState:
             return []
         return self.window.boundary_values()
 
+    def known_counts(self) -> list[int] | None:
+        """The next chunk's counts for :meth:`rule`, where the rank window knows them
+        already (:meth:`.RankWindow.known_counts`); None: count them."""
+        if not self.window_values():
+            return []
+        assert self.window is not None
+        return self.window.known_counts()
+
     def rule(self, start: int, numel: int, counts: Sequence[int], device: torch.device | str,
              places: Callable[[int, list[int]], list[int]]) -> Rule | Edges:
         """The next chunk's trim as a :class:`~.passes.Rule`, given how many of its entries
@@ -278,7 +286,9 @@ class TrimState:
         for value, first, count in edges.split:  # keep the equal entries ranked in the window
             lo, hi = max(0, self.window.lo - first), min(count, self.window.hi - first)
             asked = [k for k in (lo, hi) if k < count]
-            found = dict(zip(asked, places(value, asked), strict=True))
+            known = self.window.known_places(value, asked)
+            found = dict(zip(asked, places(value, asked) if known is None else known,
+                             strict=True))
             spans.append((value, found.get(lo, numel), found.get(hi, numel)))
         return Rule("window", lo=edges.lo, hi=edges.hi, factor=self._scale or 1.0, post=post,
                     spans=tuple(spans))

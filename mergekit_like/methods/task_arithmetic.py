@@ -151,8 +151,7 @@ class TaskVectorStats:
             if state.window is not None and round_ < state.window.rounds:
                 state.window.observe_chunk(round_, self.kernels.magnitudes(x, base))
             elif state.norm_round(round_):  # the trim as a rule, as the merge will apply it
-                values = state.window_values()
-                counts = self.kernels.count_equal([x], base, [values])[0] if values else []
+                counts = self._counts([x], base, [state])[0]
                 plan = state.rule(start, x.numel(), counts, base.device,
                                   self.kernels.magnitudes(x, base).equal_places)
                 if isinstance(plan, Rule):
@@ -177,10 +176,7 @@ class TaskVectorStats:
         and the trims by bounds ranked over the whole model), the chunk is one
         :meth:`~.kernels.Kernels.trim_mix`; else the trims are applied one by one.
         """
-        values = [[] if s is None else s.window_values() for s in self.states]
-        counts: list[list[int]] = [[] for _ in values]
-        if any(values):
-            counts = self.kernels.count_equal(tensors, base, values)
+        counts = self._counts(tensors, base, self.states)
         plans = [Rule("all") if s is None else
                  s.rule(start, base.numel(), c, base.device,
                         self.kernels.magnitudes(x, base).equal_places)
@@ -198,6 +194,18 @@ class TaskVectorStats:
                 assert state is not None
                 deltas.append(state.apply(d, start, inplace=True, edges=plan))
         return self.kernels.mix_deltas(deltas, base, weights, lambda_, consensus, normalize)
+
+    def _counts(self, tensors: Sequence[torch.Tensor], base: torch.Tensor,
+                states: Sequence[TrimState | None]) -> list[list[int]]:
+        """Per model, the chunk's counts of entries equal to each of its trim's window
+        values: from the rank windows' ledgers where they know them, else counted."""
+        known = [[] if s is None else s.known_counts() for s in states]
+        wanted = [s.window_values() if k is None and s is not None else []
+                  for s, k in zip(states, known, strict=True)]
+        if not any(wanted):
+            return [k or [] for k in known]
+        counted = self.kernels.count_equal(tensors, base, wanted)
+        return [c if k is None else k for k, c in zip(known, counted, strict=True)]
 
     def apply(self, deltas: Sequence[torch.Tensor], start: int, *,
               inplace: bool = False) -> list[torch.Tensor]:

@@ -1,6 +1,7 @@
 """The rank windows' passes in C (``window.c``), over ``|x - base|`` in float32.
 
-- :meth:`WindowPasses.tally`: the bracket round (:meth:`.rank_bracket.BracketTally.add`).
+- :meth:`WindowPasses.tally`: the bracket round (:meth:`.rank_bracket.BracketTally.add`),
+  with the positions of the entries it copies out when the tally notes them.
   The kernel computes the magnitudes itself, so the pass reads the two inputs once and
   writes almost nothing: on x86-64 with AVX2 about 0.5 ns per entry here, against some 2 ns
   for torch's digits and ``bincount`` (bench/RESULTS.md).
@@ -45,7 +46,7 @@ class WindowPasses:
             return cls(None, str(exc))
         lib.mk_bracket_init.argtypes = [ctypes.c_int]
         lib.mk_bracket_f32.argtypes = [_PTR, _PTR, _I64, ctypes.c_int, _U32x2, _U32x2, _I64x2,
-                                       _I64x2, _PTRx2, _I64x2, _I64x2, ctypes.c_int]
+                                       _I64x2, _PTRx2, _PTRx2, _I64x2, _I64x2, ctypes.c_int]
         lib.mk_count_equal_f32.argtypes = [_PTR, _PTR, _I64, ctypes.c_int, _PTR, _PTR]
         lib.mk_equal_places_f32.argtypes = [_PTR, _PTR, _I64, ctypes.c_uint32, ctypes.c_int,
                                             _PTR, _PTR]
@@ -70,16 +71,22 @@ class WindowPasses:
         inside = _I64x2(*tally.inside, *pad)
         cap = _I64x2(*(b.capacity for b in tally.brackets), *pad)
         out = _PTRx2(*(s.data_ptr() for s in tally.stored), *([None] * (2 - n)))
+        places = _PTRx2(*(p.data_ptr() for p in tally.places or ()),
+                        *([None] * (2 - len(tally.places or ()))))
+        if tally.places is not None and x.numel() >= 1 << 31:
+            raise ValueError("a bracket pass noting positions takes chunks under 2^31 entries")
         lo = _U32x2(*(b.lo for b in tally.brackets), *pad)
         hi = _U32x2(*(b.hi for b in tally.brackets), *pad)
         rc = self.lib.mk_bracket_f32(x.data_ptr(), base.data_ptr(), x.numel(), n, lo, hi,
-                                     below, at_lo, out, inside, cap, torch.get_num_threads())
+                                     below, at_lo, out, places, inside, cap,
+                                     torch.get_num_threads())
         if rc != 0:
             raise MemoryError("the bracket kernel could not allocate its buffers")
         tally.below[:] = below[:n]
         tally.at_lo[:] = at_lo[:n]
         tally.inside[:] = inside[:n]
         tally.seen += x.numel()
+        tally.end_chunk()
 
     def count_equal(self, x: torch.Tensor, base: torch.Tensor,
                     values: Sequence[int]) -> list[int]:

@@ -180,3 +180,35 @@ def test_counter_draws_are_uniform_and_independent_across_lags_and_models():
         assert chi2(u[:-lag], u[lag:]) < 330
     assert chi2(u, v) < 330
     assert abs(float((u < 0.3).float().mean()) - 0.3) < 3e-3
+
+
+@pytest.mark.parametrize("case", [0, 2, 5])  # ties, ties with the L1 rescale, breadcrumbs
+def test_bracket_settled_merges_count_no_chunk_again(monkeypatch, case):
+    """Where the bracket rounds pin every boundary value, the merge pass (and the L1 round)
+    take each chunk's count of equal entries from the ledgers, and search a chunk for them
+    only where a window's edge falls among entries equal to a bracket's low end."""
+    from mergekit_like.methods.kernels import PairChunk
+
+    if COMPILED.native() is None:
+        pytest.skip("no C kernels here")
+    method, model_params, params = CASES[case]
+    xs, base = family_inputs(240, 400, torch.float32, seed=4)
+    want = merge(method, EAGER, xs, base, model_params, params)
+    searched = []
+    search = PairChunk.equal_places
+
+    def refused(*args, **kwargs):
+        raise AssertionError("counted again")
+
+    def searching(self, value, ks):
+        searched.append(value)
+        return search(self, value, ks)
+
+    monkeypatch.setattr(Kernels, "count_equal", refused)
+    monkeypatch.setattr(PairChunk, "equal_places", searching)
+    for rows in (240, 50):
+        searched.clear()
+        assert same_bytes(merge(method, COMPILED, xs, base, model_params, params, rows), want)
+        # one chunk per model and window edge at most (twice with the L1 round)
+        edges = 2 if method == "breadcrumbs" else 1
+        assert len(searched) <= len(xs) * edges * (2 if params.get("rescale") else 1)

@@ -156,3 +156,87 @@ def test_only_32_bit_windows_bracket():
     assert RankWindow(1000, 500, 1000, 32, bracket=True).rounds == 4
     assert RankWindow(1000, 500, 1000, 64, bracket=True).rounds == 4
     assert RankWindow(1000, 0, 1000, 32, bracket=True).rounds == 0  # nothing to find
+
+
+def chunk_facts(bits: torch.Tensor, value: int, parts: int) -> tuple[list[int], list[list[int]]]:
+    """Per chunk of ``bits.tensor_split(parts)``: how many entries equal ``value``, and where."""
+    counts, places = [], []
+    for part in bits.tensor_split(parts):
+        where = (part == value).nonzero().squeeze(1).tolist()
+        counts.append(len(where))
+        places.append(where)
+    return counts, places
+
+
+@pytest.mark.parametrize("rank_frac", [0.5, 0.97])
+def test_a_ledger_knows_each_chunks_equal_entries_and_where_they_are(rank_frac):
+    n = 200_000
+    gen = torch.Generator().manual_seed(11)
+    bits = bits_of(torch.rand(n, generator=gen).mul_(4000).floor_())  # each value ~50 times
+    rank = int(rank_frac * n)
+    t = BracketTally(choose_brackets(bits[:50_000][::2], [rank], n), places=True)
+    for part in bits.tensor_split(4):
+        t.add(part)
+    value, _ = t.resolve(rank)
+    assert value > t.brackets[0].lo  # inside the bracket: positions stored
+    ledger = t.ledger(value)
+    counts, places = chunk_facts(bits, value, 4)
+    assert ledger.counts.tolist() == counts
+    assert sum(counts) > 20
+    for chunk, where in enumerate(places):
+        ks = [0, len(where) // 2, len(where) - 1] if where else []
+        assert ledger.places_in(chunk, ks) == [where[k] for k in ks]
+
+
+def test_a_ledger_of_a_brackets_low_end_counts_without_places():
+    bits = torch.tensor([0, 0, 5, 0, 7, 0, 9, 3, 0, 5], dtype=torch.int32)
+    from mergekit_like.methods.rank_bracket import Bracket
+
+    t = BracketTally([Bracket(0, 6, 100)], places=True)
+    for part in bits.tensor_split(3):  # [0, 0, 5, 0] [7, 0, 9] [3, 0, 5]
+        t.add(part)
+    low = t.ledger(0)
+    assert low.counts.tolist() == [3, 1, 1]
+    assert low.places_in(1, [0]) is None  # equal to lo: counted, not stored
+    five = t.ledger(5)
+    assert five.counts.tolist() == [1, 0, 1]
+    assert five.places_in(0, [0]) == [2]
+    assert five.places_in(2, [0]) == [2]
+    assert t.ledger(7) is None  # outside the bracket
+    assert BracketTally([Bracket(0, 6, 100)]).ledger(0) is not None  # counts need no places
+    no_places = BracketTally([Bracket(0, 6, 100)])
+    no_places.add(bits)
+    assert no_places.ledger(5) is None
+
+
+def test_an_overflowing_bracket_has_no_ledger_inside():
+    from mergekit_like.methods.rank_bracket import Bracket
+
+    t = BracketTally([Bracket(0, 9, 2)], places=True)
+    t.add(torch.tensor([0, 5, 5, 5, 0], dtype=torch.int32))
+    assert t.ledger(5) is None
+    assert t.ledger(0).counts.tolist() == [2]
+
+
+def test_a_bracketed_window_never_counts_a_chunk_again(monkeypatch):
+    """Masks of a bracket-settled window take their counts from the ledger: the same mask as
+    a stable sort, with no chunk's equal entries counted by the mask pass."""
+    n = 150_000
+    mags = fine_tune_deltas(n, 12)
+    calls = []
+    real = torch.count_nonzero
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    window = RankWindow(n, n // 2, n, 32, bracket=True)
+    parts = [BitChunk(magnitude_bits(p)) for p in mags.split(40_000)]
+    for part in parts:
+        window.observe_chunk(0, part)
+    window.finish(0)
+    assert not window.wants(1)
+    monkeypatch.setattr(torch, "count_nonzero", counting)
+    kept = torch.cat([window.mask(p.bits.view(torch.float32)) for p in parts]).bool()
+    assert calls == []
+    assert torch.equal(kept, by_sort(mags, n // 2, n))

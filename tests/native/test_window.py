@@ -53,6 +53,11 @@ def same(a: BracketTally, b: BracketTally) -> None:
                                                    strict=True):
         kept = min(inside, bracket.capacity)
         assert torch.equal(stored_a[:kept], stored_b[:kept])
+    assert a.marks == b.marks
+    for places_a, places_b, inside, bracket in zip(a.places, b.places, a.inside, a.brackets,
+                                                   strict=True):
+        kept = min(inside, bracket.capacity)
+        assert torch.equal(places_a[:kept], places_b[:kept])
 
 
 @pytest.mark.parametrize("n", [1, 7, 8, 9, 1000, 200_003])
@@ -61,7 +66,7 @@ def same(a: BracketTally, b: BracketTally) -> None:
 def test_the_kernel_tallies_as_torch_does(scan, n, quantiles):
     x, base = inputs(n, n)
     brackets = brackets_around(x, base, quantiles[:1] if n < 3 else quantiles)
-    want, got = BracketTally(brackets), BracketTally(brackets)
+    want, got = BracketTally(brackets, places=True), BracketTally(brackets, places=True)
     threads = torch.get_num_threads()
     torch.set_num_threads(3)  # 200_003 entries: three threads of the kernel
     try:
@@ -76,7 +81,7 @@ def test_the_kernel_tallies_as_torch_does(scan, n, quantiles):
 def test_entries_past_the_capacity_are_counted_not_stored(scan):
     x, base = inputs(100_000, 1)
     brackets = brackets_around(x, base, [(0.2, 0.8)], capacity=5000)
-    want, got = BracketTally(brackets), BracketTally(brackets)
+    want, got = BracketTally(brackets, places=True), BracketTally(brackets, places=True)
     want.add(magnitude_bits((x - base).abs()))
     scan.tally(got, x, base)
     assert got.inside[0] > 5000
@@ -89,3 +94,17 @@ def test_only_contiguous_float32_cpu_chunks_are_taken():
     assert not SCAN.supports(x.double(), x.double())
     assert not SCAN.supports(torch.zeros(10, 2)[:, 0], x)
     assert not SCAN.supports(x, torch.zeros(11))
+
+
+@pytest.mark.parametrize("n", [5, 8, 13, 1000, 100_003])
+def test_equal_places_and_counts_match_torch(scan, n):
+    x, base = inputs(n, n + 1)
+    bits = magnitude_bits((x - base).abs())
+    values, counts = bits.unique(return_counts=True)
+    for value in [int(values[counts.argmax()]), int(values[-1]), 12345]:  # heavy, last, absent
+        where = (bits == value).nonzero().squeeze(1).tolist()
+        ks = sorted({0, 1, len(where) // 3, len(where) // 3, max(0, len(where) - 1),
+                     len(where), len(where) + 5})
+        want = [where[k] if k < len(where) else n for k in ks]
+        assert scan.equal_places(x, base, value, ks) == want
+        assert scan.count_equal(x, base, [value, 0]) == [len(where), int((bits == 0).sum())]
