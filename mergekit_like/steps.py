@@ -26,12 +26,16 @@ def row_chunks(pt: PlannedTensor, compute_itemsize: int, chunk_bytes: int) -> li
     """Row ranges to compute ``pt`` in: one range unless the method is elementwise and large.
 
     Only tensors of two or more dimensions are split (a 1-D tensor's "rows" would be single
-    entries; methods such as DELLA rank within rows).
+    entries; methods such as DELLA rank within rows). Each range but the last holds a
+    multiple of the method's ``row_block`` rows.
     """
     rows = pt.shape[0] if pt.shape else 1
     if not splittable(pt):
         return [(0, rows)]
     step = max(1, chunk_bytes // max(1, math.prod(pt.shape[1:]) * compute_itemsize))
+    block = REGISTRY[pt.method].row_block
+    block = block(pt.params) if callable(block) else block
+    step = max(block, step // block * block)
     return [(r, min(rows, r + step)) for r in range(0, rows, step)] or [(0, 0)]
 
 

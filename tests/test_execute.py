@@ -211,6 +211,36 @@ parameters: {mode}
 
 
 @pytest.mark.parametrize("base", [False, True])
+def test_nuslerp_row_wise_streams_tall_tensors(tmp_path, llama_family, base):
+    """A tensor taller than one 4096-row sum block: the vectors along dim 0 are gathered
+    over row chunks of whole blocks, and the bytes are the whole tensor's."""
+    import shutil
+
+    from safetensors.torch import save_file
+
+    gen = torch.Generator().manual_seed(5)
+    models = {}
+    for name in ("base", "math", "code"):
+        folder = tmp_path / name
+        shutil.copytree(llama_family[name], folder)
+        tensors = load_tensors(folder)
+        tensors["extra.tall"] = torch.randn(2 * 4096 + 50, 4, generator=gen)
+        save_file(tensors, folder / "model.safetensors", metadata={"format": "pt"})
+        models[name] = folder
+    recipe = write_recipe(tmp_path, f"""
+merge_method: nuslerp
+{f"base_model: {models['base']}" if base else ""}
+models:
+  - model: {models['math']}
+    parameters: {{weight: 0.7}}
+  - model: {models['code']}
+    parameters: {{weight: 0.3}}
+parameters: {{nuslerp_flatten: false, nuslerp_row_wise: true}}
+""")
+    assert chunked_equals_whole(recipe, tmp_path)
+
+
+@pytest.mark.parametrize("base", [False, True])
 @pytest.mark.parametrize("method", ["multislerp", "karcher"])
 def test_gram_methods_in_row_chunks_give_the_whole_tensor_bytes(tmp_path, llama_family, method,
                                                                  base):

@@ -31,12 +31,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from pydantic import Field
 
-from mergekit_like.methods.gram import GramStats
-from mergekit_like.methods.reductions import stable_sum
+from mergekit_like.methods.gram import GramStats, task_vectors
+from mergekit_like.methods.reductions import BLOCK, ColumnSums, stable_sum
 from mergekit_like.methods.spec import MergeMethod, MethodParams, TensorContext, gather_whole
 
 if TYPE_CHECKING:
@@ -104,25 +105,86 @@ def nuslerp(
     >>> nuslerp(0.5, torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0]))
     tensor([0.7071, 0.7071])
     """
-    import torch
-
     if flatten or v0.dim() <= 1:
         return gather_whole(nuslerp_stats_for(t, v0.numel()), [v0, v1], None).apply([v0, v1])
     shape = v0.shape
     a, b = (v0.transpose(0, -1), v1.transpose(0, -1)) if row_wise else (v0, v1)
-    n0 = stable_sum(a * a, -1).sqrt_().clamp_min_(NORM_EPS).unsqueeze(-1)
-    n1 = stable_sum(b * b, -1).sqrt_().clamp_min_(NORM_EPS).unsqueeze(-1)
-    cos = stable_sum(a * b, -1).unsqueeze(-1).div_(n0).div_(n1)
-    theta = cos.clamp_(-1.0, 1.0).acos_()
-    sin_theta = torch.sin(theta)
-    out = torch.sin((1.0 - t) * theta) * a + torch.sin(t * theta) * b
-    out.div_(sin_theta)
-    colinear = sin_theta.abs() < COLINEAR_EPS
-    if bool(colinear.any()):
-        out = torch.where(colinear, (1.0 - t) * a + t * b, out)
+    angles = VectorAngles.of(t, stable_sum(a * a, -1), stable_sum(b * b, -1),
+                             stable_sum(a * b, -1))
+    out = angles.interpolate(a, b)
     if row_wise:
         out = out.transpose(0, -1)
     return out.reshape(shape)
+
+
+@dataclass(frozen=True)
+class VectorAngles:
+    """Per vector (the last dimension of ``a`` and ``b`` in :meth:`interpolate`), what
+    NuSLERP needs from the sums over it: the interpolation's weights and ``sin(theta)``.
+    Every vector's entries then take the same elementwise operations, whichever rows of them
+    a chunk holds."""
+
+    t: float
+    s0: torch.Tensor  # sin((1 - t) theta), shaped (..., 1)
+    s1: torch.Tensor  # sin(t theta)
+    sin_theta: torch.Tensor
+    colinear: torch.Tensor | None  # where |sin(theta)| < COLINEAR_EPS (None: nowhere)
+
+    @classmethod
+    def of(cls, t: float, aa: torch.Tensor, bb: torch.Tensor, ab: torch.Tensor) -> VectorAngles:
+        """From each vector pair's sums of ``a * a``, ``b * b`` and ``a * b``."""
+        import torch
+
+        n0 = aa.sqrt_().clamp_min_(NORM_EPS).unsqueeze(-1)
+        n1 = bb.sqrt_().clamp_min_(NORM_EPS).unsqueeze(-1)
+        cos = ab.unsqueeze(-1).div_(n0).div_(n1)
+        theta = cos.clamp_(-1.0, 1.0).acos_()
+        sin_theta = torch.sin(theta)
+        colinear = sin_theta.abs() < COLINEAR_EPS
+        return cls(t, torch.sin((1.0 - t) * theta), torch.sin(t * theta), sin_theta,
+                   colinear if bool(colinear.any()) else None)
+
+    def interpolate(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """``(s0 a + s1 b) / sin(theta)``, linear where the pair is colinear (a new tensor)."""
+        import torch
+
+        out = self.s0 * a + self.s1 * b
+        out.div_(self.sin_theta)
+        if self.colinear is not None:
+            out = torch.where(self.colinear, (1.0 - self.t) * a + self.t * b, out)
+        return out
+
+
+class ColumnStats:
+    """NuSLERP's sums over each vector along dimension 0 (``nuslerp_row_wise``), gathered
+    over row chunks of whole :data:`~.reductions.BLOCK`-row blocks
+    (:class:`~.reductions.ColumnSums`); then :meth:`apply` interpolates chunk by chunk with
+    the bytes of the whole tensor. Implements :class:`~.spec.TensorStats`."""
+
+    rounds = 1
+
+    def __init__(self, t: float, rows: int) -> None:
+        self.t = t
+        self._sums = [ColumnSums(rows) for _ in range(3)]  # a * a, b * b, a * b
+        self.angles: VectorAngles | None = None
+
+    def wants(self, round_: int) -> bool:
+        """The one round is needed."""
+        return True
+
+    def observe(self, round_: int, tensors: Sequence[torch.Tensor], base: torch.Tensor | None,
+                start: int) -> None:
+        a, b = task_vectors(tensors, base)
+        for sums, product in zip(self._sums, (a * a, b * b, a * b), strict=True):
+            sums.add(product)
+
+    def finish(self, round_: int) -> None:
+        self.angles = VectorAngles.of(self.t, *(s.total() for s in self._sums))
+
+    def apply(self, v0: torch.Tensor, v1: torch.Tensor) -> torch.Tensor:
+        """The chunk's rows of the interpolation (``v0``, ``v1``: its rows of the vectors)."""
+        assert self.angles is not None, "finish() the round first"
+        return self.angles.interpolate(v0.transpose(0, -1), v1.transpose(0, -1)).transpose(0, -1)
 
 
 def _t(model_params: Sequence[NuSlerpModelParams]) -> float:
@@ -133,17 +195,20 @@ def _t(model_params: Sequence[NuSlerpModelParams]) -> float:
 
 def nuslerp_stats(shape: tuple[int, ...], width: int,
                   model_params: Sequence[NuSlerpModelParams], params: NuSlerpParams,
-                  ctx: TensorContext) -> GramStats | None:
-    """:func:`nuslerp_stats_for` for a flattened tensor merged in row chunks (None row by
-    row: each chunk holds whole rows)."""
-    if not params.nuslerp_flatten:
-        return None
-    return nuslerp_stats_for(_t(model_params), math.prod(shape))
+                  ctx: TensorContext) -> GramStats | ColumnStats | None:
+    """:func:`nuslerp_stats_for` for a flattened tensor merged in row chunks;
+    :class:`ColumnStats` for vectors along dim 0 (``nuslerp_row_wise``); None row by row
+    (each chunk holds whole rows)."""
+    if params.nuslerp_flatten:
+        return nuslerp_stats_for(_t(model_params), math.prod(shape))
+    if params.nuslerp_row_wise:
+        return ColumnStats(_t(model_params), shape[0])
+    return None
 
 
-def _chunkable(params: NuSlerpParams) -> bool:
-    """Row chunks work unless the vectors run along dim 0 (``nuslerp_row_wise``)."""
-    return params.nuslerp_flatten or not params.nuslerp_row_wise
+def _row_block(params: NuSlerpParams) -> int:
+    """Row chunks of whole sum blocks where the vectors run along dim 0."""
+    return BLOCK if not params.nuslerp_flatten and params.nuslerp_row_wise else 1
 
 
 def nuslerp_merge(
@@ -157,7 +222,9 @@ def nuslerp_merge(
     x0, x1 = tensors
     if base is not None:
         x0, x1 = x0.sub_(base), x1.sub_(base)
-    if ctx.stats is not None:
+    if isinstance(ctx.stats, ColumnStats):
+        out = ctx.stats.apply(x0, x1)
+    elif ctx.stats is not None:
         assert isinstance(ctx.stats, GramStats)
         out = ctx.stats.apply([x0, x1])
     else:
@@ -171,7 +238,8 @@ NUSLERP = MergeMethod(
     summary="spherical interpolation of two models by weight; of task vectors with a base",
     merge=nuslerp_merge,
     stats=nuslerp_stats,
-    elementwise=_chunkable,
+    elementwise=True,
+    row_block=_row_block,
     params=NuSlerpParams,
     model_params=NuSlerpModelParams,
     base="optional",

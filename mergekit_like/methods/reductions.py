@@ -166,3 +166,57 @@ class BlockSums:
 
         assert self._level1 is not None and self._tail is not None
         self._level1[block] = tree_sum(self._tail)
+
+
+class ColumnSums:
+    """:func:`stable_sum` along the first dimension of a tensor of ``rows`` rows seen in row
+    chunks: ``stable_sum(x.transpose(0, -1), -1)`` of the whole tensor, with the same bytes.
+
+    Every chunk but the last must hold a multiple of :data:`BLOCK` rows, so that no
+    first-level block straddles two chunks; a tensor of at most :data:`BLOCK` rows is one
+    tree and must come whole. The first-level sums (one per :data:`BLOCK` rows of each
+    column) go into one buffer, allocated at the first chunk.
+
+    >>> import torch
+    >>> x = torch.rand(BLOCK + 7, 3)
+    >>> sums = ColumnSums(x.shape[0])
+    >>> sums.add(x[:BLOCK]); sums.add(x[BLOCK:])
+    >>> torch.equal(sums.total(), stable_sum(x.transpose(0, -1), -1))
+    True
+    """
+
+    def __init__(self, rows: int) -> None:
+        self.rows = rows
+        self._seen = 0
+        self._sums: torch.Tensor | None = None  # first-level sums; or, small, the total
+
+    def add(self, x: torch.Tensor) -> None:
+        """Account for the next rows (``x``: rows along dimension 0)."""
+        import torch.nn.functional as F
+
+        count = x.shape[0]
+        if self._seen % BLOCK or (self.rows <= BLOCK and count != self.rows):
+            raise ValueError(f"column sums of {self.rows} rows take chunks of whole "
+                             f"{BLOCK}-row blocks but the last (got {count} rows after "
+                             f"{self._seen})")
+        if self._seen + count > self.rows:
+            raise ValueError(f"column sums of {self.rows} rows got {self._seen + count}")
+        t = x.transpose(0, -1)
+        if self.rows <= BLOCK:
+            self._sums = tree_sum(t)
+        else:
+            pad = -count % BLOCK
+            if pad:
+                t = F.pad(t, (0, pad))
+            sums = tree_sum(t.reshape(*t.shape[:-1], -1, BLOCK))
+            if self._sums is None:
+                self._sums = sums.new_empty(*sums.shape[:-1], -(-self.rows // BLOCK))
+            first = self._seen // BLOCK
+            self._sums[..., first:first + sums.shape[-1]] = sums
+        self._seen += count
+
+    def total(self) -> torch.Tensor:
+        """The column sums over every row added."""
+        if self._seen != self.rows or self._sums is None:
+            raise ValueError(f"column sums of {self.rows} rows got {self._seen}")
+        return self._sums if self.rows <= BLOCK else stable_sum(self._sums, -1)

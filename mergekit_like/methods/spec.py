@@ -122,6 +122,9 @@ class MergeMethod:
             merging a chunk: builds the :class:`TensorStats` the executor gathers over the
             chunks first. Given the whole tensor (``ctx.stats`` None), the method computes
             them itself, with the same bytes.
+        row_block: row chunks hold a multiple of this many rows (all but the last); or a
+            function of the global parameters giving it. Sums in a fixed order over dim 0
+            need whole blocks (:class:`~.reductions.ColumnSums`).
         kernels: the method's passes run through :mod:`mergekit_like.methods.kernels`, so
             compiling them (``--kernels``) speeds it up.
         min_models / max_models: how many ingredients (excluding a required base).
@@ -135,6 +138,7 @@ class MergeMethod:
     base: Literal["required", "optional", "unused"] = "unused"
     elementwise: bool | Callable[[Any], bool] = False
     stats: StatsFactory | None = None
+    row_block: int | Callable[[Any], int] = 1
     kernels: bool = False
     min_models: int = 1
     max_models: int | None = None

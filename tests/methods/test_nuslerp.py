@@ -108,11 +108,12 @@ def test_parameters_and_registration():
     assert NuSlerpModelParams().weight == 1.0
     method = REGISTRY["nuslerp"]
     assert (method.base, method.min_models, method.max_models) == ("optional", 2, 2)
-    # row chunks, unless the vectors run along dim 0 (a chunk holds part of each)
-    assert callable(method.elementwise) and method.stats is not None
-    assert method.elementwise(NuSlerpParams())
-    assert method.elementwise(NuSlerpParams(nuslerp_flatten=False))
-    assert not method.elementwise(NuSlerpParams(nuslerp_flatten=False, nuslerp_row_wise=True))
+    # row chunks; of whole 4096-row blocks where the vectors run along dim 0 (their sums
+    # are gathered over the chunks first)
+    assert method.elementwise is True and method.stats is not None
+    assert method.row_block(NuSlerpParams()) == 1
+    assert method.row_block(NuSlerpParams(nuslerp_flatten=False)) == 1
+    assert method.row_block(NuSlerpParams(nuslerp_flatten=False, nuslerp_row_wise=True)) == 4096
 
 
 def test_merge_through_cli(tmp_path, llama_family, run_cli):
@@ -148,3 +149,42 @@ models:
     res = run_cli(recipe, tmp_path / "out", "--quiet")
     assert res.code == 2
     assert "exactly 2 model" in res.err
+
+
+@pytest.mark.parametrize("with_base", [False, True])
+@pytest.mark.parametrize("shape", [(2 * 4096 + 100, 6), (3 * 4096, 2, 3)])
+def test_row_wise_in_row_chunks_gives_the_whole_tensor_bytes(with_base, shape):
+    """Vectors along dim 0 span the row chunks: their sums are gathered over chunks of whole
+    4096-row blocks first (ColumnStats), then each chunk takes the whole tensor's bytes;
+    colinear columns included (the linear fallback)."""
+    from types import SimpleNamespace
+
+    from mergekit_like.methods.nuslerp import nuslerp_stats
+    from mergekit_like.methods.reductions import BLOCK
+    from mergekit_like.methods.spec import gather_whole
+    from mergekit_like.steps import row_chunks
+
+    gen = torch.Generator().manual_seed(3)
+    x, y, base = (torch.randn(shape, generator=gen) for _ in range(3))
+    y[:, 1] = x[:, 1]  # one column's vectors the same: colinear
+    weights = [0.7, 0.3]
+    params = NuSlerpParams(nuslerp_flatten=False, nuslerp_row_wise=True)
+    mps = [NuSlerpModelParams(weight=w) for w in weights]
+    b = base if with_base else None
+    want = run([x, y], weights, b, nuslerp_flatten=False, nuslerp_row_wise=True)
+
+    planned = SimpleNamespace(method="nuslerp", params=params, shape=shape, vocab_sources=None)
+    chunks = row_chunks(planned, 4, 200)  # type: ignore[arg-type]  # 200 bytes: as small as the method allows
+    assert [r1 - r0 for r0, r1 in chunks[:-1]] == [BLOCK] * (len(chunks) - 1)
+    stats = nuslerp_stats(shape, 32, mps, params, CTX)
+    for r0, r1 in chunks:
+        stats.observe(0, [x[r0:r1], y[r0:r1]], None if b is None else b[r0:r1], 0)
+    stats.finish(0)
+    assert stats.angles.colinear is not None
+    got = torch.cat([nuslerp_merge([x[r0:r1].clone(), y[r0:r1].clone()],
+                                   None if b is None else b[r0:r1].clone(), mps, params,
+                                   TensorContext("w", stats=stats)) for r0, r1 in chunks])
+    assert torch.equal(got.view(torch.int32), want.view(torch.int32))
+    # the same stats gathered from the whole tensor as one chunk agree too
+    whole = gather_whole(nuslerp_stats(shape, 32, mps, params, CTX), [x, y], b)
+    assert torch.equal(whole.angles.s0, stats.angles.s0)
