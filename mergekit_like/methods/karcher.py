@@ -44,6 +44,8 @@ from mergekit_like.methods.spec import (
 if TYPE_CHECKING:
     import torch
 
+    from mergekit_like.methods.kernels import Kernels
+
 
 class KarcherParams(MethodParams):
     max_iter: int = Field(10, ge=0, description="maximum iterations of the mean's refinement")
@@ -99,11 +101,13 @@ def with_base(tensors: Sequence[torch.Tensor], base: torch.Tensor | None) -> lis
 
 
 def karcher_mean(
-    tensors: Sequence[torch.Tensor], *, max_iter: int = 10, tol: float = 1e-5
+    tensors: Sequence[torch.Tensor], *, max_iter: int = 10, tol: float = 1e-5,
+    kernels: Kernels | None = None,
 ) -> torch.Tensor:
     """Equal-weight Karcher mean of the tensors' directions, scaled by their mean norm.
 
-    Works in place on ``tensors`` (they must be owned by the caller).
+    Works in place on ``tensors`` (they must be owned by the caller). ``kernels``: as for
+    :class:`~.gram.GramStats`.
 
     >>> import torch
     >>> karcher_mean([torch.tensor([2.0, 0.0]), torch.tensor([0.0, 2.0])])
@@ -112,7 +116,7 @@ def karcher_mean(
     if len(tensors) == 1:
         return tensors[0]
     stats = GramStats(tensors[0].numel(), lambda gram: karcher_coefficients(
-        gram, max_iter=max_iter, tol=tol), with_base)
+        gram, max_iter=max_iter, tol=tol), with_base, kernels)
     return gather_whole(stats, tensors, None).apply(tensors)
 
 
@@ -120,7 +124,7 @@ def karcher_stats(shape: tuple[int, ...], width: int, model_params: Sequence[NoP
                   params: KarcherParams, ctx: TensorContext) -> GramStats:
     """The Gram pass (:class:`~.gram.GramStats`) for a large tensor merged in row chunks."""
     return GramStats(math.prod(shape), lambda gram: karcher_coefficients(
-        gram, max_iter=params.max_iter, tol=params.tol), with_base)
+        gram, max_iter=params.max_iter, tol=params.tol), with_base, ctx.kernels)
 
 
 def karcher_merge(
@@ -133,7 +137,8 @@ def karcher_merge(
     """Karcher mean of the models (and of the base model, when the recipe names one)."""
     inputs = with_base(tensors, base)
     if ctx.stats is None or len(inputs) == 1:
-        return karcher_mean(inputs, max_iter=params.max_iter, tol=params.tol)
+        return karcher_mean(inputs, max_iter=params.max_iter, tol=params.tol,
+                            kernels=ctx.kernels)
     assert isinstance(ctx.stats, GramStats)
     return ctx.stats.apply(inputs)
 
@@ -143,6 +148,7 @@ KARCHER = MergeMethod(
     summary="Karcher (Riemannian) mean of the models on the hypersphere, equal weights",
     merge=karcher_merge,
     stats=karcher_stats,
+    kernels=True,
     elementwise=True,
     params=KarcherParams,
     base="optional",

@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 
     from mergekit_like.methods.rank_bracket import BracketTally
     from mergekit_like.methods.reductions import BlockSums
+    from mergekit_like.native.gram import GramPass
     from mergekit_like.native.mix import MixPass
     from mergekit_like.native.window import WindowPasses
 
@@ -73,10 +74,12 @@ def choose_mode(requested: Literal["auto", "eager", "compiled"], device: str,
 
 @dataclass(frozen=True)
 class Native:
-    """The C kernels of a run: the rank windows' passes and the merge pass."""
+    """The C kernels of a run: the rank windows' passes, the merge pass, and the Gram
+    matrix's block sums."""
 
     window: WindowPasses
     mix: MixPass
+    gram: GramPass
 
 
 @dataclass(frozen=True)
@@ -107,14 +110,18 @@ class Kernels:
         if found is None:
             import sys
 
+            from mergekit_like.native.gram import GramPass
             from mergekit_like.native.mix import MixPass
             from mergekit_like.native.window import WindowPasses
 
-            found = self._compiled["native"] = Native(WindowPasses.open(), MixPass.open())
-            for error in sorted({found.window.error, found.mix.error} - {""}):
+            found = self._compiled["native"] = Native(WindowPasses.open(), MixPass.open(),
+                                                      GramPass.open())
+            libs = (found.window, found.mix, found.gram)
+            for error in sorted({lib.error for lib in libs} - {""}):
                 print(f"warning: no C kernels ({error}); using torch instead (same bytes, "
                       "slower)", file=sys.stderr)
-        return found if found.window.lib is not None and found.mix.lib is not None else None
+        return found if all(lib.lib is not None for lib in (found.window, found.mix,
+                                                            found.gram)) else None
 
     def magnitudes(self, x: torch.Tensor, base: torch.Tensor) -> PairChunk:
         """The rank window's view of ``|x - base|`` for one chunk (flat tensors)."""

@@ -39,6 +39,8 @@ from mergekit_like.methods.spec import MergeMethod, MethodParams, TensorContext,
 if TYPE_CHECKING:
     import torch
 
+    from mergekit_like.methods.kernels import Kernels
+
 
 class MultiSlerpParams(MethodParams):
     normalize_weights: bool = Field(True, description="divide the weights by their sum")
@@ -97,10 +99,12 @@ def multislerp(
     *,
     normalize_weights: bool = True,
     eps: float = 1e-8,
+    kernels: Kernels | None = None,
 ) -> torch.Tensor:
     """Weighted barycentre of ``tensors`` on the hypersphere (around ``base`` if given).
 
-    Works in place on ``tensors`` (they must be owned by the caller).
+    Works in place on ``tensors`` (they must be owned by the caller). ``kernels``: as for
+    :class:`~.gram.GramStats`.
 
     >>> import torch
     >>> multislerp([torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0])], [1.0, 1.0])
@@ -109,7 +113,8 @@ def multislerp(
     if len(tensors) == 1:
         return tensors[0]
     w = _weights(weights, normalize_weights)
-    stats = GramStats(tensors[0].numel(), lambda gram: multislerp_coefficients(gram, w, eps))
+    stats = GramStats(tensors[0].numel(), lambda gram: multislerp_coefficients(gram, w, eps),
+                      kernels=kernels)
     deltas = [x.sub_(base) if base is not None else x for x in tensors]
     out = gather_whole(stats, deltas, None).apply(deltas)
     return out.add_(base) if base is not None else out
@@ -123,7 +128,8 @@ def multislerp_stats(shape: tuple[int, ...], width: int,
     if len(model_params) == 1:
         return None
     w = _weights([p.weight for p in model_params], params.normalize_weights)
-    return GramStats(math.prod(shape), lambda gram: multislerp_coefficients(gram, w, params.eps))
+    return GramStats(math.prod(shape), lambda gram: multislerp_coefficients(gram, w, params.eps),
+                     kernels=ctx.kernels)
 
 
 def multislerp_merge(
@@ -136,7 +142,8 @@ def multislerp_merge(
     """Multi-SLERP of the models, or of their task vectors when a base model is given."""
     if ctx.stats is None or len(tensors) == 1:
         return multislerp(tensors, [p.weight for p in model_params], base,
-                          normalize_weights=params.normalize_weights, eps=params.eps)
+                          normalize_weights=params.normalize_weights, eps=params.eps,
+                          kernels=ctx.kernels)
     assert isinstance(ctx.stats, GramStats)
     deltas = [x.sub_(base) if base is not None else x for x in tensors]
     out = ctx.stats.apply(deltas)
@@ -148,6 +155,7 @@ MULTISLERP = MergeMethod(
     summary="weighted spherical barycentre of any number of models (task vectors with a base)",
     merge=multislerp_merge,
     stats=multislerp_stats,
+    kernels=True,
     elementwise=True,
     params=MultiSlerpParams,
     model_params=MultiSlerpModelParams,

@@ -43,6 +43,8 @@ from mergekit_like.methods.spec import MergeMethod, MethodParams, TensorContext,
 if TYPE_CHECKING:
     import torch
 
+    from mergekit_like.methods.kernels import Kernels
+
 NORM_EPS = 1e-7
 """Norms are clamped below at this value before normalising."""
 
@@ -79,7 +81,7 @@ def nuslerp_coefficients(t: float, n0: float, n1: float, dot: float) -> tuple[fl
     return math.sin((1.0 - t) * theta) / sin_theta, math.sin(t * theta) / sin_theta
 
 
-def nuslerp_stats_for(t: float, numel: int) -> GramStats:
+def nuslerp_stats_for(t: float, numel: int, kernels: Kernels | None = None) -> GramStats:
     """The two (task-vector) tensors' norms and dot product over a whole flattened tensor,
     chunk by chunk (:class:`~.gram.GramStats`): each chunk is then ``s0 * v0 + s1 * v1``
     with coefficients from the whole tensors."""
@@ -88,12 +90,12 @@ def nuslerp_stats_for(t: float, numel: int) -> GramStats:
         (g00, dot), (_, g11) = gram
         return nuslerp_coefficients(t, math.sqrt(g00), math.sqrt(g11), dot)
 
-    return GramStats(numel, solve)
+    return GramStats(numel, solve, kernels=kernels)
 
 
 def nuslerp(
     t: float, v0: torch.Tensor, v1: torch.Tensor, *, flatten: bool = True,
-    row_wise: bool = False,
+    row_wise: bool = False, kernels: Kernels | None = None,
 ) -> torch.Tensor:
     """Spherically interpolate ``v0`` (t=0) to ``v1`` (t=1), whole or vector by vector.
 
@@ -106,7 +108,8 @@ def nuslerp(
     tensor([0.7071, 0.7071])
     """
     if flatten or v0.dim() <= 1:
-        return gather_whole(nuslerp_stats_for(t, v0.numel()), [v0, v1], None).apply([v0, v1])
+        return gather_whole(nuslerp_stats_for(t, v0.numel(), kernels), [v0, v1],
+                            None).apply([v0, v1])
     shape = v0.shape
     a, b = (v0.transpose(0, -1), v1.transpose(0, -1)) if row_wise else (v0, v1)
     angles = VectorAngles.of(t, stable_sum(a * a, -1), stable_sum(b * b, -1),
@@ -200,7 +203,7 @@ def nuslerp_stats(shape: tuple[int, ...], width: int,
     :class:`ColumnStats` for vectors along dim 0 (``nuslerp_row_wise``); None row by row
     (each chunk holds whole rows)."""
     if params.nuslerp_flatten:
-        return nuslerp_stats_for(_t(model_params), math.prod(shape))
+        return nuslerp_stats_for(_t(model_params), math.prod(shape), ctx.kernels)
     if params.nuslerp_row_wise:
         return ColumnStats(_t(model_params), shape[0])
     return None
@@ -229,7 +232,7 @@ def nuslerp_merge(
         out = ctx.stats.apply([x0, x1])
     else:
         out = nuslerp(_t(model_params), x0, x1, flatten=params.nuslerp_flatten,
-                      row_wise=params.nuslerp_row_wise)
+                      row_wise=params.nuslerp_row_wise, kernels=ctx.kernels)
     return out if base is None else out.add_(base)
 
 
@@ -238,6 +241,7 @@ NUSLERP = MergeMethod(
     summary="spherical interpolation of two models by weight; of task vectors with a base",
     merge=nuslerp_merge,
     stats=nuslerp_stats,
+    kernels=True,
     elementwise=True,
     row_block=_row_block,
     params=NuSlerpParams,

@@ -42,6 +42,8 @@ from mergekit_like.methods.spec import (
 if TYPE_CHECKING:
     import torch
 
+    from mergekit_like.methods.kernels import Kernels
+
 DOT_THRESHOLD = 0.9995
 """Above this ``|cos(theta)|`` the two tensors count as colinear: linear interpolation."""
 
@@ -79,21 +81,24 @@ def slerp(
     *,
     dot_threshold: float = DOT_THRESHOLD,
     eps: float = EPS,
+    kernels: Kernels | None = None,
 ) -> torch.Tensor:
     """Spherically interpolate from ``v0`` (t=0) to ``v1`` (t=1), each taken as one vector.
 
-    Works in place on ``v0`` and ``v1`` (they must be owned by the caller).
+    Works in place on ``v0`` and ``v1`` (they must be owned by the caller). ``kernels``: as
+    for :class:`~.gram.GramStats`.
 
     >>> import torch
     >>> slerp(0.5, torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0]))
     tensor([0.7071, 0.7071])
     """
-    stats = slerp_stats_for(t, v0.numel(), dot_threshold=dot_threshold, eps=eps)
+    stats = slerp_stats_for(t, v0.numel(), dot_threshold=dot_threshold, eps=eps,
+                            kernels=kernels)
     return gather_whole(stats, [v1], v0).apply([v0, v1])
 
 
 def slerp_stats_for(t: float, numel: int, *, dot_threshold: float = DOT_THRESHOLD,
-                    eps: float = EPS) -> GramStats:
+                    eps: float = EPS, kernels: Kernels | None = None) -> GramStats:
     """The norms and dot product of the base (``v0``) and the other tensor (``v1``) over a
     whole tensor, chunk by chunk (:class:`~.gram.GramStats`): each chunk is then
     ``s0 * v0 + s1 * v1`` with coefficients from the whole tensors, the bytes of merging it
@@ -104,13 +109,13 @@ def slerp_stats_for(t: float, numel: int, *, dot_threshold: float = DOT_THRESHOL
         return slerp_coefficients(t, math.sqrt(g00), math.sqrt(g11), dot,
                                   dot_threshold=dot_threshold, eps=eps)
 
-    return GramStats(numel, solve, lambda tensors, base: [base, tensors[0]])
+    return GramStats(numel, solve, lambda tensors, base: [base, tensors[0]], kernels)
 
 
 def slerp_stats(shape: tuple[int, ...], width: int, model_params: Sequence[NoParams],
                 params: SlerpParams, ctx: TensorContext) -> GramStats:
     """:func:`slerp_stats_for` for merging a large tensor in row chunks."""
-    return slerp_stats_for(params.t, math.prod(shape))
+    return slerp_stats_for(params.t, math.prod(shape), kernels=ctx.kernels)
 
 
 def slerp_merge(
@@ -126,7 +131,7 @@ def slerp_merge(
     if ctx.stats is not None:
         assert isinstance(ctx.stats, GramStats)
         return ctx.stats.apply([base, other])
-    return slerp(params.t, base, other)
+    return slerp(params.t, base, other, kernels=ctx.kernels)
 
 
 SLERP = MergeMethod(
@@ -134,6 +139,7 @@ SLERP = MergeMethod(
     summary="spherical interpolation from base_model (t=0) to one other model (t=1)",
     merge=slerp_merge,
     stats=slerp_stats,
+    kernels=True,
     elementwise=True,
     params=SlerpParams,
     base="required",

@@ -7,6 +7,7 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "blocks.h"
 #include "threads.h"
 
 #define MAX_MODELS 16
@@ -51,12 +52,6 @@ static inline uint32_t mix32(uint32_t x) {
   x *= 0x735A2D97u;
   return x ^ (x >> 15);
 }
-
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__linux__)
-#define VECTOR_CLONES __attribute__((target_clones("avx2", "default")))
-#else
-#define VECTOR_CLONES
-#endif
 
 /* d = trimmed(x - b) for entries [at, at + len) of the chunk */
 VECTOR_CLONES static void trim_block(const rule_t *r, float *restrict d, const float *restrict x,
@@ -209,15 +204,6 @@ int mk_trim_mix_f32(const mix_t *mix, const float *const *xs, const float *base,
   }
   run_parts(run, parts, sizeof parts[0], threads);
   return 0;
-}
-
-#define SUM_BLOCK 4096 /* reductions.BLOCK */
-
-/* the sum of v[0..SUM_BLOCK) by reductions.tree_sum's pairwise halving (v is overwritten) */
-static float tree_sum(float *v) {
-  for (int half = SUM_BLOCK / 2; half >= 1; half /= 2)
-    for (int k = 0; k < half; k++) v[k] = v[k] + v[k + half];
-  return v[0];
 }
 
 /* |d| and |trimmed d| of n entries at chunk offset at (trim_magnitudes in methods/passes.py) */
