@@ -4,11 +4,12 @@ Eagerly, each of a pass's operations reads and writes the whole chunk. The same 
 compiled by ``torch.compile`` (inductor) become one or two loops over the chunk, some ten
 times faster on a CPU (bench/RESULTS.md). Compiled, in float32 on a CPU, the C kernels of
 :mod:`mergekit_like.native` take over where they can: the merge pass and DARE's L1 rescale
-(:mod:`~mergekit_like.native.mix`), and the rank windows' passes
-(:mod:`~mergekit_like.native.window`, through :class:`PairChunk`). :class:`Kernels` picks
-the way per pass; the bytes are the same every way. In half precision (bfloat16, float16)
-the compiled code rounds every intermediate to it, as eager torch does (inductor's
-``emulate_precision_casts``).
+(:mod:`~mergekit_like.native.mix`), the rank windows' passes
+(:mod:`~mergekit_like.native.window`, through :class:`PairChunk`), and the spherical
+methods' Gram sums (:mod:`~mergekit_like.native.gram`, through :class:`Native`).
+:class:`Kernels` picks the way per pass; the bytes are the same every way. In half
+precision (bfloat16, float16) the compiled code rounds every intermediate to it, as eager
+torch does (inductor's ``emulate_precision_casts``).
 """
 
 from __future__ import annotations
@@ -44,9 +45,9 @@ KernelMode = Literal["eager", "compiled"]
 
 
 COMPILE_MIN_ENTRIES = 1 << 30
-"""``auto`` compiles only for merges reading at least this many entries through the family's
-passes: below it, compiling (seconds to tens of seconds on a first run) costs more than it
-saves."""
+"""``auto`` compiles only for merges reading at least this many entries through the methods
+whose passes run here (``MergeMethod.kernels``): below it, compiling (seconds to tens of
+seconds on a first run) costs more than it saves."""
 
 
 def choose_mode(requested: Literal["auto", "eager", "compiled"], device: str,
@@ -54,7 +55,7 @@ def choose_mode(requested: Literal["auto", "eager", "compiled"], device: str,
     """The kernel mode of a run: ``requested``, with ``auto`` resolved.
 
     ``auto`` compiles on CPU when a C++ compiler is found and the merge reads at least
-    :data:`COMPILE_MIN_ENTRIES` entries through the family's passes; eagerly otherwise
+    :data:`COMPILE_MIN_ENTRIES` entries through these kernels; eagerly otherwise
     (GPUs run the eager passes fast). ``compiled`` on a GPU is a ValueError: triton's fused
     TIES kernel did not reproduce the eager bytes on an H100 (bench/RESULTS.md).
     """
