@@ -210,10 +210,9 @@ parameters: {mode}
     assert chunked_equals_whole(recipe, tmp_path)
 
 
-@pytest.mark.parametrize("base", [False, True])
-def test_nuslerp_row_wise_streams_tall_tensors(tmp_path, llama_family, base):
-    """A tensor taller than one 4096-row sum block: the vectors along dim 0 are gathered
-    over row chunks of whole blocks, and the bytes are the whole tensor's."""
+def row_wise_nuslerp_recipe(tmp_path: Path, family: dict[str, Path], base: bool) -> Path:
+    """Row-wise nuslerp over copies of ``family``'s base, math and code with one more tensor,
+    taller than a 4096-row sum block (``extra.tall``)."""
     import shutil
 
     from safetensors.torch import save_file
@@ -222,12 +221,12 @@ def test_nuslerp_row_wise_streams_tall_tensors(tmp_path, llama_family, base):
     models = {}
     for name in ("base", "math", "code"):
         folder = tmp_path / name
-        shutil.copytree(llama_family[name], folder)
+        shutil.copytree(family[name], folder)
         tensors = load_tensors(folder)
         tensors["extra.tall"] = torch.randn(2 * 4096 + 50, 4, generator=gen)
         save_file(tensors, folder / "model.safetensors", metadata={"format": "pt"})
         models[name] = folder
-    recipe = write_recipe(tmp_path, f"""
+    return write_recipe(tmp_path, f"""
 merge_method: nuslerp
 {f"base_model: {models['base']}" if base else ""}
 models:
@@ -237,7 +236,13 @@ models:
     parameters: {{weight: 0.3}}
 parameters: {{nuslerp_flatten: false, nuslerp_row_wise: true}}
 """)
-    assert chunked_equals_whole(recipe, tmp_path)
+
+
+@pytest.mark.parametrize("base", [False, True])
+def test_nuslerp_row_wise_streams_tall_tensors(tmp_path, llama_family, base):
+    """A tensor taller than one 4096-row sum block: the vectors along dim 0 are gathered
+    over row chunks of whole blocks, and the bytes are the whole tensor's."""
+    assert chunked_equals_whole(row_wise_nuslerp_recipe(tmp_path, llama_family, base), tmp_path)
 
 
 @pytest.mark.parametrize("base", [False, True])

@@ -27,18 +27,24 @@ GPU_METHODS = {  # method: (models' parameters, whether a base model is used)
     "slerp": ("{}", True),
     "nuslerp": ("{weight: 0.5}", False),
     "model_stock": ("{}", True),
+    # added in the sixth session, without a GPU to run them on: their sums are fixed-order
+    # and their coefficients are worked out on the host, so they should write the CPU's bytes
+    "multislerp": ("{weight: 0.5}", True),
+    "karcher": ("{}", False),
+    "nearswap": ("{}", True),
 }
 
 
 def gpu_recipe(tmp_path: Path, family: dict[str, Path], method: str) -> Path:
     params, with_base = GPU_METHODS[method]
-    models = {"slerp": ["code"], "nuslerp": ["math", "code"]}.get(method, ["math", "code", "chat"])
+    models = {"slerp": ["code"], "nearswap": ["code"], "nuslerp": ["math", "code"]}.get(
+        method, ["math", "code", "chat"])
     lines = [f"merge_method: {method}"]
     if with_base:
         lines.append(f"base_model: {family['base']}")
     lines.append("models:")
     lines += [f"  - model: {family[m]}\n    parameters: {params}" for m in models]
-    if method == "slerp":
+    if method in ("slerp", "nearswap"):
         lines.append("parameters: {t: 0.3}")
     return write_recipe(tmp_path, "\n".join(lines) + "\ndtype: float32\n")
 
@@ -46,6 +52,14 @@ def gpu_recipe(tmp_path: Path, family: dict[str, Path], method: str) -> Path:
 # row-wise angles from torch.acos/sin on the device: the libraries differ in ulps (nuslerp's
 # default mode now takes its angle on the host, as slerp does)
 SPHERICAL = {"nuslerp"}
+
+
+@pytest.mark.parametrize("method", sorted(GPU_METHODS))
+def test_the_gpu_tests_recipes_merge_on_the_cpu(tmp_path, llama_family, method):
+    """Where no GPU is at hand, at least the recipes the GPU tests take are checked."""
+    out = merge_with(gpu_recipe(tmp_path, llama_family, method), tmp_path / "cpu",
+                     ExecOptions(progress=False))
+    assert "model.safetensors" in out
 
 
 @needs_cuda
@@ -65,6 +79,23 @@ def test_cuda_merges_write_the_cpu_bytes(tmp_path, llama_family, method):
             assert got == cpu, f"{method}, chunks of {chunk} bytes"
             continue
         want = load_tensors(tmp_path / "cpu")
+        for name, t in load_tensors(folder).items():
+            torch.testing.assert_close(t, want[name], rtol=4e-7, atol=1e-7)
+
+
+@needs_cuda
+@pytest.mark.parametrize("base", [False, True])
+def test_cuda_row_wise_nuslerp_of_tall_tensors_matches_the_cpu(tmp_path, llama_family, base):
+    """Row-wise nuslerp gathers its column sums over 4096-row chunks on the GPU too: the
+    CPU's values, up to the device's acos and sin (as in the test above)."""
+    from tests.test_execute import row_wise_nuslerp_recipe
+
+    recipe = row_wise_nuslerp_recipe(tmp_path, llama_family, base)
+    merge_with(recipe, tmp_path / "cpu", ExecOptions(progress=False))
+    want = load_tensors(tmp_path / "cpu")
+    for chunk in (2**30, 200):
+        folder = tmp_path / f"gpu{chunk}"
+        merge_with(recipe, folder, ExecOptions(device="cuda", chunk_bytes=chunk, progress=False))
         for name, t in load_tensors(folder).items():
             torch.testing.assert_close(t, want[name], rtol=4e-7, atol=1e-7)
 
