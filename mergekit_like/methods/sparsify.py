@@ -256,7 +256,8 @@ class TrimState:
         """The next chunk's trim as a :class:`~.passes.Rule`, given how many of its entries
         equal each of :meth:`window_values`, and ``places(value, ks)``: the flat position
         of the chunk's ``k``-th entry whose magnitude bits equal ``value``, for each ``k`` of
-        ``ks`` (asked for only where a rank window's edge falls among them). Where the trim
+        ``ks`` (asked for only where a rank window's edge falls among them, and the window's
+        ledger does not know them: :meth:`.RankWindow.known_places`). Where the trim
         keeps by magnitude bounds or DELLA's ranks, or the rule cannot rescale as asked, the
         chunk's :class:`~.rank_select.Edges` (possibly empty) instead, for :meth:`apply`."""
         from mergekit_like.methods.passes import Rule

@@ -226,14 +226,21 @@ typedef struct {
   float *mag_sums, *kept_sums;
 } norms_t;
 
+/* one block's sums of |d| and |trimmed d| */
+VECTOR_CLONES static void block_norms(const rule_t *r, const float *x, const float *b,
+                                      int64_t at, float *mag_sum, float *kept_sum) {
+  float mags[SUM_BLOCK], kept[SUM_BLOCK];
+  magnitudes(r, x, b, at, SUM_BLOCK, mags, kept);
+  *mag_sum = tree_sum(mags);
+  *kept_sum = tree_sum(kept);
+}
+
 static void *norms(void *arg) {
   const norms_t *p = arg;
-  float mags[SUM_BLOCK], kept[SUM_BLOCK];
   for (int64_t k = 0; k < p->blocks; k++) {
     int64_t off = k * SUM_BLOCK;
-    magnitudes(p->rule, p->x + off, p->b + off, p->at + off, SUM_BLOCK, mags, kept);
-    p->mag_sums[k] = tree_sum(mags);
-    p->kept_sums[k] = tree_sum(kept);
+    block_norms(p->rule, p->x + off, p->b + off, p->at + off, p->mag_sums + k,
+                p->kept_sums + k);
   }
   return NULL;
 }
