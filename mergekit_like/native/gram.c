@@ -41,10 +41,9 @@ int mk_gram_blocks_f32(const float *const *xs, int n, int64_t blocks, float *out
   if (n < 1 || n > MAX_VECTORS) return -2;
   threads = thread_count(threads, blocks, 8);
   part_t parts[MAX_THREADS];
-  int64_t per = (blocks + threads - 1) / threads;
   for (int t = 0; t < threads; t++) {
-    int64_t from = per * t < blocks ? per * t : blocks;
-    int64_t to = from + per < blocks ? from + per : blocks;
+    long long from, to;
+    part_range(blocks, threads, t, &from, &to);
     parts[t] = (part_t){xs, n, out, blocks, from, to};
   }
   run_parts(run, parts, sizeof parts[0], threads);

@@ -251,10 +251,9 @@ int mk_trim_norms_f32(const rule_t *rule, const float *x, const float *b, int64_
                       int64_t blocks, float *mag_sums, float *kept_sums, int threads) {
   threads = thread_count(threads, blocks, 8);
   norms_t parts[MAX_THREADS];
-  int64_t per = (blocks + threads - 1) / threads;
   for (int t = 0; t < threads; t++) {
-    int64_t from = per * t < blocks ? per * t : blocks;
-    int64_t to = from + per < blocks ? from + per : blocks;
+    long long from, to;
+    part_range(blocks, threads, t, &from, &to);
     int64_t off = from * SUM_BLOCK;
     parts[t] = (norms_t){rule, x + off, b + off, at + off, to - from, mag_sums + from,
                          kept_sums + from};

@@ -27,4 +27,11 @@ static int thread_count(int asked, long long n, long long per_thread) {
   return asked < 1 ? 1 : asked;
 }
 
+/* part t of `count` even parts of [0, n): [*from, *to) */
+static void part_range(long long n, int count, int t, long long *from, long long *to) {
+  long long per = (n + count - 1) / count;
+  *from = per * t < n ? per * t : n;
+  *to = *from + per < n ? *from + per : n;
+}
+
 #endif
