@@ -8,6 +8,7 @@ model, parameters of the wrong type.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +24,8 @@ from mergekit_like.loader import LoadedRecipe
 from mergekit_like.methods import REGISTRY, MergeMethod, MethodParams
 from mergekit_like.params import ParamLevel, lookup
 from mergekit_like.plan_output import OutputSpec, output_spec
-from mergekit_like.plan_sources import Source, SourceSlice, normalise_slices
+from mergekit_like.plan_sources import ModuleSlices, Source, SourceSlice, normalise_modules
+from mergekit_like.recipe import Recipe
 from mergekit_like.vocab import VocabPlan, plan_vocab, vocab_rows
 
 COPY = "copy"  # pseudo-method: non-float tensors are copied from the first input
@@ -90,41 +92,71 @@ def build_plan(loaded: LoadedRecipe) -> Plan:
     recipe = loaded.recipe
     method = REGISTRY[recipe.merge_method]
     catalogs, index_of = _load_models(loaded)
-    layouts = {i: layer_layout(c.tensors) for i, c in enumerate(catalogs)}
+    layouts = {i: layer_layout(c.tensors, c.config) for i, c in enumerate(catalogs)}
     base_idx = index_of[recipe.base_model] if recipe.base_model else None
     if method.base == "required" and base_idx is None:
         raise PlanError(loaded.problem(
             ("merge_method",), f"merge method {method.name!r} needs a base_model"))
-    slices = normalise_slices(loaded, index_of, layouts)
-    ref_model = base_idx if base_idx is not None else slices[0].sources[0].model
+    ref_model = base_idx if base_idx is not None else index_of[_first_model(recipe)]
+    modules = normalise_modules(loaded, index_of, layouts, ref_model)
     vocab = plan_vocab(loaded, catalogs, index_of, ref_model, base_idx)
     builder = _Builder(loaded, method, catalogs, layouts, base_idx, vocab)
     tensors: list[PlannedTensor] = []
-    pre = [n for n in layouts[ref_model].other if _is_input_side(n)]
-    post = [n for n in layouts[ref_model].other if not _is_input_side(n)]
-    for name in pre:
-        tensors.append(builder.tensor(name, name, None, slices[0], 0.0, layer_offset=None))
-    out_layer = 0
-    for sl in slices:
-        first = sl.sources[0]
-        head_layout = layouts[first.model]
-        for j in range(sl.length):
-            t = j / (sl.length - 1) if sl.length > 1 else 0.0
-            for tail in head_layout.layers[first.start + j]:
-                out_name = f"{head_layout.head}{out_layer}{tail}"
-                tensors.append(builder.tensor(out_name, tail, j, sl, t, layer_offset=out_layer))
-            out_layer += 1
-    for name in post:
-        tensors.append(builder.tensor(name, name, None, slices[0], 0.0, layer_offset=None))
+    for module in modules:
+        tensors.extend(_module_tensors(builder, module, layouts[ref_model]))
     if builder.problems:
         raise PlanError(list(dict.fromkeys(builder.problems)))
-    spec = output_spec(loaded, catalogs, index_of, ref_model, slices, layouts, out_layer, vocab)
+    spec = output_spec(loaded, catalogs, index_of, ref_model, modules, layouts, vocab)
     plan = Plan(loaded, tuple(catalogs), tuple(tensors), recipe.dtype or "float32", spec,
                 tuple(builder.warnings()), vocab)
     from mergekit_like.global_trim import model_trims  # imports this module
 
     model_trims(plan)  # model_wide_trim needs one density per model: a plan-time error
     return plan
+
+
+def _first_model(recipe: Recipe) -> str:
+    """The model whose config the output takes when there is no base model."""
+    if recipe.modules is not None:
+        module = next(iter(recipe.modules.values()))
+        return module.models[0].model if module.models else \
+            module.slices[0].sources[0].model  # type: ignore[index]
+    if recipe.models is not None:
+        return recipe.models[0].model
+    return recipe.slices[0].sources[0].model  # type: ignore[index]
+
+
+def _module_tensors(builder: _Builder, module: ModuleSlices,
+                    ref: LayerLayout) -> list[PlannedTensor]:
+    """One stack's output tensors, with the tensors outside the layers that belong to it.
+
+    mergekit's rule (``MergePlanner.plan_module`` and ``plan_slice`` in mergekit 0.1.5): the
+    tensors before the first layer (embeddings) are merged from the first slice's models,
+    with the first slice's parameters; those after the last layer (final norm, lm_head)
+    from the last slice's models, paired with as many of them as the first slice has, with
+    the last slice's parameters. A gradient is read at t = 0 at both ends, whatever the
+    slices. Inside a slice of n layers, layer j is read at t = j / (n - 1), and the one layer
+    of a one-layer slice at t = 1. A ``models:`` recipe is one slice per stack, so its
+    gradients run over each stack's own depth.
+    """
+    slices = module.slices
+    mine = [n for n in ref.other if module.stack is None or ref.owner.get(n) == module.stack]
+    out = [builder.tensor(n, n, None, slices[0], 0.0, None) for n in mine if _is_input_side(n)]
+    first, last = slices[0], slices[-1]
+    out_layer = 0
+    for sl in slices:
+        src = sl.sources[0]
+        stack = builder.layouts[src.model].stacks[sl.stacks[src.model]] if sl.stacks else None
+        for j in range(sl.length if stack else 0):
+            t = j / (sl.length - 1) if sl.length > 1 else 1.0
+            for tail in stack.layers[src.start + j]:  # type: ignore[union-attr]
+                out_name = f"{stack.head}{out_layer}{tail}"  # type: ignore[union-attr]
+                out.append(builder.tensor(out_name, tail, j, sl, t, out_layer))
+            out_layer += 1
+    tail_slice = dataclasses.replace(last, sources=last.sources[: len(first.sources)])
+    out += [builder.tensor(n, n, None, tail_slice, 0.0, None)
+            for n in mine if not _is_input_side(n)]
+    return out
 
 
 def _load_models(loaded: LoadedRecipe) -> tuple[list[ModelCatalog], dict[str, int]]:
@@ -134,9 +166,15 @@ def _load_models(loaded: LoadedRecipe) -> tuple[list[ModelCatalog], dict[str, in
         where[recipe.base_model] = ("base_model",)
     for i, m in enumerate(recipe.models or []):
         where.setdefault(m.model, ("models", i, "model"))
-    for s, sl in enumerate(recipe.slices or []):
-        for k, src in enumerate(sl.sources):
-            where.setdefault(src.model, ("slices", s, "sources", k, "model"))
+    groups = [(("slices",), recipe.slices or [])]
+    for name, module in (recipe.modules or {}).items():
+        for i, m in enumerate(module.models or []):
+            where.setdefault(m.model, ("modules", name, "models", i, "model"))
+        groups.append((("modules", name, "slices"), module.slices or []))
+    for at, slices in groups:
+        for s, sl in enumerate(slices):
+            for k, src in enumerate(sl.sources):
+                where.setdefault(src.model, (*at, s, "sources", k, "model"))
     catalogs: list[ModelCatalog] = []
     index_of: dict[str, int] = {}
     problems = []
@@ -167,16 +205,22 @@ class _Builder:
         self.used_keys: set[str] = set()
         self._cache: dict[tuple[type, tuple[Any, ...]], MethodParams] = {}
 
-    def _name(self, model: int, key: str, layer: int | None) -> str | None:
+    def _name(self, model: int, key: str, layer: int | None,
+              sl: SourceSlice | None = None) -> str | None:
         """The input name in ``model`` for a non-layer name or a layer tail at ``layer``."""
         cat = self.catalogs[model]
         if layer is None:
             if key in cat.tensors:
                 return key
             return _tied_fallback(key, cat)
-        head = self.layouts[model].head
-        name = f"{head}{layer}{key}"
+        assert sl is not None
+        name = f"{self._head(model, sl)}{layer}{key}"
         return name if name in cat.tensors else None
+
+    def _head(self, model: int, sl: SourceSlice) -> str:
+        """The head of the slice's stack in ``model``."""
+        stack = sl.stacks.get(model)
+        return "?." if stack is None else self.layouts[model].stacks[stack].head
 
     def tensor(self, out_name: str, key: str, j: int | None, sl: SourceSlice, t: float,
                layer_offset: int | None) -> PlannedTensor:
@@ -191,8 +235,7 @@ class _Builder:
             if sl.loc[0] == "slices" and j is not None:
                 self.problems.append(self.loaded.problem(
                     (*sl.loc, "sources"), "base_model is not among this slice's sources"))
-            base_src = Source(self.base_idx, 0, self.layouts[self.base_idx].num_layers,
-                              ("base_model",), ParamLevel({}, ("base_model",)))
+            base_src = Source(self.base_idx, 0, 0, ("base_model",), ParamLevel({}, ("base_model",)))
         n = len(sources)
         if n < method.min_models or (method.max_models is not None and n > method.max_models):
             want = (f"exactly {method.min_models}" if method.max_models == method.min_models
@@ -204,9 +247,9 @@ class _Builder:
         refs: list[TensorRef] = []
         for src in [*sources, *([base_src] if base_src else [])]:
             layer = None if j is None else src.start + j
-            name = self._name(src.model, key, layer)
+            name = self._name(src.model, key, layer, sl)
             if name is None:
-                missing = key if j is None else f"{self.layouts[src.model].head}{layer}{key}"
+                missing = key if j is None else f"{self._head(src.model, sl)}{layer}{key}"
                 self.problems.append(self.loaded.problem(
                     src.loc, f"model {self.catalogs[src.model].ref!r} has no tensor "
                     f"{missing!r}"))
@@ -251,7 +294,8 @@ class _Builder:
         recipe = self.loaded.recipe
         out_dtype = recipe.out_dtype or recipe.dtype
         dtype = RECIPE_DTYPES[out_dtype] if out_dtype else (first.dtype if first else "F32")
-        levels_global = [sl.params, ParamLevel(recipe.parameters, ("parameters",))]
+        levels_global = [sl.params, sl.module_params,
+                         ParamLevel(recipe.parameters, ("parameters",))]
         params = self._resolve(method.params, levels_global, out_name, t)
         model_params = tuple(
             self._resolve(method.model_params, [s.params, *levels_global], out_name, t)
@@ -306,10 +350,17 @@ class _Builder:
         levels: list[tuple[Loc, Mapping[str, Any]]] = [(("parameters",), recipe.parameters)]
         levels += [(("models", i, "parameters"), m.parameters)
                    for i, m in enumerate(recipe.models or [])]
-        for s, sl in enumerate(recipe.slices or []):
-            levels.append((("slices", s, "parameters"), sl.parameters))
-            levels += [(("slices", s, "sources", k, "parameters"), src.parameters)
-                       for k, src in enumerate(sl.sources)]
+        groups = [(("slices",), recipe.slices or [])]
+        for name, module in (recipe.modules or {}).items():
+            levels.append((("modules", name, "parameters"), module.parameters))
+            levels += [(("modules", name, "models", i, "parameters"), m.parameters)
+                       for i, m in enumerate(module.models or [])]
+            groups.append((("modules", name, "slices"), module.slices or []))
+        for where, slices in groups:
+            for s, sl in enumerate(slices):
+                levels.append(((*where, s, "parameters"), sl.parameters))
+                levels += [((*where, s, "sources", k, "parameters"), src.parameters)
+                           for k, src in enumerate(sl.sources)]
         for loc, values in levels:
             for key in values:
                 if key not in self.used_keys:
@@ -319,9 +370,13 @@ class _Builder:
         return out
 
 
+_INPUT_SIDE = ("embed", "wte", "wpe", "word_embeddings", "position", "shared.", "patch",
+               "projector", "merger", "conv1.", "conv2.", "pre_layrnorm", "ln_pre")
+
+
 def _is_input_side(name: str) -> bool:
-    """Embeddings come before the layers in execution and file order; norms and heads after."""
-    return any(k in name for k in ("embed", "wte", "wpe", "word_embeddings", "position"))
+    """Tensors before the layers (embeddings, a vision model's projector); the rest after."""
+    return any(k in name for k in _INPUT_SIDE)
 
 
 def _tied_fallback(name: str, cat: ModelCatalog) -> str | None:

@@ -21,10 +21,8 @@ from mergekit_like.layers import LayerLayout
 from mergekit_like.loader import LoadedRecipe
 
 if TYPE_CHECKING:
-    from mergekit_like.plan_sources import SourceSlice
+    from mergekit_like.plan_sources import ModuleSlices
     from mergekit_like.vocab import VocabPlan
-
-LAYER_COUNT_KEYS = ("num_hidden_layers", "n_layer", "num_layers")
 
 CHATML = (
     "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + "
@@ -50,9 +48,8 @@ def output_spec(
     catalogs: Sequence[ModelCatalog],
     index_of: Mapping[str, int],
     reference: int,
-    slices: Sequence[SourceSlice],
+    modules: Sequence[ModuleSlices],
     layouts: Mapping[int, LayerLayout],
-    num_layers: int,
     vocab: VocabPlan | None = None,
 ) -> OutputSpec:
     """Decide the output config, tokenizer folder and chat template."""
@@ -62,19 +59,18 @@ def output_spec(
         raise PlanError(loaded.problem((), f"model {ref.ref!r} has no config.json; the output "
                                        "needs one (it is taken from the base/first model)"))
     config = copy.deepcopy(dict(ref.config))
-    source_layers = [(s.sources[0].model, s.sources[0].start + j)
-                     for s in slices for j in range(s.length)]
-    old = layouts[reference].num_layers
-    for key in LAYER_COUNT_KEYS:
-        if isinstance(config.get(key), int):
-            config[key] = num_layers
-    # per-layer lists (e.g. layer_types) follow their source layers
-    for key, value in list(config.items()):
-        if isinstance(value, list) and old > 0 and len(value) == old and num_layers != old:
-            per_model = {m: catalogs[m].config.get(key) for m, _ in source_layers}
-            if all(isinstance(v, list) and len(v) > i for (m, i), v in
-                   zip(source_layers, (per_model[m] for m, _ in source_layers), strict=True)):
-                config[key] = [per_model[m][i] for m, i in source_layers]
+    main = layouts[reference].main
+    num_layers = 0
+    for module in modules:
+        if module.stack is None:
+            continue
+        stack = layouts[reference].stacks[module.stack]
+        for key in stack.config_keys:
+            _set(config, key, module.num_layers)
+        if module.stack == main:
+            num_layers = module.num_layers
+            if stack.config_keys:
+                _per_layer_lists(config, stack.config_keys[0], module, catalogs, stack.num_layers)
     out_dtype = recipe.out_dtype or recipe.dtype
     if out_dtype:
         for key in ("torch_dtype", "dtype"):
@@ -87,6 +83,39 @@ def output_spec(
         tokenizer_dir = _tokenizer_dir(loaded, catalogs, index_of, reference)
     template = _chat_template(loaded, catalogs)
     return OutputSpec(MappingProxyType(config), reference, tokenizer_dir, template, num_layers)
+
+
+def _set(config: dict[str, Any], dotted: str, value: int) -> None:
+    """Set a nested config key given by its dotted path (``text_config.num_hidden_layers``)."""
+    *path, key = dotted.split(".")
+    for part in path:
+        config = config[part]
+    config[key] = value
+
+
+def _per_layer_lists(config: dict[str, Any], count_key: str, module: ModuleSlices,
+                     catalogs: Sequence[ModelCatalog], old: int) -> None:
+    """Per-layer lists (e.g. ``layer_types``) beside the count follow their source layers."""
+    *path, _ = count_key.split(".")
+    target = config
+    for part in path:
+        target = target[part]
+    source_layers = [(s.sources[0].model, s.sources[0].start + j)
+                     for s in module.slices for j in range(s.length)]
+    if old == 0:
+        return
+    for key, value in list(target.items()):
+        if not (isinstance(value, list) and len(value) == old):
+            continue
+        per_model = {}
+        for m, _ in source_layers:
+            cfg: Any = catalogs[m].config
+            for part in path:
+                cfg = cfg.get(part, {}) if isinstance(cfg, dict) else {}
+            per_model[m] = cfg.get(key) if isinstance(cfg, dict) else None
+        if all(isinstance(per_model[m], list) and len(per_model[m]) > i
+               for m, i in source_layers):
+            target[key] = [per_model[m][i] for m, i in source_layers]
 
 
 def _patch_vocab(config: dict[str, Any], vocab: VocabPlan) -> None:

@@ -1,18 +1,28 @@
-"""Normalising ``models:`` and ``slices:`` into one form: slices of equally long layer ranges.
+"""Normalising ``models:``, ``slices:`` and ``modules:`` into one form: modules of slices.
 
-A ``models:`` recipe is one slice covering every layer of every model. Layer counts and
-ranges are checked against the headers here, before any tensor data is read.
+Each layer stack of the model (see :mod:`mergekit_like.layers`) is a *module*; its output
+layers are slices of equally long layer ranges. As in mergekit, a ``models:`` recipe is one
+slice per module covering every layer of every model. ``slices:`` address the language
+model's stack; every other stack is then taken whole, as one slice, from the first slice's
+models (with their parameters), so a frankenmerge of two vision-language models keeps the
+first model's vision tower. ``modules:`` give each stack its own models or slices and must
+name every stack. Layer counts and ranges are checked against the headers here, before any
+tensor data is read.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from types import MappingProxyType
 
-from mergekit_like.errors import Loc, PlanError
-from mergekit_like.layers import LayerLayout
+from mergekit_like.errors import Loc, PlanError, Problem
+from mergekit_like.layers import LayerLayout, module_names
 from mergekit_like.loader import LoadedRecipe
 from mergekit_like.params import ParamLevel
+from mergekit_like.recipe import InputModel, OutputSlice
+
+_NO_PARAMS = ParamLevel({}, ())
 
 
 @dataclass(frozen=True)
@@ -34,55 +44,202 @@ class SourceSlice:
     length: int
     loc: Loc
     params: ParamLevel
+    module_params: ParamLevel = _NO_PARAMS  # the ``modules.NAME.parameters`` level
+    stacks: Mapping[int, int] = field(default_factory=dict)  # model -> its stack index
 
 
-def normalise_slices(
-    loaded: LoadedRecipe, index_of: Mapping[str, int], layouts: Mapping[int, LayerLayout]
-) -> list[SourceSlice]:
-    """The recipe's models or slices as checked :class:`SourceSlice` values."""
-    recipe = loaded.recipe
-    problems = []
-    out: list[SourceSlice] = []
-    if recipe.models is not None:
-        counts = {m.model: layouts[index_of[m.model]].num_layers for m in recipe.models}
-        if recipe.base_model:
-            counts[recipe.base_model] = layouts[index_of[recipe.base_model]].num_layers
-        n = next(iter(counts.values()))
-        for i, m in enumerate(recipe.models):
-            if counts[m.model] != n:
-                problems.append(loaded.problem(
-                    ("models", i, "model"),
-                    f"model {m.model!r} has {counts[m.model]} layers but "
-                    f"{next(iter(counts))!r} has {n}; use slices to combine different depths"))
-        if recipe.base_model and counts[recipe.base_model] != n:
-            problems.append(loaded.problem(
-                ("base_model",), f"base model has {counts[recipe.base_model]} layers, "
-                f"the models have {n}"))
-        sources = tuple(
-            Source(index_of[m.model], 0, n, ("models", i),
-                   ParamLevel(m.parameters, ("models", i, "parameters")))
-            for i, m in enumerate(recipe.models)
-        )
-        out.append(SourceSlice(sources, n, ("models",), ParamLevel({}, ())))
-    else:
-        assert recipe.slices is not None
-        for s, sl in enumerate(recipe.slices):
+@dataclass(frozen=True)
+class ModuleSlices:
+    """One output stack: its module name, the reference model's stack and its slices."""
+
+    name: str
+    stack: int | None  # index into the reference model's layout.stacks; None: it has none
+    slices: tuple[SourceSlice, ...]
+
+    @property
+    def num_layers(self) -> int:
+        return sum(s.length for s in self.slices)
+
+
+def normalise_modules(loaded: LoadedRecipe, index_of: Mapping[str, int],
+                      layouts: Mapping[int, LayerLayout], reference: int) -> list[ModuleSlices]:
+    """The recipe's models, slices or modules as checked :class:`ModuleSlices`, stack order."""
+    return _Normaliser(loaded, index_of, layouts, reference).run()
+
+
+class _Normaliser:
+    def __init__(self, loaded: LoadedRecipe, index_of: Mapping[str, int],
+                 layouts: Mapping[int, LayerLayout], reference: int) -> None:
+        self.loaded = loaded
+        self.index_of = index_of
+        self.layouts = layouts
+        self.ref = reference
+        self.names, _ = module_names(layouts[reference]) if layouts[reference].stacks else ([], {})
+        self.problems: list[Problem] = []
+
+    def run(self) -> list[ModuleSlices]:
+        recipe = self.loaded.recipe
+        out: list[ModuleSlices] = []
+        if recipe.modules is not None:
+            out = self._modules()
+        elif not self.names:  # no layers at all: one empty module for the loose tensors
+            out = [self._models_module(None, recipe.models or [], ("models",), _NO_PARAMS)] \
+                if recipe.models is not None else [self._slices_module(None, recipe.slices or [],
+                                                                      ("slices",), _NO_PARAMS)]
+        else:
+            main = self.layouts[self.ref].main
+            if recipe.slices is not None and main is None:
+                stacks = ", ".join(f"{n!r} ({s.head}0-{s.num_layers - 1})" for n, s in
+                                   zip(self.names, self.layouts[self.ref].stacks, strict=True))
+                self.problems.append(self.loaded.problem(
+                    ("slices",), f"model {self._ref_name()!r} has several layer stacks ({stacks}) "
+                    "and none is the language model's; say which each slice takes with "
+                    "modules: {NAME: {slices: [...]}}"))
+                raise PlanError(self.problems)
+            for i, name in enumerate(self.names):
+                if recipe.models is not None:
+                    out.append(self._models_module(name, recipe.models, ("models",), _NO_PARAMS))
+                elif i == main:
+                    out.append(self._slices_module(name, recipe.slices or [], ("slices",),
+                                                   _NO_PARAMS))
+                else:
+                    out.append(self._whole_module(name, (recipe.slices or [])[0]))
+        if self.problems:
+            raise PlanError(self.problems)
+        return out
+
+    def _ref_name(self) -> str:
+        return next(r for r, i in self.index_of.items() if i == self.ref)
+
+    def _stack(self, model: int, name: str | None, loc: Loc) -> int | None:
+        """The stack index of module ``name`` in ``model``; a problem when it has none."""
+        if name is None:
+            return None
+        layout = self.layouts[model]
+        _, alias = module_names(layout) if layout.stacks else ([], {})
+        ref_stack = self.layouts[self.ref].stacks[self._ref_alias()[name]]
+        found = alias.get(name)
+        if found is None:  # the same stack under another name: match by head
+            found = next((i for i, s in enumerate(layout.stacks) if s.head == ref_stack.head),
+                         None)
+        if found is None:
+            model_name = next(r for r, i in self.index_of.items() if i == model)
+            self.problems.append(self.loaded.problem(
+                loc, f"model {model_name!r} has no layer stack for module {name!r}"))
+        return found
+
+    def _ref_alias(self) -> dict[str, int]:
+        return module_names(self.layouts[self.ref])[1]
+
+    def _depth(self, model: int, stack: int | None) -> int:
+        return 0 if stack is None else self.layouts[model].stacks[stack].num_layers
+
+    def _where(self, name: str | None) -> str:
+        return "" if name is None or len(self.names) < 2 else f" in module {name!r}"
+
+    def _models_module(self, name: str | None, models: Sequence[InputModel], loc: Loc,
+                       module_params: ParamLevel) -> ModuleSlices:
+        recipe = self.loaded.recipe
+        entries = [(m.model, (*loc, i, "model"), m.parameters, (*loc, i)) for i, m in
+                   enumerate(models)]
+        stacks: dict[int, int] = {}
+        depth: dict[str, int] = {}
+        for ref, where, _, _ in [*entries, *([(recipe.base_model, ("base_model",), {}, ())]
+                                             if recipe.base_model else [])]:
+            idx = self.index_of[ref]
+            st = self._stack(idx, name, where)
+            if st is not None:
+                stacks[idx] = st
+            depth[ref] = self._depth(idx, st)
+        first = models[0].model
+        n = depth[first]
+        for ref, where, _, _ in entries:
+            if depth[ref] != n:
+                self.problems.append(self.loaded.problem(
+                    where, f"model {ref!r} has {depth[ref]} layers{self._where(name)} but "
+                    f"{first!r} has {n}; use slices to combine different depths"))
+        if recipe.base_model and depth[recipe.base_model] != n:
+            self.problems.append(self.loaded.problem(
+                ("base_model",), f"base model has {depth[recipe.base_model]} layers"
+                f"{self._where(name)}, the models have {n}"))
+        sources = tuple(Source(self.index_of[ref], 0, n, src_loc,
+                               ParamLevel(params, (*src_loc, "parameters")))
+                        for ref, _, params, src_loc in entries)
+        sl = SourceSlice(sources, n, loc, _NO_PARAMS, module_params, MappingProxyType(stacks))
+        return ModuleSlices(name or "default", self._ref_index(name), (sl,))
+
+    def _ref_index(self, name: str | None) -> int | None:
+        return None if name is None else self._ref_alias()[name]
+
+    def _slices_module(self, name: str | None, slices: Sequence[OutputSlice], loc: Loc,
+                       module_params: ParamLevel) -> ModuleSlices:
+        recipe = self.loaded.recipe
+        out = []
+        for s, sl in enumerate(slices):
             sources = []
+            stacks: dict[int, int] = {}
+            if recipe.base_model:
+                base = self.index_of[recipe.base_model]
+                st = self._stack(base, name, ("base_model",))
+                if st is not None:
+                    stacks[base] = st
             for k, src in enumerate(sl.sources):
-                idx = index_of[src.model]
+                src_loc = (*loc, s, "sources", k)
+                idx = self.index_of[src.model]
+                st = self._stack(idx, name, (*src_loc, "model"))
+                if st is not None:
+                    stacks[idx] = st
                 start, end = src.layer_range
-                have = layouts[idx].num_layers
-                if end > have:
-                    problems.append(loaded.problem(
-                        ("slices", s, "sources", k, "layer_range"),
+                have = self._depth(idx, st)
+                if end > have and (st is not None or name is None):
+                    self.problems.append(self.loaded.problem(
+                        (*src_loc, "layer_range"),
                         f"layer_range [{start}, {end}) is outside model {src.model!r}, "
-                        f"which has {have} layers (end is exclusive)"))
-                sources.append(Source(idx, start, end, ("slices", s, "sources", k),
-                                      ParamLevel(src.parameters,
-                                                 ("slices", s, "sources", k, "parameters"))))
+                        f"which has {have} layers{self._where(name)} (end is exclusive)"))
+                sources.append(Source(idx, start, end, src_loc,
+                                      ParamLevel(src.parameters, (*src_loc, "parameters"))))
             length = sl.sources[0].layer_range[1] - sl.sources[0].layer_range[0]
-            out.append(SourceSlice(tuple(sources), length, ("slices", s),
-                                   ParamLevel(sl.parameters, ("slices", s, "parameters"))))
-    if problems:
-        raise PlanError(problems)
-    return out
+            out.append(SourceSlice(tuple(sources), length, (*loc, s),
+                                   ParamLevel(sl.parameters, (*loc, s, "parameters")),
+                                   module_params, MappingProxyType(stacks)))
+        return ModuleSlices(name or "default", self._ref_index(name), tuple(out))
+
+    def _whole_module(self, name: str, first: OutputSlice) -> ModuleSlices:
+        """A stack that ``slices:`` leave alone: whole, from the first slice's models."""
+        models = [InputModel(model=src.model, parameters=src.parameters) for src in first.sources]
+        module = self._models_module(name, models, ("slices", 0, "sources"), _NO_PARAMS)
+        sl = module.slices[0]
+        fixed = SourceSlice(sl.sources, sl.length, ("slices", 0), ParamLevel(
+            first.parameters, ("slices", 0, "parameters")), _NO_PARAMS, sl.stacks)
+        return ModuleSlices(module.name, module.stack, (fixed,))
+
+    def _modules(self) -> list[ModuleSlices]:
+        recipe = self.loaded.recipe
+        assert recipe.modules is not None
+        alias = self._ref_alias() if self.names else {}
+        known = ", ".join(repr(n) for n in self.names) or "none"
+        by_stack: dict[int, ModuleSlices] = {}
+        for name, module in recipe.modules.items():
+            loc: Loc = ("modules", name)
+            if name not in alias:
+                self.problems.append(self.loaded.problem(
+                    loc, f"model {self._ref_name()!r} has no module {name!r}; its modules "
+                    f"(layer stacks): {known}"))
+                continue
+            level = ParamLevel(module.parameters, (*loc, "parameters"))
+            if module.models is not None:
+                got = self._models_module(name, module.models, (*loc, "models"), level)
+            else:
+                got = self._slices_module(name, module.slices or [], (*loc, "slices"), level)
+            if alias[name] in by_stack:
+                self.problems.append(self.loaded.problem(
+                    loc, f"module {name!r} is given twice (also as "
+                    f"{by_stack[alias[name]].name!r})"))
+            by_stack[alias[name]] = got
+        missing = [n for i, n in enumerate(self.names) if i not in by_stack]
+        if missing and not self.problems:
+            self.problems.append(self.loaded.problem(
+                ("modules",), f"model {self._ref_name()!r} has modules {known}; give each of "
+                f"them (missing: {', '.join(repr(n) for n in missing)}), or use slices: for "
+                "the language model's layers alone"))
+        return [by_stack[i] for i in sorted(by_stack)]

@@ -216,6 +216,23 @@ class OutputSlice(_Frozen):
         return self
 
 
+class OutputModule(_Frozen):
+    """One module (layer stack) of a multi-module model: its models or slices (mergekit's)."""
+
+    models: list[InputModel] | None = Field(default=None, min_length=1)
+    slices: list[OutputSlice] | None = Field(default=None, min_length=1)
+    parameters: Parameters = Field(default_factory=dict)
+
+    _none_params = model_validator(mode="before")(_none_to_empty)
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> OutputModule:
+        if (self.models is None) == (self.slices is None):
+            raise PydanticCustomError(
+                "models_or_slices", "give exactly one of 'models' or 'slices'", {})
+        return self
+
+
 class TokenSource(_Frozen):
     """Where a token's embedding row comes from: zeros, or a token of a given model."""
 
@@ -256,6 +273,9 @@ class Recipe(_Frozen):
     merge_method: str = Field(description="name of the merge method; `merge methods` lists them")
     models: list[InputModel] | None = Field(default=None, min_length=1)
     slices: list[OutputSlice] | None = Field(default=None, min_length=1)
+    modules: dict[str, OutputModule] | None = Field(
+        default=None, min_length=1, description="per module (layer stack) of a multi-module "
+        "model, e.g. text_decoder, vision_tower: its models or slices")
     base_model: str | None = None
     parameters: Parameters = Field(default_factory=dict)
     dtype: DType | None = Field(default=None, description="compute dtype (default float32)")
@@ -280,9 +300,9 @@ class Recipe(_Frozen):
 
     @model_validator(mode="after")
     def _check(self) -> Recipe:
-        if (self.models is None) == (self.slices is None):
+        if [self.models, self.slices, self.modules].count(None) != 2:
             raise PydanticCustomError(
-                "models_or_slices", "give exactly one of 'models' or 'slices'", {}
+                "models_or_slices", "give exactly one of 'models' or 'slices' (or 'modules')", {}
             )
         if self.tokenizer is not None and self.tokenizer_source is not None:
             raise PydanticCustomError(
@@ -319,6 +339,10 @@ class Recipe(_Frozen):
         names: list[str] = [self.base_model] if self.base_model else []
         for m in self.models or []:
             names.append(m.model)
+        for module in (self.modules or {}).values():
+            names.extend(m.model for m in module.models or [])
+            for s in module.slices or []:
+                names.extend(src.model for src in s.sources)
         for s in self.slices or []:
             names.extend(src.model for src in s.sources)
         return list(dict.fromkeys(names))

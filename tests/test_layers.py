@@ -23,18 +23,40 @@ def test_split_layer_name(name, expected):
         assert expected.with_index(expected.index) == name
 
 
-def test_main_stack_is_the_largest():
+def test_every_stack_is_found_and_the_language_model_is_main():
     names = ["model.embed_tokens.weight",
              "model.layers.0.a.weight", "model.layers.0.b.weight",
              "model.layers.1.a.weight", "model.layers.1.b.weight",
-             "vision.blocks.0.x.weight", "model.norm.weight"]
-    layout = layer_layout(names)
+             "vision.blocks.0.x.weight", "vision.patch.weight", "model.norm.weight"]
+    layout = layer_layout(names, {"num_hidden_layers": 2, "vision_config": {"depth": 1}})
+    assert [s.head for s in layout.stacks] == ["model.layers.", "vision.blocks."]
+    assert [s.config_keys for s in layout.stacks] == [("num_hidden_layers",),
+                                                      ("vision_config.depth",)]
     assert layout.head == "model.layers."
     assert layout.num_layers == 2
     assert layout.layers == ((".a.weight", ".b.weight"), (".a.weight", ".b.weight"))
-    assert layout.other == ("model.embed_tokens.weight", "vision.blocks.0.x.weight",
+    assert layout.other == ("model.embed_tokens.weight", "vision.patch.weight",
                             "model.norm.weight")
+    assert dict(layout.owner) == {"model.embed_tokens.weight": 0, "vision.patch.weight": 1,
+                                  "model.norm.weight": 0}
     assert layout.layer_names(1) == ["model.layers.1.a.weight", "model.layers.1.b.weight"]
+    assert layout.names() == ["text_decoder", "vision_tower"]
+
+
+def test_t5_sub_layers_stay_inside_their_block():
+    names = ["shared.weight", "encoder.block.0.layer.0.SelfAttention.q.weight",
+             "encoder.block.0.layer.1.DenseReluDense.wi.weight",
+             "encoder.block.1.layer.0.SelfAttention.q.weight",
+             "decoder.block.0.layer.2.DenseReluDense.wi.weight",
+             "decoder.final_layer_norm.weight"]
+    layout = layer_layout(names, {"num_layers": 2, "num_decoder_layers": 1})
+    enc, dec = layout.stacks
+    assert (enc.head, enc.num_layers, enc.config_key) == ("encoder.block.", 2, "num_layers")
+    assert enc.layers[0] == (".layer.0.SelfAttention.q.weight", ".layer.1.DenseReluDense.wi.weight")
+    assert (dec.head, dec.num_layers, dec.config_key) == ("decoder.block.", 1,
+                                                          "num_decoder_layers")
+    assert layout.main_stack is dec
+    assert layout.names() == ["encoder", "decoder"]
 
 
 def test_no_layers():
