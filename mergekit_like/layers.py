@@ -8,7 +8,8 @@ a decoder): each is a :class:`Stack` with the config key that counts its layers,
 the count (a stack of N blocks and a ``num_hidden_layers``, ``decoder_layers``,
 ``text_config.num_hidden_layers``, ``vision_config.depth``... equal to N; the words of the
 stack's name and of the key settle ties). Tensors outside every stack belong to the stack
-whose name shares the most leading parts with theirs (ties: the main stack).
+whose name shares the most leading parts with theirs (ties: the stack their words name, as
+CLIP's ``visual_projection`` the vision tower, else the main stack).
 
 The *main stack* is the language model's: the only stack when there is one, else the decoder,
 else the text stack. Slices address it unless a recipe's ``modules:`` names another. No
@@ -221,6 +222,10 @@ def _owner(name: str, stacks: list[Stack], main: int | None) -> int:
     scores = [shared(s) for s in stacks]
     top = max(scores)
     best = [i for i, v in enumerate(scores) if v == top]
+    mine = roles(name)
+    by_role = [i for i in best if mine and mine <= stacks[i].roles]
+    if len(by_role) == 1:
+        return by_role[0]
     if len(best) == 1:
         return best[0]
     return main if main is not None and main in best else best[0]

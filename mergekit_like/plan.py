@@ -371,7 +371,7 @@ class _Builder:
 
 
 _INPUT_SIDE = ("embed", "wte", "wpe", "word_embeddings", "position", "shared.", "patch",
-               "projector", "merger", "conv1.", "conv2.", "pre_layrnorm", "ln_pre")
+               "projector", "conv1.", "conv2.", "pre_layrnorm", "ln_pre")
 
 
 def _is_input_side(name: str) -> bool:

@@ -111,8 +111,8 @@ def _per_layer_lists(config: dict[str, Any], count_key: str, module: ModuleSlice
         for m, _ in source_layers:
             cfg: Any = catalogs[m].config
             for part in path:
-                cfg = cfg.get(part, {}) if isinstance(cfg, dict) else {}
-            per_model[m] = cfg.get(key) if isinstance(cfg, dict) else None
+                cfg = cfg.get(part, {}) if isinstance(cfg, Mapping) else {}
+            per_model[m] = cfg.get(key) if isinstance(cfg, Mapping) else None
         if all(isinstance(per_model[m], list) and len(per_model[m]) > i
                for m, i in source_layers):
             target[key] = [per_model[m][i] for m, i in source_layers]
