@@ -250,6 +250,24 @@ def module_names(layout: LayerLayout) -> tuple[list[str], dict[str, int]]:
     return names, alias
 
 
+# mergekit's modules without layers, and the name parts of the tensors they hold
+LOOSE_MODULES = {"multi_modal_projector": ("multi_modal_projector", "mm_projector", "merger"),
+                 "shared": ("shared", "lm_head")}
+
+
+def loose_module(layout: LayerLayout, name: str) -> tuple[str, ...]:
+    """The tensors of mergekit's module ``name`` that has no layers, as in ``LOOSE_MODULES``.
+
+    A model with several stacks keeps, outside them, a projector between the vision tower
+    and the language model (``multi_modal_projector``; Qwen2-VL's ``visual.merger``) or the
+    embedding an encoder and a decoder share (T5's ``shared``, with the output head).
+    """
+    words = LOOSE_MODULES.get(name, ())
+    if len(layout.stacks) < 2:
+        return ()
+    return tuple(n for n in layout.other if set(n.split(".")) & set(words))
+
+
 def _canonical(r: frozenset[str]) -> str:
     if "vision" in r:
         return "vision_tower"

@@ -102,8 +102,9 @@ def build_plan(loaded: LoadedRecipe) -> Plan:
     vocab = plan_vocab(loaded, catalogs, index_of, ref_model, base_idx)
     builder = _Builder(loaded, method, catalogs, layouts, base_idx, vocab)
     tensors: list[PlannedTensor] = []
+    claimed = {n for m in modules for n in m.loose or ()}
     for module in modules:
-        tensors.extend(_module_tensors(builder, module, layouts[ref_model]))
+        tensors.extend(_module_tensors(builder, module, layouts[ref_model], claimed))
     if builder.problems:
         raise PlanError(list(dict.fromkeys(builder.problems)))
     spec = output_spec(loaded, catalogs, index_of, ref_model, modules, layouts, vocab)
@@ -126,8 +127,8 @@ def _first_model(recipe: Recipe) -> str:
     return recipe.slices[0].sources[0].model  # type: ignore[index]
 
 
-def _module_tensors(builder: _Builder, module: ModuleSlices,
-                    ref: LayerLayout) -> list[PlannedTensor]:
+def _module_tensors(builder: _Builder, module: ModuleSlices, ref: LayerLayout,
+                    claimed: set[str]) -> list[PlannedTensor]:
     """One stack's output tensors, with the tensors outside the layers that belong to it.
 
     mergekit's rule (``MergePlanner.plan_module`` and ``plan_slice`` in mergekit 0.1.5): the
@@ -140,17 +141,23 @@ def _module_tensors(builder: _Builder, module: ModuleSlices,
     gradients run over each stack's own depth.
     """
     slices = module.slices
-    mine = [n for n in ref.other if module.stack is None or ref.owner.get(n) == module.stack]
+    if module.loose is not None:  # a module without layers
+        return [builder.tensor(n, n, None, slices[0], 0.0, None) for n in module.loose]
+    mine = [n for n in ref.other if n not in claimed
+            and (module.stack is None or ref.owner.get(n) == module.stack)]
     out = [builder.tensor(n, n, None, slices[0], 0.0, None) for n in mine if _is_input_side(n)]
     first, last = slices[0], slices[-1]
     out_layer = 0
     for sl in slices:
         src = sl.sources[0]
-        stack = builder.layouts[src.model].stacks[sl.stacks[src.model]] if sl.stacks else None
-        for j in range(sl.length if stack else 0):
+        index = sl.stacks.get(src.model)
+        if index is None:  # a model without layers
+            continue
+        stack = builder.layouts[src.model].stacks[index]
+        for j in range(sl.length):
             t = j / (sl.length - 1) if sl.length > 1 else 1.0
-            for tail in stack.layers[src.start + j]:  # type: ignore[union-attr]
-                out_name = f"{stack.head}{out_layer}{tail}"  # type: ignore[union-attr]
+            for tail in stack.layers[src.start + j]:
+                out_name = f"{stack.head}{out_layer}{tail}"
                 out.append(builder.tensor(out_name, tail, j, sl, t, out_layer))
             out_layer += 1
     tail_slice = dataclasses.replace(last, sources=last.sources[: len(first.sources)])
@@ -232,7 +239,7 @@ class _Builder:
         else:
             base_src = next(s for s in sl.sources if s.model == self.base_idx)
         if uses_base and base_src is None:
-            if sl.loc[0] == "slices" and j is not None:
+            if "slices" in sl.loc and j is not None:
                 self.problems.append(self.loaded.problem(
                     (*sl.loc, "sources"), "base_model is not among this slice's sources"))
             base_src = Source(self.base_idx, 0, 0, ("base_model",), ParamLevel({}, ("base_model",)))

@@ -6,7 +6,8 @@ slice per module covering every layer of every model. ``slices:`` address the la
 model's stack; every other stack is then taken whole, as one slice, from the first slice's
 models (with their parameters), so a frankenmerge of two vision-language models keeps the
 first model's vision tower. ``modules:`` give each stack its own models or slices and must
-name every stack. Layer counts and ranges are checked against the headers here, before any
+name every stack; mergekit's modules without layers (``multi_modal_projector``, ``shared``)
+may be given too, with ``models:``. Layer counts and ranges are checked against the headers here, before any
 tensor data is read.
 """
 
@@ -17,10 +18,10 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from mergekit_like.errors import Loc, PlanError, Problem
-from mergekit_like.layers import LayerLayout, module_names
+from mergekit_like.layers import LayerLayout, loose_module, module_names
 from mergekit_like.loader import LoadedRecipe
 from mergekit_like.params import ParamLevel
-from mergekit_like.recipe import InputModel, OutputSlice
+from mergekit_like.recipe import InputModel, OutputModule, OutputSlice
 
 _NO_PARAMS = ParamLevel({}, ())
 
@@ -55,6 +56,7 @@ class ModuleSlices:
     name: str
     stack: int | None  # index into the reference model's layout.stacks; None: it has none
     slices: tuple[SourceSlice, ...]
+    loose: tuple[str, ...] | None = None  # a module without layers: the tensors it holds
 
     @property
     def num_layers(self) -> int:
@@ -219,8 +221,14 @@ class _Normaliser:
         alias = self._ref_alias() if self.names else {}
         known = ", ".join(repr(n) for n in self.names) or "none"
         by_stack: dict[int, ModuleSlices] = {}
+        out_loose: list[ModuleSlices] = []
         for name, module in recipe.modules.items():
             loc: Loc = ("modules", name)
+            if name not in alias and loose_module(self.layouts[self.ref], name):
+                got = self._loose_module(name, module, loc)
+                if got is not None:
+                    out_loose.append(got)
+                continue
             if name not in alias:
                 self.problems.append(self.loaded.problem(
                     loc, f"model {self._ref_name()!r} has no module {name!r}; its modules "
@@ -242,4 +250,17 @@ class _Normaliser:
                 ("modules",), f"model {self._ref_name()!r} has modules {known}; give each of "
                 f"them (missing: {', '.join(repr(n) for n in missing)}), or use slices: for "
                 "the language model's layers alone"))
-        return [by_stack[i] for i in sorted(by_stack)]
+        return [*out_loose, *(by_stack[i] for i in sorted(by_stack))]
+
+    def _loose_module(self, name: str, module: OutputModule, loc: Loc) -> ModuleSlices | None:
+        """A module without layers (a projector, a shared embedding): from ``models:``."""
+        if module.models is None:
+            self.problems.append(self.loaded.problem(
+                (*loc, "slices"), f"module {name!r} has no layers; give it models:, not slices:"))
+            return None
+        level = ParamLevel(module.parameters, (*loc, "parameters"))
+        sources = tuple(Source(self.index_of[m.model], 0, 0, (*loc, "models", i),
+                               ParamLevel(m.parameters, (*loc, "models", i, "parameters")))
+                        for i, m in enumerate(module.models))
+        sl = SourceSlice(sources, 0, (*loc, "models"), _NO_PARAMS, level)
+        return ModuleSlices(name, None, (sl,), loose_module(self.layouts[self.ref], name))

@@ -268,3 +268,30 @@ slices:
     assert res.code == 2
     assert "has several layer stacks ('left.layers' (left.layers.0-1), 'right.layers' " \
            "(right.layers.0-1)) and none is the language model's" in res.err
+
+
+@pytest.mark.parametrize(("arch", "module", "prefix"), [
+    ("qwen2vl", "multi_modal_projector", "visual.merger."),
+    ("llava", "multi_modal_projector", "multi_modal_projector."),
+    ("t5", "shared", "shared."),
+])
+def test_modules_without_layers_take_their_own_models(arch, module, prefix, families, tmp_path,
+                                                       run_cli):
+    fam = families[arch]
+    lm_module = _configs()[arch][8]
+    recipe = write_recipe(tmp_path, f"""
+merge_method: passthrough
+modules:
+  {lm_module}: {{slices: [{{sources: [{{model: {fam.a}, layer_range: [0, 3]}}]}}]}}
+  {fam.other_module}: {{models: [{{model: {fam.a}}}]}}
+  {module}: {{models: [{{model: {fam.b}}}]}}
+""")
+    res = run_cli(recipe, tmp_path / "out")
+    assert res.code == 0, res.err
+    out = load_tensors(tmp_path / "out")
+    a, b = load_tensors(fam.a), load_tensors(fam.b)
+    assert set(out) == set(a)
+    assert any(n.startswith(prefix) for n in out)
+    for name, value in out.items():
+        assert torch.equal(value, (b if name.startswith(prefix) else a)[name]), name
+    _loads_cleanly(fam, tmp_path / "out")
