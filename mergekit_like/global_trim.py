@@ -125,11 +125,19 @@ def _field_locs(plan: Plan, ref: str, key: str) -> list[Loc]:
     levels: list[tuple[Loc, dict]] = [
         (("models", i, "parameters"), m.parameters)
         for i, m in enumerate(recipe.models or []) if m.model == ref]
-    for s, sl in enumerate(recipe.slices or []):
-        mine = [(k, src) for k, src in enumerate(sl.sources) if src.model == ref]
-        levels += [(("slices", s, "sources", k, "parameters"), src.parameters) for k, src in mine]
-        if mine:
-            levels.append((("slices", s, "parameters"), sl.parameters))
+    groups: list[tuple[Loc, list]] = [(("slices",), recipe.slices or [])]
+    for name, module in (recipe.modules or {}).items():
+        levels += [(("modules", name, "models", i, "parameters"), m.parameters)
+                   for i, m in enumerate(module.models or []) if m.model == ref]
+        groups.append((("modules", name, "slices"), module.slices or []))
+        levels.append((("modules", name, "parameters"), module.parameters))
+    for where, slices in groups:
+        for s, sl in enumerate(slices):
+            mine = [(k, src) for k, src in enumerate(sl.sources) if src.model == ref]
+            levels += [((*where, s, "sources", k, "parameters"), src.parameters)
+                       for k, src in mine]
+            if mine:
+                levels.append(((*where, s, "parameters"), sl.parameters))
     levels.append((("parameters",), recipe.parameters))
     present = [(loc, values[key]) for loc, values in levels if key in values]
     varying = [loc for loc, value in present if isinstance(value, tuple)]

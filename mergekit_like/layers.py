@@ -24,12 +24,26 @@ from dataclasses import dataclass
 from typing import Any
 
 _LAYER = re.compile(r"(?:^|\.)(?:layers|h|layer|blocks|block)\.(\d+)\.")
-COUNT_KEYS = frozenset({"num_hidden_layers", "n_layer", "n_layers", "num_layers",
-                        "decoder_layers", "encoder_layers", "num_decoder_layers",
-                        "num_encoder_layers", "depth"})
+COUNT_KEYS = frozenset(
+    {
+        "num_hidden_layers",
+        "n_layer",
+        "n_layers",
+        "num_layers",
+        "decoder_layers",
+        "encoder_layers",
+        "num_decoder_layers",
+        "num_encoder_layers",
+        "depth",
+    }
+)
 # words that tell stacks apart, and the words that mean them in names and config keys
-_ROLES = {"vision": {"vision", "visual", "image", "vit"}, "text": {"text", "language"},
-          "encoder": {"encoder"}, "decoder": {"decoder"}}
+_ROLES = {
+    "vision": {"vision", "visual", "image", "vit"},
+    "text": {"text", "language"},
+    "encoder": {"encoder"},
+    "decoder": {"decoder"},
+}
 
 
 @dataclass(frozen=True)
@@ -57,7 +71,7 @@ def split_layer_name(name: str) -> LayerName | None:
     m = _LAYER.search(name)
     if m is None:
         return None
-    return LayerName(name[: m.start(1)], int(m.group(1)), name[m.end(1):])
+    return LayerName(name[: m.start(1)], int(m.group(1)), name[m.end(1) :])
 
 
 def roles(text: str) -> frozenset[str]:
@@ -188,8 +202,11 @@ def _config_keys(head: str, num: int, keys: Mapping[str, int]) -> tuple[str, ...
         return ()
     best = min(scored)[1]
     leaf = best.rsplit(".", 1)[-1]
-    extra = [k for _, k in sorted(scored) if k != best and k.rsplit(".", 1)[-1] == leaf
-             and roles(k) <= mine]
+    extra = [
+        k
+        for _, k in sorted(scored)
+        if k != best and k.rsplit(".", 1)[-1] == leaf and roles(k) <= mine
+    ]
     return (best, *extra)
 
 
@@ -251,8 +268,10 @@ def module_names(layout: LayerLayout) -> tuple[list[str], dict[str, int]]:
 
 
 # mergekit's modules without layers, and the name parts of the tensors they hold
-LOOSE_MODULES = {"multi_modal_projector": ("multi_modal_projector", "mm_projector", "merger"),
-                 "shared": ("shared", "lm_head")}
+LOOSE_MODULES = {
+    "multi_modal_projector": ("multi_modal_projector", "mm_projector", "merger"),
+    "shared": ("shared", "lm_head"),
+}
 
 
 def loose_module(layout: LayerLayout, name: str) -> tuple[str, ...]:

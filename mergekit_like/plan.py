@@ -16,15 +16,21 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from mergekit_like.errors import InputError, Loc, PlanError, Problem
-from mergekit_like.io.catalog import ModelCatalog, open_model
+from mergekit_like.errors import Loc, PlanError, Problem
+from mergekit_like.io.catalog import ModelCatalog
 from mergekit_like.io.safetensors_header import FLOAT_DTYPES, RECIPE_DTYPES
 from mergekit_like.layers import LayerLayout, layer_layout
 from mergekit_like.loader import LoadedRecipe
 from mergekit_like.methods import REGISTRY, MergeMethod, MethodParams
 from mergekit_like.params import ParamLevel, lookup
 from mergekit_like.plan_output import OutputSpec, output_spec
-from mergekit_like.plan_sources import ModuleSlices, Source, SourceSlice, normalise_modules
+from mergekit_like.plan_sources import (
+    ModuleSlices,
+    Source,
+    SourceSlice,
+    load_models,
+    normalise_modules,
+)
 from mergekit_like.recipe import Recipe
 from mergekit_like.vocab import VocabPlan, plan_vocab, vocab_rows
 
@@ -91,7 +97,7 @@ def build_plan(loaded: LoadedRecipe) -> Plan:
     """Plan a validated recipe against its ingredients' headers."""
     recipe = loaded.recipe
     method = REGISTRY[recipe.merge_method]
-    catalogs, index_of = _load_models(loaded)
+    catalogs, index_of = load_models(loaded)
     layouts = {i: layer_layout(c.tensors, c.config) for i, c in enumerate(catalogs)}
     base_idx = index_of[recipe.base_model] if recipe.base_model else None
     if method.base == "required" and base_idx is None:
@@ -164,36 +170,6 @@ def _module_tensors(builder: _Builder, module: ModuleSlices, ref: LayerLayout,
     out += [builder.tensor(n, n, None, tail_slice, 0.0, None)
             for n in mine if not _is_input_side(n)]
     return out
-
-
-def _load_models(loaded: LoadedRecipe) -> tuple[list[ModelCatalog], dict[str, int]]:
-    recipe = loaded.recipe
-    where: dict[str, Loc] = {}
-    if recipe.base_model:
-        where[recipe.base_model] = ("base_model",)
-    for i, m in enumerate(recipe.models or []):
-        where.setdefault(m.model, ("models", i, "model"))
-    groups = [(("slices",), recipe.slices or [])]
-    for name, module in (recipe.modules or {}).items():
-        for i, m in enumerate(module.models or []):
-            where.setdefault(m.model, ("modules", name, "models", i, "model"))
-        groups.append((("modules", name, "slices"), module.slices or []))
-    for at, slices in groups:
-        for s, sl in enumerate(slices):
-            for k, src in enumerate(sl.sources):
-                where.setdefault(src.model, (*at, s, "sources", k, "model"))
-    catalogs: list[ModelCatalog] = []
-    index_of: dict[str, int] = {}
-    problems = []
-    for ref, loc in where.items():
-        try:
-            catalogs.append(open_model(ref, loaded.path.parent, loaded.named_models))
-            index_of[ref] = len(catalogs) - 1
-        except InputError as exc:
-            problems.extend(loaded.problem(loc, p.message) for p in exc.problems)
-    if problems:
-        raise PlanError(problems)
-    return catalogs, index_of
 
 
 class _Builder:

@@ -7,8 +7,8 @@ model's stack; every other stack is then taken whole, as one slice, from the fir
 models (with their parameters), so a frankenmerge of two vision-language models keeps the
 first model's vision tower. ``modules:`` give each stack its own models or slices and must
 name every stack; mergekit's modules without layers (``multi_modal_projector``, ``shared``)
-may be given too, with ``models:``. Layer counts and ranges are checked against the headers here, before any
-tensor data is read.
+may be given too, with ``models:``. Layer counts and ranges are checked against the headers
+here, before any tensor data is read.
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-from mergekit_like.errors import Loc, PlanError, Problem
+from mergekit_like.errors import InputError, Loc, PlanError, Problem
+from mergekit_like.io.catalog import ModelCatalog, open_model
 from mergekit_like.layers import LayerLayout, loose_module, module_names
 from mergekit_like.loader import LoadedRecipe
 from mergekit_like.params import ParamLevel
@@ -63,15 +64,55 @@ class ModuleSlices:
         return sum(s.length for s in self.slices)
 
 
-def normalise_modules(loaded: LoadedRecipe, index_of: Mapping[str, int],
-                      layouts: Mapping[int, LayerLayout], reference: int) -> list[ModuleSlices]:
+def load_models(loaded: LoadedRecipe) -> tuple[list[ModelCatalog], dict[str, int]]:
+    """Open every model the recipe names (headers only), each located where first named."""
+    recipe = loaded.recipe
+    where: dict[str, Loc] = {}
+    if recipe.base_model:
+        where[recipe.base_model] = ("base_model",)
+    for i, m in enumerate(recipe.models or []):
+        where.setdefault(m.model, ("models", i, "model"))
+    groups = [(("slices",), recipe.slices or [])]
+    for name, module in (recipe.modules or {}).items():
+        for i, m in enumerate(module.models or []):
+            where.setdefault(m.model, ("modules", name, "models", i, "model"))
+        groups.append((("modules", name, "slices"), module.slices or []))
+    for at, slices in groups:
+        for s, sl in enumerate(slices):
+            for k, src in enumerate(sl.sources):
+                where.setdefault(src.model, (*at, s, "sources", k, "model"))
+    catalogs: list[ModelCatalog] = []
+    index_of: dict[str, int] = {}
+    problems = []
+    for ref, loc in where.items():
+        try:
+            catalogs.append(open_model(ref, loaded.path.parent, loaded.named_models))
+            index_of[ref] = len(catalogs) - 1
+        except InputError as exc:
+            problems.extend(loaded.problem(loc, p.message) for p in exc.problems)
+    if problems:
+        raise PlanError(problems)
+    return catalogs, index_of
+
+
+def normalise_modules(
+    loaded: LoadedRecipe,
+    index_of: Mapping[str, int],
+    layouts: Mapping[int, LayerLayout],
+    reference: int,
+) -> list[ModuleSlices]:
     """The recipe's models, slices or modules as checked :class:`ModuleSlices`, stack order."""
     return _Normaliser(loaded, index_of, layouts, reference).run()
 
 
 class _Normaliser:
-    def __init__(self, loaded: LoadedRecipe, index_of: Mapping[str, int],
-                 layouts: Mapping[int, LayerLayout], reference: int) -> None:
+    def __init__(
+        self,
+        loaded: LoadedRecipe,
+        index_of: Mapping[str, int],
+        layouts: Mapping[int, LayerLayout],
+        reference: int,
+    ) -> None:
         self.loaded = loaded
         self.index_of = index_of
         self.layouts = layouts
@@ -85,25 +126,34 @@ class _Normaliser:
         if recipe.modules is not None:
             out = self._modules()
         elif not self.names:  # no layers at all: one empty module for the loose tensors
-            out = [self._models_module(None, recipe.models or [], ("models",), _NO_PARAMS)] \
-                if recipe.models is not None else [self._slices_module(None, recipe.slices or [],
-                                                                      ("slices",), _NO_PARAMS)]
+            out = (
+                [self._models_module(None, recipe.models or [], ("models",), _NO_PARAMS)]
+                if recipe.models is not None
+                else [self._slices_module(None, recipe.slices or [], ("slices",), _NO_PARAMS)]
+            )
         else:
             main = self.layouts[self.ref].main
             if recipe.slices is not None and main is None:
-                stacks = ", ".join(f"{n!r} ({s.head}0-{s.num_layers - 1})" for n, s in
-                                   zip(self.names, self.layouts[self.ref].stacks, strict=True))
-                self.problems.append(self.loaded.problem(
-                    ("slices",), f"model {self._ref_name()!r} has several layer stacks ({stacks}) "
-                    "and none is the language model's; say which each slice takes with "
-                    "modules: {NAME: {slices: [...]}}"))
+                stacks = ", ".join(
+                    f"{n!r} ({s.head}0-{s.num_layers - 1})"
+                    for n, s in zip(self.names, self.layouts[self.ref].stacks, strict=True)
+                )
+                self.problems.append(
+                    self.loaded.problem(
+                        ("slices",),
+                        f"model {self._ref_name()!r} has several layer stacks ({stacks}) "
+                        "and none is the language model's; say which each slice takes with "
+                        "modules: {NAME: {slices: [...]}}",
+                    )
+                )
                 raise PlanError(self.problems)
             for i, name in enumerate(self.names):
                 if recipe.models is not None:
                     out.append(self._models_module(name, recipe.models, ("models",), _NO_PARAMS))
                 elif i == main:
-                    out.append(self._slices_module(name, recipe.slices or [], ("slices",),
-                                                   _NO_PARAMS))
+                    out.append(
+                        self._slices_module(name, recipe.slices or [], ("slices",), _NO_PARAMS)
+                    )
                 else:
                     out.append(self._whole_module(name, (recipe.slices or [])[0]))
         if self.problems:
@@ -122,12 +172,14 @@ class _Normaliser:
         ref_stack = self.layouts[self.ref].stacks[self._ref_alias()[name]]
         found = alias.get(name)
         if found is None:  # the same stack under another name: match by head
-            found = next((i for i, s in enumerate(layout.stacks) if s.head == ref_stack.head),
-                         None)
+            found = next((i for i, s in enumerate(layout.stacks) if s.head == ref_stack.head), None)
         if found is None:
             model_name = next(r for r, i in self.index_of.items() if i == model)
-            self.problems.append(self.loaded.problem(
-                loc, f"model {model_name!r} has no layer stack for module {name!r}"))
+            self.problems.append(
+                self.loaded.problem(
+                    loc, f"model {model_name!r} has no layer stack for module {name!r}"
+                )
+            )
         return found
 
     def _ref_alias(self) -> dict[str, int]:
@@ -139,15 +191,19 @@ class _Normaliser:
     def _where(self, name: str | None) -> str:
         return "" if name is None or len(self.names) < 2 else f" in module {name!r}"
 
-    def _models_module(self, name: str | None, models: Sequence[InputModel], loc: Loc,
-                       module_params: ParamLevel) -> ModuleSlices:
+    def _models_module(
+        self, name: str | None, models: Sequence[InputModel], loc: Loc, module_params: ParamLevel
+    ) -> ModuleSlices:
         recipe = self.loaded.recipe
-        entries = [(m.model, (*loc, i, "model"), m.parameters, (*loc, i)) for i, m in
-                   enumerate(models)]
+        entries = [
+            (m.model, (*loc, i, "model"), m.parameters, (*loc, i)) for i, m in enumerate(models)
+        ]
         stacks: dict[int, int] = {}
         depth: dict[str, int] = {}
-        for ref, where, _, _ in [*entries, *([(recipe.base_model, ("base_model",), {}, ())]
-                                             if recipe.base_model else [])]:
+        for ref, where, _, _ in [
+            *entries,
+            *([(recipe.base_model, ("base_model",), {}, ())] if recipe.base_model else []),
+        ]:
             idx = self.index_of[ref]
             st = self._stack(idx, name, where)
             if st is not None:
@@ -157,24 +213,34 @@ class _Normaliser:
         n = depth[first]
         for ref, where, _, _ in entries:
             if depth[ref] != n:
-                self.problems.append(self.loaded.problem(
-                    where, f"model {ref!r} has {depth[ref]} layers{self._where(name)} but "
-                    f"{first!r} has {n}; use slices to combine different depths"))
+                self.problems.append(
+                    self.loaded.problem(
+                        where,
+                        f"model {ref!r} has {depth[ref]} layers{self._where(name)} but "
+                        f"{first!r} has {n}; use slices to combine different depths",
+                    )
+                )
         if recipe.base_model and depth[recipe.base_model] != n:
-            self.problems.append(self.loaded.problem(
-                ("base_model",), f"base model has {depth[recipe.base_model]} layers"
-                f"{self._where(name)}, the models have {n}"))
-        sources = tuple(Source(self.index_of[ref], 0, n, src_loc,
-                               ParamLevel(params, (*src_loc, "parameters")))
-                        for ref, _, params, src_loc in entries)
+            self.problems.append(
+                self.loaded.problem(
+                    ("base_model",),
+                    f"base model has {depth[recipe.base_model]} layers"
+                    f"{self._where(name)}, the models have {n}",
+                )
+            )
+        sources = tuple(
+            Source(self.index_of[ref], 0, n, src_loc, ParamLevel(params, (*src_loc, "parameters")))
+            for ref, _, params, src_loc in entries
+        )
         sl = SourceSlice(sources, n, loc, _NO_PARAMS, module_params, MappingProxyType(stacks))
         return ModuleSlices(name or "default", self._ref_index(name), (sl,))
 
     def _ref_index(self, name: str | None) -> int | None:
         return None if name is None else self._ref_alias()[name]
 
-    def _slices_module(self, name: str | None, slices: Sequence[OutputSlice], loc: Loc,
-                       module_params: ParamLevel) -> ModuleSlices:
+    def _slices_module(
+        self, name: str | None, slices: Sequence[OutputSlice], loc: Loc, module_params: ParamLevel
+    ) -> ModuleSlices:
         recipe = self.loaded.recipe
         out = []
         for s, sl in enumerate(slices):
@@ -194,16 +260,33 @@ class _Normaliser:
                 start, end = src.layer_range
                 have = self._depth(idx, st)
                 if end > have and (st is not None or name is None):
-                    self.problems.append(self.loaded.problem(
-                        (*src_loc, "layer_range"),
-                        f"layer_range [{start}, {end}) is outside model {src.model!r}, "
-                        f"which has {have} layers{self._where(name)} (end is exclusive)"))
-                sources.append(Source(idx, start, end, src_loc,
-                                      ParamLevel(src.parameters, (*src_loc, "parameters"))))
+                    self.problems.append(
+                        self.loaded.problem(
+                            (*src_loc, "layer_range"),
+                            f"layer_range [{start}, {end}) is outside model {src.model!r}, "
+                            f"which has {have} layers{self._where(name)} (end is exclusive)",
+                        )
+                    )
+                sources.append(
+                    Source(
+                        idx,
+                        start,
+                        end,
+                        src_loc,
+                        ParamLevel(src.parameters, (*src_loc, "parameters")),
+                    )
+                )
             length = sl.sources[0].layer_range[1] - sl.sources[0].layer_range[0]
-            out.append(SourceSlice(tuple(sources), length, (*loc, s),
-                                   ParamLevel(sl.parameters, (*loc, s, "parameters")),
-                                   module_params, MappingProxyType(stacks)))
+            out.append(
+                SourceSlice(
+                    tuple(sources),
+                    length,
+                    (*loc, s),
+                    ParamLevel(sl.parameters, (*loc, s, "parameters")),
+                    module_params,
+                    MappingProxyType(stacks),
+                )
+            )
         return ModuleSlices(name or "default", self._ref_index(name), tuple(out))
 
     def _whole_module(self, name: str, first: OutputSlice) -> ModuleSlices:
@@ -211,8 +294,14 @@ class _Normaliser:
         models = [InputModel(model=src.model, parameters=src.parameters) for src in first.sources]
         module = self._models_module(name, models, ("slices", 0, "sources"), _NO_PARAMS)
         sl = module.slices[0]
-        fixed = SourceSlice(sl.sources, sl.length, ("slices", 0), ParamLevel(
-            first.parameters, ("slices", 0, "parameters")), _NO_PARAMS, sl.stacks)
+        fixed = SourceSlice(
+            sl.sources,
+            sl.length,
+            ("slices", 0),
+            ParamLevel(first.parameters, ("slices", 0, "parameters")),
+            _NO_PARAMS,
+            sl.stacks,
+        )
         return ModuleSlices(module.name, module.stack, (fixed,))
 
     def _modules(self) -> list[ModuleSlices]:
@@ -230,9 +319,13 @@ class _Normaliser:
                     out_loose.append(got)
                 continue
             if name not in alias:
-                self.problems.append(self.loaded.problem(
-                    loc, f"model {self._ref_name()!r} has no module {name!r}; its modules "
-                    f"(layer stacks): {known}"))
+                self.problems.append(
+                    self.loaded.problem(
+                        loc,
+                        f"model {self._ref_name()!r} has no module {name!r}; its modules "
+                        f"(layer stacks): {known}",
+                    )
+                )
                 continue
             level = ParamLevel(module.parameters, (*loc, "parameters"))
             if module.models is not None:
@@ -240,27 +333,44 @@ class _Normaliser:
             else:
                 got = self._slices_module(name, module.slices or [], (*loc, "slices"), level)
             if alias[name] in by_stack:
-                self.problems.append(self.loaded.problem(
-                    loc, f"module {name!r} is given twice (also as "
-                    f"{by_stack[alias[name]].name!r})"))
+                self.problems.append(
+                    self.loaded.problem(
+                        loc,
+                        f"module {name!r} is given twice (also as {by_stack[alias[name]].name!r})",
+                    )
+                )
             by_stack[alias[name]] = got
         missing = [n for i, n in enumerate(self.names) if i not in by_stack]
         if missing and not self.problems:
-            self.problems.append(self.loaded.problem(
-                ("modules",), f"model {self._ref_name()!r} has modules {known}; give each of "
-                f"them (missing: {', '.join(repr(n) for n in missing)}), or use slices: for "
-                "the language model's layers alone"))
+            self.problems.append(
+                self.loaded.problem(
+                    ("modules",),
+                    f"model {self._ref_name()!r} has modules {known}; give each of "
+                    f"them (missing: {', '.join(repr(n) for n in missing)}), or use slices: for "
+                    "the language model's layers alone",
+                )
+            )
         return [*out_loose, *(by_stack[i] for i in sorted(by_stack))]
 
     def _loose_module(self, name: str, module: OutputModule, loc: Loc) -> ModuleSlices | None:
         """A module without layers (a projector, a shared embedding): from ``models:``."""
         if module.models is None:
-            self.problems.append(self.loaded.problem(
-                (*loc, "slices"), f"module {name!r} has no layers; give it models:, not slices:"))
+            self.problems.append(
+                self.loaded.problem(
+                    (*loc, "slices"), f"module {name!r} has no layers; give it models:, not slices:"
+                )
+            )
             return None
         level = ParamLevel(module.parameters, (*loc, "parameters"))
-        sources = tuple(Source(self.index_of[m.model], 0, 0, (*loc, "models", i),
-                               ParamLevel(m.parameters, (*loc, "models", i, "parameters")))
-                        for i, m in enumerate(module.models))
+        sources = tuple(
+            Source(
+                self.index_of[m.model],
+                0,
+                0,
+                (*loc, "models", i),
+                ParamLevel(m.parameters, (*loc, "models", i, "parameters")),
+            )
+            for i, m in enumerate(module.models)
+        )
         sl = SourceSlice(sources, 0, (*loc, "models"), _NO_PARAMS, level)
         return ModuleSlices(name, None, (sl,), loose_module(self.layouts[self.ref], name))

@@ -26,15 +26,19 @@ def _sources(plan, name: str) -> list[tuple[str, str]]:
 
 
 def test_frankenmerge_takes_head_and_final_norm_from_the_last_slice(
-        tmp_path, llama4_family, run_cli):
+    tmp_path, llama4_family, run_cli
+):
     f = llama4_family
-    recipe = write_recipe(tmp_path, f"""
+    recipe = write_recipe(
+        tmp_path,
+        f"""
 merge_method: passthrough
 slices:
-  - sources: [{{model: {f['a']}, layer_range: [0, 2]}}]
-  - sources: [{{model: {f['b']}, layer_range: [1, 4]}}]
+  - sources: [{{model: {f["a"]}, layer_range: [0, 2]}}]
+  - sources: [{{model: {f["b"]}, layer_range: [1, 4]}}]
 dtype: float32
-""")
+""",
+    )
     res = run_cli(recipe, tmp_path / "out")
     assert res.code == 0, res.err
     out = load_tensors(tmp_path / "out")
@@ -50,16 +54,19 @@ dtype: float32
 
 def test_gradients_at_the_ends_follow_the_first_and_last_slice(tmp_path, llama4_family):
     f = llama4_family
-    plan = _plan(tmp_path, f"""
+    plan = _plan(
+        tmp_path,
+        f"""
 merge_method: linear
 slices:
   - sources:
-      - {{model: {f['a']}, layer_range: [0, 2], parameters: {{weight: [0.9, 0.5]}}}}
-      - {{model: {f['b']}, layer_range: [0, 2], parameters: {{weight: 0.1}}}}
+      - {{model: {f["a"]}, layer_range: [0, 2], parameters: {{weight: [0.9, 0.5]}}}}
+      - {{model: {f["b"]}, layer_range: [0, 2], parameters: {{weight: 0.1}}}}
   - sources:
-      - {{model: {f['b']}, layer_range: [3, 4], parameters: {{weight: [0.2, 0.6]}}}}
-      - {{model: {f['a']}, layer_range: [3, 4], parameters: {{weight: [0.3, 0.7]}}}}
-""")
+      - {{model: {f["b"]}, layer_range: [3, 4], parameters: {{weight: [0.2, 0.6]}}}}
+      - {{model: {f["a"]}, layer_range: [3, 4], parameters: {{weight: [0.3, 0.7]}}}}
+""",
+    )
 
     def weights(name: str) -> list[float]:
         t = next(t for t in plan.tensors if t.name == name)
@@ -67,7 +74,9 @@ slices:
 
     # before the layers: the first slice, t = 0
     assert _sources(plan, "model.embed_tokens.weight") == [
-        ("a", "model.embed_tokens.weight"), ("b", "model.embed_tokens.weight")]
+        ("a", "model.embed_tokens.weight"),
+        ("b", "model.embed_tokens.weight"),
+    ]
     assert weights("model.embed_tokens.weight") == [0.9, 0.1]
     # the layers: t = j / (length - 1); a one-layer slice is read at t = 1
     assert weights("model.layers.0.mlp.up_proj.weight") == [0.9, 0.1]
@@ -81,12 +90,15 @@ slices:
 
 def test_models_recipe_reads_gradients_at_t0_outside_the_layers(tmp_path, llama4_family):
     f = llama4_family
-    plan = _plan(tmp_path, f"""
+    plan = _plan(
+        tmp_path,
+        f"""
 merge_method: linear
 models:
-  - {{model: {f['a']}, parameters: {{weight: [0.2, 0.8]}}}}
-  - {{model: {f['b']}, parameters: {{weight: 1.0}}}}
-""")
+  - {{model: {f["a"]}, parameters: {{weight: [0.2, 0.8]}}}}
+  - {{model: {f["b"]}, parameters: {{weight: 1.0}}}}
+""",
+    )
     got = {t.name: t.model_params[0].weight for t in plan.tensors}
     assert got["model.embed_tokens.weight"] == 0.2
     assert got["model.norm.weight"] == 0.2
@@ -96,20 +108,24 @@ models:
     assert got["model.layers.3.mlp.up_proj.weight"] == 0.8
 
 
-def test_last_slice_with_more_sources_than_the_first_uses_its_first_ones(
-        tmp_path, llama4_family):
+def test_last_slice_with_more_sources_than_the_first_uses_its_first_ones(tmp_path, llama4_family):
     """mergekit pairs the last slice's models with as many inputs as the first slice has."""
     f = llama4_family
-    plan = _plan(tmp_path, f"""
+    plan = _plan(
+        tmp_path,
+        f"""
 merge_method: linear
 slices:
   - sources:
-      - {{model: {f['b']}, layer_range: [0, 2]}}
+      - {{model: {f["b"]}, layer_range: [0, 2]}}
   - sources:
-      - {{model: {f['a']}, layer_range: [2, 4]}}
-      - {{model: {f['b']}, layer_range: [2, 4]}}
+      - {{model: {f["a"]}, layer_range: [2, 4]}}
+      - {{model: {f["b"]}, layer_range: [2, 4]}}
 parameters: {{weight: 1.0}}
-""")
+""",
+    )
     assert _sources(plan, "lm_head.weight") == [("a", "lm_head.weight")]
     assert _sources(plan, "model.layers.2.mlp.up_proj.weight") == [
-        ("a", "model.layers.2.mlp.up_proj.weight"), ("b", "model.layers.2.mlp.up_proj.weight")]
+        ("a", "model.layers.2.mlp.up_proj.weight"),
+        ("b", "model.layers.2.mlp.up_proj.weight"),
+    ]

@@ -19,8 +19,15 @@ import torch
 
 from tests.conftest import load_tensors, write_recipe
 
-_LLAMA = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
-              num_key_value_heads=2, vocab_size=64, max_position_embeddings=64)
+_LLAMA = dict(
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=3,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    vocab_size=64,
+    max_position_embeddings=64,
+)
 
 
 @dataclass(frozen=True)
@@ -41,48 +48,137 @@ class Family:
 def _configs() -> dict[str, tuple[Any, Any, tuple[str, ...], str, str, str, str, str, str]]:
     import transformers as T
 
-    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                  image_size=16, patch_size=8)
+    vision = dict(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        image_size=16,
+        patch_size=8,
+    )
     return {
-        "llava": (T.LlavaForConditionalGeneration, T.LlavaConfig(
-            text_config=T.LlamaConfig(**_LLAMA), vision_config=T.CLIPVisionConfig(**vision),
-            image_token_index=63, vocab_size=64),
+        "llava": (
+            T.LlavaForConditionalGeneration,
+            T.LlavaConfig(
+                text_config=T.LlamaConfig(**_LLAMA),
+                vision_config=T.CLIPVisionConfig(**vision),
+                image_token_index=63,
+                vocab_size=64,
+            ),
             ("language_model.model.norm.weight", "language_model.lm_head.weight"),
-            "language_model.model.layers.", "text_config.num_hidden_layers",
-            "vision_tower.encoder.layers.", "vision_config.num_hidden_layers", "vision_tower",
-            "text_decoder"),
-        "qwen2vl": (T.Qwen2VLForConditionalGeneration, T.Qwen2VLConfig(
-            text_config=dict(_LLAMA, rope_scaling={"type": "mrope", "mrope_section": [1, 1, 2]}),
-            vision_config=dict(depth=2, embed_dim=32, hidden_size=32, num_heads=4, mlp_ratio=2,
-                               patch_size=4, spatial_merge_size=2, temporal_patch_size=2),
-            vocab_size=64, image_token_id=60, video_token_id=61, vision_start_token_id=62,
-            bos_token_id=1, eos_token_id=2),
-            ("model.norm.weight", "lm_head.weight"), "model.layers.",
-            "text_config.num_hidden_layers", "visual.blocks.", "vision_config.depth",
-            "vision_tower", "text_decoder"),
-        "t5": (T.T5ForConditionalGeneration, T.T5Config(
-            vocab_size=64, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_decoder_layers=3,
-            num_heads=4), ("decoder.final_layer_norm.weight",), "decoder.block.",
-            "num_decoder_layers", "encoder.block.", "num_layers", "encoder", "decoder"),
-        "whisper": (T.WhisperForConditionalGeneration, T.WhisperConfig(
-            vocab_size=64, d_model=32, encoder_layers=2, decoder_layers=3,
-            encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=64,
-            decoder_ffn_dim=64, num_mel_bins=8, max_source_positions=16,
-            max_target_positions=32, decoder_start_token_id=1, pad_token_id=0,
-            bos_token_id=1, eos_token_id=2),
+            "language_model.model.layers.",
+            "text_config.num_hidden_layers",
+            "vision_tower.encoder.layers.",
+            "vision_config.num_hidden_layers",
+            "vision_tower",
+            "text_decoder",
+        ),
+        "qwen2vl": (
+            T.Qwen2VLForConditionalGeneration,
+            T.Qwen2VLConfig(
+                text_config=dict(
+                    _LLAMA, rope_scaling={"type": "mrope", "mrope_section": [1, 1, 2]}
+                ),
+                vision_config=dict(
+                    depth=2,
+                    embed_dim=32,
+                    hidden_size=32,
+                    num_heads=4,
+                    mlp_ratio=2,
+                    patch_size=4,
+                    spatial_merge_size=2,
+                    temporal_patch_size=2,
+                ),
+                vocab_size=64,
+                image_token_id=60,
+                video_token_id=61,
+                vision_start_token_id=62,
+                bos_token_id=1,
+                eos_token_id=2,
+            ),
+            ("model.norm.weight", "lm_head.weight"),
+            "model.layers.",
+            "text_config.num_hidden_layers",
+            "visual.blocks.",
+            "vision_config.depth",
+            "vision_tower",
+            "text_decoder",
+        ),
+        "t5": (
+            T.T5ForConditionalGeneration,
+            T.T5Config(
+                vocab_size=64,
+                d_model=32,
+                d_kv=8,
+                d_ff=64,
+                num_layers=2,
+                num_decoder_layers=3,
+                num_heads=4,
+            ),
+            ("decoder.final_layer_norm.weight",),
+            "decoder.block.",
+            "num_decoder_layers",
+            "encoder.block.",
+            "num_layers",
+            "encoder",
+            "decoder",
+        ),
+        "whisper": (
+            T.WhisperForConditionalGeneration,
+            T.WhisperConfig(
+                vocab_size=64,
+                d_model=32,
+                encoder_layers=2,
+                decoder_layers=3,
+                encoder_attention_heads=4,
+                decoder_attention_heads=4,
+                encoder_ffn_dim=64,
+                decoder_ffn_dim=64,
+                num_mel_bins=8,
+                max_source_positions=16,
+                max_target_positions=32,
+                decoder_start_token_id=1,
+                pad_token_id=0,
+                bos_token_id=1,
+                eos_token_id=2,
+            ),
             ("model.decoder.layer_norm.weight", "model.decoder.layer_norm.bias"),
-            "model.decoder.layers.", "decoder_layers", "model.encoder.layers.",
-            "encoder_layers", "encoder", "decoder"),
-        "clip": (T.CLIPModel, T.CLIPConfig(
-            text_config=dict(vocab_size=64, hidden_size=32, intermediate_size=64,
-                             num_hidden_layers=3, num_attention_heads=4,
-                             max_position_embeddings=16, bos_token_id=1, eos_token_id=2),
-            vision_config=vision, projection_dim=16),
-            ("text_model.final_layer_norm.weight", "text_model.final_layer_norm.bias",
-             "text_projection.weight", "logit_scale"),
-            "text_model.encoder.layers.", "text_config.num_hidden_layers",
-            "vision_model.encoder.layers.", "vision_config.num_hidden_layers", "vision_tower",
-            "text_encoder"),
+            "model.decoder.layers.",
+            "decoder_layers",
+            "model.encoder.layers.",
+            "encoder_layers",
+            "encoder",
+            "decoder",
+        ),
+        "clip": (
+            T.CLIPModel,
+            T.CLIPConfig(
+                text_config=dict(
+                    vocab_size=64,
+                    hidden_size=32,
+                    intermediate_size=64,
+                    num_hidden_layers=3,
+                    num_attention_heads=4,
+                    max_position_embeddings=16,
+                    bos_token_id=1,
+                    eos_token_id=2,
+                ),
+                vision_config=vision,
+                projection_dim=16,
+            ),
+            (
+                "text_model.final_layer_norm.weight",
+                "text_model.final_layer_norm.bias",
+                "text_projection.weight",
+                "logit_scale",
+            ),
+            "text_model.encoder.layers.",
+            "text_config.num_hidden_layers",
+            "vision_model.encoder.layers.",
+            "vision_config.num_hidden_layers",
+            "vision_tower",
+            "text_encoder",
+        ),
     }
 
 
@@ -124,12 +220,15 @@ def _loads_cleanly(fam: Family, folder: Path) -> None:
 @pytest.mark.parametrize("arch", NAMES)
 def test_passthrough_slices_stack_the_language_model(arch, families, tmp_path, run_cli):
     fam = families[arch]
-    recipe = write_recipe(tmp_path, f"""
+    recipe = write_recipe(
+        tmp_path,
+        f"""
 merge_method: passthrough
 slices:
   - sources: [{{model: {fam.a}, layer_range: [0, 2]}}]
   - sources: [{{model: {fam.b}, layer_range: [1, 3]}}]
-""")
+""",
+    )
     res = run_cli(recipe, tmp_path / "out")
     assert res.code == 0, res.err
     out = load_tensors(tmp_path / "out")
@@ -143,7 +242,7 @@ slices:
     for i, (tag, j) in enumerate(mapping):
         for name in src[tag]:
             if name.startswith(f"{fam.lm}{j}."):
-                expected[f"{fam.lm}{i}.{name[len(f'{fam.lm}{j}.'):]}"] = (tag, name)
+                expected[f"{fam.lm}{i}.{name[len(f'{fam.lm}{j}.') :]}"] = (tag, name)
     assert set(out) == set(expected)
     for name, (tag, src_name) in expected.items():
         assert torch.equal(out[name], src[tag][src_name]), name
@@ -157,13 +256,16 @@ slices:
 @pytest.mark.parametrize("arch", NAMES)
 def test_models_gradient_runs_over_each_stacks_own_depth(arch, families, tmp_path, run_cli):
     fam = families[arch]
-    recipe = write_recipe(tmp_path, f"""
+    recipe = write_recipe(
+        tmp_path,
+        f"""
 merge_method: linear
 models:
   - {{model: {fam.a}, parameters: {{weight: [1.0, 0.0]}}}}
   - {{model: {fam.b}, parameters: {{weight: [0.0, 1.0]}}}}
 dtype: float32
-""")
+""",
+    )
     res = run_cli(recipe, tmp_path / "out")
     assert res.code == 0, res.err
     out = load_tensors(tmp_path / "out")
@@ -173,7 +275,7 @@ dtype: float32
         for name in a:
             if not name.startswith(head):
                 continue
-            layer = int(name[len(head):].split(".")[0])
+            layer = int(name[len(head) :].split(".")[0])
             t = layer / (depth - 1)
             want = (1 - t) * a[name] + t * b[name]
             if t in (0.0, 1.0):  # weights 1 and 0: exactly one model's tensor
@@ -186,15 +288,20 @@ dtype: float32
     _loads_cleanly(fam, tmp_path / "out")
 
 
-_OTHER_POST = {"qwen2vl": "visual.merger.", "t5": "encoder.final_layer_norm.",
-               "whisper": "model.encoder.layer_norm."}
+_OTHER_POST = {
+    "qwen2vl": "visual.merger.",
+    "t5": "encoder.final_layer_norm.",
+    "whisper": "model.encoder.layer_norm.",
+}
 
 
 @pytest.mark.parametrize("arch", list(_OTHER_POST))
 def test_modules_address_each_stack(arch, families, tmp_path, run_cli):
     fam = families[arch]
     lm_module = _configs()[arch][8]
-    recipe = write_recipe(tmp_path, f"""
+    recipe = write_recipe(
+        tmp_path,
+        f"""
 merge_method: passthrough
 modules:
   {lm_module}:
@@ -204,7 +311,8 @@ modules:
     slices:
       - sources: [{{model: {fam.b}, layer_range: [0, 2]}}]
       - sources: [{{model: {fam.a}, layer_range: [1, 2]}}]
-""")
+""",
+    )
     res = run_cli(recipe, tmp_path / "out")
     assert res.code == 0, res.err
     out = load_tensors(tmp_path / "out")
@@ -213,10 +321,10 @@ modules:
     src = {"a": a, "b": b}
     for name, value in out.items():
         if name.startswith(fam.lm):
-            assert int(name[len(fam.lm):].split(".")[0]) == 0
+            assert int(name[len(fam.lm) :].split(".")[0]) == 0
             assert torch.equal(value, b[name]), name
         elif name.startswith(fam.other):
-            i, _, tail = name[len(fam.other):].partition(".")
+            i, _, tail = name[len(fam.other) :].partition(".")
             tag, j = other[int(i)]
             assert torch.equal(value, src[tag][f"{fam.other}{j}.{tail}"]), name
         else:  # before the first layer: the first slice's; after the last: the last's
@@ -229,22 +337,30 @@ modules:
 
 def test_modules_errors_name_the_stacks(families, tmp_path, run_cli):
     fam = families["qwen2vl"]
-    recipe = write_recipe(tmp_path, f"""
+    recipe = write_recipe(
+        tmp_path,
+        f"""
 merge_method: passthrough
 modules:
   vision:
     models: [{{model: {fam.a}}}]
-""")
+""",
+    )
     res = run_cli(recipe, tmp_path / "out")
     assert res.code == 2
-    assert f"recipe.yaml:5: modules.vision: model '{fam.a}' has no module 'vision'; its " \
-           "modules (layer stacks): 'text_decoder', 'vision_tower'" in res.err
-    recipe = write_recipe(tmp_path, f"""
+    assert (
+        f"recipe.yaml:5: modules.vision: model '{fam.a}' has no module 'vision'; its "
+        "modules (layer stacks): 'text_decoder', 'vision_tower'" in res.err
+    )
+    recipe = write_recipe(
+        tmp_path,
+        f"""
 merge_method: passthrough
 modules:
   text_decoder:
     models: [{{model: {fam.a}}}]
-""")
+""",
+    )
     res = run_cli(recipe, tmp_path / "out")
     assert res.code == 2
     assert "missing: 'vision_tower'" in res.err
@@ -256,36 +372,50 @@ def test_ambiguous_stacks_refuse_slices(tmp_path, run_cli):
 
     model = tmp_path / "two"
     model.mkdir()
-    save_file({f"{p}.layers.{i}.w": torch.ones(2) for p in ("left", "right") for i in (0, 1)},
-              model / "model.safetensors")
+    save_file(
+        {f"{p}.layers.{i}.w": torch.ones(2) for p in ("left", "right") for i in (0, 1)},
+        model / "model.safetensors",
+    )
     (model / "config.json").write_text(json.dumps({"num_layers": 2}))
-    recipe = write_recipe(tmp_path, f"""
+    recipe = write_recipe(
+        tmp_path,
+        f"""
 merge_method: passthrough
 slices:
   - sources: [{{model: {model}, layer_range: [0, 1]}}]
-""")
+""",
+    )
     res = run_cli(recipe, tmp_path / "out")
     assert res.code == 2
-    assert "has several layer stacks ('left.layers' (left.layers.0-1), 'right.layers' " \
-           "(right.layers.0-1)) and none is the language model's" in res.err
+    assert (
+        "has several layer stacks ('left.layers' (left.layers.0-1), 'right.layers' "
+        "(right.layers.0-1)) and none is the language model's" in res.err
+    )
 
 
-@pytest.mark.parametrize(("arch", "module", "prefix"), [
-    ("qwen2vl", "multi_modal_projector", "visual.merger."),
-    ("llava", "multi_modal_projector", "multi_modal_projector."),
-    ("t5", "shared", "shared."),
-])
-def test_modules_without_layers_take_their_own_models(arch, module, prefix, families, tmp_path,
-                                                       run_cli):
+@pytest.mark.parametrize(
+    ("arch", "module", "prefix"),
+    [
+        ("qwen2vl", "multi_modal_projector", "visual.merger."),
+        ("llava", "multi_modal_projector", "multi_modal_projector."),
+        ("t5", "shared", "shared."),
+    ],
+)
+def test_modules_without_layers_take_their_own_models(
+    arch, module, prefix, families, tmp_path, run_cli
+):
     fam = families[arch]
     lm_module = _configs()[arch][8]
-    recipe = write_recipe(tmp_path, f"""
+    recipe = write_recipe(
+        tmp_path,
+        f"""
 merge_method: passthrough
 modules:
   {lm_module}: {{slices: [{{sources: [{{model: {fam.a}, layer_range: [0, 3]}}]}}]}}
   {fam.other_module}: {{models: [{{model: {fam.a}}}]}}
   {module}: {{models: [{{model: {fam.b}}}]}}
-""")
+""",
+    )
     res = run_cli(recipe, tmp_path / "out")
     assert res.code == 0, res.err
     out = load_tensors(tmp_path / "out")

@@ -114,9 +114,10 @@ def uniform_recipe(loaded: LoadedRecipe) -> LoadedRecipe:
 def _uniform(loaded: LoadedRecipe) -> tuple[LoadedRecipe, int]:
     recipe = loaded.recipe
     method = SOUP_METHODS[recipe.merge_method]
-    if recipe.slices is not None:
-        raise MergeError(loaded.problem(("slices",), f"merge method {method.name!r} takes "
-                                        "models:, not slices:"))
+    for key in ("slices", "modules"):
+        if getattr(recipe, key) is not None:
+            raise MergeError(loaded.problem((key,), f"merge method {method.name!r} takes "
+                                            f"models:, not {key}:"))
     refs = [m.model for m in recipe.models or []]
     first = 0
     if method.base == "required":
