@@ -425,3 +425,41 @@ modules:
     for name, value in out.items():
         assert torch.equal(value, (b if name.startswith(prefix) else a)[name]), name
     _loads_cleanly(fam, tmp_path / "out")
+
+
+def test_modules_recipe_validates_like_mergekit(tmp_path):
+    from mergekit_like.errors import RecipeError
+    from mergekit_like.loader import load_recipe
+
+    ok = load_recipe(
+        write_recipe(
+            tmp_path,
+            """
+merge_method: linear
+modules:
+  text_decoder:
+    slices:
+      - sources: [{model: a, layer_range: [0, 2]}, {model: b, layer_range: [0, 2]}]
+    parameters: {weight: 0.5}
+  vision_tower:
+    models: [{model: b}, {model: c}]
+""",
+        ),
+        ["modules.vision_tower.models.1.model=d"],
+    ).recipe
+    assert ok.referenced_models() == ["a", "b", "d"]
+    assert ok.modules is not None and ok.modules["text_decoder"].parameters == {"weight": 0.5}
+    for body, want in [
+        ("modules:\n  x: {}\n", "recipe.yaml:3: modules.x: give exactly one of 'models' or"),
+        (
+            "modules:\n  x: {models: [{model: a}], layers: 2}\n",
+            "recipe.yaml:3: modules.x.layers: unknown key",
+        ),
+        (
+            "models: [{model: a}]\nmodules:\n  x: {models: [{model: a}]}\n",
+            "give exactly one of 'models' or 'slices' (or 'modules')",
+        ),
+    ]:
+        with pytest.raises(RecipeError) as exc:
+            load_recipe(write_recipe(tmp_path, f"merge_method: linear\n{body}"))
+        assert want in str(exc.value.problems[0]), exc.value.problems
