@@ -257,6 +257,8 @@ def module_names(layout: LayerLayout) -> tuple[list[str], dict[str, int]]:
     (``model.layers``), the name mergekit gives a module it infers from tensor names.
     """
     stacks = layout.stacks
+    if not stacks:
+        return [], {}
     if len(stacks) == 1:
         return ["default"], {"default": 0, stacks[0].prefix: 0}
     canon = [_canonical(s.roles) for s in stacks]

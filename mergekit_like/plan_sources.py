@@ -117,48 +117,51 @@ class _Normaliser:
         self.index_of = index_of
         self.layouts = layouts
         self.ref = reference
-        self.names, _ = module_names(layouts[reference]) if layouts[reference].stacks else ([], {})
+        self.names = module_names(layouts[reference])[0]
         self.problems: list[Problem] = []
 
     def run(self) -> list[ModuleSlices]:
         recipe = self.loaded.recipe
-        out: list[ModuleSlices] = []
         if recipe.modules is not None:
             out = self._modules()
-        elif not self.names:  # no layers at all: one empty module for the loose tensors
-            out = (
-                [self._models_module(None, recipe.models or [], ("models",), _NO_PARAMS)]
+        elif not self.names:  # no layers at all: one module for the loose tensors
+            out = [
+                self._models_module(None, recipe.models, ("models",), _NO_PARAMS)
                 if recipe.models is not None
-                else [self._slices_module(None, recipe.slices or [], ("slices",), _NO_PARAMS)]
-            )
+                else self._slices_module(None, recipe.slices or [], ("slices",), _NO_PARAMS)
+            ]
+        elif recipe.models is not None:
+            out = [
+                self._models_module(n, recipe.models, ("models",), _NO_PARAMS) for n in self.names
+            ]
         else:
-            main = self.layouts[self.ref].main
-            if recipe.slices is not None and main is None:
-                stacks = ", ".join(
-                    f"{n!r} ({s.head}0-{s.num_layers - 1})"
-                    for n, s in zip(self.names, self.layouts[self.ref].stacks, strict=True)
-                )
-                self.problems.append(
-                    self.loaded.problem(
-                        ("slices",),
-                        f"model {self._ref_name()!r} has several layer stacks ({stacks}) "
-                        "and none is the language model's; say which each slice takes with "
-                        "modules: {NAME: {slices: [...]}}",
-                    )
-                )
-                raise PlanError(self.problems)
-            for i, name in enumerate(self.names):
-                if recipe.models is not None:
-                    out.append(self._models_module(name, recipe.models, ("models",), _NO_PARAMS))
-                elif i == main:
-                    out.append(
-                        self._slices_module(name, recipe.slices or [], ("slices",), _NO_PARAMS)
-                    )
-                else:
-                    out.append(self._whole_module(name, (recipe.slices or [])[0]))
+            out = self._slices_on_main(recipe.slices or [])
         if self.problems:
             raise PlanError(self.problems)
         return out
+
+    def _slices_on_main(self, slices: Sequence[OutputSlice]) -> list[ModuleSlices]:
+        """``slices:`` take the main stack; the other stacks come whole from the first slice."""
+        main = self.layouts[self.ref].main
+        if main is None:
+            stacks = ", ".join(
+                f"{n!r} ({s.head}0-{s.num_layers - 1})"
+                for n, s in zip(self.names, self.layouts[self.ref].stacks, strict=True)
+            )
+            raise PlanError(
+                self.loaded.problem(
+                    ("slices",),
+                    f"model {self._ref_name()!r} has several layer stacks ({stacks}) and none "
+                    "is the language model's; say which each slice takes with "
+                    "modules: {NAME: {slices: [...]}}",
+                )
+            )
+        return [
+            self._slices_module(n, slices, ("slices",), _NO_PARAMS)
+            if i == main
+            else self._whole_module(n, slices[0])
+            for i, n in enumerate(self.names)
+        ]
 
     def _ref_name(self) -> str:
         return next(r for r, i in self.index_of.items() if i == self.ref)
@@ -168,7 +171,7 @@ class _Normaliser:
         if name is None:
             return None
         layout = self.layouts[model]
-        _, alias = module_names(layout) if layout.stacks else ([], {})
+        _, alias = module_names(layout)
         ref_stack = self.layouts[self.ref].stacks[self._ref_alias()[name]]
         found = alias.get(name)
         if found is None:  # the same stack under another name: match by head
@@ -307,7 +310,7 @@ class _Normaliser:
     def _modules(self) -> list[ModuleSlices]:
         recipe = self.loaded.recipe
         assert recipe.modules is not None
-        alias = self._ref_alias() if self.names else {}
+        alias = self._ref_alias()
         known = ", ".join(repr(n) for n in self.names) or "none"
         by_stack: dict[int, ModuleSlices] = {}
         out_loose: list[ModuleSlices] = []
