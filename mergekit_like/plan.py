@@ -8,7 +8,7 @@ model, parameters of the wrong type.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,8 +23,12 @@ from mergekit_like.loader import LoadedRecipe
 from mergekit_like.methods import REGISTRY, MergeMethod, MethodParams
 from mergekit_like.params import ParamLevel, lookup
 from mergekit_like.plan_output import OutputSpec, output_spec
+from mergekit_like.recipe_checks import check_parameter_names
 from mergekit_like.plan_sources import Source, SourceSlice, normalise_slices
 from mergekit_like.vocab import VocabPlan, plan_vocab, vocab_rows
+
+ModelOpener = Callable[[str, Path | None, Mapping[str, Path]], ModelCatalog]
+"""Opens one model reference: ``open_model(ref, recipe_dir, named_models)``."""
 
 COPY = "copy"  # pseudo-method: non-float tensors are copied from the first input
 
@@ -85,11 +89,16 @@ class Plan:
         return sum(t.nbytes for t in self.tensors)
 
 
-def build_plan(loaded: LoadedRecipe) -> Plan:
-    """Plan a validated recipe against its ingredients' headers."""
+def build_plan(loaded: LoadedRecipe, models: ModelOpener = open_model) -> Plan:
+    """Plan a validated recipe against its ingredients' headers.
+
+    ``models`` opens each model reference (default: local folders and the hub cache;
+    :class:`mergekit_like.io.hub_remote.HubModels` reads hub headers over HTTP instead).
+    """
     recipe = loaded.recipe
     method = REGISTRY[recipe.merge_method]
-    catalogs, index_of = _load_models(loaded)
+    check_parameter_names(loaded).raise_problems()
+    catalogs, index_of = _load_models(loaded, models)
     layouts = {i: layer_layout(c.tensors) for i, c in enumerate(catalogs)}
     base_idx = index_of[recipe.base_model] if recipe.base_model else None
     if method.base == "required" and base_idx is None:
@@ -127,7 +136,8 @@ def build_plan(loaded: LoadedRecipe) -> Plan:
     return plan
 
 
-def _load_models(loaded: LoadedRecipe) -> tuple[list[ModelCatalog], dict[str, int]]:
+def _load_models(loaded: LoadedRecipe,
+                 models: ModelOpener) -> tuple[list[ModelCatalog], dict[str, int]]:
     recipe = loaded.recipe
     where: dict[str, Loc] = {}
     if recipe.base_model:
@@ -142,7 +152,7 @@ def _load_models(loaded: LoadedRecipe) -> tuple[list[ModelCatalog], dict[str, in
     problems = []
     for ref, loc in where.items():
         try:
-            catalogs.append(open_model(ref, loaded.path.parent, loaded.named_models))
+            catalogs.append(models(ref, loaded.path.parent, loaded.named_models))
             index_of[ref] = len(catalogs) - 1
         except InputError as exc:
             problems.extend(loaded.problem(loc, p.message) for p in exc.problems)

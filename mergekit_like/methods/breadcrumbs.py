@@ -26,7 +26,7 @@ from mergekit_like.methods.task_arithmetic import MagnitudeTrimParams, family_me
 
 
 class BreadcrumbsModelParams(MethodParams):
-    weight: float = Field(1.0, description="scale of this model's task vector")
+    weight: float = Field(description="scale of this model's task vector")
     density: float = Field(1.0, ge=0.0, le=1.0, description="fraction of entries kept")
     gamma: float = Field(0.01, ge=0.0, le=1.0,
                          description="fraction of largest-magnitude entries dropped")

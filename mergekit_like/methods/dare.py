@@ -44,7 +44,7 @@ class RandomTrimParams(TaskArithmeticParams):
 
 
 class DareModelParams(MethodParams):
-    weight: float = Field(1.0, description="scale of this model's task vector")
+    weight: float = Field(description="scale of this model's task vector")
     density: float = Field(1.0, ge=0.0, le=1.0,
                            description="probability of keeping each entry (1 - drop rate)")
 

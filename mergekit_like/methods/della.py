@@ -25,7 +25,7 @@ class DellaParams(RandomTrimParams):
 
 
 class DellaModelParams(MethodParams):
-    weight: float = Field(1.0, description="scale of this model's task vector")
+    weight: float = Field(description="scale of this model's task vector")
     density: float = Field(1.0, ge=0.0, le=1.0, description="mean fraction of entries kept")
     epsilon: float = Field(0.15, ge=0.0, validate_default=True,
                            description="spread of keep probabilities: density - epsilon "

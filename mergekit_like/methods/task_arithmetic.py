@@ -244,7 +244,7 @@ class MagnitudeTrimParams(TaskArithmeticParams):
 
 
 class TaskArithmeticModelParams(MethodParams):
-    weight: float = Field(1.0, description="scale of this model's task vector (negative subtracts)")
+    weight: float = Field(description="scale of this model's task vector (negative subtracts)")
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ class TiesParams(MagnitudeTrimParams):
 
 
 class TiesModelParams(MethodParams):
-    weight: float = Field(1.0, description="scale of this model's task vector")
+    weight: float = Field(description="scale of this model's task vector")
     density: float = Field(1.0, ge=0.0, le=1.0,
                            description="fraction of entries kept (largest magnitudes, per "
                            "tensor; per model with model_wide_trim)")
