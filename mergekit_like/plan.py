@@ -23,8 +23,8 @@ from mergekit_like.loader import LoadedRecipe
 from mergekit_like.methods import REGISTRY, MergeMethod, MethodParams
 from mergekit_like.params import ParamLevel, lookup
 from mergekit_like.plan_output import OutputSpec, output_spec
-from mergekit_like.recipe_checks import check_parameter_names
 from mergekit_like.plan_sources import Source, SourceSlice, normalise_slices
+from mergekit_like.recipe_checks import check_parameter_names
 from mergekit_like.vocab import VocabPlan, plan_vocab, vocab_rows
 
 ModelOpener = Callable[[str, Path | None, Mapping[str, Path]], ModelCatalog]

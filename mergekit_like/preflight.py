@@ -64,18 +64,24 @@ def validate_recipe(loaded: LoadedRecipe, access: HubAccess) -> int:
     models = HubModels(access)
     unreachable = _open_all(loaded, models)
     if unreachable:
-        print(f"{loaded.path}: recipe checks passed ({recipe.merge_method}: required "
-              "parameters, value ranges, model counts, base model, parameter names)")
-        print(f"not checked, as {len(unreachable)} model(s) are not reachable: "
-              + "; ".join(MODEL_CHECKS))
+        print(
+            f"{loaded.path}: recipe checks passed ({recipe.merge_method}: required "
+            "parameters, value ranges, model counts, base model, parameter names)"
+        )
+        print(
+            f"not checked, as {len(unreachable)} model(s) are not reachable: "
+            + "; ".join(MODEL_CHECKS)
+        )
         for exc in unreachable.values():
             print(f"  {exc.problems[0].message}")
         return 0
     plan = build_plan(loaded, models=models)
     for warning in plan.warnings:
         print(warning, file=sys.stderr)
-    print(f"{loaded.path}: ok ({recipe.merge_method}, {len(plan.models)} models, "
-          f"{len(plan.tensors)} output tensors)")
+    print(
+        f"{loaded.path}: ok ({recipe.merge_method}, {len(plan.models)} models, "
+        f"{len(plan.tensors)} output tensors)"
+    )
     return 0
 
 
@@ -86,8 +92,11 @@ def missing_hub_models(docs: Sequence[LoadedRecipe]) -> list[str]:
     for doc in docs:
         for ref in doc.recipe.referenced_models():
             for part in ref.split("+"):
-                if part not in names and split_ref(part) and \
-                        find_local(part, doc.path.parent) is None:
+                if (
+                    part not in names
+                    and split_ref(part)
+                    and find_local(part, doc.path.parent) is None
+                ):
                     out.append(part)
     return list(dict.fromkeys(out))
 

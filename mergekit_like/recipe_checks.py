@@ -30,9 +30,13 @@ from mergekit_like.methods import REGISTRY, MergeMethod, MethodParams
 from mergekit_like.params import ParamLevel, lookup
 
 NO_FILTER = "\0"  # a tensor name that no filter entry matches
-MODEL_CHECKS = ("tensor names, shapes and dtypes across the models", "layer counts and "
-                "layer_range bounds", "parameter values at each layer", "vocabularies",
-                "architectures")
+MODEL_CHECKS = (
+    "tensor names, shapes and dtypes across the models",
+    "layer counts and layer_range bounds",
+    "parameter values at each layer",
+    "vocabularies",
+    "architectures",
+)
 """What ``merge validate`` checks only with the models' headers at hand."""
 
 
@@ -49,8 +53,11 @@ class CheckResult:
 
 
 def _method_keys(method: MergeMethod) -> list[str]:
-    return [info.alias or name for model in (method.params, method.model_params)
-            for name, info in model.model_fields.items()]
+    return [
+        info.alias or name
+        for model in (method.params, method.model_params)
+        for name, info in model.model_fields.items()
+    ]
 
 
 def _parameter_levels(loaded: LoadedRecipe) -> Iterator[tuple[Loc, Mapping[str, Any]]]:
@@ -78,12 +85,24 @@ def check_parameter_names(loaded: LoadedRecipe) -> CheckResult:
                 continue
             near = difflib.get_close_matches(key, known, n=1, cutoff=0.75)
             if near:
-                problems.append(loaded.problem((*loc, key), f"merge method {method.name!r} has "
-                                               f"no parameter {key!r}; did you mean {near[0]!r}?"))
+                problems.append(
+                    loaded.problem(
+                        (*loc, key),
+                        f"merge method {method.name!r} has "
+                        f"no parameter {key!r}; did you mean {near[0]!r}?",
+                    )
+                )
             else:
-                warnings.append(str(loaded.problem((*loc, key), f"warning: merge method "
-                                f"{method.name!r} does not use parameter {key!r}; it has no "
-                                "effect")))
+                warnings.append(
+                    str(
+                        loaded.problem(
+                            (*loc, key),
+                            f"warning: merge method "
+                            f"{method.name!r} does not use parameter {key!r}; it has no "
+                            "effect",
+                        )
+                    )
+                )
     return CheckResult(tuple(problems + _duplicates(loaded)), tuple(warnings))
 
 
@@ -93,15 +112,21 @@ def _duplicates(loaded: LoadedRecipe) -> list[Problem]:
     if recipe.models is not None:
         groups.append([(m.model, ("models", i, "model")) for i, m in enumerate(recipe.models)])
     for s, sl in enumerate(recipe.slices or []):
-        groups.append([(src.model, ("slices", s, "sources", k, "model"))
-                       for k, src in enumerate(sl.sources)])
+        groups.append(
+            [(src.model, ("slices", s, "sources", k, "model")) for k, src in enumerate(sl.sources)]
+        )
     out = []
     for group in groups:
         seen: dict[str, Loc] = {}
         for ref, loc in group:
             if ref in seen:
-                out.append(loaded.problem(loc, f"model {ref!r} is listed twice (also at "
-                                          f"{_fmt(seen[ref])}); each model is merged once"))
+                out.append(
+                    loaded.problem(
+                        loc,
+                        f"model {ref!r} is listed twice (also at "
+                        f"{_fmt(seen[ref])}); each model is merged once",
+                    )
+                )
             seen.setdefault(ref, loc)
     return out
 
@@ -123,19 +148,30 @@ class _Slice:
 def _slices(loaded: LoadedRecipe) -> list[_Slice]:
     recipe = loaded.recipe
     if recipe.models is not None:
-        sources = tuple((m.model, ("models", i), ParamLevel(m.parameters,
-                                                              ("models", i, "parameters")))
-                        for i, m in enumerate(recipe.models))
+        sources = tuple(
+            (m.model, ("models", i), ParamLevel(m.parameters, ("models", i, "parameters")))
+            for i, m in enumerate(recipe.models)
+        )
         return [_Slice(("models",), sources, ParamLevel({}, ()), (0.0, 1.0))]
     out = []
     for s, sl in enumerate(recipe.slices or []):
         n = sl.sources[0].layer_range[1] - sl.sources[0].layer_range[0]
-        sources = tuple((src.model, ("slices", s, "sources", k),
-                         ParamLevel(src.parameters, ("slices", s, "sources", k, "parameters")))
-                        for k, src in enumerate(sl.sources))
-        out.append(_Slice(("slices", s), sources, ParamLevel(sl.parameters,
-                                                             ("slices", s, "parameters")),
-                          tuple(j / (n - 1) if n > 1 else 0.0 for j in range(n))))
+        sources = tuple(
+            (
+                src.model,
+                ("slices", s, "sources", k),
+                ParamLevel(src.parameters, ("slices", s, "sources", k, "parameters")),
+            )
+            for k, src in enumerate(sl.sources)
+        )
+        out.append(
+            _Slice(
+                ("slices", s),
+                sources,
+                ParamLevel(sl.parameters, ("slices", s, "parameters")),
+                tuple(j / (n - 1) if n > 1 else 0.0 for j in range(n)),
+            )
+        )
     return out
 
 
@@ -148,45 +184,61 @@ def check_recipe(loaded: LoadedRecipe) -> CheckResult:
     recipe = loaded.recipe
     problems = list(names.problems)
     if method.base == "required" and not recipe.base_model:
-        problems.append(loaded.problem(("merge_method",),
-                                       f"merge method {method.name!r} needs a base_model"))
+        problems.append(
+            loaded.problem(("merge_method",), f"merge method {method.name!r} needs a base_model")
+        )
     uses_base = recipe.base_model is not None and method.base != "unused"
     for sl in _slices(loaded):
         inputs = [src for src in sl.sources if not (uses_base and src[0] == recipe.base_model)]
         if uses_base and sl.loc[0] == "slices" and len(inputs) == len(sl.sources):
-            problems.append(loaded.problem((*sl.loc, "sources"),
-                                           "base_model is not among this slice's sources"))
+            problems.append(
+                loaded.problem((*sl.loc, "sources"), "base_model is not among this slice's sources")
+            )
         problems += _count_problem(loaded, method, sl.loc, len(inputs), uses_base)
         problems += _value_problems(loaded, method, sl, inputs)
     return CheckResult(tuple(dict.fromkeys(problems)), names.warnings)
 
 
-def _count_problem(loaded: LoadedRecipe, method: MergeMethod, loc: Loc, n: int,
-                   uses_base: bool) -> list[Problem]:
+def _count_problem(
+    loaded: LoadedRecipe, method: MergeMethod, loc: Loc, n: int, uses_base: bool
+) -> list[Problem]:
     low, high = method.min_models, method.max_models
     if low <= n and (high is None or n <= high):
         return []
-    want = (f"exactly {low}" if high == low else f"at most {high}"
-            if high is not None and n > high else f"at least {low}")
+    want = (
+        f"exactly {low}"
+        if high == low
+        else f"at most {high}"
+        if high is not None and n > high
+        else f"at least {low}"
+    )
     besides = " besides the base" if uses_base else ""
-    return [loaded.problem(loc, f"merge method {method.name!r} takes {want} model(s)"
-                           f"{besides}, got {n}")]
+    return [
+        loaded.problem(loc, f"merge method {method.name!r} takes {want} model(s){besides}, got {n}")
+    ]
 
 
-def _value_problems(loaded: LoadedRecipe, method: MergeMethod, sl: _Slice,
-                    inputs: list[tuple[str, Loc, ParamLevel]]) -> list[Problem]:
+def _value_problems(
+    loaded: LoadedRecipe, method: MergeMethod, sl: _Slice, inputs: list[tuple[str, Loc, ParamLevel]]
+) -> list[Problem]:
     top = [sl.params, ParamLevel(loaded.recipe.parameters, ("parameters",))]
     problems: list[Problem] = []
     for t in sl.positions:
         problems += _validate(loaded, method.params, top, t, ("parameters",))
         for _, loc, level in inputs:
-            problems += _validate(loaded, method.model_params, [level, *top], t,
-                                  (*loc, "parameters"))
+            problems += _validate(
+                loaded, method.model_params, [level, *top], t, (*loc, "parameters")
+            )
     return problems
 
 
-def _validate(loaded: LoadedRecipe, model: type[MethodParams], levels: list[ParamLevel],
-              t: float, missing_at: Loc) -> list[Problem]:
+def _validate(
+    loaded: LoadedRecipe,
+    model: type[MethodParams],
+    levels: list[ParamLevel],
+    t: float,
+    missing_at: Loc,
+) -> list[Problem]:
     values: dict[str, Any] = {}
     origin: dict[str, Loc] = {}
     for name, info in model.model_fields.items():

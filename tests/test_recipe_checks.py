@@ -66,8 +66,9 @@ def test_slerp_without_t(tmp_path, run_cli, offline):
 
 
 def test_slerp_base_not_among_slice_sources(tmp_path, run_cli, offline):
-    text = SLERP.format(t=SLERP_T).replace("base_model: OpenPipe/mistral-ft-optimized-1218",
-                                           "base_model: mistralai/Mistral-7B-v0.1")
+    text = SLERP.format(t=SLERP_T).replace(
+        "base_model: OpenPipe/mistral-ft-optimized-1218", "base_model: mistralai/Mistral-7B-v0.1"
+    )
     res = _validate(tmp_path, run_cli, text)
     assert res.code == 2
     assert "slices[0].sources: base_model is not among this slice's sources" in res.err
@@ -78,15 +79,20 @@ def test_slerp_base_not_among_slice_sources(tmp_path, run_cli, offline):
 def test_della_density_epsilon_outside_unit(tmp_path, run_cli, offline, density, epsilon):
     res = _validate(tmp_path, run_cli, DELLA.format(density=density, epsilon=epsilon))
     assert res.code == 2
-    assert res.err.startswith("error: recipe.yaml:6: models[1].parameters.epsilon: density - "
-                              "epsilon and density + epsilon must lie strictly between 0 and 1")
+    assert res.err.startswith(
+        "error: recipe.yaml:6: models[1].parameters.epsilon: density - "
+        "epsilon and density + epsilon must lie strictly between 0 and 1"
+    )
     assert len(res.err.strip().splitlines()) == 1
     ok = _validate(tmp_path, run_cli, DELLA.format(density=0.5, epsilon=0.2))
     assert ok.code == 0, ok.err
 
 
 def test_task_arithmetic_given_slerps_t_and_no_weight(tmp_path, run_cli, offline):
-    res = _validate(tmp_path, run_cli, """merge_method: task_arithmetic
+    res = _validate(
+        tmp_path,
+        run_cli,
+        """merge_method: task_arithmetic
 base_model: meta-llama/Llama-2-7b-hf
 models:
   - model: lmsys/vicuna-7b-v1.5
@@ -94,43 +100,58 @@ models:
 parameters:
   t: 0.5
 dtype: float16
-""")
+""",
+    )
     assert res.code == 2
     errors = [line for line in res.err.splitlines() if line.startswith("error:")]
-    assert errors == ["error: recipe.yaml:4: models[0].parameters.weight: required parameter is "
-                      "missing",
-                      "error: recipe.yaml:5: models[1].parameters.weight: required parameter is "
-                      "missing"]
-    assert "parameters.t: warning: merge method 'task_arithmetic' does not use parameter 't'" \
+    assert errors == [
+        "error: recipe.yaml:4: models[0].parameters.weight: required parameter is missing",
+        "error: recipe.yaml:5: models[1].parameters.weight: required parameter is missing",
+    ]
+    assert (
+        "parameters.t: warning: merge method 'task_arithmetic' does not use parameter 't'"
         in res.err
+    )
 
 
 def test_misspelled_parameter_is_an_error(tmp_path, run_cli, offline):
-    res = _validate(tmp_path, run_cli, """merge_method: ties
+    res = _validate(
+        tmp_path,
+        run_cli,
+        """merge_method: ties
 base_model: mistralai/Mistral-7B-v0.1
 models:
   - model: WizardLMTeam/WizardMath-7B-V1.1
     parameters: {weight: 0.5, desnity: 0.5}
-""")
+""",
+    )
     assert res.code == 2
-    assert res.err.strip() == ("error: recipe.yaml:5: models[0].parameters.desnity: merge method "
-                               "'ties' has no parameter 'desnity'; did you mean 'density'?")
+    assert res.err.strip() == (
+        "error: recipe.yaml:5: models[0].parameters.desnity: merge method "
+        "'ties' has no parameter 'desnity'; did you mean 'density'?"
+    )
 
 
 def test_misspelled_parameter_stops_the_merge(tmp_path, run_cli, llama_family):
-    recipe = write_recipe(tmp_path, f"""merge_method: ties
-base_model: {llama_family['base']}
+    recipe = write_recipe(
+        tmp_path,
+        f"""merge_method: ties
+base_model: {llama_family["base"]}
 models:
-  - model: {llama_family['math']}
+  - model: {llama_family["math"]}
     parameters: {{weight: 1.0, desnity: 0.5}}
-""")
+""",
+    )
     res = run_cli(recipe, tmp_path / "out", "--quiet")
     assert res.code == 2 and "did you mean 'density'?" in res.err
     assert not (tmp_path / "out").exists()
 
 
 def test_model_listed_twice_and_model_counts(tmp_path, run_cli, offline):
-    res = _validate(tmp_path, run_cli, """merge_method: nuslerp
+    res = _validate(
+        tmp_path,
+        run_cli,
+        """merge_method: nuslerp
 models:
   - model: acme/a
     parameters: {weight: 0.5}
@@ -138,10 +159,13 @@ models:
     parameters: {weight: 0.5}
   - model: acme/a
     parameters: {weight: 0.5}
-""")
+""",
+    )
     assert res.code == 2
-    assert "recipe.yaml:7: models[2].model: model 'acme/a' is listed twice (also at " \
+    assert (
+        "recipe.yaml:7: models[2].model: model 'acme/a' is listed twice (also at "
         "models[0].model)" in res.err
+    )
     assert "merge method 'nuslerp' takes exactly 2 model(s), got 3" in res.err
 
 
@@ -153,13 +177,19 @@ def test_value_ranges_at_each_layer_of_a_slice(tmp_path, run_cli, offline):
 
 
 def test_unused_parameter_is_a_warning(tmp_path, run_cli, offline):
-    res = _validate(tmp_path, run_cli, """merge_method: linear
+    res = _validate(
+        tmp_path,
+        run_cli,
+        """merge_method: linear
 models:
   - model: acme/a
     parameters: {weight: 0.5, density: 0.3}
   - model: acme/b
     parameters: {weight: 0.5}
-""")
+""",
+    )
     assert res.code == 0
-    assert "models[0].parameters.density: warning: merge method 'linear' does not use " \
+    assert (
+        "models[0].parameters.density: warning: merge method 'linear' does not use "
         "parameter 'density'" in res.err
+    )

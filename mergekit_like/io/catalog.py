@@ -1,8 +1,9 @@
 """What an ingredient model holds, from its headers alone: tensor names, shapes, dtypes, config.
 
 ``resolve_model`` turns a recipe's model reference (a local folder or a Hugging Face hub id
-found in the local hub cache; :mod:`mergekit_like.io.hub` downloads) into a folder; ``load_catalog`` reads that
-folder's safetensors headers (or index) and config.json into a frozen :class:`ModelCatalog`.
+found in the local hub cache; :mod:`mergekit_like.io.hub` downloads) into a folder;
+``load_catalog`` reads that folder's safetensors headers (or index) and config.json into a
+frozen :class:`ModelCatalog`.
 """
 
 from __future__ import annotations

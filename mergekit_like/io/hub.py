@@ -30,10 +30,21 @@ from mergekit_like.errors import InputError
 
 _SHA = re.compile(r"^[0-9a-f]{40}$")
 _SMALL = (  # besides the weights: config, generation config, tokenizer, chat template
-    "config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
-    "special_tokens_map.json", "added_tokens.json", "tokenizer.model", "vocab.json",
-    "merges.txt", "vocab.txt", "spiece.model", "sentencepiece.bpe.model",
-    "chat_template.jinja", "chat_template.json", "adapter_config.json",
+    "config.json",
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "tokenizer.model",
+    "vocab.json",
+    "merges.txt",
+    "vocab.txt",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+    "chat_template.jinja",
+    "chat_template.json",
+    "adapter_config.json",
 )
 SAFE_INDEX = "model.safetensors.index.json"
 BIN_INDEX = "pytorch_model.bin.index.json"
@@ -60,10 +71,13 @@ class HubAccess:
         """``HF_HUB_OFFLINE``, ``HF_ENDPOINT``, ``HF_TOKEN`` and the cache, now; ``offline``
         (the ``--offline`` flag) forces offline mode."""
         env_off = os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in {"1", "ON", "YES", "TRUE"}
-        return cls(offline=offline or env_off,
-                   endpoint=(os.environ.get("HF_ENDPOINT") or cls.endpoint).rstrip("/"),
-                   token=os.environ.get("HF_TOKEN") or None, cache_dir=hub_cache_dir(),
-                   progress=progress)
+        return cls(
+            offline=offline or env_off,
+            endpoint=(os.environ.get("HF_ENDPOINT") or cls.endpoint).rstrip("/"),
+            token=os.environ.get("HF_TOKEN") or None,
+            cache_dir=hub_cache_dir(),
+            progress=progress,
+        )
 
     @property
     def cache(self) -> Path:
@@ -90,8 +104,12 @@ def split_ref(ref: str) -> tuple[str, str | None] | None:
     ('acme/tiny', 'v2')
     """
     repo_id, _, revision = ref.partition("@")
-    if (repo_id.count("/") != 1 or repo_id.startswith((".", "/", "~")) or "\\" in ref
-            or not all(re.fullmatch(r"[\w.\-]+", p) for p in repo_id.split("/"))):
+    if (
+        repo_id.count("/") != 1
+        or repo_id.startswith((".", "/", "~"))
+        or "\\" in ref
+        or not all(re.fullmatch(r"[\w.\-]+", p) for p in repo_id.split("/"))
+    ):
         return None
     return repo_id, revision or None
 
@@ -121,8 +139,12 @@ def weights_present(folder: Path) -> bool:
             except (OSError, ValueError, KeyError, TypeError, AttributeError):
                 return False
             return all((folder / s).is_file() for s in shards)
-    names = ("model.safetensors", "pytorch_model.bin", "adapter_model.safetensors",
-             "adapter_model.bin")
+    names = (
+        "model.safetensors",
+        "pytorch_model.bin",
+        "adapter_model.safetensors",
+        "adapter_model.bin",
+    )
     return any((folder / n).is_file() for n in names) or any(folder.glob("*.safetensors"))
 
 
@@ -145,8 +167,9 @@ def needed_files(files: Iterable[str], index: Mapping[str, Any] | None = None) -
         out += [SAFE_INDEX, *shards]
     elif "model.safetensors" in top:
         out.append("model.safetensors")
-    elif safes := sorted(f for f in top if f.endswith(".safetensors")
-                         and not f.startswith("adapter_model")):
+    elif safes := sorted(
+        f for f in top if f.endswith(".safetensors") and not f.startswith("adapter_model")
+    ):
         out += safes
     elif BIN_INDEX in top:
         out += [BIN_INDEX, *shards]
@@ -162,27 +185,35 @@ def hub_error(exc: BaseException, ref: str, access: HubAccess) -> InputError:
     where = access.endpoint
     repo_id = (split_ref(ref) or (ref, None))[0]
     if isinstance(exc, errors.GatedRepoError):
-        fix = ("the token in HF_TOKEN has no access: accept the model's terms with that account"
-               if access.token else "accept its terms on the model page and set HF_TOKEN to a "
-               "token of that account")
+        fix = (
+            "the token in HF_TOKEN has no access: accept the model's terms with that account"
+            if access.token
+            else "accept its terms on the model page and set HF_TOKEN to a token of that account"
+        )
         return InputError(f"model {ref!r} is gated on {where}: {fix} ({where}/{repo_id})")
     if isinstance(exc, errors.RevisionNotFoundError):
         return InputError(f"model {ref!r}: no such revision on {where}; check the part after @")
     if isinstance(exc, errors.RepositoryNotFoundError):
-        return InputError(f"model {ref!r} was not found on {where}: check the name (a private "
-                          "model needs HF_TOKEN)")
+        return InputError(
+            f"model {ref!r} was not found on {where}: check the name (a private "
+            "model needs HF_TOKEN)"
+        )
     if isinstance(exc, errors.OfflineModeIsEnabled | errors.LocalEntryNotFoundError):
         return offline_error(ref, access)
     if isinstance(exc, errors.HfHubHTTPError) and getattr(exc, "response", None) is not None:
         return InputError(f"model {ref!r}: {where} answered HTTP {exc.response.status_code}")
-    return HubUnreachable(f"model {ref!r}: cannot reach {where} ({type(exc).__name__}); check "
-                          "the network or HF_ENDPOINT, or work offline with cached models")
+    return HubUnreachable(
+        f"model {ref!r}: cannot reach {where} ({type(exc).__name__}); check "
+        "the network or HF_ENDPOINT, or work offline with cached models"
+    )
 
 
 def offline_error(ref: str, access: HubAccess) -> HubUnreachable:
-    return HubUnreachable(f"model {ref!r} is not in the Hugging Face cache ({access.cache}) and "
-                          "downloads are off (--offline or HF_HUB_OFFLINE); run once online "
-                          "to download it")
+    return HubUnreachable(
+        f"model {ref!r} is not in the Hugging Face cache ({access.cache}) and "
+        "downloads are off (--offline or HF_HUB_OFFLINE); run once online "
+        "to download it"
+    )
 
 
 def _bar_class(label: str, show: bool) -> type:
@@ -203,15 +234,24 @@ def remote_files(repo_id: str, revision: str | None, access: HubAccess) -> tuple
     from huggingface_hub import HfApi
 
     info = HfApi(endpoint=access.endpoint, token=access.token).model_info(
-        repo_id, revision=revision)
+        repo_id, revision=revision
+    )
     return str(info.sha), [s.rfilename for s in info.siblings or []]
 
 
 def fetch_small_file(repo_id: str, commit: str, name: str, access: HubAccess) -> Path:
     from huggingface_hub import hf_hub_download
 
-    return Path(hf_hub_download(repo_id, name, revision=commit, cache_dir=access.cache_dir,
-                                endpoint=access.endpoint, token=access.token))
+    return Path(
+        hf_hub_download(
+            repo_id,
+            name,
+            revision=commit,
+            cache_dir=access.cache_dir,
+            endpoint=access.endpoint,
+            token=access.token,
+        )
+    )
 
 
 def _plan_files(repo_id: str, revision: str | None, access: HubAccess) -> tuple[str, list[str]]:
@@ -239,17 +279,24 @@ def download_model(ref: str, access: HubAccess) -> Path:
     repo_id, revision = parts
     try:
         _, wanted = _plan_files(repo_id, revision, access)
-        path = snapshot_download(repo_id, revision=revision, allow_patterns=wanted,
-                                 cache_dir=access.cache_dir, endpoint=access.endpoint,
-                                 token=access.token, max_workers=4,
-                                 tqdm_class=_bar_class(ref, access.progress))
+        path = snapshot_download(
+            repo_id,
+            revision=revision,
+            allow_patterns=wanted,
+            cache_dir=access.cache_dir,
+            endpoint=access.endpoint,
+            token=access.token,
+            max_workers=4,
+            tqdm_class=_bar_class(ref, access.progress),
+        )
     except Exception as exc:  # noqa: BLE001 - every hub failure becomes one line
         raise hub_error(exc, ref, access) from None
     return Path(path)
 
 
-def fetch_models(refs: Sequence[str], access: HubAccess,
-                 parallel: int = MAX_PARALLEL_MODELS) -> dict[str, Path]:
+def fetch_models(
+    refs: Sequence[str], access: HubAccess, parallel: int = MAX_PARALLEL_MODELS
+) -> dict[str, Path]:
     """Download the hub ids among ``refs`` that the cache lacks, ``parallel`` at a time.
 
     Every failure is reported, one line per model; local folders are left alone.
@@ -270,8 +317,9 @@ def fetch_models(refs: Sequence[str], access: HubAccess,
     return out
 
 
-def read_remote_header(repo_id: str, commit: str, name: str, access: HubAccess,
-                       folder: Path) -> dict[str, Any]:
+def read_remote_header(
+    repo_id: str, commit: str, name: str, access: HubAccess, folder: Path
+) -> dict[str, Any]:
     """A hub safetensors file's tensors, from two range requests (8 bytes, then the header).
 
     The tensors point at ``folder / name``, where a later download puts the file.
@@ -285,10 +333,14 @@ def read_remote_header(repo_id: str, commit: str, name: str, access: HubAccess,
     headers = build_hf_headers(token=access.token)
 
     def read(start: int, length: int) -> tuple[bytes, int]:
-        rng = {**headers, "Range": f"bytes={start}-{start + length - 1}",
-               "Accept-Encoding": "identity"}
-        with get_session().stream("GET", url, headers=rng, follow_redirects=True,
-                                  timeout=30) as resp:
+        rng = {
+            **headers,
+            "Range": f"bytes={start}-{start + length - 1}",
+            "Accept-Encoding": "identity",
+        }
+        with get_session().stream(
+            "GET", url, headers=rng, follow_redirects=True, timeout=30
+        ) as resp:
             hf_raise_for_status(resp)
             total = resp.headers.get("Content-Range", "").rpartition("/")[2]
             got = b""

@@ -27,11 +27,11 @@ from mergekit_like.io.hub import (
     HubAccess,
     HubUnreachable,
     fetch_small_file,
-    offline_error,
-    remote_files,
     hub_error,
     needed_files,
+    offline_error,
     read_remote_header,
+    remote_files,
     split_ref,
 )
 from mergekit_like.io.safetensors_header import TensorInfo
@@ -47,8 +47,9 @@ class HubModels:
         self.access = access
         self._opened: dict[str, ModelCatalog] = {}
 
-    def __call__(self, ref: str, recipe_dir: Path | None = None,
-                 named: Mapping[str, Path] | None = None) -> ModelCatalog:
+    def __call__(
+        self, ref: str, recipe_dir: Path | None = None, named: Mapping[str, Path] | None = None
+    ) -> ModelCatalog:
         if ref not in self._opened:
             self._opened[ref] = self._open(ref, recipe_dir, named or {})
         return self._opened[ref]
@@ -66,37 +67,42 @@ class HubModels:
         folder, tensors, _ = self._remote(adapter_ref, adapter=True)
         return apply_adapter(base, ref, folder, tensors)
 
-    def _whole(self, ref: str, recipe_dir: Path | None,
-               named: Mapping[str, Path]) -> ModelCatalog:
+    def _whole(self, ref: str, recipe_dir: Path | None, named: Mapping[str, Path]) -> ModelCatalog:
         local = named.get(ref) or find_local(ref, recipe_dir)
         if local is not None:
             return load_catalog(ref, local)
         folder, tensors, config = self._remote(ref, adapter=False)
         return ModelCatalog(ref, folder, MappingProxyType(tensors), MappingProxyType(config))
 
-    def _remote(self, ref: str, adapter: bool) -> tuple[Path, dict[str, TensorInfo],
-                                                         dict[str, Any]]:
+    def _remote(
+        self, ref: str, adapter: bool
+    ) -> tuple[Path, dict[str, TensorInfo], dict[str, Any]]:
         parts = split_ref(ref)
         if parts is None:
-            raise HubUnreachable(f"model {ref!r} is not a local folder on this machine (nor a hub id)")
+            raise HubUnreachable(
+                f"model {ref!r} is not a local folder on this machine (nor a hub id)"
+            )
         if self.access.offline:
             raise offline_error(ref, self.access)
         repo_id, revision = parts
         try:
             commit, files = remote_files(repo_id, revision, self.access)
-            folder = (self.access.cache / f"models--{repo_id.replace('/', '--')}" / "snapshots"
-                      / commit)
+            folder = (
+                self.access.cache / f"models--{repo_id.replace('/', '--')}" / "snapshots" / commit
+            )
             for name in needed_files(files):
                 if not name.endswith((".safetensors", ".bin")):
                     fetch_small_file(repo_id, commit, name, self.access)
             shards = _header_files(ref, files, folder, adapter)
             tensors: dict[str, TensorInfo] = {}
             for shard in shards:
-                for name, info in read_remote_header(repo_id, commit, shard, self.access,
-                                                     folder).items():
+                for name, info in read_remote_header(
+                    repo_id, commit, shard, self.access, folder
+                ).items():
                     if name in tensors:
-                        raise InputError(f"{ref}: tensor {name!r} is in {shard} and "
-                                         f"{tensors[name].file.name}")
+                        raise InputError(
+                            f"{ref}: tensor {name!r} is in {shard} and {tensors[name].file.name}"
+                        )
                     tensors[name] = info
         except InputError:
             raise
@@ -116,18 +122,23 @@ def _header_files(ref: str, files: list[str], folder: Path, adapter: bool) -> li
     if adapter:
         if "adapter_model.safetensors" in files:
             return ["adapter_model.safetensors"]
-        raise HubUnreachable(f"adapter {ref!r} has no adapter_model.safetensors on the hub; "
-                             "its tensors are known only after download")
+        raise HubUnreachable(
+            f"adapter {ref!r} has no adapter_model.safetensors on the hub; "
+            "its tensors are known only after download"
+        )
     if SAFE_INDEX in files:
         try:
             weight_map = json.loads((folder / SAFE_INDEX).read_text())["weight_map"]
             return sorted(set(weight_map.values()))
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
-            raise InputError(f"{ref}: {SAFE_INDEX}: unreadable index (expected a JSON "
-                             "'weight_map')") from None
+            raise InputError(
+                f"{ref}: {SAFE_INDEX}: unreadable index (expected a JSON 'weight_map')"
+            ) from None
     weights = needed_files(files)
     safes = [f for f in weights if f.endswith(".safetensors")]
     if not safes:
-        raise HubUnreachable(f"model {ref!r} has no safetensors weights on the hub (only .bin "
-                             "or none): its tensors are known only after download")
+        raise HubUnreachable(
+            f"model {ref!r} has no safetensors weights on the hub (only .bin "
+            "or none): its tensors are known only after download"
+        )
     return safes

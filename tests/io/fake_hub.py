@@ -42,8 +42,8 @@ class FakeRepo:
 
 @dataclass
 class Stall:
-    """Serve the first ``after`` bytes of ``path`` (a whole-file GET) once, then hold the connection until
-    released (``drop``: close it at once, as a broken network does)."""
+    """Serve the first ``after`` bytes of ``path`` (a whole-file GET) once, then hold the
+    connection until released (``drop``: close it at once, as a broken network does)."""
 
     path: str
     after: int
@@ -64,8 +64,15 @@ class FakeHub:
         self._server: ThreadingHTTPServer | None = None
 
     # -- set-up -----------------------------------------------------------------------
-    def add_repo(self, repo_id: str, folder: Path | None = None, *, gated: bool = False,
-                 extra: dict[str, bytes] | None = None, skip: tuple[str, ...] = ()) -> FakeRepo:
+    def add_repo(
+        self,
+        repo_id: str,
+        folder: Path | None = None,
+        *,
+        gated: bool = False,
+        extra: dict[str, bytes] | None = None,
+        skip: tuple[str, ...] = (),
+    ) -> FakeRepo:
         """Serve ``folder``'s files (and ``extra``) as ``repo_id``; ``skip`` leaves files out."""
         files: dict[str, bytes] = {}
         if folder is not None:
@@ -81,8 +88,11 @@ class FakeHub:
 
     def weight_bytes(self, repo_id: str | None = None) -> int:
         """Body bytes served of weight files (.safetensors, .bin), all repos or one."""
-        return sum(n for (r, p), n in self.served.items()
-                   if p.endswith((".safetensors", ".bin")) and (repo_id is None or r == repo_id))
+        return sum(
+            n
+            for (r, p), n in self.served.items()
+            if p.endswith((".safetensors", ".bin")) and (repo_id is None or r == repo_id)
+        )
 
     def reset_counts(self) -> None:
         with self._lock:
@@ -156,16 +166,40 @@ class _Handler(BaseHTTPRequestHandler):
             self._error(404, "RevisionNotFound", "Invalid rev id")
             return
         if kind == "tree":
-            body = [{"type": "file", "oid": hashlib.sha1(data).hexdigest(), "size": len(data),
-                     "path": name, **({"lfs": {"oid": hashlib.sha256(data).hexdigest(),
-                                               "size": len(data), "pointerSize": 134}}
-                                      if name.endswith(_LFS) else {})}
-                    for name, data in sorted(repo.files.items())]
+            body = [
+                {
+                    "type": "file",
+                    "oid": hashlib.sha1(data).hexdigest(),
+                    "size": len(data),
+                    "path": name,
+                    **(
+                        {
+                            "lfs": {
+                                "oid": hashlib.sha256(data).hexdigest(),
+                                "size": len(data),
+                                "pointerSize": 134,
+                            }
+                        }
+                        if name.endswith(_LFS)
+                        else {}
+                    ),
+                }
+                for name, data in sorted(repo.files.items())
+            ]
         else:
-            body = {"_id": repo.sha[:24], "id": repo_id, "modelId": repo_id, "sha": repo.sha,
-                    "private": False, "gated": "manual" if repo.gated else False,
-                    "disabled": False, "downloads": 0, "likes": 0, "tags": [],
-                    "siblings": [{"rfilename": name} for name in sorted(repo.files)]}
+            body = {
+                "_id": repo.sha[:24],
+                "id": repo_id,
+                "modelId": repo_id,
+                "sha": repo.sha,
+                "private": False,
+                "gated": "manual" if repo.gated else False,
+                "disabled": False,
+                "downloads": 0,
+                "likes": 0,
+                "tags": [],
+                "siblings": [{"rfilename": name} for name in sorted(repo.files)],
+            }
         self._send(200, json.dumps(body).encode(), {"Content-Type": "application/json"}, head)
 
     def _file(self, repo_id: str, rev: str, name: str, head: bool) -> None:
@@ -178,21 +212,35 @@ class _Handler(BaseHTTPRequestHandler):
         if repo.gated:
             auth = self.headers.get("Authorization", "")
             if not auth:
-                self._error(401, "GatedRepo", "Access to model is restricted. You must have "
-                            "access to it and be authenticated to access it. Please log in.")
+                self._error(
+                    401,
+                    "GatedRepo",
+                    "Access to model is restricted. You must have "
+                    "access to it and be authenticated to access it. Please log in.",
+                )
                 return
             if auth != f"Bearer {GOOD_TOKEN}":
-                self._error(403, "GatedRepo", "Access to model is restricted and you are not "
-                            "in the authorized list.")
+                self._error(
+                    403,
+                    "GatedRepo",
+                    "Access to model is restricted and you are not in the authorized list.",
+                )
                 return
         data = repo.files.get(name)
         if data is None:
             self._error(404, "EntryNotFound", "Entry not found")
             return
-        etag = (hashlib.sha256(data).hexdigest() if name.endswith(_LFS)
-                else hashlib.sha1(data).hexdigest())
-        headers = {"ETag": f'"{etag}"', "X-Repo-Commit": repo.sha, "Accept-Ranges": "bytes",
-                   "Content-Type": "application/octet-stream"}
+        etag = (
+            hashlib.sha256(data).hexdigest()
+            if name.endswith(_LFS)
+            else hashlib.sha1(data).hexdigest()
+        )
+        headers = {
+            "ETag": f'"{etag}"',
+            "X-Repo-Commit": repo.sha,
+            "Accept-Ranges": "bytes",
+            "Content-Type": "application/octet-stream",
+        }
         start, end, status = 0, len(data), 200
         if (rng := self.headers.get("Range")) and (m := re.match(r"bytes=(\d*)-(\d*)", rng)):
             start = int(m.group(1) or 0)
@@ -203,11 +251,21 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _error(self, status: int, code: str, message: str) -> None:
         body = json.dumps({"error": message}).encode()
-        self._send(status, body, {"X-Error-Code": code, "X-Error-Message": message,
-                                  "Content-Type": "application/json"}, self.command == "HEAD")
+        self._send(
+            status,
+            body,
+            {"X-Error-Code": code, "X-Error-Message": message, "Content-Type": "application/json"},
+            self.command == "HEAD",
+        )
 
-    def _send(self, status: int, body: bytes, headers: dict[str, str], head: bool,
-              counter: tuple[str, str, int] | None = None) -> None:
+    def _send(
+        self,
+        status: int,
+        body: bytes,
+        headers: dict[str, str],
+        head: bool,
+        counter: tuple[str, str, int] | None = None,
+    ) -> None:
         self.send_response(status)
         for key, value in headers.items():
             self.send_header(key, value)
@@ -215,10 +273,16 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         if head:
             return
-        stall = next((s for s in self.fake.stalls if counter and s.path == counter[1]
-                      and status == 200 and not s.reached.is_set()), None)
+        stall = next(
+            (
+                s
+                for s in self.fake.stalls
+                if counter and s.path == counter[1] and status == 200 and not s.reached.is_set()
+            ),
+            None,
+        )
         if stall is not None:  # send part of the body, then hang until released
-            part = body[:stall.after]
+            part = body[: stall.after]
             self._write(part, counter)
             stall.reached.set()
             if not stall.drop:

@@ -17,8 +17,12 @@ import torch
 from tests.conftest import load_tensors, write_recipe
 from tests.io.fake_hub import GOOD_TOKEN, FakeHub, Stall
 
-EXTRAS = {"pytorch_model.bin": b"\0" * 5000, "README.md": b"# card", "onnx/model.onnx": b"x",
-          "training_args.bin": b"y" * 100}
+EXTRAS = {
+    "pytorch_model.bin": b"\0" * 5000,
+    "README.md": b"# card",
+    "onnx/model.onnx": b"x",
+    "training_args.bin": b"y" * 100,
+}
 SMALL = {"config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json"}
 
 
@@ -37,8 +41,12 @@ def hub(tmp_path, monkeypatch, llama_family, sharded_family):
         for name in ("base", "math", "code"):
             server.add_repo(f"acme/{name}", llama_family[name], extra=EXTRAS)
         server.add_repo("acme/sharded-x", sharded_family["x"])
-        server.add_repo("acme/binonly", llama_family["chat"], skip=("model.safetensors",),
-                        extra={"pytorch_model.bin": b"z" * 300})
+        server.add_repo(
+            "acme/binonly",
+            llama_family["chat"],
+            skip=("model.safetensors",),
+            extra={"pytorch_model.bin": b"z" * 300},
+        )
         server.add_repo("acme/gated", llama_family["chat"], gated=True)
         monkeypatch.setenv("HF_ENDPOINT", server.url)
         monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "cache"))
@@ -50,14 +58,21 @@ def hub(tmp_path, monkeypatch, llama_family, sharded_family):
 
 
 def _ties(models=("acme/math", "acme/code"), base="acme/base") -> str:
-    lines = [f"  - model: {m}\n    parameters: {{weight: {0.5 + i}, density: 0.6}}"
-             for i, m in enumerate(models)]
-    return f"merge_method: ties\nbase_model: {base}\nmodels:\n" + "\n".join(lines) + \
-        "\ndtype: float32\n"
+    lines = [
+        f"  - model: {m}\n    parameters: {{weight: {0.5 + i}, density: 0.6}}"
+        for i, m in enumerate(models)
+    ]
+    return (
+        f"merge_method: ties\nbase_model: {base}\nmodels:\n"
+        + "\n".join(lines)
+        + "\ndtype: float32\n"
+    )
 
 
 def _snapshot(tmp_path: Path, repo: str) -> Path:
-    snaps = list((tmp_path / "cache" / f"models--{repo.replace('/', '--')}" / "snapshots").iterdir())
+    snaps = list(
+        (tmp_path / "cache" / f"models--{repo.replace('/', '--')}" / "snapshots").iterdir()
+    )
     assert len(snaps) == 1
     return snaps[0]
 
@@ -70,8 +85,7 @@ def _no_socket(monkeypatch):
     monkeypatch.setattr(socket, "create_connection", refuse)
 
 
-def test_merge_from_empty_cache_downloads_only_what_it_needs(tmp_path, hub, run_cli,
-                                                             llama_family):
+def test_merge_from_empty_cache_downloads_only_what_it_needs(tmp_path, hub, run_cli, llama_family):
     res = run_cli(write_recipe(tmp_path, _ties()), tmp_path / "out", "--quiet")
     assert res.code == 0, res.err
     for name in ("base", "math", "code"):
@@ -81,15 +95,17 @@ def test_merge_from_empty_cache_downloads_only_what_it_needs(tmp_path, hub, run_
         # the header (planned before the download), then the file once; no .bin
         assert hub.weight_bytes(f"acme/{name}") == _header_bytes(weights) + weights.stat().st_size
     local = _ties(models=(llama_family["math"], llama_family["code"]), base=llama_family["base"])
-    assert run_cli(write_recipe(tmp_path, local, "local.yaml"), tmp_path / "ref",
-                   "--quiet").code == 0
+    assert (
+        run_cli(write_recipe(tmp_path, local, "local.yaml"), tmp_path / "ref", "--quiet").code == 0
+    )
     got, want = load_tensors(tmp_path / "out"), load_tensors(tmp_path / "ref")
     assert got.keys() == want.keys()
     for key in want:
         assert torch.equal(got[key], want[key]), key
     hub.reset_counts()  # a second run finds everything in the cache: no weight bytes
-    assert run_cli(write_recipe(tmp_path, _ties()), tmp_path / "out", "--quiet",
-                   "--force").code == 0
+    assert (
+        run_cli(write_recipe(tmp_path, _ties()), tmp_path / "out", "--quiet", "--force").code == 0
+    )
     assert hub.weight_bytes() == 0
 
 
@@ -100,26 +116,30 @@ def test_sharded_and_bin_only_repos(tmp_path, hub, sharded_family):
     index = json.loads((sharded_family["x"] / "model.safetensors.index.json").read_text())
     shards = set(index["weight_map"].values())
     assert len(shards) > 1
-    assert {p.name for p in paths["acme/sharded-x"].iterdir()} == \
-        SMALL | shards | {"model.safetensors.index.json"}
+    assert {p.name for p in paths["acme/sharded-x"].iterdir()} == SMALL | shards | {
+        "model.safetensors.index.json"
+    }
     assert {p.name for p in paths["acme/binonly"].iterdir()} == SMALL | {"pytorch_model.bin"}
 
 
-def test_plan_and_validate_read_only_headers(tmp_path, hub, run_cli, llama_family,
-                                             sharded_family):
-    recipe = write_recipe(tmp_path, """merge_method: ties
+def test_plan_and_validate_read_only_headers(tmp_path, hub, run_cli, llama_family, sharded_family):
+    recipe = write_recipe(
+        tmp_path,
+        """merge_method: ties
 base_model: acme/base
 models:
   - model: acme/math
     parameters: {weight: 0.5, density: 0.6}
   - model: acme/code
     parameters: {weight: 0.5, density: 0.6}
-""")
+""",
+    )
     res = run_cli("plan", recipe, "--summary")
     assert res.code == 0, res.err
     assert "tensors: 21" in res.out
-    headers = sum(_header_bytes(llama_family[n] / "model.safetensors")
-                  for n in ("base", "math", "code"))
+    headers = sum(
+        _header_bytes(llama_family[n] / "model.safetensors") for n in ("base", "math", "code")
+    )
     assert hub.weight_bytes() == headers  # 8 bytes + the JSON header of each file, no more
     for name in ("base", "math", "code"):
         assert not (_snapshot(tmp_path, f"acme/{name}") / "model.safetensors").exists()
@@ -128,9 +148,11 @@ models:
     assert res.code == 0 and "ok (ties, 3 models, 21 output tensors)" in res.out, res.err
     assert hub.weight_bytes() == headers
     hub.reset_counts()  # a sharded model: each shard's header
-    shard_recipe = write_recipe(tmp_path, "merge_method: linear\nmodels:\n"
-                                "  - model: acme/sharded-x\n    parameters: {weight: 1.0}\n",
-                                "sharded.yaml")
+    shard_recipe = write_recipe(
+        tmp_path,
+        "merge_method: linear\nmodels:\n  - model: acme/sharded-x\n    parameters: {weight: 1.0}\n",
+        "sharded.yaml",
+    )
     assert run_cli("plan", shard_recipe, "--summary").code == 0
     shards = sorted(sharded_family["x"].glob("*.safetensors"))
     assert len(shards) > 1
@@ -138,8 +160,11 @@ models:
 
 
 def test_header_errors_surface_before_any_download(tmp_path, hub, run_cli, llama_family):
-    recipe = write_recipe(tmp_path, "merge_method: passthrough\nslices:\n"
-                          "  - sources: [{model: acme/math, layer_range: [0, 5]}]\n")
+    recipe = write_recipe(
+        tmp_path,
+        "merge_method: passthrough\nslices:\n"
+        "  - sources: [{model: acme/math, layer_range: [0, 5]}]\n",
+    )
     res = run_cli(recipe, tmp_path / "out", "--quiet")
     assert res.code == 2
     assert "layer_range [0, 5) is outside model 'acme/math', which has 2 layers" in res.err
@@ -157,9 +182,16 @@ def test_broken_connection_resumes(tmp_path, hub, run_cli, llama_family, monkeyp
     hub.stalls.append(Stall("model.safetensors", after=size // 2, drop=True))
     res = run_cli(write_recipe(tmp_path, _ties()), tmp_path / "out", "--quiet")
     assert res.code == 0, res.err
-    gets = [(p, r) for m, p, r in hub.requests if m == "GET" and "/resolve/" in p
-            and p.endswith("/model.safetensors") and (r or "").startswith("bytes=") and
-            not (r or "").endswith(f"-{_header_bytes(weights) - 1}") and r != "bytes=0-7"]
+    gets = [
+        (p, r)
+        for m, p, r in hub.requests
+        if m == "GET"
+        and "/resolve/" in p
+        and p.endswith("/model.safetensors")
+        and (r or "").startswith("bytes=")
+        and not (r or "").endswith(f"-{_header_bytes(weights) - 1}")
+        and r != "bytes=0-7"
+    ]
     assert len(gets) == 1, gets  # one resumed request, from the last whole chunk received
     repo = gets[0][0].split("/")[1] + "/" + gets[0][0].split("/")[2]
     kept = int(gets[0][1].removeprefix("bytes=").rstrip("-"))
@@ -168,8 +200,9 @@ def test_broken_connection_resumes(tmp_path, hub, run_cli, llama_family, monkeyp
     assert hub.served[repo, "model.safetensors"] == size // 2 + header + size - kept
     snap = _snapshot(tmp_path, repo)
     name = repo.split("/")[1]
-    assert (snap / "model.safetensors").read_bytes() == \
-        (llama_family[name] / "model.safetensors").read_bytes()
+    assert (snap / "model.safetensors").read_bytes() == (
+        llama_family[name] / "model.safetensors"
+    ).read_bytes()
 
 
 def test_killed_download_keeps_finished_files(tmp_path, hub, sharded_family):
@@ -177,10 +210,13 @@ def test_killed_download_keeps_finished_files(tmp_path, hub, sharded_family):
     last = shards[-1]
     stall = Stall(last, after=100)
     hub.stalls.append(stall)
-    code = ("from mergekit_like.io.hub import HubAccess, download_model\n"
-            "download_model('acme/sharded-x', HubAccess.from_env(progress=False))\n")
-    proc = subprocess.Popen([sys.executable, "-c", code], env=dict(os.environ),
-                            cwd=Path(__file__).parents[2])
+    code = (
+        "from mergekit_like.io.hub import HubAccess, download_model\n"
+        "download_model('acme/sharded-x', HubAccess.from_env(progress=False))\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code], env=dict(os.environ), cwd=Path(__file__).parents[2]
+    )
     blobs = tmp_path / "cache" / "models--acme--sharded-x" / "blobs"
     try:
         assert stall.reached.wait(60), "the download never started"
@@ -230,13 +266,18 @@ def test_offline_never_opens_a_socket(tmp_path, hub, run_cli, monkeypatch):
 
 
 def test_gated_and_missing_repos(tmp_path, hub, run_cli, monkeypatch):
-    recipe = write_recipe(tmp_path, "merge_method: linear\nmodels:\n"
-                          "  - model: acme/gated\n    parameters: {weight: 1.0}\n")
+    recipe = write_recipe(
+        tmp_path,
+        "merge_method: linear\nmodels:\n  - model: acme/gated\n    parameters: {weight: 1.0}\n",
+    )
     res = run_cli(recipe, tmp_path / "out", "--quiet")
     assert res.code == 2
-    assert res.err.strip() == (f"error: recipe.yaml:3: models[0].model: model 'acme/gated' is gated on {hub.url}: accept its "
-                               "terms on the model page and set HF_TOKEN to a token of that "
-                               f"account ({hub.url}/acme/gated)")
+    assert res.err.strip() == (
+        "error: recipe.yaml:3: models[0].model: "
+        f"model 'acme/gated' is gated on {hub.url}: accept its terms on the model page and "
+        "set HF_TOKEN to a token of that "
+        f"account ({hub.url}/acme/gated)"
+    )
     res = run_cli("validate", recipe)
     assert res.code == 2 and "models[0].model: model 'acme/gated' is gated" in res.err
     monkeypatch.setenv("HF_TOKEN", "hf_wrong")
@@ -244,9 +285,15 @@ def test_gated_and_missing_repos(tmp_path, hub, run_cli, monkeypatch):
     assert res.code == 2 and "the token in HF_TOKEN has no access" in res.err
     monkeypatch.setenv("HF_TOKEN", GOOD_TOKEN)
     assert run_cli(recipe, tmp_path / "out", "--quiet").code == 0
-    missing = write_recipe(tmp_path, "merge_method: linear\nmodels:\n"
-                           "  - model: acme/nope\n    parameters: {weight: 1.0}\n", "m.yaml")
+    missing = write_recipe(
+        tmp_path,
+        "merge_method: linear\nmodels:\n  - model: acme/nope\n    parameters: {weight: 1.0}\n",
+        "m.yaml",
+    )
     res = run_cli(missing, tmp_path / "out2", "--quiet")
     assert res.code == 2
-    assert res.err.strip() == (f"error: m.yaml:3: models[0].model: model 'acme/nope' was not found on {hub.url}: check the "
-                               "name (a private model needs HF_TOKEN)")
+    assert res.err.strip() == (
+        "error: m.yaml:3: models[0].model: "
+        f"model 'acme/nope' was not found on {hub.url}: check the name "
+        "(a private model needs HF_TOKEN)"
+    )
