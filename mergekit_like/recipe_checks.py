@@ -27,6 +27,7 @@ from pydantic import ValidationError
 from mergekit_like.errors import Loc, Problem, RecipeError
 from mergekit_like.loader import LoadedRecipe
 from mergekit_like.methods import REGISTRY, MergeMethod, MethodParams
+from mergekit_like.methods.spec import RECIPE_REQUIRED
 from mergekit_like.params import ParamLevel, lookup
 
 NO_FILTER = "\0"  # a tensor name that no filter entry matches
@@ -245,15 +246,18 @@ def _validate(
         key = info.alias or name
         if (found := lookup(key, levels, NO_FILTER, t)) is not None:
             values[key], origin[key] = found
+    out = [
+        loaded.problem((*missing_at, info.alias or name), "required parameter is missing")
+        for name, info in model.model_fields.items()
+        if (info.alias or name) not in values and info.json_schema_extra == RECIPE_REQUIRED
+    ]
     try:
         model.model_validate(values)
     except ValidationError as exc:
-        out = []
         for err in exc.errors(include_url=False):
             key = str(err["loc"][0]) if err["loc"] else ""
             if err["type"] == "missing":
                 out.append(loaded.problem((*missing_at, key), "required parameter is missing"))
             else:
                 out.append(loaded.problem(origin.get(key, (*missing_at, key)), err["msg"]))
-        return out
-    return []
+    return out
