@@ -74,7 +74,8 @@ def _parameter_levels(loaded: LoadedRecipe) -> Iterator[tuple[Loc, Mapping[str, 
 
 def check_parameter_names(loaded: LoadedRecipe) -> CheckResult:
     """Misspelled parameter names (errors, with the name meant) and unused ones (warnings);
-    a model listed twice among the inputs of one merge (an error)."""
+    a model listed twice among the inputs of one merge (a warning: mergekit refuses it, but
+    merging a model twice is well defined)."""
     method = REGISTRY.get(loaded.recipe.merge_method)
     if method is None:  # a soup method: its ingredients are checked as a linear soup
         return CheckResult()
@@ -104,10 +105,10 @@ def check_parameter_names(loaded: LoadedRecipe) -> CheckResult:
                         )
                     )
                 )
-    return CheckResult(tuple(problems + _duplicates(loaded)), tuple(warnings))
+    return CheckResult(tuple(problems), tuple(warnings + _duplicates(loaded)))
 
 
-def _duplicates(loaded: LoadedRecipe) -> list[Problem]:
+def _duplicates(loaded: LoadedRecipe) -> list[str]:
     recipe = loaded.recipe
     groups: list[list[tuple[str, Loc]]] = []
     if recipe.models is not None:
@@ -121,13 +122,11 @@ def _duplicates(loaded: LoadedRecipe) -> list[Problem]:
         seen: dict[str, Loc] = {}
         for ref, loc in group:
             if ref in seen:
-                out.append(
-                    loaded.problem(
-                        loc,
-                        f"model {ref!r} is listed twice (also at "
-                        f"{_fmt(seen[ref])}); each model is merged once",
-                    )
+                message = (
+                    f"warning: model {ref!r} is listed twice (also at {_fmt(seen[ref])}); "
+                    "mergekit refuses this, here it is merged twice"
                 )
+                out.append(str(loaded.problem(loc, message)))
             seen.setdefault(ref, loc)
     return out
 

@@ -163,7 +163,7 @@ models:
     )
     assert res.code == 2
     assert (
-        "recipe.yaml:7: models[2].model: model 'acme/a' is listed twice (also at "
+        "recipe.yaml:7: models[2].model: warning: model 'acme/a' is listed twice (also at "
         "models[0].model)" in res.err
     )
     assert "merge method 'nuslerp' takes exactly 2 model(s), got 3" in res.err
