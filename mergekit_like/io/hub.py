@@ -208,6 +208,21 @@ def hub_error(exc: BaseException, ref: str, access: HubAccess) -> InputError:
     )
 
 
+def is_hub_failure(exc: BaseException) -> bool:
+    """Whether ``exc`` comes from the hub or the network (not from a bug of ours)."""
+    from huggingface_hub import errors
+
+    hub = (
+        errors.HfHubHTTPError,
+        errors.LocalEntryNotFoundError,
+        errors.OfflineModeIsEnabled,
+        errors.HFValidationError,
+        OSError,
+        json.JSONDecodeError,
+    )
+    return isinstance(exc, hub) or type(exc).__module__.split(".")[0] in {"httpx", "httpx2"}
+
+
 def offline_error(ref: str, access: HubAccess) -> HubUnreachable:
     return HubUnreachable(
         f"model {ref!r} is not in the Hugging Face cache ({access.cache}) and "
@@ -289,7 +304,9 @@ def download_model(ref: str, access: HubAccess) -> Path:
             max_workers=4,
             tqdm_class=_bar_class(ref, access.progress),
         )
-    except Exception as exc:  # noqa: BLE001 - every hub failure becomes one line
+    except Exception as exc:
+        if not is_hub_failure(exc):
+            raise
         raise hub_error(exc, ref, access) from None
     return Path(path)
 

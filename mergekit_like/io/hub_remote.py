@@ -28,6 +28,7 @@ from mergekit_like.io.hub import (
     HubUnreachable,
     fetch_small_file,
     hub_error,
+    is_hub_failure,
     needed_files,
     offline_error,
     read_remote_header,
@@ -106,7 +107,9 @@ class HubModels:
                     tensors[name] = info
         except InputError:
             raise
-        except Exception as exc:  # noqa: BLE001 - every hub failure becomes one line
+        except Exception as exc:
+            if not is_hub_failure(exc):
+                raise
             raise hub_error(exc, ref, self.access) from None
         config: dict[str, Any] = {}
         if (folder / "config.json").is_file():

@@ -297,3 +297,63 @@ def test_gated_and_missing_repos(tmp_path, hub, run_cli, monkeypatch):
         f"model 'acme/nope' was not found on {hub.url}: check the name "
         "(a private model needs HF_TOKEN)"
     )
+
+
+def test_needed_files():
+    from mergekit_like.io.hub import needed_files
+
+    mistral = [
+        "consolidated.safetensors",
+        "model-00001-of-00002.safetensors",
+        "model-00002-of-00002.safetensors",
+        "model.safetensors.index.json",
+        "pytorch_model-00001-of-00002.bin",
+        "pytorch_model.bin.index.json",
+        "config.json",
+        "tokenizer.model",
+        "tokenizer_config.json",
+        "README.md",
+        "params.json",
+        "original/consolidated.00.pth",
+    ]
+    index = {
+        "weight_map": {
+            "a": "model-00001-of-00002.safetensors",
+            "b": "model-00002-of-00002.safetensors",
+        }
+    }
+    assert needed_files(mistral, index) == [
+        "config.json",
+        "tokenizer_config.json",
+        "tokenizer.model",
+        "model.safetensors.index.json",
+        "model-00001-of-00002.safetensors",
+        "model-00002-of-00002.safetensors",
+    ]
+    assert needed_files(["pytorch_model.bin", "config.json", "chat_template.jinja"]) == [
+        "config.json",
+        "chat_template.jinja",
+        "pytorch_model.bin",
+    ]
+    adapter = [
+        "adapter_config.json",
+        "adapter_model.safetensors",
+        "adapter_model.bin",
+        "README.md",
+        "training_args.bin",
+    ]
+    assert needed_files(adapter) == ["adapter_config.json", "adapter_model.safetensors"]
+
+
+def test_unreachable_endpoint(tmp_path, hub, run_cli, monkeypatch):
+    with socket.socket() as s:  # a port with nothing listening
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
+    recipe = write_recipe(tmp_path, _ties())
+    res = run_cli("validate", recipe)
+    assert res.code == 0 and "not checked, as 3 model(s) are not reachable" in res.out
+    assert f"cannot reach http://127.0.0.1:{port}" in res.out
+    res = run_cli(recipe, tmp_path / "out", "--quiet")
+    assert res.code == 2 and f"cannot reach http://127.0.0.1:{port}" in res.err
+    assert len(res.err.strip().splitlines()) == 3
