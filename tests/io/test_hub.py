@@ -357,3 +357,46 @@ def test_unreachable_endpoint(tmp_path, hub, run_cli, monkeypatch):
     res = run_cli(recipe, tmp_path / "out", "--quiet")
     assert res.code == 2 and f"cannot reach http://127.0.0.1:{port}" in res.err
     assert len(res.err.strip().splitlines()) == 3
+
+
+def test_lora_adapter_on_the_hub(tmp_path, hub, run_cli, llama_family):
+    from tests.io.test_lora import MODULES, _adapter
+
+    base = load_tensors(llama_family["base"])
+    factors = _adapter(tmp_path / "lora", base, MODULES)
+    hub.add_repo(
+        "acme/lora",
+        tmp_path / "lora",
+        extra={"training_args.bin": b"t" * 50, "README.md": b"# adapter"},
+    )
+    recipe = write_recipe(
+        tmp_path, "merge_method: passthrough\nmodels:\n  - model: acme/base+acme/lora\n"
+    )
+    res = run_cli("plan", recipe, "--summary")
+    assert res.code == 0, res.err
+    assert hub.weight_bytes("acme/lora") == _header_bytes(
+        tmp_path / "lora" / "adapter_model.safetensors"
+    )
+    res = run_cli(recipe, tmp_path / "out", "--quiet")
+    assert res.code == 0, res.err
+    assert {p.name for p in _snapshot(tmp_path, "acme/lora").iterdir()} == {
+        "adapter_config.json",
+        "adapter_model.safetensors",
+    }
+    out = load_tensors(tmp_path / "out")
+    for m, (a, b) in factors.items():
+        torch.testing.assert_close(out[f"{m}.weight"], base[f"{m}.weight"] + (8.0 / 4) * (b @ a))
+
+
+def test_validate_a_bin_only_hub_model(tmp_path, hub, run_cli, llama_family):
+    recipe = write_recipe(
+        tmp_path,
+        "merge_method: linear\nmodels:\n"
+        "  - model: acme/binonly\n    parameters: {weight: 1.0}\n"
+        "  - model: acme/math\n    parameters: {weight: 1.0}\n",
+    )
+    res = run_cli("validate", recipe)
+    assert res.code == 0, res.err
+    assert "not checked, as 1 model(s) are not reachable" in res.out
+    assert "'acme/binonly' has no safetensors weights on the hub" in res.out
+    assert hub.weight_bytes() == _header_bytes(llama_family["math"] / "model.safetensors")
