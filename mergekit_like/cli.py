@@ -75,6 +75,8 @@ def _run_parser() -> argparse.ArgumentParser:
                         "torchrun or accelerate launch, the launcher's processes are used")
     p.add_argument("--allow-code", action="store_true",
                    help="allow the recipe's evaluation.python to run (custom scorer code)")
+    p.add_argument("--offline", action="store_true",
+                   help="use only models on this machine (as HF_HUB_OFFLINE=1): no download")
     p.add_argument("-m", "--multirun", action="store_true",
                    help="sweep: run every combination of comma-separated override values "
                         "into its own folder under OUT, with a summary of their scores")
@@ -86,6 +88,8 @@ def _sub_parser(cmd: str) -> argparse.ArgumentParser:
     if cmd in ("validate", "plan"):
         p.add_argument("recipe", type=Path)
         p.add_argument("overrides", nargs="*")
+        p.add_argument("--offline", action="store_true",
+                       help="no network: hub models not in the cache are not inspected")
     if cmd == "plan":
         p.add_argument("--summary", action="store_true", help="totals only, no tensor list")
     return p
@@ -143,6 +147,10 @@ def _merge(ns: argparse.Namespace) -> int:
         run_sweep(ns.recipe, ns.out, ns.overrides, options, allow_code=ns.allow_code)
         return 0
     docs = load_recipe_documents(ns.recipe, ns.overrides)
+    from mergekit_like.io.hub import HubAccess
+    from mergekit_like.preflight import fetch_for_merge
+
+    fetch_for_merge(docs, HubAccess.from_env(offline=ns.offline, progress=say))
     if len(docs) > 1:  # mergekit-multi: named merges in dependency order
         from mergekit_like.multi import run_documents
 
@@ -202,12 +210,19 @@ def _subcommand(cmd: str, ns: argparse.Namespace) -> int:
         from mergekit_like.soups.runner import uniform_recipe
 
         loaded = uniform_recipe(loaded)
+    from mergekit_like.io.hub import HubAccess
+    from mergekit_like.io.hub_remote import HubModels
+    from mergekit_like.preflight import validate_recipe
+    from mergekit_like.recipe_checks import check_recipe
+
+    access = HubAccess.from_env(offline=ns.offline)
     if cmd == "validate":
-        return _validate(loaded)
+        return validate_recipe(loaded, access)
     from mergekit_like.plan import build_plan
     from mergekit_like.steps import estimate_peak_bytes
 
-    plan = build_plan(loaded)
+    check_recipe(loaded).raise_problems()
+    plan = build_plan(loaded, models=HubModels(access))
     for warning in plan.warnings:
         print(warning, file=sys.stderr)
     if not ns.summary:
@@ -218,31 +233,6 @@ def _subcommand(cmd: str, ns: argparse.Namespace) -> int:
     print(f"tensors: {len(plan.tensors)}  layers: {plan.output.num_layers}  "
           f"read: {_human(plan.read_bytes)}  write: {_human(plan.write_bytes)}  "
           f"estimated peak memory: {_human(estimate_peak_bytes(plan))} + runtime")
-    return 0
-
-
-def _validate(loaded) -> int:  # noqa: ANN001
-    from mergekit_like.errors import InputError
-    from mergekit_like.io.catalog import resolve_model
-    from mergekit_like.plan import build_plan
-
-    missing = []
-    for ref in loaded.recipe.referenced_models():
-        try:
-            for part in ref.split("+"):  # model+lora_adapter
-                resolve_model(part, loaded.path.parent)
-        except InputError:
-            missing.append(ref)
-    recipe = loaded.recipe
-    if missing:
-        print(f"{loaded.path}: recipe is valid ({recipe.merge_method}); models not on this "
-              f"machine, so not inspected: {', '.join(missing)}")
-        return 0
-    plan = build_plan(loaded)
-    for warning in plan.warnings:
-        print(warning, file=sys.stderr)
-    print(f"{loaded.path}: ok ({recipe.merge_method}, {len(plan.models)} models, "
-          f"{len(plan.tensors)} output tensors)")
     return 0
 
 

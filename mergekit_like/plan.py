@@ -17,7 +17,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from mergekit_like.errors import Loc, PlanError, Problem
-from mergekit_like.io.catalog import ModelCatalog
+from mergekit_like.io.catalog import ModelCatalog, open_model
 from mergekit_like.io.safetensors_header import FLOAT_DTYPES, RECIPE_DTYPES
 from mergekit_like.layers import LayerLayout, layer_layout
 from mergekit_like.loader import LoadedRecipe
@@ -25,6 +25,7 @@ from mergekit_like.methods import REGISTRY, MergeMethod, MethodParams
 from mergekit_like.params import ParamLevel, lookup
 from mergekit_like.plan_output import OutputSpec, output_spec
 from mergekit_like.plan_sources import (
+    ModelOpener,
     ModuleSlices,
     Source,
     SourceSlice,
@@ -32,6 +33,7 @@ from mergekit_like.plan_sources import (
     normalise_modules,
 )
 from mergekit_like.recipe import Recipe
+from mergekit_like.recipe_checks import check_parameter_names
 from mergekit_like.vocab import VocabPlan, plan_vocab, vocab_rows
 
 COPY = "copy"  # pseudo-method: non-float tensors are copied from the first input
@@ -93,11 +95,16 @@ class Plan:
         return sum(t.nbytes for t in self.tensors)
 
 
-def build_plan(loaded: LoadedRecipe) -> Plan:
-    """Plan a validated recipe against its ingredients' headers."""
+def build_plan(loaded: LoadedRecipe, models: ModelOpener = open_model) -> Plan:
+    """Plan a validated recipe against its ingredients' headers.
+
+    ``models`` opens each model reference (default: local folders and the hub cache;
+    :class:`mergekit_like.io.hub_remote.HubModels` reads hub headers over HTTP instead).
+    """
     recipe = loaded.recipe
     method = REGISTRY[recipe.merge_method]
-    catalogs, index_of = load_models(loaded)
+    check_parameter_names(loaded).raise_problems()
+    catalogs, index_of = load_models(loaded, models)
     layouts = {i: layer_layout(c.tensors, c.config) for i, c in enumerate(catalogs)}
     base_idx = index_of[recipe.base_model] if recipe.base_model else None
     if method.base == "required" and base_idx is None:

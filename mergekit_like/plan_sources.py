@@ -13,8 +13,9 @@ here, before any tensor data is read.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import MappingProxyType
 
 from mergekit_like.errors import InputError, Loc, PlanError, Problem
@@ -64,8 +65,17 @@ class ModuleSlices:
         return sum(s.length for s in self.slices)
 
 
-def load_models(loaded: LoadedRecipe) -> tuple[list[ModelCatalog], dict[str, int]]:
-    """Open every model the recipe names (headers only), each located where first named."""
+ModelOpener = Callable[[str, Path | None, Mapping[str, Path]], ModelCatalog]
+"""Opens one model reference: ``open_model(ref, recipe_dir, named_models)``."""
+
+
+def load_models(loaded: LoadedRecipe, models: ModelOpener = open_model
+                ) -> tuple[list[ModelCatalog], dict[str, int]]:
+    """Open every model the recipe names (headers only), each located where first named.
+
+    ``models`` opens one reference: local folders and the hub cache by default, or hub
+    headers over HTTP (:class:`mergekit_like.io.hub_remote.HubModels`).
+    """
     recipe = loaded.recipe
     where: dict[str, Loc] = {}
     if recipe.base_model:
@@ -86,7 +96,7 @@ def load_models(loaded: LoadedRecipe) -> tuple[list[ModelCatalog], dict[str, int
     problems = []
     for ref, loc in where.items():
         try:
-            catalogs.append(open_model(ref, loaded.path.parent, loaded.named_models))
+            catalogs.append(models(ref, loaded.path.parent, loaded.named_models))
             index_of[ref] = len(catalogs) - 1
         except InputError as exc:
             problems.extend(loaded.problem(loc, p.message) for p in exc.problems)

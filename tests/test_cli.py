@@ -209,7 +209,8 @@ def test_validate_plan_methods_schema(tmp_path, llama_family, run_cli):
     hub = write_recipe(tmp_path, "merge_method: linear\nmodels: [{model: acme/absent-model}]\n",
                        "hub.yaml")
     res = run_cli("validate", hub)
-    assert res.code == 0 and "not inspected: acme/absent-model" in res.out
+    assert res.code == 0 and "not checked, as 1 model(s) are not reachable" in res.out
+    assert "'acme/absent-model' is not in the Hugging Face cache" in res.out
     res = run_cli("validate", recipe, "models.0.parameters.weight=x")
     assert res.code == 2 and "command line: models[0].parameters.weight" in res.err
     res = run_cli("plan", recipe)

@@ -243,7 +243,7 @@ def test_cli_default_trims_per_tensor_unchanged(tmp_path, llama_family, run_cli)
 
 
 def test_cli_density_gradient_with_model_scope_exits_2(tmp_path, llama_family, run_cli):
-    text = _recipe(llama_family, "ties", [("math", "{density: [0.3, 0.7]}")])
+    text = _recipe(llama_family, "ties", [("math", "{weight: 1.0, density: [0.3, 0.7]}")])
     res = run_cli(write_recipe(tmp_path, text), tmp_path / "out", "--quiet")
     assert res.code == 2
     lines = res.err.strip().splitlines()

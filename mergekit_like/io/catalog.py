@@ -1,14 +1,14 @@
 """What an ingredient model holds, from its headers alone: tensor names, shapes, dtypes, config.
 
-``resolve_model`` turns a recipe's model reference (a local folder or a Hugging Face hub id,
-found in the local hub cache, never downloaded) into a folder; ``load_catalog`` reads that
-folder's safetensors headers (or index) and config.json into a frozen :class:`ModelCatalog`.
+``resolve_model`` turns a recipe's model reference (a local folder or a Hugging Face hub id
+found in the local hub cache; :mod:`mergekit_like.io.hub` downloads) into a folder;
+``load_catalog`` reads that folder's safetensors headers (or index) and config.json into a
+frozen :class:`ModelCatalog`.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +16,7 @@ from types import MappingProxyType
 from typing import Any
 
 from mergekit_like.errors import InputError
+from mergekit_like.io.hub import HubAccess, cached_snapshot, hub_cache_dir, split_ref
 from mergekit_like.io.safetensors_header import TensorInfo, read_header
 
 SAFE_INDEX = "model.safetensors.index.json"
@@ -36,21 +37,12 @@ class ModelCatalog:
         return sum(t.nbytes for t in self.tensors.values())
 
 
-def hub_cache_dir() -> str | None:
-    """The Hugging Face hub cache folder, read from the environment at call time."""
-    if os.environ.get("HF_HUB_CACHE"):
-        return os.environ["HF_HUB_CACHE"]
-    if os.environ.get("HF_HOME"):
-        return str(Path(os.environ["HF_HOME"]) / "hub")
-    return None
-
-
-def resolve_model(ref: str, recipe_dir: Path | None = None) -> Path:
-    """Find the folder of a model reference, offline.
+def find_local(ref: str, recipe_dir: Path | None = None) -> Path | None:
+    """The folder of a model reference on this machine, or None.
 
     A reference is a local folder (relative to the working directory, then to the recipe's
-    folder) or a hub id ``org/name`` with an optional ``@revision``, looked up in the local
-    Hugging Face cache (``HF_HUB_CACHE``/``HF_HOME``). Raises ``InputError`` if neither.
+    folder) or a hub id ``org/name`` with an optional ``@revision`` whose weights are all in
+    the Hugging Face cache (``HF_HUB_CACHE``/``HF_HOME``).
     """
     candidates = [Path(ref).expanduser()]
     if "\\" in ref:  # a Windows-style path written on Windows
@@ -60,22 +52,22 @@ def resolve_model(ref: str, recipe_dir: Path | None = None) -> Path:
     for cand in candidates:
         if cand.is_dir():
             return cand.resolve()
-    repo_id, _, revision = ref.partition("@")
-    if repo_id.count("/") <= 1 and not repo_id.startswith((".", "/", "~")) and repo_id:
-        from huggingface_hub import snapshot_download
-        from huggingface_hub.errors import HFValidationError
+    return cached_snapshot(ref, HubAccess.from_env())
 
-        try:
-            path = snapshot_download(repo_id, revision=revision or None, local_files_only=True,
-                                     cache_dir=hub_cache_dir())
-            return Path(path)
-        except (HFValidationError, ValueError):
-            pass
-        except Exception:  # noqa: BLE001 - any miss in the cache means "not found"
-            pass
+
+def resolve_model(ref: str, recipe_dir: Path | None = None) -> Path:
+    """Find the folder of a model reference on this machine (:func:`find_local`), offline.
+
+    Raises ``InputError`` if it is not there: ``merge`` fetches hub ids beforehand
+    (:func:`mergekit_like.io.hub.fetch_models`), unless offline.
+    """
+    found = find_local(ref, recipe_dir)
+    if found is not None:
+        return found
+    hint = ("; `merge` downloads hub models unless --offline or HF_HUB_OFFLINE is set"
+            if split_ref(ref) else "")
     raise InputError(f"model {ref!r} is not a local folder and not in the Hugging Face cache "
-                     f"({hub_cache_dir() or '~/.cache/huggingface/hub'}); "
-                     "download it first, e.g. `huggingface-cli download " + repo_id + "`")
+                     f"({hub_cache_dir() or '~/.cache/huggingface/hub'}){hint}")
 
 
 def _index_files(folder: Path, index_name: str) -> list[Path]:

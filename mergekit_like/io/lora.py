@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from types import MappingProxyType
@@ -51,8 +52,13 @@ def _adapter_tensors(folder: Path) -> dict[str, TensorInfo]:
     raise InputError(f"{folder}: no adapter_model.safetensors (is it a PEFT LoRA adapter?)")
 
 
-def apply_adapter(base: ModelCatalog, ref: str, folder: Path) -> ModelCatalog:
-    """The catalog of ``base`` with every tensor the adapter targets marked for LoRA."""
+def apply_adapter(base: ModelCatalog, ref: str, folder: Path,
+                  adapter: Mapping[str, TensorInfo] | None = None) -> ModelCatalog:
+    """The catalog of ``base`` with every tensor the adapter targets marked for LoRA.
+
+    ``adapter``: the adapter's tensors when already known (a hub adapter's header, read
+    remotely); by default they are read from ``folder``.
+    """
     from mergekit_like.io.catalog import ModelCatalog
 
     try:
@@ -65,7 +71,7 @@ def apply_adapter(base: ModelCatalog, ref: str, folder: Path) -> ModelCatalog:
     alpha_pattern = config.get("alpha_pattern") or {}
     rslora = bool(config.get("use_rslora", False))
     fan_in_fan_out = bool(config.get("fan_in_fan_out", False))
-    adapter = _adapter_tensors(folder)
+    adapter = _adapter_tensors(folder) if adapter is None else adapter
     tensors = dict(base.tensors)
     for key, info in adapter.items():
         name = key.removeprefix(_PREFIX)

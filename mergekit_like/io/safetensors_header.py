@@ -66,6 +66,13 @@ def read_header(path: Path) -> dict[str, TensorInfo]:
             raw = f.read(hlen)
     except OSError as exc:
         raise InputError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    return parse_header(raw, size, path)
+
+
+def parse_header(raw: bytes, size: int, path: Path) -> dict[str, TensorInfo]:
+    """Check the JSON header ``raw`` of a ``size``-byte safetensors file at ``path`` (which
+    need not exist yet: a hub file read by range requests) and return its tensors."""
+    hlen = len(raw)
     try:
         header = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError):

@@ -21,12 +21,13 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from mergekit_like.methods.spec import MergeMethod, MethodParams
+from mergekit_like.methods.spec import RECIPE_REQUIRED, MergeMethod, MethodParams
 from mergekit_like.methods.task_arithmetic import MagnitudeTrimParams, family_merge
 
 
 class BreadcrumbsModelParams(MethodParams):
-    weight: float = Field(1.0, description="scale of this model's task vector")
+    weight: float = Field(1.0, json_schema_extra=RECIPE_REQUIRED,
+                          description="scale of this model's task vector")
     density: float = Field(1.0, ge=0.0, le=1.0, description="fraction of entries kept")
     gamma: float = Field(0.01, ge=0.0, le=1.0,
                          description="fraction of largest-magnitude entries dropped")

@@ -21,7 +21,7 @@ from __future__ import annotations
 from pydantic import Field, ValidationInfo, field_validator
 from pydantic_core import PydanticCustomError
 
-from mergekit_like.methods.spec import MergeMethod, MethodParams
+from mergekit_like.methods.spec import RECIPE_REQUIRED, MergeMethod, MethodParams
 from mergekit_like.methods.task_arithmetic import TaskArithmeticParams, family_merge
 
 
@@ -44,7 +44,8 @@ class RandomTrimParams(TaskArithmeticParams):
 
 
 class DareModelParams(MethodParams):
-    weight: float = Field(1.0, description="scale of this model's task vector")
+    weight: float = Field(1.0, json_schema_extra=RECIPE_REQUIRED,
+                          description="scale of this model's task vector")
     density: float = Field(1.0, ge=0.0, le=1.0,
                            description="probability of keeping each entry (1 - drop rate)")
 

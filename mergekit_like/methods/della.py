@@ -16,7 +16,7 @@ from pydantic import Field, ValidationInfo, field_validator
 from pydantic_core import PydanticCustomError
 
 from mergekit_like.methods.dare import RandomTrimParams
-from mergekit_like.methods.spec import MergeMethod, MethodParams
+from mergekit_like.methods.spec import RECIPE_REQUIRED, MergeMethod, MethodParams
 from mergekit_like.methods.task_arithmetic import family_merge
 
 
@@ -25,7 +25,8 @@ class DellaParams(RandomTrimParams):
 
 
 class DellaModelParams(MethodParams):
-    weight: float = Field(1.0, description="scale of this model's task vector")
+    weight: float = Field(1.0, json_schema_extra=RECIPE_REQUIRED,
+                          description="scale of this model's task vector")
     density: float = Field(1.0, ge=0.0, le=1.0, description="mean fraction of entries kept")
     epsilon: float = Field(0.15, ge=0.0, validate_default=True,
                            description="spread of keep probabilities: density - epsilon "

@@ -26,6 +26,11 @@ class MethodParams(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
+RECIPE_REQUIRED: dict[str, Any] = {"recipe_required": True}
+"""``Field(json_schema_extra=...)`` of a parameter a recipe must set although it has a
+default for direct calls: mergekit requires the task-vector family's ``weight``."""
+
+
 class NoParams(MethodParams):
     """A method without parameters of this kind."""
 

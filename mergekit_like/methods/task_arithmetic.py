@@ -33,6 +33,7 @@ from mergekit_like.methods.passes import Consensus, Rule, apply_rule
 from mergekit_like.methods.reductions import stable_sum
 from mergekit_like.methods.sparsify import RANDOM_TRIMS, Trim, TrimKind, TrimState, variance_mask
 from mergekit_like.methods.spec import (
+    RECIPE_REQUIRED,
     Draws,
     MergeMethod,
     MethodParams,
@@ -244,7 +245,8 @@ class MagnitudeTrimParams(TaskArithmeticParams):
 
 
 class TaskArithmeticModelParams(MethodParams):
-    weight: float = Field(1.0, description="scale of this model's task vector (negative subtracts)")
+    weight: float = Field(1.0, json_schema_extra=RECIPE_REQUIRED,
+                          description="scale of this model's task vector (negative subtracts)")
 
 
 @dataclass(frozen=True)

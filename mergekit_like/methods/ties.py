@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from mergekit_like.methods.spec import MergeMethod, MethodParams
+from mergekit_like.methods.spec import RECIPE_REQUIRED, MergeMethod, MethodParams
 from mergekit_like.methods.task_arithmetic import MagnitudeTrimParams, family_merge
 
 
@@ -30,7 +30,8 @@ class TiesParams(MagnitudeTrimParams):
 
 
 class TiesModelParams(MethodParams):
-    weight: float = Field(1.0, description="scale of this model's task vector")
+    weight: float = Field(1.0, json_schema_extra=RECIPE_REQUIRED,
+                          description="scale of this model's task vector")
     density: float = Field(1.0, ge=0.0, le=1.0,
                            description="fraction of entries kept (largest magnitudes, per "
                            "tensor; per model with model_wide_trim)")
