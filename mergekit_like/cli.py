@@ -73,6 +73,8 @@ def _run_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-processes", type=int, default=1, metavar="N",
                    help="split the output shards across N local processes (default 1); under "
                         "torchrun or accelerate launch, the launcher's processes are used")
+    p.add_argument("--allow-crimes", action="store_true",
+                   help="merge ingredients whose architectures differ (mergekit's flag)")
     p.add_argument("--allow-code", action="store_true",
                    help="allow the recipe's evaluation.python to run (custom scorer code)")
     p.add_argument("-m", "--multirun", action="store_true",
@@ -86,6 +88,9 @@ def _sub_parser(cmd: str) -> argparse.ArgumentParser:
     if cmd in ("validate", "plan"):
         p.add_argument("recipe", type=Path)
         p.add_argument("overrides", nargs="*")
+    if cmd in ("validate", "plan"):
+        p.add_argument("--allow-crimes", action="store_true",
+                       help="accept ingredients whose architectures differ")
     if cmd == "plan":
         p.add_argument("--summary", action="store_true", help="totals only, no tensor list")
     return p
@@ -136,7 +141,7 @@ def _merge(ns: argparse.Namespace) -> int:
                            resume=ns.resume, allow_nonfinite=ns.allow_nonfinite,
                            num_processes=ns.num_processes,
                            seed=ns.seed, quiet=ns.quiet, chunk_bytes=chunk, kernels=ns.kernels,
-                           max_gpu_bytes=max_gpu)
+                           max_gpu_bytes=max_gpu, allow_crimes=ns.allow_crimes)
     if ns.multirun:  # soups: sweeps run each setting through soups/runner.py
         from mergekit_like.soups.sweep import run_sweep
 
@@ -147,7 +152,7 @@ def _merge(ns: argparse.Namespace) -> int:
         from mergekit_like.multi import run_documents
 
         def write_doc(doc: LoadedRecipe, folder: Path) -> None:
-            plan = build_plan(doc)
+            plan = build_plan(doc, ns.allow_crimes)
             for warning in plan.warnings:
                 print(warning, file=sys.stderr)
             write_model(plan, folder, options)
@@ -164,7 +169,7 @@ def _merge(ns: argparse.Namespace) -> int:
 
         run_loaded(loaded, ns.out, options, allow_code=ns.allow_code)
         return 0
-    plan = build_plan(loaded)
+    plan = build_plan(loaded, ns.allow_crimes)
     for warning in plan.warnings:
         print(warning, file=sys.stderr)
     write_model(plan, ns.out, options)
@@ -203,11 +208,11 @@ def _subcommand(cmd: str, ns: argparse.Namespace) -> int:
 
         loaded = uniform_recipe(loaded)
     if cmd == "validate":
-        return _validate(loaded)
+        return _validate(loaded, ns.allow_crimes)
     from mergekit_like.plan import build_plan
     from mergekit_like.steps import estimate_peak_bytes
 
-    plan = build_plan(loaded)
+    plan = build_plan(loaded, ns.allow_crimes)
     for warning in plan.warnings:
         print(warning, file=sys.stderr)
     if not ns.summary:
@@ -221,7 +226,7 @@ def _subcommand(cmd: str, ns: argparse.Namespace) -> int:
     return 0
 
 
-def _validate(loaded) -> int:  # noqa: ANN001
+def _validate(loaded, allow_crimes: bool = False) -> int:  # noqa: ANN001
     from mergekit_like.errors import InputError
     from mergekit_like.io.catalog import resolve_model
     from mergekit_like.plan import build_plan
@@ -238,7 +243,7 @@ def _validate(loaded) -> int:  # noqa: ANN001
         print(f"{loaded.path}: recipe is valid ({recipe.merge_method}); models not on this "
               f"machine, so not inspected: {', '.join(missing)}")
         return 0
-    plan = build_plan(loaded)
+    plan = build_plan(loaded, allow_crimes)
     for warning in plan.warnings:
         print(warning, file=sys.stderr)
     print(f"{loaded.path}: ok ({recipe.merge_method}, {len(plan.models)} models, "

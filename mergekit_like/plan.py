@@ -15,6 +15,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from mergekit_like.architectures import check_ingredients
 from mergekit_like.errors import InputError, Loc, PlanError, Problem
 from mergekit_like.io.catalog import ModelCatalog, open_model
 from mergekit_like.io.safetensors_header import FLOAT_DTYPES, RECIPE_DTYPES
@@ -85,11 +86,16 @@ class Plan:
         return sum(t.nbytes for t in self.tensors)
 
 
-def build_plan(loaded: LoadedRecipe) -> Plan:
-    """Plan a validated recipe against its ingredients' headers."""
+def build_plan(loaded: LoadedRecipe, allow_crimes: bool = False) -> Plan:
+    """Plan a validated recipe against its ingredients' headers.
+
+    ``allow_crimes`` (mergekit's ``--allow-crimes``): merge ingredients whose architectures
+    differ instead of refusing them.
+    """
     recipe = loaded.recipe
     method = REGISTRY[recipe.merge_method]
     catalogs, index_of = _load_models(loaded)
+    check_ingredients(loaded, catalogs, allow_crimes)
     layouts = {i: layer_layout(c.tensors) for i, c in enumerate(catalogs)}
     base_idx = index_of[recipe.base_model] if recipe.base_model else None
     if method.base == "required" and base_idx is None:

@@ -46,6 +46,7 @@ class MergeOptions:
     num_processes: int = 1
     kernels: Literal["auto", "eager", "compiled"] = "auto"
     max_gpu_bytes: int | None = None
+    allow_crimes: bool = False  # merge ingredients of different architectures
 
 
 @dataclass(frozen=True)
@@ -131,6 +132,6 @@ def write_model(plan: Plan, out: Path, options: MergeOptions) -> None:
 def run_merge(recipe: Path, out: Path, options: MergeOptions = MergeOptions(),
               overrides: Sequence[str] = ()) -> Plan:
     """Load, validate, plan and run a recipe file; returns the plan that was executed."""
-    plan = build_plan(load_recipe(recipe, overrides))
+    plan = build_plan(load_recipe(recipe, overrides), options.allow_crimes)
     write_model(plan, out, options)
     return plan
