@@ -157,7 +157,7 @@ def _merge(ns: argparse.Namespace) -> int:
                 print(warning, file=sys.stderr)
             write_model(plan, folder, options)
             if say:
-                print(f"{doc.recipe.name}: wrote {folder}")
+                print(f"{doc.recipe.name or 'final merge'}: wrote {folder}")
 
         run_documents(docs, ns.out, write_doc)
         return 0
@@ -197,7 +197,7 @@ def _subcommand(cmd: str, ns: argparse.Namespace) -> int:
     if len(docs) > 1:
         from mergekit_like.multi import order_documents
 
-        names = [d.recipe.name for d in order_documents(docs)]
+        names = [d.recipe.name or "(unnamed final merge)" for d in order_documents(docs)]
         if cmd == "plan":
             raise MergeError(f"{ns.recipe}: {len(docs)} documents; `merge plan` takes one")
         print(f"{ns.recipe}: {len(docs)} valid documents, run in order: {' -> '.join(names)}")

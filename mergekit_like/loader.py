@@ -261,8 +261,9 @@ def load_recipe(path: Path, overrides: Sequence[str] = ()) -> LoadedRecipe:
 def load_recipe_documents(path: Path, overrides: Sequence[str] = ()) -> list[LoadedRecipe]:
     """Every document of a recipe file, validated (one document: same as :func:`load_recipe`).
 
-    Several documents follow mergekit-multi's convention: each has a ``name``, and a later
-    one may use an earlier one's name as a model. Overrides apply to single documents only.
+    Several documents follow mergekit-multi's convention: each has a ``name`` (but one, the
+    output, may have none), and one may use another's name as a model. Overrides apply to
+    single documents only.
     """
     text = _read_text(path)
     docs = parse_yaml_documents(text, path)
@@ -278,9 +279,9 @@ def load_recipe_documents(path: Path, overrides: Sequence[str] = ()) -> list[Loa
         except RecipeError as exc:
             problems.extend(exc.problems)
             continue
-        if not recipe.name:
-            problems.append(Problem("each document of a multi-document recipe needs a 'name'",
-                                    (), path.name, first))
+        if not recipe.name and any(not d.recipe.name for d in out):
+            problems.append(Problem("only one document of a multi-document recipe may lack a "
+                                    "'name' (that one is the output)", (), path.name, first))
         out.append(LoadedRecipe(recipe, path, data, MappingProxyType(lines)))
     if problems:
         raise RecipeError(problems)
