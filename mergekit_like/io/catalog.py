@@ -49,17 +49,18 @@ def resolve_model(ref: str, recipe_dir: Path | None = None) -> Path:
     """Find the folder of a model reference, offline.
 
     A reference is a local folder (relative to the working directory, then to the recipe's
-    folder) or a hub id ``org/name`` with an optional ``@revision``, looked up in the local
-    Hugging Face cache (``HF_HUB_CACHE``/``HF_HOME``). Raises ``InputError`` if neither.
+    folder) or a hub id ``org/name``, looked up in the local Hugging Face cache
+    (``HF_HUB_CACHE``/``HF_HOME``); either may end in ``@revision`` (mergekit's syntax; a
+    local folder's revision is ignored, as mergekit ignores it). Raises ``InputError`` if
+    neither.
     """
-    candidates = [Path(ref).expanduser()]
-    if "\\" in ref:  # a Windows-style path written on Windows
-        candidates.append(Path(ref.replace("\\", "/")).expanduser())
-    if recipe_dir is not None:
-        candidates += [recipe_dir / c for c in candidates if not c.is_absolute()]
-    for cand in candidates:
-        if cand.is_dir():
-            return cand.resolve()
+    if ref.count("@") > 1:
+        raise InputError(f"model {ref!r}: more than one '@'; write path@revision")
+    path_part = ref.partition("@")[0]
+    for text in dict.fromkeys((ref, path_part)):  # a folder named with '@' first
+        local = _local_folder(text, recipe_dir)
+        if local is not None:
+            return local
     repo_id, _, revision = ref.partition("@")
     if repo_id.count("/") <= 1 and not repo_id.startswith((".", "/", "~")) and repo_id:
         from huggingface_hub import snapshot_download
@@ -76,6 +77,18 @@ def resolve_model(ref: str, recipe_dir: Path | None = None) -> Path:
     raise InputError(f"model {ref!r} is not a local folder and not in the Hugging Face cache "
                      f"({hub_cache_dir() or '~/.cache/huggingface/hub'}); "
                      "download it first, e.g. `huggingface-cli download " + repo_id + "`")
+
+
+def _local_folder(ref: str, recipe_dir: Path | None) -> Path | None:
+    candidates = [Path(ref).expanduser()]
+    if "\\" in ref:  # a Windows-style path written on Windows
+        candidates.append(Path(ref.replace("\\", "/")).expanduser())
+    if recipe_dir is not None:
+        candidates += [recipe_dir / c for c in candidates if not c.is_absolute()]
+    for cand in candidates:
+        if cand.is_dir():
+            return cand.resolve()
+    return None
 
 
 def _index_files(folder: Path, index_name: str) -> list[Path]:
