@@ -31,14 +31,17 @@ def hub_cache(tmp_path, llama_family, monkeypatch):
 
 
 def test_hub_revisions_by_tag_and_commit(tmp_path, hub_cache):
-    recipe = write_recipe(tmp_path, f"""
+    recipe = write_recipe(
+        tmp_path,
+        f"""
 merge_method: task_arithmetic
 base_model: acme/tiny@{MAIN}
 models:
   - model: acme/tiny@v2
   - model: acme/tiny
 tokenizer_source: acme/tiny@v2
-""")
+""",
+    )
     plan = build_plan(load_recipe(recipe))
     assert [m.path for m in plan.models] == [hub_cache / "snapshots" / s for s in (MAIN, V2, MAIN)]
     assert plan.output.tokenizer_dir == hub_cache / "snapshots" / V2
@@ -46,12 +49,15 @@ tokenizer_source: acme/tiny@v2
 
 def test_local_folder_with_a_revision(tmp_path, llama_family, run_cli):
     f = llama_family
-    recipe = write_recipe(tmp_path, f"""
+    recipe = write_recipe(
+        tmp_path,
+        f"""
 merge_method: linear
 models:
-  - model: {f['math']}@main
-  - model: {f['code']}@v1.0
-""")
+  - model: {f["math"]}@main
+  - model: {f["code"]}@v1.0
+""",
+    )
     res = run_cli(recipe, tmp_path / "out", "--quiet")
     assert res.code == 0, res.err
     a, b, out = load_tensors(f["math"]), load_tensors(f["code"]), load_tensors(tmp_path / "out")
@@ -62,9 +68,12 @@ models:
 def test_revisions_inside_a_lora_reference(tmp_path, llama_family, run_cli):
     base = load_tensors(llama_family["base"])
     factors = _adapter(tmp_path / "lora", base, MODULES)
-    recipe = write_recipe(tmp_path, f"merge_method: passthrough\nmodels:\n"
-                                    f"  - model: {llama_family['base']}@main+"
-                                    f"{tmp_path / 'lora'}@abc123\n")
+    recipe = write_recipe(
+        tmp_path,
+        f"merge_method: passthrough\nmodels:\n"
+        f"  - model: {llama_family['base']}@main+"
+        f"{tmp_path / 'lora'}@abc123\n",
+    )
     res = run_cli(recipe, tmp_path / "out", "--quiet")
     assert res.code == 0, res.err
     out = load_tensors(tmp_path / "out")
@@ -73,10 +82,12 @@ def test_revisions_inside_a_lora_reference(tmp_path, llama_family, run_cli):
 
 
 def test_two_revisions_are_one_located_error(tmp_path, llama_family, run_cli):
-    recipe = write_recipe(tmp_path, f"merge_method: linear\nmodels:\n"
-                                    f"  - model: {llama_family['math']}@a@b\n")
+    recipe = write_recipe(
+        tmp_path, f"merge_method: linear\nmodels:\n  - model: {llama_family['math']}@a@b\n"
+    )
     res = run_cli(recipe, tmp_path / "out", "--quiet")
     assert res.code == 2
     assert res.err.strip().splitlines() == [
         f"error: recipe.yaml:3: models[0].model: model '{llama_family['math']}@a@b': more "
-        "than one '@'; write path@revision"]
+        "than one '@'; write path@revision"
+    ]
