@@ -75,6 +75,10 @@ def _run_parser() -> argparse.ArgumentParser:
                         "torchrun or accelerate launch, the launcher's processes are used")
     p.add_argument("--allow-crimes", action="store_true",
                    help="merge ingredients whose architectures differ (mergekit's flag)")
+    p.add_argument("--no-copy-tokenizer", dest="copy_tokenizer", action="store_false",
+                   help="write no tokenizer files unless the recipe sets the tokenizer")
+    p.add_argument("--no-model-card", dest="write_model_card", action="store_false",
+                   help="write no README.md model card")
     p.add_argument("--allow-code", action="store_true",
                    help="allow the recipe's evaluation.python to run (custom scorer code)")
     p.add_argument("-m", "--multirun", action="store_true",
@@ -141,7 +145,9 @@ def _merge(ns: argparse.Namespace) -> int:
                            resume=ns.resume, allow_nonfinite=ns.allow_nonfinite,
                            num_processes=ns.num_processes,
                            seed=ns.seed, quiet=ns.quiet, chunk_bytes=chunk, kernels=ns.kernels,
-                           max_gpu_bytes=max_gpu, allow_crimes=ns.allow_crimes)
+                           max_gpu_bytes=max_gpu, allow_crimes=ns.allow_crimes,
+                           copy_tokenizer=ns.copy_tokenizer,
+                           write_model_card=ns.write_model_card)
     if ns.multirun:  # soups: sweeps run each setting through soups/runner.py
         from mergekit_like.soups.sweep import run_sweep
 

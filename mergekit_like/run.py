@@ -47,6 +47,8 @@ class MergeOptions:
     kernels: Literal["auto", "eager", "compiled"] = "auto"
     max_gpu_bytes: int | None = None
     allow_crimes: bool = False  # merge ingredients of different architectures
+    copy_tokenizer: bool = True  # False: no tokenizer files unless the recipe sets them
+    write_model_card: bool = True  # False: no README.md
 
 
 @dataclass(frozen=True)
@@ -126,7 +128,7 @@ def write_model(plan: Plan, out: Path, options: MergeOptions) -> None:
         finally:
             journal.close()
         journal.path.unlink()
-        write_metadata(plan, tmp)
+        write_metadata(plan, tmp, options.copy_tokenizer, options.write_model_card)
 
 
 def run_merge(recipe: Path, out: Path, options: MergeOptions = MergeOptions(),
