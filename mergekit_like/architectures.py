@@ -63,32 +63,46 @@ def check_ingredients(
 ) -> None:
     """Raise one :class:`PlanError` when the ingredients' widths or architectures differ.
 
-    Models without a config.json (or one naming no architecture) are not compared.
+    ``architectures`` and ``model_type`` are each compared among the models whose
+    config.json has them (a checkpoint saved without ``architectures`` is not a crime).
     """
+    widths = [(cat.ref, hidden_size(cat.config)) for cat in catalogs]
     _check_same(
         loaded,
-        catalogs,
-        hidden_size,
+        widths,
+        widths,
         "hidden sizes differ",
         "models of different widths cannot be merged tensor by tensor",
     )
-    if not allow_crimes:
+    if allow_crimes:
+        return
+    described = [(cat.ref, architecture(cat.config)) for cat in catalogs]
+    for key in ("architectures", "model_type"):
+        values = [(cat.ref, _hashable(cat.config.get(key))) for cat in catalogs]
         _check_same(
             loaded,
-            catalogs,
-            architecture,
+            values,
+            described,
             "architectures differ",
             "mergekit refuses to mix architectures too; pass --allow-crimes to merge them anyway",
         )
 
 
+def _hashable(value: Any) -> Any:
+    return tuple(value) if isinstance(value, list) else value
+
+
 def _check_same(
-    loaded: LoadedRecipe, catalogs: Sequence[ModelCatalog], read: Any, what: str, advice: str
+    loaded: LoadedRecipe,
+    values: Sequence[tuple[str, Any]],
+    shown: Sequence[tuple[str, Any]],
+    what: str,
+    advice: str,
 ) -> None:
-    known = [(cat.ref, value) for cat in catalogs if (value := read(cat.config)) is not None]
+    """Raise when the known (not None) ``values`` differ, showing each model's ``shown``."""
+    known = [(ref, value) for ref, value in values if value is not None]
     if len({value for _, value in known}) <= 1:
         return
-    first = known[0][1]
-    odd = next(ref for ref, value in known if value != first)
-    detail = ", ".join(f"{ref!r}: {value}" for ref, value in known)
+    odd = next(ref for ref, value in known if value != known[0][1])
+    detail = ", ".join(f"{ref!r}: {value}" for ref, value in shown if value is not None)
     raise PlanError(loaded.problem(model_loc(loaded, odd), f"{what} ({detail}); {advice}"))
