@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from mergekit_like.mergekit_yaml import _parser, merge_argv
 from mergekit_like.mergekit_yaml import main as mergekit_yaml
 from tests.conftest import write_recipe
 
@@ -49,6 +50,58 @@ def test_script_is_registered():
     text = (ROOT / "pyproject.toml").read_text()
     scripts = text.split("[project.scripts]")[1].split("\n[")[0]
     assert re.search(r'^mergekit-yaml = "mergekit_like.mergekit_yaml:main"$', scripts, re.M)
+
+
+@pytest.fixture(autouse=True)
+def _restore_threads():
+    """-j sets torch's thread count for the process: put it back after each test."""
+    import torch
+
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        ([], ["--device", "cpu", "--out-shard-size", "5000000000"]),
+        (
+            [
+                "--cuda",
+                "--random-seed",
+                "3",
+                "--out-shard-size",
+                "1G",
+                "--allow-crimes",
+                "--no-copy-tokenizer",
+                "--no-write-model-card",
+                "--quiet",
+                "--force",
+            ],
+            [
+                "--device",
+                "cuda",
+                "--out-shard-size",
+                "1000000000",
+                "--seed",
+                "3",
+                "--allow-crimes",
+                "--no-copy-tokenizer",
+                "--no-model-card",
+                "--quiet",
+                "--force",
+            ],
+        ),
+        (
+            ["--gpu-rich", "--device", "auto", "--copy-tokenizer", "--out-shard-size", "500M"],
+            ["--device", "auto", "--out-shard-size", "500000000"],
+        ),
+    ],
+)
+def test_options_map_onto_merge(args, expected):
+    ns = _parser().parse_args(["r.yaml", "out", *args])
+    assert merge_argv(ns) == ["r.yaml", "out", *expected]
 
 
 def test_same_bytes_as_merge(tmp_path, dare_recipe, run_cli, run_yaml):

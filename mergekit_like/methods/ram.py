@@ -16,11 +16,13 @@ tensor's entries where model ``i`` contributes and ``c > 1`` or ``c == 1``,
     lambda_i = 1 + r * clamp(rho_i, 0, alpha)
     out      = base + sum_i tv_i * [contrib_i] * ([c == 1] * lambda_i + [c > 1] / max(c, 1))
 
-Defaults are mergekit's (``epsilon`` 1e-5, ``r`` 0.1, ``alpha`` 0.2). The operations and
-their order (the per-model terms stacked and summed over the models, ``lambda`` in the
-counts' float dtype) are mergekit's, so float32 merges give its bytes. ``ram`` is
-elementwise; ``ramplus_tl`` counts ``s_i`` and ``u_i`` over the whole tensor first
-(:class:`RamPlusStats`), so a large tensor is merged in row chunks with the same bytes.
+Defaults are mergekit's (``epsilon`` 1e-5, ``r`` 0.1, ``alpha`` 0.2); a negative
+``epsilon``, which mergekit takes (every entry then counts as changed), is refused. The
+operations and their order (the per-model terms stacked and summed over the models,
+``lambda`` in the counts' float dtype) are mergekit's, so merges give its bytes (checked at
+float32 and bfloat16). ``ram`` is elementwise; ``ramplus_tl`` counts ``s_i`` and ``u_i``
+over the whole tensor first (:class:`RamPlusStats`), so a large tensor is merged in row
+chunks with the same bytes.
 """
 
 from __future__ import annotations
