@@ -92,7 +92,6 @@ def _sub_parser(cmd: str) -> argparse.ArgumentParser:
     if cmd in ("validate", "plan"):
         p.add_argument("recipe", type=Path)
         p.add_argument("overrides", nargs="*")
-    if cmd in ("validate", "plan"):
         p.add_argument("--allow-crimes", action="store_true",
                        help="accept ingredients whose architectures differ")
     if cmd == "plan":

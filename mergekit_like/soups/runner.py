@@ -176,7 +176,9 @@ def _write_chosen(loaded: LoadedRecipe, ctx: SoupContext, result: SoupResult, fo
     write_model(plan, inner, MergeOptions(device=options.device,
                                           out_shard_bytes=options.out_shard_bytes,
                                           seed=options.seed, quiet=True,
-                                          chunk_bytes=options.chunk_bytes))
+                                          chunk_bytes=options.chunk_bytes,
+                                          copy_tokenizer=options.copy_tokenizer,
+                                          write_model_card=options.write_model_card))
     for item in inner.iterdir():
         item.rename(folder / item.name)
     inner.rmdir()
