@@ -73,6 +73,12 @@ def _run_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-processes", type=int, default=1, metavar="N",
                    help="split the output shards across N local processes (default 1); under "
                         "torchrun or accelerate launch, the launcher's processes are used")
+    p.add_argument("--allow-crimes", action="store_true",
+                   help="merge ingredients whose architectures differ (mergekit's flag)")
+    p.add_argument("--no-copy-tokenizer", dest="copy_tokenizer", action="store_false",
+                   help="write no tokenizer files unless the recipe sets the tokenizer")
+    p.add_argument("--no-model-card", dest="write_model_card", action="store_false",
+                   help="write no README.md model card")
     p.add_argument("--allow-code", action="store_true",
                    help="allow the recipe's evaluation.python to run (custom scorer code)")
     p.add_argument("--offline", action="store_true",
@@ -90,6 +96,8 @@ def _sub_parser(cmd: str) -> argparse.ArgumentParser:
         p.add_argument("overrides", nargs="*")
         p.add_argument("--offline", action="store_true",
                        help="no network: hub models not in the cache are not inspected")
+        p.add_argument("--allow-crimes", action="store_true",
+                       help="accept ingredients whose architectures differ")
     if cmd == "plan":
         p.add_argument("--summary", action="store_true", help="totals only, no tensor list")
     return p
@@ -140,7 +148,9 @@ def _merge(ns: argparse.Namespace) -> int:
                            resume=ns.resume, allow_nonfinite=ns.allow_nonfinite,
                            num_processes=ns.num_processes,
                            seed=ns.seed, quiet=ns.quiet, chunk_bytes=chunk, kernels=ns.kernels,
-                           max_gpu_bytes=max_gpu)
+                           max_gpu_bytes=max_gpu, allow_crimes=ns.allow_crimes,
+                           copy_tokenizer=ns.copy_tokenizer,
+                           write_model_card=ns.write_model_card)
     if ns.multirun:  # soups: sweeps run each setting through soups/runner.py
         from mergekit_like.soups.sweep import run_sweep
 
@@ -150,17 +160,17 @@ def _merge(ns: argparse.Namespace) -> int:
     from mergekit_like.io.hub import HubAccess
     from mergekit_like.preflight import fetch_for_merge
 
-    fetch_for_merge(docs, HubAccess.from_env(offline=ns.offline, progress=say))
+    fetch_for_merge(docs, HubAccess.from_env(offline=ns.offline, progress=say), ns.allow_crimes)
     if len(docs) > 1:  # mergekit-multi: named merges in dependency order
         from mergekit_like.multi import run_documents
 
         def write_doc(doc: LoadedRecipe, folder: Path) -> None:
-            plan = build_plan(doc)
+            plan = build_plan(doc, allow_crimes=ns.allow_crimes)
             for warning in plan.warnings:
                 print(warning, file=sys.stderr)
             write_model(plan, folder, options)
             if say:
-                print(f"{doc.recipe.name}: wrote {folder}")
+                print(f"{doc.recipe.name or 'final merge'}: wrote {folder}")
 
         run_documents(docs, ns.out, write_doc)
         return 0
@@ -172,7 +182,7 @@ def _merge(ns: argparse.Namespace) -> int:
 
         run_loaded(loaded, ns.out, options, allow_code=ns.allow_code)
         return 0
-    plan = build_plan(loaded)
+    plan = build_plan(loaded, allow_crimes=ns.allow_crimes)
     for warning in plan.warnings:
         print(warning, file=sys.stderr)
     write_model(plan, ns.out, options)
@@ -200,7 +210,7 @@ def _subcommand(cmd: str, ns: argparse.Namespace) -> int:
     if len(docs) > 1:
         from mergekit_like.multi import order_documents
 
-        names = [d.recipe.name for d in order_documents(docs)]
+        names = [d.recipe.name or "(unnamed final merge)" for d in order_documents(docs)]
         if cmd == "plan":
             raise MergeError(f"{ns.recipe}: {len(docs)} documents; `merge plan` takes one")
         print(f"{ns.recipe}: {len(docs)} valid documents, run in order: {' -> '.join(names)}")
@@ -217,12 +227,12 @@ def _subcommand(cmd: str, ns: argparse.Namespace) -> int:
 
     access = HubAccess.from_env(offline=ns.offline)
     if cmd == "validate":
-        return validate_recipe(loaded, access)
+        return validate_recipe(loaded, access, ns.allow_crimes)
     from mergekit_like.plan import build_plan
     from mergekit_like.steps import estimate_peak_bytes
 
     check_recipe(loaded).raise_problems()
-    plan = build_plan(loaded, models=HubModels(access))
+    plan = build_plan(loaded, models=HubModels(access), allow_crimes=ns.allow_crimes)
     for warning in plan.warnings:
         print(warning, file=sys.stderr)
     if not ns.summary:

@@ -195,6 +195,7 @@ def validate_data(data: Any, path: Path, lines: dict[Loc, int],
     if not isinstance(data, dict):
         raise RecipeError(Problem("a recipe is a YAML mapping (merge_method: ..., models: ...)",
                                   (), path.name, 1))
+    _refuse_other_formats(data, path, lines)
     try:
         return Recipe.model_validate(data)
     except ValidationError as exc:
@@ -208,6 +209,23 @@ def validate_data(data: Any, path: Path, lines: dict[Loc, int],
                 msg = "required field is missing"
             problems.append(locate(loc, msg, path, lines, overridden))
         raise RecipeError(problems) from None
+
+
+OTHER_FORMATS = (
+    (("experts", "gate_mode"), "a mergekit-moe config", "mixture-of-experts merges"),
+    (("genome", "tasks"), "a mergekit-evolve config", "evolutionary merge searches"),
+)
+"""mergekit's other config formats: the top-level keys that mark them, and what they do."""
+
+
+def _refuse_other_formats(data: dict[Any, Any], path: Path, lines: dict[Loc, int]) -> None:
+    """One line naming the format for a mergekit-moe or mergekit-evolve config."""
+    for keys, what, does in OTHER_FORMATS:
+        found = [k for k in data if k in keys]
+        if found:
+            named = ", ".join(f"'{k}'" for k in sorted(found))
+            raise RecipeError(locate((found[0],), f"this is {what} (it has {named}); {does} "
+                                     "are not supported yet", path, lines))
 
 
 def _field_names(model: type[BaseModel], seen: set[type] | None = None) -> set[str]:
@@ -261,8 +279,9 @@ def load_recipe(path: Path, overrides: Sequence[str] = ()) -> LoadedRecipe:
 def load_recipe_documents(path: Path, overrides: Sequence[str] = ()) -> list[LoadedRecipe]:
     """Every document of a recipe file, validated (one document: same as :func:`load_recipe`).
 
-    Several documents follow mergekit-multi's convention: each has a ``name``, and a later
-    one may use an earlier one's name as a model. Overrides apply to single documents only.
+    Several documents follow mergekit-multi's convention: each has a ``name`` (but one, the
+    output, may have none), and one may use another's name as a model. Overrides apply to
+    single documents only.
     """
     text = _read_text(path)
     docs = parse_yaml_documents(text, path)
@@ -278,9 +297,9 @@ def load_recipe_documents(path: Path, overrides: Sequence[str] = ()) -> list[Loa
         except RecipeError as exc:
             problems.extend(exc.problems)
             continue
-        if not recipe.name:
-            problems.append(Problem("each document of a multi-document recipe needs a 'name'",
-                                    (), path.name, first))
+        if not recipe.name and any(not d.recipe.name for d in out):
+            problems.append(Problem("only one document of a multi-document recipe may lack a "
+                                    "'name' (that one is the output)", (), path.name, first))
         out.append(LoadedRecipe(recipe, path, data, MappingProxyType(lines)))
     if problems:
         raise RecipeError(problems)

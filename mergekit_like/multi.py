@@ -2,7 +2,10 @@
 
 A later document may name an earlier one as a model (``model: my-first-merge``). Documents
 run in dependency order; every document but the final one is written to an intermediate
-folder, and one whose output already exists there is skipped, so a rerun resumes.
+folder, and one whose output already exists there is skipped, so a rerun resumes. The final
+one is the document without a ``name`` (mergekit-multi's convention; at most one may lack
+it, and then every named document is an intermediate), or else the one named document that
+no other uses.
 
     merge pipeline.yaml OUT     # intermediates in OUT-intermediates/<name>, final in OUT
 """
@@ -28,17 +31,20 @@ def order_documents(docs: Sequence[LoadedRecipe]) -> list[LoadedRecipe]:
     if len(by_name) != len(docs):
         names = [d.recipe.name for d in docs]
         dup = next(n for n in names if names.count(n) > 1)
-        raise RecipeError(docs[0].problem(("name",), f"two documents are named {dup!r}"))
-    deps = {d.recipe.name: sorted(_refs(d) & set(by_name) - {d.recipe.name}) for d in docs}
-    order: list[str] = []
-    state: dict[str, str] = {}
+        what = "two documents lack a name" if dup is None else f"two documents are named {dup!r}"
+        raise RecipeError(docs[0].problem(("name",), what))
+    named = {n for n in by_name if n is not None}
+    deps = {d.recipe.name: sorted(_refs(d) & named - {d.recipe.name}) for d in docs}
+    order: list[str | None] = []
+    state: dict[str | None, str] = {}
 
-    def visit(name: str, chain: tuple[str, ...]) -> None:
+    def visit(name: str | None, chain: tuple[str | None, ...]) -> None:
         if state.get(name) == "done":
             return
         if state.get(name) == "active":
+            cycle = " -> ".join(n or "(unnamed)" for n in chain)
             raise RecipeError(by_name[name].problem(
-                ("name",), f"documents depend on each other in a cycle: {' -> '.join(chain)}"))
+                ("name",), f"documents depend on each other in a cycle: {cycle}"))
         state[name] = "active"
         for dep in deps[name]:
             visit(dep, (*chain, dep))
@@ -47,6 +53,9 @@ def order_documents(docs: Sequence[LoadedRecipe]) -> list[LoadedRecipe]:
 
     for name in by_name:
         visit(name, (name,))
+    if None in by_name:  # the unnamed document is the output, whatever else is unused
+        order.remove(None)
+        return [by_name[n] for n in (*order, None)]
     used = {n for ds in deps.values() for n in ds}
     finals = [n for n in by_name if n not in used]
     if len(finals) != 1:
@@ -73,9 +82,8 @@ def run_documents(
     named: dict[str, Path] = {}
     written = []
     for i, doc in enumerate(ordered):
-        name = doc.recipe.name
-        assert name is not None
         final = i == len(ordered) - 1
+        name = doc.recipe.name or "final merge"
         folder = out if final else inter / name
         if not final and (folder / "config.json").is_file():
             say(f"{name}: {folder} exists, skipping")

@@ -76,20 +76,27 @@ def staged_output(out: Path, force: bool, resume: bool = False) -> Iterator[Path
         shutil.rmtree(old) if old.is_dir() else old.unlink()
 
 
-def write_metadata(plan: Plan, folder: Path) -> None:
-    """config.json, generation_config.json, tokenizer, model card and the resolved recipe."""
+def write_metadata(plan: Plan, folder: Path, copy_tokenizer: bool = True,
+                   model_card_file: bool = True) -> None:
+    """config.json, generation_config.json, tokenizer, model card and the resolved recipe.
+
+    ``copy_tokenizer`` False (mergekit's ``--no-copy-tokenizer``): no tokenizer files (nor
+    chat template) unless the recipe sets the tokenizer; ``model_card_file`` False
+    (``--no-write-model-card``): no README.md.
+    """
     spec = plan.output
     (folder / "config.json").write_text(json.dumps(dict(spec.config), indent=2) + "\n")
     ref_dir = plan.models[spec.reference].path
     if (ref_dir / "generation_config.json").is_file():
         shutil.copyfile(ref_dir / "generation_config.json", folder / "generation_config.json")
+    tokenizer = copy_tokenizer or plan.recipe.recipe.tokenizer_config() is not None
     if plan.vocab is not None and plan.vocab.added:
         save_union_tokenizer(plan.vocab, folder)
-    elif spec.tokenizer_dir is not None:
+    elif spec.tokenizer_dir is not None and tokenizer:
         for name in TOKENIZER_FILES:
             if (spec.tokenizer_dir / name).is_file():
                 shutil.copyfile(spec.tokenizer_dir / name, folder / name)
-    if spec.chat_template is not None:
+    if spec.chat_template is not None and tokenizer:
         (folder / "chat_template.jinja").write_text(spec.chat_template)
         cfg_path = folder / "tokenizer_config.json"
         if cfg_path.is_file():
@@ -98,7 +105,8 @@ def write_metadata(plan: Plan, folder: Path) -> None:
             cfg_path.write_text(json.dumps(cfg, indent=2) + "\n")
     recipe_yaml = resolved_recipe_yaml(plan)
     (folder / "merge_recipe.yaml").write_text(recipe_yaml)
-    (folder / "README.md").write_text(model_card(plan, recipe_yaml, folder))
+    if model_card_file:
+        (folder / "README.md").write_text(model_card(plan, recipe_yaml, folder))
 
 
 def save_union_tokenizer(vocab: VocabPlan, folder: Path) -> None:

@@ -16,6 +16,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from mergekit_like.architectures import check_ingredients
 from mergekit_like.errors import Loc, PlanError, Problem
 from mergekit_like.io.catalog import ModelCatalog, open_model
 from mergekit_like.io.safetensors_header import FLOAT_DTYPES, RECIPE_DTYPES
@@ -95,16 +96,20 @@ class Plan:
         return sum(t.nbytes for t in self.tensors)
 
 
-def build_plan(loaded: LoadedRecipe, models: ModelOpener = open_model) -> Plan:
+def build_plan(loaded: LoadedRecipe, models: ModelOpener = open_model,
+               allow_crimes: bool = False) -> Plan:
     """Plan a validated recipe against its ingredients' headers.
 
     ``models`` opens each model reference (default: local folders and the hub cache;
     :class:`mergekit_like.io.hub_remote.HubModels` reads hub headers over HTTP instead).
+    ``allow_crimes`` (mergekit's ``--allow-crimes``): merge ingredients whose architectures
+    differ instead of refusing them.
     """
     recipe = loaded.recipe
     method = REGISTRY[recipe.merge_method]
     check_parameter_names(loaded).raise_problems()
     catalogs, index_of = load_models(loaded, models)
+    check_ingredients(loaded, catalogs, allow_crimes)
     layouts = {i: layer_layout(c.tensors, c.config) for i, c in enumerate(catalogs)}
     base_idx = index_of[recipe.base_model] if recipe.base_model else None
     if method.base == "required" and base_idx is None:

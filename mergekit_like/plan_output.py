@@ -15,6 +15,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
+from mergekit_like.chat_templates import BUILTIN_TEMPLATES
 from mergekit_like.errors import InputError, PlanError
 from mergekit_like.io.catalog import ModelCatalog, resolve_model
 from mergekit_like.layers import LayerLayout
@@ -23,13 +24,6 @@ from mergekit_like.loader import LoadedRecipe
 if TYPE_CHECKING:
     from mergekit_like.plan_sources import ModuleSlices
     from mergekit_like.vocab import VocabPlan
-
-CHATML = (
-    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + "
-    "message['content'] + '<|im_end|>' + '\\n' }}{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
-)
-BUILTIN_TEMPLATES = {"chatml": CHATML}
 
 
 @dataclass(frozen=True)
@@ -153,9 +147,9 @@ def _chat_template(loaded: LoadedRecipe, catalogs: Sequence[ModelCatalog]) -> st
             except (OSError, json.JSONDecodeError):
                 continue
             if isinstance(cfg.get("chat_template"), str):
-                found.append(cfg["chat_template"])
+                found.append(cfg["chat_template"].strip())
             elif (cat.path / "chat_template.jinja").is_file():
-                found.append((cat.path / "chat_template.jinja").read_text())
+                found.append((cat.path / "chat_template.jinja").read_text().strip())
         return Counter(found).most_common(1)[0][0] if found else None
     if value in BUILTIN_TEMPLATES:
         return BUILTIN_TEMPLATES[value]

@@ -52,7 +52,7 @@ def _open_all(loaded: LoadedRecipe, models: HubModels) -> dict[str, HubUnreachab
     return unreachable
 
 
-def validate_recipe(loaded: LoadedRecipe, access: HubAccess) -> int:
+def validate_recipe(loaded: LoadedRecipe, access: HubAccess, allow_crimes: bool = False) -> int:
     """``merge validate``: recipe checks, then the plan from headers of every model reached."""
     from mergekit_like.plan import build_plan
 
@@ -75,7 +75,7 @@ def validate_recipe(loaded: LoadedRecipe, access: HubAccess) -> int:
         for exc in unreachable.values():
             print(f"  {exc.problems[0].message}")
         return 0
-    plan = build_plan(loaded, models=models)
+    plan = build_plan(loaded, models=models, allow_crimes=allow_crimes)
     for warning in plan.warnings:
         print(warning, file=sys.stderr)
     print(
@@ -101,7 +101,8 @@ def missing_hub_models(docs: Sequence[LoadedRecipe]) -> list[str]:
     return list(dict.fromkeys(out))
 
 
-def fetch_for_merge(docs: Sequence[LoadedRecipe], access: HubAccess) -> None:
+def fetch_for_merge(docs: Sequence[LoadedRecipe], access: HubAccess,
+                    allow_crimes: bool = False) -> None:
     """Check every document, plan a single one from hub headers, then download what is
     missing (``access.offline``: a missing hub model is an error, nothing is contacted)."""
     from mergekit_like.plan import build_plan
@@ -117,5 +118,5 @@ def fetch_for_merge(docs: Sequence[LoadedRecipe], access: HubAccess) -> None:
     if len(docs) == 1 and doc.recipe.merge_method in REGISTRY:
         models = HubModels(access)
         if not _open_all(doc, models):  # every header read: plan before downloading
-            build_plan(doc, models=models)
+            build_plan(doc, models=models, allow_crimes=allow_crimes)
     fetch_models(missing, access)

@@ -287,7 +287,8 @@ class Recipe(_Frozen):
     tokenizer: TokenizerConfig | None = Field(
         default=None, description="vocabulary merging (instead of tokenizer_source)")
     chat_template: str | None = Field(
-        default=None, description="'auto', a built-in name (chatml) or a Jinja template"
+        default=None, description="'auto', a built-in name (alpaca, chatml, llama3, mistral, "
+        "exaone) or a Jinja template"
     )
     name: str | None = None
     # soups (mergekit_like/soups): held-out evaluation, and a soup method's options

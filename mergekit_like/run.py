@@ -46,6 +46,9 @@ class MergeOptions:
     num_processes: int = 1
     kernels: Literal["auto", "eager", "compiled"] = "auto"
     max_gpu_bytes: int | None = None
+    allow_crimes: bool = False  # merge ingredients of different architectures
+    copy_tokenizer: bool = True  # False: no tokenizer files unless the recipe sets them
+    write_model_card: bool = True  # False: no README.md
 
 
 @dataclass(frozen=True)
@@ -125,12 +128,12 @@ def write_model(plan: Plan, out: Path, options: MergeOptions) -> None:
         finally:
             journal.close()
         journal.path.unlink()
-        write_metadata(plan, tmp)
+        write_metadata(plan, tmp, options.copy_tokenizer, options.write_model_card)
 
 
 def run_merge(recipe: Path, out: Path, options: MergeOptions = MergeOptions(),
               overrides: Sequence[str] = ()) -> Plan:
     """Load, validate, plan and run a recipe file; returns the plan that was executed."""
-    plan = build_plan(load_recipe(recipe, overrides))
+    plan = build_plan(load_recipe(recipe, overrides), allow_crimes=options.allow_crimes)
     write_model(plan, out, options)
     return plan

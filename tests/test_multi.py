@@ -59,11 +59,11 @@ def test_bad_pipelines(tmp_path, text, message):
         order_documents(docs)
 
 
-def test_each_document_needs_a_name_and_no_overrides(tmp_path):
+def test_unnamed_document_runs_last_and_no_overrides(tmp_path):
+    # mergekit-multi: the unnamed document is the output, wherever it stands in the file
     path = write_recipe(tmp_path, "merge_method: linear\nmodels: [{model: x}]\n---\n"
                                   "name: b\nmerge_method: linear\nmodels: [{model: y}]\n")
-    with pytest.raises(RecipeError, match="recipe.yaml:1: each document .* needs a 'name'"):
-        load_recipe_documents(path)
+    assert [d.recipe.name for d in order_documents(load_recipe_documents(path))] == ["b", None]
     with pytest.raises(RecipeError, match="overrides apply to single-document recipes"):
         load_recipe_documents(path, ["name=z"])
 
@@ -78,3 +78,46 @@ def test_windows_style_relative_paths(tmp_path, llama_family, run_cli, monkeypat
                                     "  - model: 'models\\math'\n")
     res = run_cli(recipe, tmp_path / "out", "--quiet")
     assert res.code == 0, res.err
+
+
+def _unnamed_final(f: dict[str, Path]) -> str:
+    """mergekit-multi's convention: the document without a name is the output."""
+    return f"""name: soup-ab
+merge_method: linear
+models: [{{model: {f['math']}}}, {{model: {f['code']}}}]
+---
+name: unused
+merge_method: linear
+models: [{{model: {f['chat']}}}, {{model: {f['code']}}}]
+---
+merge_method: linear
+models:
+  - model: soup-ab
+    parameters: {{weight: 1.0}}
+  - model: {f['chat']}
+    parameters: {{weight: 3.0}}
+"""
+
+
+def test_unnamed_final_document_is_the_output(tmp_path, llama_family, run_cli):
+    f = llama_family
+    recipe = write_recipe(tmp_path, _unnamed_final(f))
+    res = run_cli(recipe, tmp_path / "out", "--quiet")
+    assert res.code == 0, res.err
+    a, b, c = (load_tensors(f[k]) for k in ("math", "code", "chat"))
+    inter = tmp_path / "out-intermediates"
+    assert sorted(p.name for p in inter.iterdir()) == ["soup-ab", "unused"]  # as mergekit-multi
+    final = load_tensors(tmp_path / "out")
+    for n, t in final.items():
+        torch.testing.assert_close(t, ((a[n] + b[n]) / 2 + 3 * c[n]) / 4)
+    res = run_cli("validate", recipe)
+    assert res.code == 0 and res.out.rstrip().endswith("-> (unnamed final merge)"), res.out
+
+
+def test_only_one_document_may_lack_a_name(tmp_path, run_cli):
+    text = ("merge_method: linear\nmodels: [{model: x}]\n---\n"
+            "merge_method: linear\nmodels: [{model: y}]\n")
+    res = run_cli("validate", write_recipe(tmp_path, text))
+    assert res.code == 2
+    assert res.err.strip() == ("error: recipe.yaml:4: only one document of a multi-document "
+                               "recipe may lack a 'name' (that one is the output)")

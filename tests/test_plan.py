@@ -142,7 +142,9 @@ def test_missing_tensor_and_shape_mismatch(tmp_path, llama_family):
     state = load_file(broken / "model.safetensors")
     del state["model.layers.1.mlp.down_proj.weight"]
     save_file(state, broken / "model.safetensors", metadata={"format": "pt"})
-    wide = make_model(tmp_path / "wide", tiny_config("llama", hidden=64), 3, tokenizer=False)
+    config = tiny_config("llama")
+    config.intermediate_size = 96  # same width (hidden 32), wider MLP
+    wide = make_model(tmp_path / "wide", config, 3, tokenizer=False)
     errs = _errors(tmp_path, f"""merge_method: linear
 models:
   - model: {llama_family['code']}
@@ -151,8 +153,8 @@ models:
 """)
     assert any("models[1]: model" in e and "has no tensor 'model.layers.1.mlp.down_proj.weight'"
                in e for e in errs)
-    assert any("tensor 'model.embed_tokens.weight' has different shapes across models" in e
-               and "[64, 32]" in e and "[64, 64]" in e for e in errs)
+    assert any("tensor 'model.layers.0.mlp.up_proj.weight' has different shapes across models"
+               in e and "[64, 32]" in e and "[96, 32]" in e for e in errs)
 
 
 def test_layer_range_outside_model(tmp_path, llama_family):

@@ -41,9 +41,20 @@ def find_local(ref: str, recipe_dir: Path | None = None) -> Path | None:
     """The folder of a model reference on this machine, or None.
 
     A reference is a local folder (relative to the working directory, then to the recipe's
-    folder) or a hub id ``org/name`` with an optional ``@revision`` whose weights are all in
-    the Hugging Face cache (``HF_HUB_CACHE``/``HF_HOME``).
+    folder) or a hub id ``org/name`` whose weights are all in the Hugging Face cache
+    (``HF_HUB_CACHE``/``HF_HOME``); either may end in ``@revision`` (mergekit's syntax; a
+    local folder's revision is ignored, as mergekit ignores it).
     """
+    if ref.count("@") > 1:
+        raise InputError(f"model {ref!r}: more than one '@'; write path@revision")
+    for text in dict.fromkeys((ref, ref.partition("@")[0])):  # a folder named with '@' first
+        local = _local_folder(text, recipe_dir)
+        if local is not None:
+            return local
+    return cached_snapshot(ref, HubAccess.from_env())
+
+
+def _local_folder(ref: str, recipe_dir: Path | None) -> Path | None:
     candidates = [Path(ref).expanduser()]
     if "\\" in ref:  # a Windows-style path written on Windows
         candidates.append(Path(ref.replace("\\", "/")).expanduser())
@@ -52,7 +63,7 @@ def find_local(ref: str, recipe_dir: Path | None = None) -> Path | None:
     for cand in candidates:
         if cand.is_dir():
             return cand.resolve()
-    return cached_snapshot(ref, HubAccess.from_env())
+    return None
 
 
 def resolve_model(ref: str, recipe_dir: Path | None = None) -> Path:

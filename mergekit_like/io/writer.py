@@ -53,18 +53,26 @@ class ShardLayout:
 
 
 def parse_size(text: str) -> int:
-    """'5GB' -> 5_000_000_000; '500MiB' -> 524_288_000; a plain number is bytes."""
-    units = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
+    """A size in bytes, read as mergekit reads it: a bare ``K``, ``M`` or ``B`` (and ``G``,
+    ``T``) counts thousands, millions, billions; ``KB``/``GB`` are decimal bytes and
+    ``KiB``/``GiB`` binary; a plain number is bytes.
+
+    >>> parse_size("5B"), parse_size("500M"), parse_size("2GiB"), parse_size("123")
+    (5000000000, 500000000, 2147483648, 123)
+    """
+    units = {"": 1, "K": 10**3, "M": 10**6, "B": 10**9, "G": 10**9, "T": 10**12,
+             "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
              "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
     s = text.strip().upper().replace(" ", "")
     num = s.rstrip("KMGTIB")
     unit = s[len(num):]
     if unit not in units or not num:
-        raise ValueError(f"bad size {text!r}: use e.g. 5GB, 500MB or 2GiB")
+        raise ValueError(f"bad size {text!r}: use e.g. 5B (billion), 500M, 5GB or 2GiB")
     try:
         value = float(num) * units[unit]
     except ValueError:
-        raise ValueError(f"bad size {text!r}: use e.g. 5GB, 500MB or 2GiB") from None
+        raise ValueError(f"bad size {text!r}: use e.g. 5B (billion), 500M, 5GB or 2GiB") \
+            from None
     if value <= 0:
         raise ValueError(f"bad size {text!r}: must be positive")
     return int(value)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from types import MappingProxyType
 
+from mergekit_like.methods.arcee_fusion import ARCEE_FUSION
 from mergekit_like.methods.breadcrumbs import BREADCRUMBS, BREADCRUMBS_TIES
 from mergekit_like.methods.dare import DARE_LINEAR, DARE_TIES
 from mergekit_like.methods.della import DELLA, DELLA_LINEAR
@@ -19,6 +20,7 @@ from mergekit_like.methods.multislerp import MULTISLERP
 from mergekit_like.methods.nearswap import NEARSWAP
 from mergekit_like.methods.nuslerp import NUSLERP
 from mergekit_like.methods.passthrough import PASSTHROUGH
+from mergekit_like.methods.ram import RAM, RAMPLUS_TL
 from mergekit_like.methods.sce import SCE
 from mergekit_like.methods.slerp import SLERP
 from mergekit_like.methods.spec import MergeMethod, MethodParams, TensorContext
@@ -29,6 +31,7 @@ _METHODS: tuple[MergeMethod, ...] = (
     LINEAR, TASK_ARITHMETIC, TIES, PASSTHROUGH,
     SLERP, NUSLERP, MULTISLERP, KARCHER, NEARSWAP,
     DARE_TIES, DARE_LINEAR, BREADCRUMBS, BREADCRUMBS_TIES, DELLA, DELLA_LINEAR, SCE, MODEL_STOCK,
+    RAM, RAMPLUS_TL, ARCEE_FUSION,
 )
 
 REGISTRY: MappingProxyType[str, MergeMethod] = MappingProxyType({m.name: m for m in _METHODS})

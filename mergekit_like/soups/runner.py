@@ -76,7 +76,7 @@ def run_loaded(loaded: LoadedRecipe, out: Path, options: MergeOptions,
         load_python(recipe.evaluation.python, allow_code, loaded.path.parent)  # raises
     if recipe.merge_method in SOUP_METHODS:
         return run_soup(loaded, out, options, allow_code)
-    plan = build_plan(loaded)
+    plan = build_plan(loaded, allow_crimes=options.allow_crimes)
     for warning in plan.warnings:
         print(warning, file=sys.stderr)
     write_model(plan, out, options)
@@ -141,7 +141,7 @@ def run_soup(loaded: LoadedRecipe, out: Path, options: MergeOptions,
     except ValueError as exc:
         raise MergeError(loaded.problem(("soup", "memory_budget"), str(exc))) from None
     uniform, first = _uniform(loaded)
-    plan = build_plan(uniform)
+    plan = build_plan(uniform, allow_crimes=options.allow_crimes)
     check_output_path(plan, out)
     device = resolve_device(cfg.device or options.device)
     progress = not options.quiet
@@ -172,12 +172,14 @@ def _write_chosen(loaded: LoadedRecipe, ctx: SoupContext, result: SoupResult, fo
     assert result.weights is not None
     members = [(ctx.name(k), w) for k, w in sorted(result.weights.items()) if w != 0]
     name = loaded.recipe.name or f"{ctx.method}"
-    plan = build_plan(derived_recipe(loaded, members, name))
+    plan = build_plan(derived_recipe(loaded, members, name), allow_crimes=options.allow_crimes)
     inner = folder / "model"
     write_model(plan, inner, MergeOptions(device=options.device,
                                           out_shard_bytes=options.out_shard_bytes,
                                           seed=options.seed, quiet=True,
-                                          chunk_bytes=options.chunk_bytes))
+                                          chunk_bytes=options.chunk_bytes,
+                                          copy_tokenizer=options.copy_tokenizer,
+                                          write_model_card=options.write_model_card))
     for item in inner.iterdir():
         item.rename(folder / item.name)
     inner.rmdir()

@@ -22,6 +22,20 @@ def test_parse_size():
             parse_size(bad)
 
 
+# mergekit's sizes (its parse_kmb): a bare K, M or B suffix counts thousands, millions and
+# billions; we also take G (= B) and T, and keep the byte units (KB, GiB, ...).
+MERGEKIT_SIZES = {
+    "5B": 5_000_000_000, "5b": 5_000_000_000, "1G": 1_000_000_000, "500M": 500_000_000,
+    "500m": 500_000_000, "100K": 100_000, "2k": 2_000, "1T": 10**12, "1000": 1000,
+    "0.5B": 500_000_000, "5GB": 5_000_000_000, "2GiB": 2 * 2**30, "40kb": 40_000,
+}
+
+
+@pytest.mark.parametrize(("text", "expected"), MERGEKIT_SIZES.items())
+def test_parse_size_reads_mergekit_suffixes(text, expected):
+    assert parse_size(text) == expected
+
+
 def _tensors():
     g = torch.Generator().manual_seed(0)
     return {
