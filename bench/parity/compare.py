@@ -83,16 +83,26 @@ def compare_exact(res: Result, mk: Path, ours: Path) -> None:
         if x.dtype != y.dtype:
             res.dtype_mismatch.append(f"{name}: mk {x.dtype} ours {y.dtype}")
         if x.shape != y.shape:
-            diffs.append(TensorDiff(name, list(x.shape), str(y.dtype), str(x.dtype),
-                                    x.numel(), float("inf"), x.numel()))
+            diffs.append(
+                TensorDiff(
+                    name,
+                    list(x.shape),
+                    str(y.dtype),
+                    str(x.dtype),
+                    x.numel(),
+                    float("inf"),
+                    x.numel(),
+                )
+            )
             continue
         xf, yf = x.double(), y.double()
         ne = ~((xf == yf) | (xf.isnan() & yf.isnan()))
         n = int(ne.sum())
         if n:
             m = float((xf - yf).abs()[ne].max())
-            diffs.append(TensorDiff(name, list(x.shape), str(y.dtype), str(x.dtype), n, m,
-                                    x.numel()))
+            diffs.append(
+                TensorDiff(name, list(x.shape), str(y.dtype), str(x.dtype), n, m, x.numel())
+            )
     res.differing_tensors = len(diffs)
     res.differing_entries = sum(d.differing for d in diffs)
     res.max_abs = max((d.max_abs for d in diffs), default=0.0)
@@ -108,8 +118,15 @@ def compare_random(res: Result, mk: Path, ours: Path, base: Path) -> None:
     compare_exact(res, mk, ours)
     a, b, c = load_folder(mk), load_folder(ours), load_folder(base)
     gaps = {"moved_frac": 0.0, "mean": 0.0, "std": 0.0, "l1": 0.0}
-    totals = {"moved_mk": 0, "moved_ours": 0, "n": 0, "l1_mk": 0.0, "l1_ours": 0.0,
-              "sign_agree": 0, "sign_both": 0}
+    totals = {
+        "moved_mk": 0,
+        "moved_ours": 0,
+        "n": 0,
+        "l1_mk": 0.0,
+        "l1_ours": 0.0,
+        "sign_agree": 0,
+        "sign_both": 0,
+    }
     for name in sorted(set(a) & set(b) & set(c)):
         if a[name].shape != c[name].shape or a[name].shape != b[name].shape:
             continue

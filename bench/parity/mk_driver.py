@@ -31,14 +31,22 @@ def main() -> None:
         try:
             text = open(job["config"], encoding="utf-8").read()
             config = MergeConfiguration.model_validate(yaml.safe_load(text))
-            options = MergeOptions(random_seed=job.get("seed", 0), quiet=True)
+            options = MergeOptions(
+                random_seed=job.get("seed", 0), quiet=True, copy_tokenizer=False
+            )  # the models have no tokenizer
             options.apply_global_options()
             run_merge(config, job["out"], options=options, config_source=text)
             results.append({"ok": True, "secs": time.perf_counter() - start})
         except Exception as exc:  # recorded per job; the next job still runs
             tail = traceback.format_exc().strip().splitlines()[-3:]
-            results.append({"ok": False, "secs": time.perf_counter() - start,
-                            "error": f"{type(exc).__name__}: {exc}"[:400], "tail": tail})
+            results.append(
+                {
+                    "ok": False,
+                    "secs": time.perf_counter() - start,
+                    "error": f"{type(exc).__name__}: {exc}"[:400],
+                    "tail": tail,
+                }
+            )
     json.dump(results, open(sys.argv[2], "w"), indent=1)
 
 

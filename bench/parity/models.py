@@ -52,13 +52,20 @@ def _config(fam: Family):
     import transformers
 
     common = dict(
-        vocab_size=fam.vocab, hidden_size=fam.hidden, intermediate_size=fam.intermediate,
-        num_hidden_layers=fam.layers, num_attention_heads=fam.heads,
-        num_key_value_heads=fam.kv_heads, tie_word_embeddings=fam.tie,
+        vocab_size=fam.vocab,
+        hidden_size=fam.hidden,
+        intermediate_size=fam.intermediate,
+        num_hidden_layers=fam.layers,
+        num_attention_heads=fam.heads,
+        num_key_value_heads=fam.kv_heads,
+        tie_word_embeddings=fam.tie,
         max_position_embeddings=256,
     )
-    cls = {"llama": transformers.LlamaConfig, "qwen2": transformers.Qwen2Config,
-           "mistral": transformers.MistralConfig}[fam.arch]
+    cls = {
+        "llama": transformers.LlamaConfig,
+        "qwen2": transformers.Qwen2Config,
+        "mistral": transformers.MistralConfig,
+    }[fam.arch]
     return cls(**common)
 
 
@@ -66,8 +73,11 @@ def _base_state(fam: Family) -> tuple[object, dict[str, torch.Tensor]]:
     import transformers
 
     config = _config(fam)
-    cls = {"llama": transformers.LlamaForCausalLM, "qwen2": transformers.Qwen2ForCausalLM,
-           "mistral": transformers.MistralForCausalLM}[fam.arch]
+    cls = {
+        "llama": transformers.LlamaForCausalLM,
+        "qwen2": transformers.Qwen2ForCausalLM,
+        "mistral": transformers.MistralForCausalLM,
+    }[fam.arch]
     torch.manual_seed(1234)
     model = cls(config)
     model.config.architectures = [cls.__name__]
@@ -128,11 +138,13 @@ def build_family(fam: Family, root: Path) -> dict[str, Path]:
     base_dir = root / fam.name
     paths = {m: base_dir / m for m in MEMBERS}
     stamp = base_dir / "done.json"
-    if stamp.exists() and json.loads(stamp.read_text()) == fam.__dict__ | {"shards": list(fam.shards)}:
+    if stamp.exists() and json.loads(stamp.read_text()) == fam.__dict__ | {
+        "shards": list(fam.shards)
+    }:
         return paths
     config, base = _base_state(fam)
     states = [base] + [_perturb(fam, base, i) for i in (1, 2, 3)]
-    for member, state, shards in zip(MEMBERS, states, fam.shards):
+    for member, state, shards in zip(MEMBERS, states, fam.shards, strict=False):
         _write(paths[member], config, state, fam.dtype, shards)
     stamp.write_text(json.dumps(fam.__dict__ | {"shards": list(fam.shards)}))
     return paths

@@ -44,13 +44,17 @@ FAMILY_DTYPE_KEYS: dict[str, dict] = {
     "llama-bf16": {"dtype": "float32", "out_dtype": "bfloat16"},
 }
 QUICK_FAMILIES = ("llama-f32", "qwen2-bf16")
+FULL_FAMILY = "llama-f32"  # every case; the other families run the core ones
 
 
 def ensure_mergekit(venv: Path) -> Path:
     """The venv's python, creating the venv and installing mergekit 0.1.5 when missing."""
     py = venv / "bin" / "python"
-    check = [str(py), "-c", "import mergekit.merge, importlib.metadata as m; "
-             "print(m.version('mergekit'))"]
+    check = [
+        str(py),
+        "-c",
+        "import mergekit.merge, importlib.metadata as m; print(m.version('mergekit'))",
+    ]
     if py.exists() and subprocess.run(check, capture_output=True).returncode == 0:
         return py
     print(f"installing mergekit 0.1.5 into {venv} (a few minutes) ...", flush=True)
@@ -77,10 +81,24 @@ def write_recipe(case: Case, fam: Family, paths: dict, path: Path) -> None:
     path.write_text(yaml.safe_dump(recipe, sort_keys=False))
 
 
-def run_ours(cmd: list[str], recipe: Path, out: Path, args: argparse.Namespace) -> tuple[bool, str, float]:
+def run_ours(
+    cmd: list[str], recipe: Path, out: Path, args: argparse.Namespace
+) -> tuple[bool, str, float]:
     shutil.rmtree(out, ignore_errors=True)
-    full = cmd + [str(recipe), str(out), "--force", "--quiet", "--chunk-size", args.chunk_size,
-                  "--seed", str(args.seed)] + shlex.split(args.merge_args)
+    full = (
+        cmd
+        + [
+            str(recipe),
+            str(out),
+            "--force",
+            "--quiet",
+            "--chunk-size",
+            args.chunk_size,
+            "--seed",
+            str(args.seed),
+        ]
+        + shlex.split(args.merge_args)
+    )
     start = time.perf_counter()
     proc = subprocess.run(full, capture_output=True, text=True)
     secs = time.perf_counter() - start
@@ -91,8 +109,11 @@ def run_ours(cmd: list[str], recipe: Path, out: Path, args: argparse.Namespace) 
 def run_mergekit(py: Path, jobs: list[dict], work: Path) -> list[dict]:
     jobs_file, res_file = work / "mk_jobs.json", work / "mk_results.json"
     jobs_file.write_text(json.dumps(jobs))
-    subprocess.run([str(py), str(HERE / "mk_driver.py"), str(jobs_file), str(res_file)],
-                   check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(
+        [str(py), str(HERE / "mk_driver.py"), str(jobs_file), str(res_file)],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
     return json.loads(res_file.read_text())
 
 
@@ -101,7 +122,7 @@ def select(args: argparse.Namespace) -> list[tuple[Case, Family]]:
     if args.quick:
         fams = [f for f in fams if f.name in QUICK_FAMILIES]
     cases = [c for c in CASES if re.search(args.cases, c.name) and (c.quick or not args.quick)]
-    return [(c, f) for c in cases for f in fams]
+    return [(c, f) for c in cases for f in fams if f.name == FULL_FAMILY or c.core or c.quick]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -129,15 +150,20 @@ def main(argv: list[str] | None = None) -> int:
         else:
             our_jobs.append((res, recipe, out_dir / "ours"))
 
-    print(f"{len(pairs)} merges per tool; mergekit in {mk_py.parent.parent}, ours: "
-          f"{' '.join(merge_cmd)} --chunk-size {args.chunk_size}", flush=True)
+    print(
+        f"{len(pairs)} merges per tool; mergekit in {mk_py.parent.parent}, ours: "
+        f"{' '.join(merge_cmd)} --chunk-size {args.chunk_size}",
+        flush=True,
+    )
     with ThreadPoolExecutor(max_workers=args.jobs + 1) as pool:
         mk_future = pool.submit(run_mergekit, mk_py, mk_jobs, work)
-        our_futures = [(res, pool.submit(run_ours, merge_cmd, r, o, args)) for res, r, o in our_jobs]
+        our_futures = [
+            (res, pool.submit(run_ours, merge_cmd, r, o, args)) for res, r, o in our_jobs
+        ]
         our_done = {id(res): f.result() for res, f in our_futures}
         mk_done = mk_future.result()
 
-    for res, job, mk in zip(results, mk_jobs, mk_done):
+    for res, job, mk in zip(results, mk_jobs, mk_done, strict=False):
         res.secs_mk = mk["secs"]
         ok_ours, msg_ours, res.secs_ours = our_done.get(id(res), (False, "", 0.0))
         finish(res, mk, ok_ours, msg_ours, Path(job["out"]).parent, family_paths[res.family])
@@ -155,11 +181,15 @@ def finish(res: Result, mk: dict, ok_ours: bool, msg_ours: str, out: Path, paths
         res.message = "mergekit ok" if mk["ok"] else f"mergekit: {mk['error']}"
         return
     if not mk["ok"] or not ok_ours:
-        res.status = {(False, False): "both-failed", (False, True): "mk-failed",
-                      (True, False): "ours-failed"}[(mk["ok"], ok_ours)]
+        res.status = {
+            (False, False): "both-failed",
+            (False, True): "mk-failed",
+            (True, False): "ours-failed",
+        }[(mk["ok"], ok_ours)]
         res.message = "; ".join(
             ([f"mergekit: {mk['error']}"] if not mk["ok"] else [])
-            + ([f"ours: {msg_ours}"] if not ok_ours else []))
+            + ([f"ours: {msg_ours}"] if not ok_ours else [])
+        )
         return
     if res.random:
         compare_random(res, out / "mergekit", out / "ours", paths["base"])
