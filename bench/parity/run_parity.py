@@ -100,7 +100,8 @@ def run_ours(
         + shlex.split(args.merge_args)
     )
     start = time.perf_counter()
-    proc = subprocess.run(full, capture_output=True, text=True)
+    # from the work folder: `python -m mergekit_like` must not pick up the checkout in cwd
+    proc = subprocess.run(full, capture_output=True, text=True, cwd=out.parent)
     secs = time.perf_counter() - start
     msg = (proc.stderr.strip().splitlines() or [""])[-1][:400]
     return proc.returncode == 0, msg, secs
