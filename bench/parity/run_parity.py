@@ -187,10 +187,10 @@ def finish(res: Result, mk: dict, ok_ours: bool, msg_ours: str, out: Path, paths
             (False, True): "mk-failed",
             (True, False): "ours-failed",
         }[(mk["ok"], ok_ours)]
-        res.message = "; ".join(
-            ([f"mergekit: {mk['error']}"] if not mk["ok"] else [])
-            + ([f"ours: {msg_ours}"] if not ok_ours else [])
+        parts = ([f"mergekit: {mk['error']}"] if not mk["ok"] else []) + (
+            [f"ours: {msg_ours}"] if not ok_ours else []
         )
+        res.message = " ".join("; ".join(parts).split())  # one line
         return
     if res.random:
         compare_random(res, out / "mergekit", out / "ours", paths["base"])
