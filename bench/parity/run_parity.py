@@ -85,6 +85,7 @@ def run_ours(
     cmd: list[str], recipe: Path, out: Path, args: argparse.Namespace
 ) -> tuple[bool, str, float]:
     shutil.rmtree(out, ignore_errors=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
     full = (
         cmd
         + [
