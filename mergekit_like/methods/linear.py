@@ -28,19 +28,27 @@ def linear_merge(
     params: LinearParams,
     ctx: TensorContext,
 ) -> torch.Tensor:
-    """Weighted average of the ingredients (a uniform soup when every weight is 1)."""
-    weights = [p.weight for p in model_params]
-    out = tensors[0] * weights[0]
-    for w, t in zip(weights[1:], tensors[1:], strict=True):
-        # a product, then a sum: add_(t, alpha=w) may fuse them (one rounding) on some
-        # devices and not on others; the inputs are ours to overwrite
-        out.add_(t.mul_(w))
+    """Weighted average of the ingredients (a uniform soup when every weight is 1).
+
+    Rounded as mergekit rounds it: a float32 accumulator (float64 for float64 inputs), one
+    fused multiply-add per model (``addcmul_``: the product is not rounded on its own), then
+    a true division by the float32 sum of the float32 weights; half-precision
+    inputs are accumulated in float32 and rounded once at the end.
+    """
+    import torch
+
+    first = tensors[0]
+    acc_dtype = torch.float64 if first.dtype == torch.float64 else torch.float32
+    weights = torch.tensor([p.weight for p in model_params], dtype=acc_dtype, device=first.device)
+    out = torch.zeros_like(first, dtype=acc_dtype)
+    for i, t in enumerate(tensors):
+        out.addcmul_(t, weights[i])
     if params.normalize:
-        total = sum(weights)
+        total = weights.reshape(1, -1).sum(dim=1)  # mergekit's op: the same bytes
         if total == 0:
             raise ValueError("the weights sum to zero; set normalize: false or change them")
-        out.div_(out.new_full((), total))  # CUDA divides by a Python number as x * (1 / total)
-    return out
+        out.div_(total)
+    return out if out.dtype == first.dtype else out.to(first.dtype)
 
 
 LINEAR = MergeMethod(

@@ -18,8 +18,13 @@ def _inputs():
 def test_weighted_average(normalize):
     xs = _inputs()
     w = [0.2, 0.5, 1.3]
-    out = linear_merge([x.clone() for x in xs], None, [LinearModelParams(weight=v) for v in w],
-                       LinearParams(normalize=normalize), TensorContext("t"))
+    out = linear_merge(
+        [x.clone() for x in xs],
+        None,
+        [LinearModelParams(weight=v) for v in w],
+        LinearParams(normalize=normalize),
+        TensorContext("t"),
+    )
     expected = 0.2 * xs[0] + 0.5 * xs[1] + 1.3 * xs[2]
     if normalize:
         expected = expected / 2.0
@@ -28,8 +33,9 @@ def test_weighted_average(normalize):
 
 def test_uniform_soup_is_the_mean():
     xs = _inputs()
-    out = linear_merge([x.clone() for x in xs], None, [LinearModelParams()] * 3, LinearParams(),
-                       TensorContext("t"))
+    out = linear_merge(
+        [x.clone() for x in xs], None, [LinearModelParams()] * 3, LinearParams(), TensorContext("t")
+    )
     torch.testing.assert_close(out, (xs[0] + xs[1] + xs[2]) / 3)
 
 
@@ -42,3 +48,51 @@ def test_zero_weight_sum_is_an_error():
 def test_registered_as_elementwise_without_base():
     m = REGISTRY["linear"]
     assert m.elementwise and m.base == "unused" and m.merge is linear_merge
+
+
+def _mergekit_rounding(xs, weights, normalize):
+    """mergekit's linear, written out: an accumulator of zeros in float32, one fused
+    multiply-add per model (exact product, one rounding: done in float64, where the product
+    of two float32 numbers is exact), then a true division by the float32 running sum of the
+    float32 weights."""
+    w32 = torch.tensor(weights, dtype=torch.float32)
+    acc = torch.zeros_like(xs[0], dtype=torch.float32)
+    for x, w in zip(xs, w32, strict=True):
+        acc = (acc.double() + x.double() * w.double()).float()
+    if normalize:
+        total = torch.zeros((), dtype=torch.float32)
+        for w in w32:
+            total = total + w
+        acc = acc / total
+    return acc
+
+
+@pytest.mark.parametrize("normalize", [True, False])
+def test_rounds_as_mergekit_fused_multiply_add_and_float32_weight_sum(normalize):
+    # 0.1 + 0.2 + 0.15 is 0.45000002 summed in float32 but 0.45 in float64
+    g = torch.Generator().manual_seed(3)
+    xs = [torch.randn(64, 48, generator=g) for _ in range(3)]
+    w = [0.1, 0.2, 0.15]
+    out = linear_merge(
+        [x.clone() for x in xs],
+        None,
+        [LinearModelParams(weight=v) for v in w],
+        LinearParams(normalize=normalize),
+        TensorContext("t"),
+    )
+    assert torch.equal(out, _mergekit_rounding(xs, w, normalize))
+
+
+def test_bfloat16_inputs_accumulate_in_float32_and_round_once():
+    g = torch.Generator().manual_seed(4)
+    xs = [torch.randn(32, 40, generator=g).bfloat16() for _ in range(3)]
+    w = [0.5, 0.3, 0.2]
+    out = linear_merge(
+        [x.clone() for x in xs],
+        None,
+        [LinearModelParams(weight=v) for v in w],
+        LinearParams(),
+        TensorContext("t"),
+    )
+    assert out.dtype == torch.bfloat16
+    assert torch.equal(out, _mergekit_rounding([x.float() for x in xs], w, True).bfloat16())
