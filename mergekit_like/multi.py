@@ -15,7 +15,7 @@ from pathlib import Path
 from types import MappingProxyType
 
 from mergekit_like.errors import RecipeError
-from mergekit_like.loader import LoadedRecipe
+from mergekit_like.loader import LoadedRecipe, folder_name_problem
 
 
 def _refs(doc: LoadedRecipe) -> set[str]:
@@ -75,6 +75,8 @@ def run_documents(
     for i, doc in enumerate(ordered):
         name = doc.recipe.name
         assert name is not None
+        if (why := folder_name_problem(name)) is not None:  # load_recipe_documents checks it
+            raise RecipeError(doc.problem(("name",), why))
         final = i == len(ordered) - 1
         folder = out if final else inter / name
         if not final and (folder / "config.json").is_file():
