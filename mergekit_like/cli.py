@@ -13,13 +13,18 @@ Heavy libraries (torch, transformers, accelerate) are imported only when a merge
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mergekit_like.errors import Interrupted, MergeError
+
+if TYPE_CHECKING:
+    from mergekit_like.loader import LoadedRecipe
 
 SUBCOMMANDS = ("validate", "plan", "schema", "methods")
 
@@ -32,6 +37,16 @@ EPILOG = """other commands:
 overrides use hydra's grammar: key=value, +key=value (add), ++key=value, ~key (delete);
 list items by index, e.g. models.0.parameters.weight=0.3
 """
+
+TRUST_HELP = ("let ingredients' own Python code (a tokenizer_config.json auto_map) run when "
+              "their tokenizers are loaded; without it, such code never runs")
+
+
+def _trusted(docs: list[LoadedRecipe], ns: argparse.Namespace) -> list[LoadedRecipe]:
+    """The documents, marked with ``--trust-remote-code`` when it was given."""
+    if not ns.trust_remote_code:
+        return docs
+    return [dataclasses.replace(d, trust_remote_code=True) for d in docs]
 
 
 def _human(n: float) -> str:
@@ -75,6 +90,7 @@ def _run_parser() -> argparse.ArgumentParser:
                         "torchrun or accelerate launch, the launcher's processes are used")
     p.add_argument("--allow-code", action="store_true",
                    help="allow the recipe's evaluation.python to run (custom scorer code)")
+    p.add_argument("--trust-remote-code", action="store_true", help=TRUST_HELP)
     p.add_argument("-m", "--multirun", action="store_true",
                    help="sweep: run every combination of comma-separated override values "
                         "into its own folder under OUT, with a summary of their scores")
@@ -86,6 +102,7 @@ def _sub_parser(cmd: str) -> argparse.ArgumentParser:
     if cmd in ("validate", "plan"):
         p.add_argument("recipe", type=Path)
         p.add_argument("overrides", nargs="*")
+        p.add_argument("--trust-remote-code", action="store_true", help=TRUST_HELP)
     if cmd == "plan":
         p.add_argument("--summary", action="store_true", help="totals only, no tensor list")
     return p
@@ -110,7 +127,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _merge(ns: argparse.Namespace) -> int:
     from mergekit_like.io.writer import parse_size
-    from mergekit_like.loader import LoadedRecipe, load_recipe_documents
+    from mergekit_like.loader import load_recipe_documents
     from mergekit_like.plan import build_plan
     from mergekit_like.run import MergeOptions, write_model
 
@@ -142,7 +159,7 @@ def _merge(ns: argparse.Namespace) -> int:
 
         run_sweep(ns.recipe, ns.out, ns.overrides, options, allow_code=ns.allow_code)
         return 0
-    docs = load_recipe_documents(ns.recipe, ns.overrides)
+    docs = _trusted(load_recipe_documents(ns.recipe, ns.overrides), ns)
     if len(docs) > 1:  # mergekit-multi: named merges in dependency order
         from mergekit_like.multi import run_documents
 
@@ -188,7 +205,7 @@ def _subcommand(cmd: str, ns: argparse.Namespace) -> int:
     from mergekit_like.loader import load_recipe_documents
     from mergekit_like.soups import SOUP_METHODS
 
-    docs = load_recipe_documents(ns.recipe, ns.overrides)
+    docs = _trusted(load_recipe_documents(ns.recipe, ns.overrides), ns)
     if len(docs) > 1:
         from mergekit_like.multi import order_documents
 

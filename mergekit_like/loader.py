@@ -39,6 +39,8 @@ class LoadedRecipe:
     #: outputs of earlier documents of a multi-document file, by their ``name``
     named_models: MappingProxyType[str, Path] = field(
         default_factory=lambda: MappingProxyType({}))
+    #: ``--trust-remote-code``: ingredients' own Python code (``auto_map``) may run
+    trust_remote_code: bool = False
 
     def problem(self, loc: Loc, message: str) -> Problem:
         """A :class:`Problem` at ``loc``, with the file and line of its nearest known part."""

@@ -16,7 +16,7 @@ import yaml
 
 from mergekit_like.errors import Interrupted, MergeError
 from mergekit_like.plan import Plan
-from mergekit_like.vocab import VocabPlan
+from mergekit_like.vocab import VocabPlan, load_tokenizer
 
 TOKENIZER_FILES = (
     "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
@@ -84,7 +84,7 @@ def write_metadata(plan: Plan, folder: Path) -> None:
     if (ref_dir / "generation_config.json").is_file():
         shutil.copyfile(ref_dir / "generation_config.json", folder / "generation_config.json")
     if plan.vocab is not None and plan.vocab.added:
-        save_union_tokenizer(plan.vocab, folder)
+        save_union_tokenizer(plan.vocab, folder, plan.recipe.trust_remote_code)
     elif spec.tokenizer_dir is not None:
         for name in TOKENIZER_FILES:
             if (spec.tokenizer_dir / name).is_file():
@@ -101,12 +101,11 @@ def write_metadata(plan: Plan, folder: Path) -> None:
     (folder / "README.md").write_text(model_card(plan, recipe_yaml, folder))
 
 
-def save_union_tokenizer(vocab: VocabPlan, folder: Path) -> None:
+def save_union_tokenizer(vocab: VocabPlan, folder: Path, trust_remote_code: bool = False) -> None:
     """The base tokenizer plus every token the plan appended, with the planned ids."""
     from tokenizers import AddedToken
-    from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(vocab.tokenizer_dir)
+    tok = load_tokenizer(vocab.tokenizer_dir, trust_remote_code)
     first = len(tok)
     tok.add_tokens([AddedToken(t, special=special, normalized=not special)
                     for t, special in vocab.added])
