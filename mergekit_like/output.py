@@ -141,10 +141,31 @@ def model_card(plan: Plan, recipe_yaml: str, folder: Path) -> str:
 
 
 def check_output_path(plan: Plan, out: Path) -> None:
-    """Refuse an output folder that is, or contains, one of the ingredients."""
-    target = out.resolve()
+    """Refuse an output folder that overlaps an input: one that is, lies inside (a folder or
+    a file of it) or contains an ingredient, an adapter or the tokenizer source, once
+    symlinks are resolved. ``--force`` does not change this."""
+    targets = [out.resolve(), partial_dir(out).resolve()]
+    for ref, src in _input_folders(plan):
+        for target in targets:
+            if target == src or src in target.parents or target in src.parents:
+                raise MergeError(f"{out}: would overwrite ingredient model {ref!r} ({src}); "
+                                 "choose an output folder outside every ingredient")
+
+
+def _input_folders(plan: Plan) -> list[tuple[str, Path]]:
+    """(reference, resolved folder) of every folder a plan reads from."""
+    from mergekit_like.io.lora import LoraTensorInfo
+
+    found: dict[Path, str] = {}
     for cat in plan.models:
-        src = cat.path.resolve()
-        if src == target or target in src.parents:
-            raise MergeError(f"{out}: would overwrite ingredient model {cat.ref!r}; "
-                             "choose another output folder")
+        found.setdefault(cat.path.resolve(), cat.ref)
+        files = {info.file for info in cat.tensors.values()}
+        files |= {f.file for info in cat.tensors.values() if isinstance(info, LoraTensorInfo)
+                  for f in (info.lora_a, info.lora_b)}
+        for f in files:  # a hub snapshot's files are links into its blobs folder
+            found.setdefault(f.parent.resolve(), cat.ref)
+            found.setdefault(f.resolve().parent, cat.ref)
+    tok = plan.output.tokenizer_dir
+    if tok is not None:
+        found.setdefault(tok.resolve(), str(tok))
+    return [(ref, path) for path, ref in found.items()]
