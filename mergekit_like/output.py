@@ -1,21 +1,18 @@
-"""The output folder: staged in a temporary sibling, metadata files, atomic rename at the end.
-
-A failed run leaves nothing behind; an existing output is replaced only with ``force``.
+"""The output folder's files besides the tensors (config, tokenizer, model card, recipe),
+and the check that OUT overlaps no input. Staging and publishing: :mod:`mergekit_like.staging`.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import yaml
 
-from mergekit_like.errors import Interrupted, MergeError
+from mergekit_like.errors import MergeError
 from mergekit_like.plan import Plan
+from mergekit_like.staging import partial_dir, staged_output  # noqa: F401 - re-exported
 from mergekit_like.vocab import VocabPlan, load_tokenizer
 
 TOKENIZER_FILES = (
@@ -24,56 +21,6 @@ TOKENIZER_FILES = (
     "chat_template.jinja", "chat_template.json",
     "preprocessor_config.json", "processor_config.json",  # image and multimodal models
 )
-
-
-def partial_dir(out: Path) -> Path:
-    """The staging folder of ``out``: a hidden sibling, kept after a crash for --resume."""
-    return out.parent / f".{out.name}.partial"
-
-
-@contextmanager
-def staged_output(out: Path, force: bool, resume: bool = False) -> Iterator[Path]:
-    """Yield the staging folder beside ``out``; move it to ``out`` if the body succeeds.
-
-    A failure removes the staging folder and leaves ``out`` untouched, except when tensors
-    were being written (the folder holds a resume journal) and the run was interrupted or hit
-    an I/O error (a full disk): then the folder is kept and the error says how to resume.
-    """
-    from mergekit_like.journal import JOURNAL
-
-    if out.exists() and not force:
-        raise MergeError(f"{out}: already exists; pass --force to replace it")
-    tmp = partial_dir(out)
-    if tmp.exists() and not resume:
-        if not force:
-            raise MergeError(f"{tmp}: holds the partial output of an interrupted run; rerun "
-                             "with --resume to continue it, or --force to start over")
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True, exist_ok=True)
-    try:
-        yield tmp
-    except KeyboardInterrupt:
-        if (tmp / JOURNAL).is_file():
-            raise Interrupted(f"interrupted; the partial output is kept in {tmp}: rerun the "
-                              "same command with --resume to continue") from None
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    except OSError as exc:
-        if (tmp / JOURNAL).is_file():
-            raise MergeError(f"writing {out} failed: {exc.strerror or exc}; the partial output "
-                             f"is kept in {tmp}: fix the cause (e.g. free disk space) and rerun "
-                             "with --resume") from None
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    old = out.parent / f".{out.name}.old-{os.getpid()}"
-    if out.exists() or out.is_symlink():
-        os.replace(out, old)
-    os.replace(tmp, out)
-    if old.exists():
-        shutil.rmtree(old) if old.is_dir() else old.unlink()
 
 
 def write_metadata(plan: Plan, folder: Path) -> None:

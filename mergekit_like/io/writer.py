@@ -112,7 +112,8 @@ def layout_shards(
     return ShardLayout(files, tuple(headers), tuple(sizes), slots)
 
 
-#: testing aid: the process kills itself (SIGKILL) after this many tensor writes
+#: testing aid: the process kills itself (SIGKILL) after this many tensor writes; with
+#: ``N:stop`` it stops itself (SIGSTOP) instead, for a test to act on a live run
 KILL_ENV = "MERGEKIT_LIKE_KILL_AFTER_WRITES"
 
 
@@ -156,13 +157,15 @@ class ShardWriter:
                 slot = layout.slots[name]
                 self._written[name] = slot.end - slot.start
         self._writeback = writeback_starter()
-        self._kill_after = int(os.environ.get(KILL_ENV, "-1"))
+        after, _, how = os.environ.get(KILL_ENV, "-1").partition(":")
+        self._kill_after = int(after)
+        self._kill_signal = signal.SIGSTOP if how == "stop" else signal.SIGKILL
         self._writes = 0
         self._maybe_kill()
 
     def _maybe_kill(self) -> None:
         if self._writes == self._kill_after:
-            os.kill(os.getpid(), signal.SIGKILL)
+            os.kill(os.getpid(), self._kill_signal)
 
     def write(self, name: str, tensor: torch.Tensor, offset: int = 0) -> None:
         """Write ``tensor``'s bytes at ``offset`` bytes into output tensor ``name``."""
