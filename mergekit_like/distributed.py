@@ -22,6 +22,7 @@ import pickle
 import time
 import traceback
 import types
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -128,12 +129,15 @@ def as_exception(rep: dict[str, Any], quiet: bool = False) -> BaseException:
     return (Interrupted if kind in ("interrupted", "keyboard") else MergeError)(lines)
 
 
-def run_rank(plan: Plan, out: Path, options: MergeOptions, ranks: Ranks, local_rank: int) -> None:
-    """This rank's shards; on rank 0 also the staging folder, the index and publishing."""
+def run_rank(plan: Plan, out: Path, options: MergeOptions, ranks: Ranks, local_rank: int,
+             finish: Callable[[Path], None] | None = None) -> None:
+    """This rank's shards; on rank 0 also the staging folder, the index, ``finish`` and
+    publishing."""
     from mergekit_like.io.writer import write_index
     from mergekit_like.journal import JOURNAL, Journal
-    from mergekit_like.output import check_output_path, partial_dir, staged_output, write_metadata
-    from mergekit_like.run import write_setup, write_shards
+    from mergekit_like.output import check_output_path
+    from mergekit_like.run import finish_output, write_setup, write_shards
+    from mergekit_like.staging import partial_dir, staged_output
 
     setup = write_setup(plan, options)
     device = setup.exec_options.device
@@ -146,7 +150,7 @@ def run_rank(plan: Plan, out: Path, options: MergeOptions, ranks: Ranks, local_r
     mine = assign_shards(setup.layout, ranks.world)[ranks.rank]
 
     def write(tmp: Path, resume: bool) -> None:
-        journal = Journal.open(tmp, setup.fingerprint, resume=resume)
+        journal = Journal.open(tmp, setup.fingerprint, resume, setup.settings)
         if ranks.rank == 0:
             ranks.put("ready", 1)
         try:
@@ -180,9 +184,8 @@ def run_rank(plan: Plan, out: Path, options: MergeOptions, ranks: Ranks, local_r
                 ranks.wait(*(f"written/{r}" for r in range(ranks.world)))
             except PeerFailed as exc:  # clean up (or keep for --resume) as for our own error
                 raise as_exception(exc.args[0]) from None
-            (tmp / JOURNAL).unlink()
             write_index(tmp, setup.layout)
-            write_metadata(plan, tmp)
+            finish_output(plan, out, tmp, tmp / JOURNAL, finish)
     except BaseException as exc:
         if not ranks.has("failed"):
             ranks.fail(report(exc))
@@ -191,13 +194,15 @@ def run_rank(plan: Plan, out: Path, options: MergeOptions, ranks: Ranks, local_r
     ranks.put("final", {"kind": "ok"})
 
 
-def write_model_distributed(plan: Plan, out: Path, options: MergeOptions) -> None:
-    """Write ``plan`` to ``out`` with ``options.num_processes`` processes, or as a rank."""
+def write_model_distributed(plan: Plan, out: Path, options: MergeOptions,
+                            finish: Callable[[Path], None] | None = None) -> None:
+    """Write ``plan`` to ``out`` with ``options.num_processes`` processes, or as a rank;
+    rank 0 runs ``finish`` on the staged folder before publishing it."""
     import torch.distributed as dist
 
     world = launched_world_size()
     if world <= 1:
-        _spawn(plan, out, options)
+        _spawn(plan, out, options, finish)
         return
     if options.num_processes not in (1, world):
         raise MergeError(f"--num-processes {options.num_processes}: this run was started by a "
@@ -208,10 +213,11 @@ def write_model_distributed(plan: Plan, out: Path, options: MergeOptions) -> Non
     rank = dist.get_rank()
     call = store.add(f"mergekit_like/calls/{rank}", 1)  # the same on every rank: keys per merge
     ranks = Ranks(rank, world, dist.PrefixStore(f"mergekit_like/{call}", store))
-    run_rank(plan, out, options, ranks, int(os.environ.get("LOCAL_RANK", rank)))
+    run_rank(plan, out, options, ranks, int(os.environ.get("LOCAL_RANK", rank)), finish)
 
 
-def _spawn(plan: Plan, out: Path, options: MergeOptions) -> None:
+def _spawn(plan: Plan, out: Path, options: MergeOptions,
+           finish: Callable[[Path], None] | None) -> None:
     import torch
     import torch.distributed as dist
     import torch.multiprocessing as mp
@@ -223,7 +229,7 @@ def _spawn(plan: Plan, out: Path, options: MergeOptions) -> None:
     pickler = pickle.Pickler(buf, protocol=pickle.HIGHEST_PROTOCOL)
     pickler.dispatch_table = {**copyreg.dispatch_table,  # the plan's read-only mappings
                               types.MappingProxyType: lambda m: (_proxy, (dict(m),))}
-    pickler.dump((plan, out.absolute(), options))
+    pickler.dump((plan, out.absolute(), options, finish))
     threads = max(1, torch.get_num_threads() // world)
     ctx = mp.get_context("spawn")
     procs = [ctx.Process(target=_child, args=(r, world, server.port, buf.getvalue(), threads))
@@ -245,7 +251,7 @@ def _supervise(procs: list[Any], ranks: Ranks, out: Path) -> dict[str, Any]:
     """Wait for the children: the outcome rank 0 posted, or one made up when it died."""
     from multiprocessing.connection import wait
 
-    from mergekit_like.output import partial_dir
+    from mergekit_like.staging import partial_dir
 
     deadline, interrupted = None, False
     while True:
@@ -293,13 +299,13 @@ def _child(rank: int, world: int, port: int, payload: bytes, threads: int) -> No
         import torch.distributed as dist
 
         torch.set_num_threads(threads)
-        plan, out, options = pickle.loads(payload)
+        plan, out, options, finish = pickle.loads(payload)
         store = dist.TCPStore("127.0.0.1", port, world + 1, False, timeout=TIMEOUT)
         dist.init_process_group("gloo", store=dist.PrefixStore("pg", store), rank=rank,
                                 world_size=world, timeout=TIMEOUT)
         try:
             ranks = Ranks(rank, world, dist.PrefixStore("merge", store))
-            run_rank(plan, out, options, ranks, rank)
+            run_rank(plan, out, options, ranks, rank, finish)
         finally:
             dist.destroy_process_group()
     except MergeError as exc:  # the spawning process prints the message

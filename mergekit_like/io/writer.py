@@ -16,7 +16,8 @@ import math
 import os
 import signal
 import sys
-from collections.abc import Collection, Sequence
+import zlib
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -121,8 +122,9 @@ class ShardWriter:
     """Streams tensors into pre-laid-out shards inside ``folder``.
 
     ``done`` names tensors already complete in the shards of an interrupted run (from the
-    resume journal): the shards are reopened as they are, after checking their size and
-    header, and only the other tensors are expected.
+    resume journal, checked with :func:`intact`): their shards are reopened as they are,
+    after checking their size (the header is written again), and only the other tensors
+    are expected.
 
     ``shards`` (indices into ``layout.files``; default all) limits the writer to those files:
     it creates, writes and checks only them, and :meth:`finish` writes the index only when it
@@ -139,14 +141,17 @@ class ShardWriter:
         self._fds: dict[int, int] = {}
         mine = set(self.shards)
         self._written: dict[str, int] = {n: 0 for n, s in layout.slots.items() if s.shard in mine}
+        kept = {layout.slots[n].shard for n in done if n in layout.slots}
         for shard in self.shards:
             path = folder / layout.files[shard]
             header, size = layout.headers[shard], layout.sizes[shard]
-            if done and path.is_file():
+            if shard in kept:
                 fd = os.open(path, os.O_RDWR)
                 self._fds[shard] = fd
-                if os.fstat(fd).st_size != size or os.pread(fd, len(header), 0) != header:
+                if os.fstat(fd).st_size != size:
                     raise OSError(f"{path} does not match the planned layout")
+                if os.pread(fd, len(header), 0) != header:
+                    _pwrite_all(fd, header, 0)
             else:
                 fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
                 self._fds[shard] = fd
@@ -156,6 +161,8 @@ class ShardWriter:
             if name in self._written:
                 slot = layout.slots[name]
                 self._written[name] = slot.end - slot.start
+        # (next offset, CRC-32 so far) of each tensor written in order; None once out of order
+        self._sums: dict[str, tuple[int, int] | None] = {n: (0, 0) for n in self._written}
         self._writeback = writeback_starter()
         after, _, how = os.environ.get(KILL_ENV, "-1").partition(":")
         self._kill_after = int(after)
@@ -181,10 +188,23 @@ class ShardWriter:
         fd = self._fds[slot.shard]
         _pwrite_all(fd, memoryview(data), slot.start + offset)
         self._written[name] += data.nbytes
+        summed = self._sums[name]
+        self._sums[name] = None if summed is None or summed[0] != offset else (
+            offset + data.nbytes, zlib.crc32(memoryview(data), summed[1]))
         if self._writeback is not None:
             self._writeback(fd, slot.start + offset, data.nbytes)
         self._writes += 1
         self._maybe_kill()
+
+    def checksum(self, name: str) -> tuple[int, int]:
+        """(CRC-32 of output tensor ``name``'s bytes, the fd of its shard), once it is
+        fully written; the CRC is read back from the file if it was written out of order."""
+        slot = self.layout.slots[name]
+        fd = self._fds[slot.shard]
+        summed = self._sums[name]
+        if summed is not None and summed[0] == slot.end - slot.start:
+            return summed[1], fd
+        return slot_crc(fd, slot), fd
 
     def finish(self) -> None:
         """Check every tensor of this writer's shards was fully written, close the files, and
@@ -203,6 +223,41 @@ class ShardWriter:
         for fd in self._fds.values():
             os.close(fd)
         self._fds.clear()
+
+
+def slot_crc(fd: int, slot: Slot, block: int = 16 << 20) -> int:
+    """The CRC-32 of a slot's bytes as they are in the file (-1 if the file is short)."""
+    crc, at = 0, slot.start
+    while at < slot.end:
+        data = os.pread(fd, min(block, slot.end - at), at)
+        if not data:
+            return -1
+        crc = zlib.crc32(data, crc)
+        at += len(data)
+    return crc
+
+
+def intact(folder: Path, layout: ShardLayout, sums: Mapping[str, int]) -> frozenset[str]:
+    """The tensors of ``sums`` (name -> CRC-32 from the journal) whose bytes in ``folder``'s
+    shards still have that checksum: what a resumed run may keep."""
+    ok: set[str] = set()
+    by_shard: dict[int, list[str]] = {}
+    for name in sums:
+        if name in layout.slots:
+            by_shard.setdefault(layout.slots[name].shard, []).append(name)
+    for shard, names in by_shard.items():
+        path = folder / layout.files[shard]
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:
+            continue
+        try:
+            if os.fstat(fd).st_size != layout.sizes[shard]:
+                continue
+            ok.update(n for n in names if slot_crc(fd, layout.slots[n]) == sums[n])
+        finally:
+            os.close(fd)
+    return frozenset(ok)
 
 
 def write_index(folder: Path, layout: ShardLayout) -> None:
