@@ -101,7 +101,8 @@ def test_a_refused_resume_keeps_the_partial_and_says_what_differs(tmp_path, llam
     for extra, differs in [(("--seed", "6"), "--seed (5, now 6)"),
                            (("models.1.parameters.weight=0.4",), "recipe at "
                             "models[1].parameters.weight (0.5, now 0.4)"),
-                           (("--out-shard-size", "30KB"), "--out-shard-size (60000 bytes, now 30000 bytes)")]:
+                           (("--out-shard-size", "30KB"),
+                            "--out-shard-size (60000 bytes, now 30000 bytes)")]:
         res = _merge(recipe, out, "--resume", *extra)
         assert res.returncode == 2 and res.stderr.splitlines() == [
             f"error: {partial}: not resumed: it was made with another {differs}{tail}"]
