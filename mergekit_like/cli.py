@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from mergekit_like.errors import Interrupted, MergeError
+from mergekit_like.stop import terminate_as_interrupt
 
 if TYPE_CHECKING:
     from mergekit_like.loader import LoadedRecipe
@@ -112,9 +113,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``merge`` console script; returns the exit code."""
     args = list(sys.argv[1:] if argv is None else argv)
     try:
-        if args and args[0] in SUBCOMMANDS:
-            return _subcommand(args[0], _sub_parser(args[0]).parse_intermixed_args(args[1:]))
-        return _merge(_run_parser().parse_intermixed_args(args))
+        with terminate_as_interrupt():  # kill PID stops a run as Ctrl-C does
+            if args and args[0] in SUBCOMMANDS:
+                return _subcommand(args[0], _sub_parser(args[0]).parse_intermixed_args(args[1:]))
+            return _merge(_run_parser().parse_intermixed_args(args))
     except MergeError as exc:
         prefix = "" if isinstance(exc, Interrupted) else "error: "
         for problem in exc.problems:

@@ -13,12 +13,14 @@ message. The spawning process (or the launcher) watches the ranks, so none waits
 
 from __future__ import annotations
 
+import contextlib
 import copyreg
 import dataclasses
 import io
 import json
 import os
 import pickle
+import signal
 import time
 import traceback
 import types
@@ -65,6 +67,11 @@ class PeerFailed(Exception):
     """Another rank failed; ``args[0]`` is its report."""
 
 
+class PeersLost(KeyboardInterrupt):
+    """The store the ranks report through is gone (the spawning process or the launcher
+    died): this rank stops as if interrupted, keeping the partial output for --resume."""
+
+
 @dataclasses.dataclass(frozen=True)
 class Ranks:
     """This process's rank and the store the ranks report through (JSON values).
@@ -78,13 +85,22 @@ class Ranks:
     store: Store
 
     def has(self, *keys: str) -> bool:
-        return self.store.check(list(keys))
+        try:
+            return self.store.check(list(keys))
+        except RuntimeError:  # torch's DistError: the store's process is gone
+            raise PeersLost from None
 
     def put(self, key: str, value: object) -> None:
-        self.store.set(key, json.dumps(value))
+        try:
+            self.store.set(key, json.dumps(value))
+        except RuntimeError:
+            raise PeersLost from None
 
     def get(self, key: str) -> Any:
-        return json.loads(self.store.get(key))
+        try:
+            return json.loads(self.store.get(key))
+        except RuntimeError:
+            raise PeersLost from None
 
     def first_error(self) -> dict[str, Any] | None:
         return next((self.get(f"error/{r}") for r in range(self.world)
@@ -280,10 +296,14 @@ def _supervise(procs: list[Any], ranks: Ranks, out: Path) -> dict[str, Any]:
                 return {"kind": "merge", "lines": [
                     f"{first} (the other processes did not stop in {GRACE_S:.0f} s)"]}
             wait(alive, timeout=0.1)
-        except KeyboardInterrupt:  # the children got it too: give them time to stop cleanly
+        except KeyboardInterrupt:  # give the children time to stop cleanly
             if interrupted:
                 raise
             interrupted, deadline = True, time.monotonic() + GRACE_S
+            for p in procs:  # a Ctrl-C reached them too; a SIGTERM (kill PID) did not
+                if p.is_alive():
+                    with contextlib.suppress(OSError):
+                        os.kill(p.pid, signal.SIGTERM)
     if ranks.has("final"):
         return ranks.get("final")
     return {"kind": "merge", "lines": ["the merge processes exited without a result"]}
@@ -293,7 +313,12 @@ def _child(rank: int, world: int, port: int, payload: bytes, threads: int) -> No
     """A spawned rank: join the group, run :func:`run_rank`, exit with 0, 2 or 130."""
     import sys
 
-    code = 0
+    from mergekit_like.stop import interrupt_once
+
+    code, parent = 0, os.getppid()
+    interrupt_once()
+    # the store's lost connection when the spawning process dies is ours to report
+    os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
     try:
         import torch
         import torch.distributed as dist
@@ -307,13 +332,15 @@ def _child(rank: int, world: int, port: int, payload: bytes, threads: int) -> No
             ranks = Ranks(rank, world, dist.PrefixStore("merge", store))
             run_rank(plan, out, options, ranks, rank, finish)
         finally:
-            dist.destroy_process_group()
+            with contextlib.suppress(Exception):
+                dist.destroy_process_group()
     except MergeError as exc:  # the spawning process prints the message
         code = exc.exit_code
     except KeyboardInterrupt:
         code = 130
     except BaseException:
-        traceback.print_exc()
+        if os.getppid() == parent:  # else nobody is left to read it: stop quietly
+            traceback.print_exc()
         code = 2
     sys.exit(code)
 

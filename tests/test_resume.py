@@ -273,3 +273,56 @@ def test_ctrl_c_says_how_to_resume(tmp_path, llama_family, reference, run_cli, m
     res = run_cli(recipe, tmp_path / "out", *OPTS, "--resume")
     assert res.code == 0, res.err
     assert _digests(tmp_path / "out") == reference
+
+
+def _popen_stopping(recipe: Path, out: Path, after: int, *extra: str) -> subprocess.Popen[str]:
+    """A merge that stops itself (SIGSTOP) after ``after`` tensor writes."""
+    env = {**{k: v for k, v in os.environ.items() if k != KILL_ENV}, KILL_ENV: f"{after}:stop"}
+    return subprocess.Popen([sys.executable, "-m", "mergekit_like", str(recipe), str(out),
+                             *OPTS, *extra], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def test_sigterm_is_a_ctrl_c(tmp_path, llama_family, reference):
+    import signal
+
+    from tests.test_output import wait_stopped
+
+    recipe, out = _recipe(tmp_path, llama_family), tmp_path / "out"
+    proc = _popen_stopping(recipe, out, 9)
+    try:
+        wait_stopped(proc.pid)
+        proc.send_signal(signal.SIGTERM)
+    finally:
+        proc.send_signal(signal.SIGCONT)
+        _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and err.splitlines() == [
+        f"interrupted; the partial output is kept in {tmp_path / '.out.partial'}: rerun the "
+        "same command with --resume to continue"]
+    resumed = _merge(recipe, out, "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert _digests(out) == reference
+
+
+def test_an_ingredient_truncated_mid_merge_is_one_line(tmp_path, llama_family):
+    """Reading through a memory map died of SIGBUS (exit 135 in a shell), without a word."""
+    import shutil
+    import signal
+
+    from tests.test_output import wait_stopped
+
+    f = {k: tmp_path / k for k in ("math", "code")}
+    for k, path in f.items():
+        shutil.copytree(llama_family[k], path)
+    recipe = _recipe(tmp_path, f, "linear")
+    proc = _popen_stopping(recipe, tmp_path / "out", 4)
+    shard = f["code"] / "model.safetensors"
+    try:
+        wait_stopped(proc.pid)
+        with open(shard, "r+b") as fh:
+            fh.truncate(4096)
+    finally:
+        proc.send_signal(signal.SIGCONT)
+        _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2 and len(err.splitlines()) == 1, err
+    assert err.startswith(f"error: {shard}: ") and "changed while being read" in err

@@ -145,7 +145,7 @@ class ShardWriter:
         for shard in self.shards:
             path = folder / layout.files[shard]
             header, size = layout.headers[shard], layout.sizes[shard]
-            if shard in kept:
+            if shard in kept and path.is_file():
                 fd = os.open(path, os.O_RDWR)
                 self._fds[shard] = fd
                 if os.fstat(fd).st_size != size:
