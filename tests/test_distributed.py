@@ -257,3 +257,44 @@ def test_the_parent_killed_leaves_a_resumable_partial_and_no_tracebacks(tmp_path
     assert main([str(recipe), str(out), *OPTS, "--resume"]) == 0
     assert main([str(recipe), str(tmp_path / "one" / "out"), *OPTS]) == 0
     assert _digests(out) == _digests(tmp_path / "one" / "out")
+
+
+def test_sigterm_to_the_parent_stops_every_rank_with_one_line(tmp_path, llama_family):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.test_output import wait_stopped
+
+    recipe = _recipe(tmp_path, llama_family, "dare_ties")
+    out = tmp_path / "two" / "out"
+    env = {**os.environ, "MERGEKIT_LIKE_KILL_AFTER_WRITES": "2:stop"}
+    parent = subprocess.Popen([sys.executable, "-m", "mergekit_like", str(recipe), str(out),
+                               *OPTS, "--num-processes", "2"], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    kids: list[int] = []
+    try:
+        deadline = time.monotonic() + 120
+        while not kids and time.monotonic() < deadline:
+            for kid in _children(parent.pid):
+                with contextlib.suppress(AssertionError, OSError):
+                    wait_stopped(kid, timeout=0.05)
+                    kids = _children(parent.pid)
+                    break
+        assert kids, "no rank stopped"
+        parent.send_signal(signal.SIGTERM)  # only the parent: it must pass it on
+        time.sleep(0.5)
+    finally:
+        for kid in kids:
+            with contextlib.suppress(OSError):
+                os.kill(kid, signal.SIGCONT)
+        _, err = parent.communicate(timeout=120)
+    partial = out.parent / ".out.partial"
+    assert parent.returncode == 130 and err.splitlines() == [
+        f"interrupted; the partial output is kept in {partial}: rerun the same command with "
+        "--resume to continue"], err
+    assert main([str(recipe), str(out), *OPTS, "--resume"]) == 0
+    assert main([str(recipe), str(tmp_path / "one" / "out"), *OPTS]) == 0
+    assert _digests(out) == _digests(tmp_path / "one" / "out")
