@@ -13,13 +13,19 @@ Heavy libraries (torch, transformers, accelerate) are imported only when a merge
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mergekit_like.errors import Interrupted, MergeError
+from mergekit_like.stop import terminate_as_interrupt
+
+if TYPE_CHECKING:
+    from mergekit_like.loader import LoadedRecipe
 
 SUBCOMMANDS = ("validate", "plan", "schema", "methods")
 
@@ -32,6 +38,16 @@ EPILOG = """other commands:
 overrides use hydra's grammar: key=value, +key=value (add), ++key=value, ~key (delete);
 list items by index, e.g. models.0.parameters.weight=0.3
 """
+
+TRUST_HELP = ("let ingredients' own Python code (a tokenizer_config.json auto_map) run when "
+              "their tokenizers are loaded; without it, such code never runs")
+
+
+def _trusted(docs: list[LoadedRecipe], ns: argparse.Namespace) -> list[LoadedRecipe]:
+    """The documents, marked with ``--trust-remote-code`` when it was given."""
+    if not ns.trust_remote_code:
+        return docs
+    return [dataclasses.replace(d, trust_remote_code=True) for d in docs]
 
 
 def _human(n: float) -> str:
@@ -83,6 +99,7 @@ def _run_parser() -> argparse.ArgumentParser:
                    help="allow the recipe's evaluation.python to run (custom scorer code)")
     p.add_argument("--offline", action="store_true",
                    help="use only models on this machine (as HF_HUB_OFFLINE=1): no download")
+    p.add_argument("--trust-remote-code", action="store_true", help=TRUST_HELP)
     p.add_argument("-m", "--multirun", action="store_true",
                    help="sweep: run every combination of comma-separated override values "
                         "into its own folder under OUT, with a summary of their scores")
@@ -98,6 +115,7 @@ def _sub_parser(cmd: str) -> argparse.ArgumentParser:
                        help="no network: hub models not in the cache are not inspected")
         p.add_argument("--allow-crimes", action="store_true",
                        help="accept ingredients whose architectures differ")
+        p.add_argument("--trust-remote-code", action="store_true", help=TRUST_HELP)
     if cmd == "plan":
         p.add_argument("--summary", action="store_true", help="totals only, no tensor list")
     return p
@@ -107,9 +125,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``merge`` console script; returns the exit code."""
     args = list(sys.argv[1:] if argv is None else argv)
     try:
-        if args and args[0] in SUBCOMMANDS:
-            return _subcommand(args[0], _sub_parser(args[0]).parse_intermixed_args(args[1:]))
-        return _merge(_run_parser().parse_intermixed_args(args))
+        with terminate_as_interrupt():  # kill PID stops a run as Ctrl-C does
+            if args and args[0] in SUBCOMMANDS:
+                return _subcommand(args[0], _sub_parser(args[0]).parse_intermixed_args(args[1:]))
+            return _merge(_run_parser().parse_intermixed_args(args))
     except MergeError as exc:
         prefix = "" if isinstance(exc, Interrupted) else "error: "
         for problem in exc.problems:
@@ -122,7 +141,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _merge(ns: argparse.Namespace) -> int:
     from mergekit_like.io.writer import parse_size
-    from mergekit_like.loader import LoadedRecipe, load_recipe_documents
+    from mergekit_like.loader import load_recipe_documents
     from mergekit_like.plan import build_plan
     from mergekit_like.run import MergeOptions, write_model
 
@@ -156,7 +175,7 @@ def _merge(ns: argparse.Namespace) -> int:
 
         run_sweep(ns.recipe, ns.out, ns.overrides, options, allow_code=ns.allow_code)
         return 0
-    docs = load_recipe_documents(ns.recipe, ns.overrides)
+    docs = _trusted(load_recipe_documents(ns.recipe, ns.overrides), ns)
     from mergekit_like.io.hub import HubAccess
     from mergekit_like.preflight import fetch_for_merge
 
@@ -206,7 +225,7 @@ def _subcommand(cmd: str, ns: argparse.Namespace) -> int:
     from mergekit_like.loader import load_recipe_documents
     from mergekit_like.soups import SOUP_METHODS
 
-    docs = load_recipe_documents(ns.recipe, ns.overrides)
+    docs = _trusted(load_recipe_documents(ns.recipe, ns.overrides), ns)
     if len(docs) > 1:
         from mergekit_like.multi import order_documents
 

@@ -120,7 +120,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(out)
+    tok = AutoTokenizer.from_pretrained(out, trust_remote_code=False)
     ids = tok("w1 w2 w3 w4", return_tensors="pt").input_ids
     print(f"\nnext-token loss of each model on the prompt {tok.decode(ids[0])!r}:")
     for folder in [*(ns.root / "models" / n for n in ("base", "math", "code", "chat")), out]:

@@ -13,15 +13,18 @@ message. The spawning process (or the launcher) watches the ranks, so none waits
 
 from __future__ import annotations
 
+import contextlib
 import copyreg
 import dataclasses
 import io
 import json
 import os
 import pickle
+import signal
 import time
 import traceback
 import types
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -64,6 +67,11 @@ class PeerFailed(Exception):
     """Another rank failed; ``args[0]`` is its report."""
 
 
+class PeersLost(KeyboardInterrupt):
+    """The store the ranks report through is gone (the spawning process or the launcher
+    died): this rank stops as if interrupted, keeping the partial output for --resume."""
+
+
 @dataclasses.dataclass(frozen=True)
 class Ranks:
     """This process's rank and the store the ranks report through (JSON values).
@@ -77,13 +85,22 @@ class Ranks:
     store: Store
 
     def has(self, *keys: str) -> bool:
-        return self.store.check(list(keys))
+        try:
+            return self.store.check(list(keys))
+        except RuntimeError:  # torch's DistError: the store's process is gone
+            raise PeersLost from None
 
     def put(self, key: str, value: object) -> None:
-        self.store.set(key, json.dumps(value))
+        try:
+            self.store.set(key, json.dumps(value))
+        except RuntimeError:
+            raise PeersLost from None
 
     def get(self, key: str) -> Any:
-        return json.loads(self.store.get(key))
+        try:
+            return json.loads(self.store.get(key))
+        except RuntimeError:
+            raise PeersLost from None
 
     def first_error(self) -> dict[str, Any] | None:
         return next((self.get(f"error/{r}") for r in range(self.world)
@@ -128,12 +145,15 @@ def as_exception(rep: dict[str, Any], quiet: bool = False) -> BaseException:
     return (Interrupted if kind in ("interrupted", "keyboard") else MergeError)(lines)
 
 
-def run_rank(plan: Plan, out: Path, options: MergeOptions, ranks: Ranks, local_rank: int) -> None:
-    """This rank's shards; on rank 0 also the staging folder, the index and publishing."""
+def run_rank(plan: Plan, out: Path, options: MergeOptions, ranks: Ranks, local_rank: int,
+             finish: Callable[[Path], None] | None = None) -> None:
+    """This rank's shards; on rank 0 also the staging folder, the index, ``finish`` and
+    publishing."""
     from mergekit_like.io.writer import write_index
     from mergekit_like.journal import JOURNAL, Journal
-    from mergekit_like.output import check_output_path, partial_dir, staged_output, write_metadata
-    from mergekit_like.run import write_setup, write_shards
+    from mergekit_like.output import check_output_path
+    from mergekit_like.run import finish_output, write_setup, write_shards
+    from mergekit_like.staging import partial_dir, staged_output
 
     setup = write_setup(plan, options)
     device = setup.exec_options.device
@@ -146,7 +166,7 @@ def run_rank(plan: Plan, out: Path, options: MergeOptions, ranks: Ranks, local_r
     mine = assign_shards(setup.layout, ranks.world)[ranks.rank]
 
     def write(tmp: Path, resume: bool) -> None:
-        journal = Journal.open(tmp, setup.fingerprint, resume=resume)
+        journal = Journal.open(tmp, setup.fingerprint, resume, setup.settings)
         if ranks.rank == 0:
             ranks.put("ready", 1)
         try:
@@ -180,9 +200,8 @@ def run_rank(plan: Plan, out: Path, options: MergeOptions, ranks: Ranks, local_r
                 ranks.wait(*(f"written/{r}" for r in range(ranks.world)))
             except PeerFailed as exc:  # clean up (or keep for --resume) as for our own error
                 raise as_exception(exc.args[0]) from None
-            (tmp / JOURNAL).unlink()
             write_index(tmp, setup.layout)
-            write_metadata(plan, tmp, options.copy_tokenizer, options.write_model_card)
+            finish_output(plan, out, tmp, tmp / JOURNAL, options, finish)
     except BaseException as exc:
         if not ranks.has("failed"):
             ranks.fail(report(exc))
@@ -191,13 +210,15 @@ def run_rank(plan: Plan, out: Path, options: MergeOptions, ranks: Ranks, local_r
     ranks.put("final", {"kind": "ok"})
 
 
-def write_model_distributed(plan: Plan, out: Path, options: MergeOptions) -> None:
-    """Write ``plan`` to ``out`` with ``options.num_processes`` processes, or as a rank."""
+def write_model_distributed(plan: Plan, out: Path, options: MergeOptions,
+                            finish: Callable[[Path], None] | None = None) -> None:
+    """Write ``plan`` to ``out`` with ``options.num_processes`` processes, or as a rank;
+    rank 0 runs ``finish`` on the staged folder before publishing it."""
     import torch.distributed as dist
 
     world = launched_world_size()
     if world <= 1:
-        _spawn(plan, out, options)
+        _spawn(plan, out, options, finish)
         return
     if options.num_processes not in (1, world):
         raise MergeError(f"--num-processes {options.num_processes}: this run was started by a "
@@ -208,10 +229,11 @@ def write_model_distributed(plan: Plan, out: Path, options: MergeOptions) -> Non
     rank = dist.get_rank()
     call = store.add(f"mergekit_like/calls/{rank}", 1)  # the same on every rank: keys per merge
     ranks = Ranks(rank, world, dist.PrefixStore(f"mergekit_like/{call}", store))
-    run_rank(plan, out, options, ranks, int(os.environ.get("LOCAL_RANK", rank)))
+    run_rank(plan, out, options, ranks, int(os.environ.get("LOCAL_RANK", rank)), finish)
 
 
-def _spawn(plan: Plan, out: Path, options: MergeOptions) -> None:
+def _spawn(plan: Plan, out: Path, options: MergeOptions,
+           finish: Callable[[Path], None] | None) -> None:
     import torch
     import torch.distributed as dist
     import torch.multiprocessing as mp
@@ -223,7 +245,7 @@ def _spawn(plan: Plan, out: Path, options: MergeOptions) -> None:
     pickler = pickle.Pickler(buf, protocol=pickle.HIGHEST_PROTOCOL)
     pickler.dispatch_table = {**copyreg.dispatch_table,  # the plan's read-only mappings
                               types.MappingProxyType: lambda m: (_proxy, (dict(m),))}
-    pickler.dump((plan, out.absolute(), options))
+    pickler.dump((plan, out.absolute(), options, finish))
     threads = max(1, torch.get_num_threads() // world)
     ctx = mp.get_context("spawn")
     procs = [ctx.Process(target=_child, args=(r, world, server.port, buf.getvalue(), threads))
@@ -245,7 +267,7 @@ def _supervise(procs: list[Any], ranks: Ranks, out: Path) -> dict[str, Any]:
     """Wait for the children: the outcome rank 0 posted, or one made up when it died."""
     from multiprocessing.connection import wait
 
-    from mergekit_like.output import partial_dir
+    from mergekit_like.staging import partial_dir
 
     deadline, interrupted = None, False
     while True:
@@ -274,10 +296,14 @@ def _supervise(procs: list[Any], ranks: Ranks, out: Path) -> dict[str, Any]:
                 return {"kind": "merge", "lines": [
                     f"{first} (the other processes did not stop in {GRACE_S:.0f} s)"]}
             wait(alive, timeout=0.1)
-        except KeyboardInterrupt:  # the children got it too: give them time to stop cleanly
+        except KeyboardInterrupt:  # give the children time to stop cleanly
             if interrupted:
                 raise
             interrupted, deadline = True, time.monotonic() + GRACE_S
+            for p in procs:  # a Ctrl-C reached them too; a SIGTERM (kill PID) did not
+                if p.is_alive():
+                    with contextlib.suppress(OSError):
+                        os.kill(p.pid, signal.SIGTERM)
     if ranks.has("final"):
         return ranks.get("final")
     return {"kind": "merge", "lines": ["the merge processes exited without a result"]}
@@ -287,27 +313,34 @@ def _child(rank: int, world: int, port: int, payload: bytes, threads: int) -> No
     """A spawned rank: join the group, run :func:`run_rank`, exit with 0, 2 or 130."""
     import sys
 
-    code = 0
+    from mergekit_like.stop import interrupt_once
+
+    code, parent = 0, os.getppid()
+    interrupt_once()
+    # the store's lost connection when the spawning process dies is ours to report
+    os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
     try:
         import torch
         import torch.distributed as dist
 
         torch.set_num_threads(threads)
-        plan, out, options = pickle.loads(payload)
+        plan, out, options, finish = pickle.loads(payload)
         store = dist.TCPStore("127.0.0.1", port, world + 1, False, timeout=TIMEOUT)
         dist.init_process_group("gloo", store=dist.PrefixStore("pg", store), rank=rank,
                                 world_size=world, timeout=TIMEOUT)
         try:
             ranks = Ranks(rank, world, dist.PrefixStore("merge", store))
-            run_rank(plan, out, options, ranks, rank)
+            run_rank(plan, out, options, ranks, rank, finish)
         finally:
-            dist.destroy_process_group()
+            with contextlib.suppress(Exception):
+                dist.destroy_process_group()
     except MergeError as exc:  # the spawning process prints the message
         code = exc.exit_code
     except KeyboardInterrupt:
         code = 130
     except BaseException:
-        traceback.print_exc()
+        if os.getppid() == parent:  # else nobody is left to read it: stop quietly
+            traceback.print_exc()
         code = 2
     sys.exit(code)
 

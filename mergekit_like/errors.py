@@ -71,6 +71,11 @@ class Interrupted(MergeError):
     exit_code = 130
 
 
+class PartialKept(MergeError):
+    """The run failed, or a resume was refused, and its partial output is kept for
+    ``--resume``; the message says where and how to continue. Exit code 2."""
+
+
 class RecipeError(MergeError):
     """The recipe file (or an override) is malformed or inconsistent."""
 

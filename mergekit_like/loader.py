@@ -39,6 +39,8 @@ class LoadedRecipe:
     #: outputs of earlier documents of a multi-document file, by their ``name``
     named_models: MappingProxyType[str, Path] = field(
         default_factory=lambda: MappingProxyType({}))
+    #: ``--trust-remote-code``: ingredients' own Python code (``auto_map``) may run
+    trust_remote_code: bool = False
 
     def problem(self, loc: Loc, message: str) -> Problem:
         """A :class:`Problem` at ``loc``, with the file and line of its nearest known part."""
@@ -276,6 +278,22 @@ def load_recipe(path: Path, overrides: Sequence[str] = ()) -> LoadedRecipe:
     return LoadedRecipe(recipe, path, data, MappingProxyType(lines), touched)
 
 
+def folder_name_problem(name: str) -> str | None:
+    """Why ``name`` cannot be used as one folder name (None when it can): no separators,
+    no ``..`` or leading dot, no NUL, at most 255 bytes.
+
+    >>> folder_name_problem("../x")
+    "'../x' holds a path separator"
+    """
+    if "/" in name or "\\" in name:
+        return f"{name!r} holds a path separator"
+    if name.startswith("."):
+        return f"{name!r} starts with a dot"
+    if "\0" in name or len(name.encode("utf-8", "surrogatepass")) > 255:
+        return f"{name!r} is not a valid folder name (NUL or over 255 bytes)"
+    return None
+
+
 def load_recipe_documents(path: Path, overrides: Sequence[str] = ()) -> list[LoadedRecipe]:
     """Every document of a recipe file, validated (one document: same as :func:`load_recipe`).
 
@@ -300,6 +318,10 @@ def load_recipe_documents(path: Path, overrides: Sequence[str] = ()) -> list[Loa
         if not recipe.name and any(not d.recipe.name for d in out):
             problems.append(Problem("only one document of a multi-document recipe may lack a "
                                     "'name' (that one is the output)", (), path.name, first))
+        if recipe.name is not None and (why := folder_name_problem(recipe.name)) is not None:
+            problems.append(locate(("name",), f"{why}: a document's name becomes the folder "
+                                   "OUT-intermediates/<name>, so it must be a plain folder "
+                                   "name", path, lines))
         out.append(LoadedRecipe(recipe, path, data, MappingProxyType(lines)))
     if problems:
         raise RecipeError(problems)

@@ -27,13 +27,12 @@ from typing import NoReturn
 from mergekit_like.errors import MergeError
 
 NOT_NEEDED = {
-    "lazy_unpickle": "tensors are read lazily through mmap already",
+    "lazy_unpickle": "tensors are read lazily, a chunk at a time",
     "low_cpu_memory": "memory is bounded by --chunk-size, not by the model",
     "read_to_gpu": "with --cuda, inputs are staged to the GPU as they are read",
     "multi_gpu": "one device per process; use `merge --num-processes N` or torchrun",
     "clone_tensors": "every output tensor is written from its own buffer",
     "async_write": "output shards are always written on a thread of their own",
-    "trust_remote_code": "configs are read as JSON and no model code runs",
     "lora_merge_cache": "adapters are applied while streaming, with nothing cached",
     "lora_merge_dtype": "adapters are applied while streaming, in the compute dtype",
     "verbosity": "progress goes to stderr; --quiet turns it off",
@@ -124,6 +123,7 @@ def merge_argv(ns: argparse.Namespace) -> list[str]:
         "--no-model-card": not ns.write_model_card,
         "--quiet": ns.quiet,
         "--force": ns.force,
+        "--trust-remote-code": ns.trust_remote_code,
     }
     return argv + [flag for flag, on in flags.items() if on]
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from types import MappingProxyType
 
 from mergekit_like.errors import RecipeError
-from mergekit_like.loader import LoadedRecipe
+from mergekit_like.loader import LoadedRecipe, folder_name_problem
 
 
 def _refs(doc: LoadedRecipe) -> set[str]:
@@ -82,6 +82,9 @@ def run_documents(
     named: dict[str, Path] = {}
     written = []
     for i, doc in enumerate(ordered):
+        name = doc.recipe.name
+        if name is not None and (why := folder_name_problem(name)) is not None:
+            raise RecipeError(doc.problem(("name",), why))  # load_recipe_documents checks it
         final = i == len(ordered) - 1
         name = doc.recipe.name or "final merge"
         folder = out if final else inter / name

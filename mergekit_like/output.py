@@ -1,22 +1,19 @@
-"""The output folder: staged in a temporary sibling, metadata files, atomic rename at the end.
-
-A failed run leaves nothing behind; an existing output is replaced only with ``force``.
+"""The output folder's files besides the tensors (config, tokenizer, model card, recipe),
+and the check that OUT overlaps no input. Staging and publishing: :mod:`mergekit_like.staging`.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import yaml
 
-from mergekit_like.errors import Interrupted, MergeError
+from mergekit_like.errors import MergeError
 from mergekit_like.plan import Plan
-from mergekit_like.vocab import VocabPlan
+from mergekit_like.staging import partial_dir, staged_output  # noqa: F401 - re-exported
+from mergekit_like.vocab import VocabPlan, load_tokenizer
 
 TOKENIZER_FILES = (
     "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
@@ -24,56 +21,6 @@ TOKENIZER_FILES = (
     "chat_template.jinja", "chat_template.json",
     "preprocessor_config.json", "processor_config.json",  # image and multimodal models
 )
-
-
-def partial_dir(out: Path) -> Path:
-    """The staging folder of ``out``: a hidden sibling, kept after a crash for --resume."""
-    return out.parent / f".{out.name}.partial"
-
-
-@contextmanager
-def staged_output(out: Path, force: bool, resume: bool = False) -> Iterator[Path]:
-    """Yield the staging folder beside ``out``; move it to ``out`` if the body succeeds.
-
-    A failure removes the staging folder and leaves ``out`` untouched, except when tensors
-    were being written (the folder holds a resume journal) and the run was interrupted or hit
-    an I/O error (a full disk): then the folder is kept and the error says how to resume.
-    """
-    from mergekit_like.journal import JOURNAL
-
-    if out.exists() and not force:
-        raise MergeError(f"{out}: already exists; pass --force to replace it")
-    tmp = partial_dir(out)
-    if tmp.exists() and not resume:
-        if not force:
-            raise MergeError(f"{tmp}: holds the partial output of an interrupted run; rerun "
-                             "with --resume to continue it, or --force to start over")
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True, exist_ok=True)
-    try:
-        yield tmp
-    except KeyboardInterrupt:
-        if (tmp / JOURNAL).is_file():
-            raise Interrupted(f"interrupted; the partial output is kept in {tmp}: rerun the "
-                              "same command with --resume to continue") from None
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    except OSError as exc:
-        if (tmp / JOURNAL).is_file():
-            raise MergeError(f"writing {out} failed: {exc.strerror or exc}; the partial output "
-                             f"is kept in {tmp}: fix the cause (e.g. free disk space) and rerun "
-                             "with --resume") from None
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    old = out.parent / f".{out.name}.old-{os.getpid()}"
-    if out.exists() or out.is_symlink():
-        os.replace(out, old)
-    os.replace(tmp, out)
-    if old.exists():
-        shutil.rmtree(old) if old.is_dir() else old.unlink()
 
 
 def write_metadata(plan: Plan, folder: Path, copy_tokenizer: bool = True,
@@ -91,7 +38,7 @@ def write_metadata(plan: Plan, folder: Path, copy_tokenizer: bool = True,
         shutil.copyfile(ref_dir / "generation_config.json", folder / "generation_config.json")
     tokenizer = copy_tokenizer or plan.recipe.recipe.tokenizer_config() is not None
     if plan.vocab is not None and plan.vocab.added:
-        save_union_tokenizer(plan.vocab, folder)
+        save_union_tokenizer(plan.vocab, folder, plan.recipe.trust_remote_code)
     elif spec.tokenizer_dir is not None and tokenizer:
         for name in TOKENIZER_FILES:
             if (spec.tokenizer_dir / name).is_file():
@@ -109,12 +56,11 @@ def write_metadata(plan: Plan, folder: Path, copy_tokenizer: bool = True,
         (folder / "README.md").write_text(model_card(plan, recipe_yaml, folder))
 
 
-def save_union_tokenizer(vocab: VocabPlan, folder: Path) -> None:
+def save_union_tokenizer(vocab: VocabPlan, folder: Path, trust_remote_code: bool = False) -> None:
     """The base tokenizer plus every token the plan appended, with the planned ids."""
     from tokenizers import AddedToken
-    from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(vocab.tokenizer_dir)
+    tok = load_tokenizer(vocab.tokenizer_dir, trust_remote_code)
     first = len(tok)
     tok.add_tokens([AddedToken(t, special=special, normalized=not special)
                     for t, special in vocab.added])
@@ -150,10 +96,31 @@ def model_card(plan: Plan, recipe_yaml: str, folder: Path) -> str:
 
 
 def check_output_path(plan: Plan, out: Path) -> None:
-    """Refuse an output folder that is, or contains, one of the ingredients."""
-    target = out.resolve()
+    """Refuse an output folder that overlaps an input: one that is, lies inside (a folder or
+    a file of it) or contains an ingredient, an adapter or the tokenizer source, once
+    symlinks are resolved. ``--force`` does not change this."""
+    targets = [out.resolve(), partial_dir(out).resolve()]
+    for ref, src in _input_folders(plan):
+        for target in targets:
+            if target == src or src in target.parents or target in src.parents:
+                raise MergeError(f"{out}: would overwrite ingredient model {ref!r} ({src}); "
+                                 "choose an output folder outside every ingredient")
+
+
+def _input_folders(plan: Plan) -> list[tuple[str, Path]]:
+    """(reference, resolved folder) of every folder a plan reads from."""
+    from mergekit_like.io.lora import LoraTensorInfo
+
+    found: dict[Path, str] = {}
     for cat in plan.models:
-        src = cat.path.resolve()
-        if src == target or target in src.parents:
-            raise MergeError(f"{out}: would overwrite ingredient model {cat.ref!r}; "
-                             "choose another output folder")
+        found.setdefault(cat.path.resolve(), cat.ref)
+        files = {info.file for info in cat.tensors.values()}
+        files |= {f.file for info in cat.tensors.values() if isinstance(info, LoraTensorInfo)
+                  for f in (info.lora_a, info.lora_b)}
+        for f in files:  # a hub snapshot's files are links into its blobs folder
+            found.setdefault(f.parent.resolve(), cat.ref)
+            found.setdefault(f.resolve().parent, cat.ref)
+    tok = plan.output.tokenizer_dir
+    if tok is not None:
+        found.setdefault(tok.resolve(), str(tok))
+    return [(ref, path) for path, ref in found.items()]

@@ -60,14 +60,33 @@ def vocab_rows(config: Mapping[str, Any]) -> int | None:
     return None
 
 
-def _load_tokenizer(folder: Path) -> Any:
+def load_tokenizer(folder: Path, trust_remote_code: bool = False) -> Any:
+    """The tokenizer of a model folder, never running (or offering to run) the folder's
+    own Python code (``auto_map``) unless ``trust_remote_code``: transformers would else ask
+    on stdin, and a piped ``y`` would run it."""
     from transformers import AutoTokenizer
 
     try:
-        return AutoTokenizer.from_pretrained(folder)
+        return AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as exc:
+        if not trust_remote_code and _names_code(folder):
+            raise InputError(f"{folder}: cannot load its tokenizer: it needs the Python code "
+                             "in the folder (auto_map), which runs only with "
+                             "--trust-remote-code") from None
         raise InputError(f"{folder}: cannot load its tokenizer "
                          f"({str(exc).splitlines()[0][:120]})") from None
+
+
+def _names_code(folder: Path) -> bool:
+    """Whether the folder's tokenizer or model config points at Python files of its own."""
+    for name in ("tokenizer_config.json", "config.json"):
+        try:
+            cfg = json.loads((folder / name).read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(cfg, dict) and cfg.get("auto_map"):
+            return True
+    return False
 
 
 def _source_row(vocab: Mapping[str, int], token: str | None, row: int, limit: int) -> int:
@@ -93,7 +112,7 @@ def plan_vocab(loaded: LoadedRecipe, catalogs: Sequence[ModelCatalog],
         src_model = None
         try:
             src_dir = resolve_model(cfg.source, loaded.path.parent)
-            src_tok = _load_tokenizer(src_dir)
+            src_tok = load_tokenizer(src_dir, loaded.trust_remote_code)
         except InputError as exc:
             raise PlanError(loaded.problem(loc, exc.problems[0].message)) from None
         try:
@@ -103,7 +122,7 @@ def plan_vocab(loaded: LoadedRecipe, catalogs: Sequence[ModelCatalog],
     toks = []
     for i, cat in enumerate(catalogs):
         try:
-            toks.append(_load_tokenizer(cat.path))
+            toks.append(load_tokenizer(cat.path, loaded.trust_remote_code))
         except InputError as exc:
             raise PlanError(loaded.problem(loc, f"model {catalogs[i].ref!r}: "
                                                 f"{exc.problems[0].message}")) from None

@@ -286,3 +286,47 @@ def test_kernels_flag_chooses_compiled_or_eager_with_the_same_bytes(tmp_path, ti
         assert res.code == 0, res.err
     assert (tmp_path / "eager" / "model.safetensors").read_bytes() == \
         (tmp_path / "compiled" / "model.safetensors").read_bytes()
+
+
+def _code_tokenizer(tmp_path: Path, model: Path) -> tuple[Path, Path]:
+    """A copy of ``model`` whose tokenizer_config.json names a class in the folder's own
+    Python file (``auto_map``); importing that file writes the returned marker file."""
+    evil, marker = tmp_path / "evil", tmp_path / "RAN"
+    shutil.copytree(model, evil)
+    cfg = json.loads((evil / "tokenizer_config.json").read_text())
+    cfg.update(tokenizer_class="EvilTokenizer",
+               auto_map={"AutoTokenizer": ["evil_tok.EvilTokenizer", None]})
+    (evil / "tokenizer_config.json").write_text(json.dumps(cfg))
+    (evil / "evil_tok.py").write_text(
+        f"from pathlib import Path\nPath({str(marker)!r}).write_text('ran')\n"
+        "from transformers import PreTrainedTokenizerFast\n"
+        "class EvilTokenizer(PreTrainedTokenizerFast):\n    pass\n")
+    return evil, marker
+
+
+def test_no_code_from_an_ingredient_runs_without_trust_remote_code(tmp_path, llama_family):
+    import os
+    import subprocess
+    import sys
+
+    evil, marker = _code_tokenizer(tmp_path, llama_family["math"])
+    recipe = write_recipe(tmp_path, f"merge_method: linear\nmodels: [{{model: "
+                                    f"{llama_family['code']}}}, {{model: {evil}}}]\n"
+                                    "tokenizer_source: union\n")
+    env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules")}
+
+    def merge(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "mergekit_like", *args], input="y\n",
+                              env=env, capture_output=True, text=True, timeout=120)
+
+    for args in (["validate", str(recipe)], [str(recipe), str(tmp_path / "out"), "--quiet"]):
+        res = merge(*args)
+        assert not marker.exists(), "the ingredient's code ran"
+        assert res.returncode == 2 and "wish to run" not in res.stdout + res.stderr, res.stderr
+        assert res.stderr.splitlines() == [
+            f"error: recipe.yaml:3: tokenizer_source: model {str(evil)!r}: {evil}: cannot load "
+            "its tokenizer: it needs the Python code in the folder (auto_map), which runs only "
+            "with --trust-remote-code"]
+    assert not (tmp_path / "out").exists()
+    res = merge("validate", str(recipe), "--trust-remote-code")
+    assert res.returncode == 0 and marker.read_text() == "ran", res.stderr

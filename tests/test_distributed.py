@@ -7,6 +7,7 @@ protocol's other paths run both ranks as threads of this process over an in-memo
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import threading
@@ -198,3 +199,102 @@ def test_bad_num_processes(tmp_path, llama_family, run_cli, monkeypatch):
     assert res.code == 2 and res.err == (
         "error: --num-processes 3: this run was started by a launcher with 2 processes; "
         "leave --num-processes out\n")
+
+
+def _children(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (from /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def test_the_parent_killed_leaves_a_resumable_partial_and_no_tracebacks(tmp_path, llama_family):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.test_output import wait_stopped
+
+    recipe = _recipe(tmp_path, llama_family, "dare_ties")
+    out = tmp_path / "two" / "out"
+    env = {**os.environ, "MERGEKIT_LIKE_KILL_AFTER_WRITES": "2:stop"}
+    parent = subprocess.Popen([sys.executable, "-m", "mergekit_like", str(recipe), str(out),
+                               *OPTS, "--num-processes", "2"], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    kids: list[int] = []
+    try:
+        deadline = time.monotonic() + 120
+        while not kids and time.monotonic() < deadline:  # a rank stopped itself
+            for kid in _children(parent.pid):
+                try:
+                    wait_stopped(kid, timeout=0.05)
+                    kids = _children(parent.pid)
+                    break
+                except (AssertionError, OSError):
+                    pass
+        assert kids, "no rank stopped"
+    finally:
+        parent.kill()
+        parent.wait()
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and any(Path(f"/proc/{k}").exists() for k in kids):
+            for kid in kids:
+                with contextlib.suppress(OSError):
+                    os.kill(kid, signal.SIGCONT)
+            time.sleep(0.1)
+        _, err = parent.communicate(timeout=60)
+    assert not any(Path(f"/proc/{k}").exists() for k in kids), "a rank outlived its parent"
+    assert "Traceback" not in err and "frame #" not in err, err
+    assert (out.parent / ".out.partial" / ".merge-journal").is_file()
+    assert main([str(recipe), str(out), *OPTS, "--resume"]) == 0
+    assert main([str(recipe), str(tmp_path / "one" / "out"), *OPTS]) == 0
+    assert _digests(out) == _digests(tmp_path / "one" / "out")
+
+
+def test_sigterm_to_the_parent_stops_every_rank_with_one_line(tmp_path, llama_family):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.test_output import wait_stopped
+
+    recipe = _recipe(tmp_path, llama_family, "dare_ties")
+    out = tmp_path / "two" / "out"
+    env = {**os.environ, "MERGEKIT_LIKE_KILL_AFTER_WRITES": "2:stop"}
+    parent = subprocess.Popen([sys.executable, "-m", "mergekit_like", str(recipe), str(out),
+                               *OPTS, "--num-processes", "2"], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    kids: list[int] = []
+    try:
+        deadline = time.monotonic() + 120
+        while not kids and time.monotonic() < deadline:
+            for kid in _children(parent.pid):
+                with contextlib.suppress(AssertionError, OSError):
+                    wait_stopped(kid, timeout=0.05)
+                    kids = _children(parent.pid)
+                    break
+        assert kids, "no rank stopped"
+        parent.send_signal(signal.SIGTERM)  # only the parent: it must pass it on
+        time.sleep(0.5)
+    finally:
+        for kid in kids:
+            with contextlib.suppress(OSError):
+                os.kill(kid, signal.SIGCONT)
+        _, err = parent.communicate(timeout=120)
+    partial = out.parent / ".out.partial"
+    assert parent.returncode == 130 and err.splitlines() == [
+        f"interrupted; the partial output is kept in {partial}: rerun the same command with "
+        "--resume to continue"], err
+    assert main([str(recipe), str(out), *OPTS, "--resume"]) == 0
+    assert main([str(recipe), str(tmp_path / "one" / "out"), *OPTS]) == 0
+    assert _digests(out) == _digests(tmp_path / "one" / "out")

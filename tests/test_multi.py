@@ -121,3 +121,21 @@ def test_only_one_document_may_lack_a_name(tmp_path, run_cli):
     assert res.code == 2
     assert res.err.strip() == ("error: recipe.yaml:4: only one document of a multi-document "
                                "recipe may lack a 'name' (that one is the output)")
+
+
+@pytest.mark.parametrize("name", ["../victim", "/abs/path", "a/b", "a\\\\b", "..", ".hidden"])
+def test_document_names_are_plain_folder_names(tmp_path, llama_family, run_cli, name):
+    """A name becomes OUT-intermediates/<name>: a path in it would write (and with --force
+    delete) a folder anywhere."""
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "keep.txt").write_text("mine")
+    text = (f'name: "{name}"\nmerge_method: linear\nmodels: [{{model: {llama_family["math"]}}}]\n'
+            f'---\nname: final\nmerge_method: linear\nmodels: [{{model: "{name}"}}]\n')
+    path = write_recipe(tmp_path, text)
+    with pytest.raises(RecipeError, match=r"recipe.yaml:1: name: .*plain folder name"):
+        load_recipe_documents(path)
+    res = run_cli(path, tmp_path / "out", "--force", "--quiet")
+    assert res.code == 2 and len(res.err.splitlines()) == 1, res.err
+    assert (victim / "keep.txt").read_text() == "mine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["recipe.yaml", "victim"]

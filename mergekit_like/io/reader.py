@@ -1,24 +1,26 @@
-"""Reading tensor data through memory maps, a row range at a time.
+"""Reading tensor data, a row range at a time, with ``pread``.
 
-A :class:`TensorReader` is owned by one run: it maps each ingredient file read-only on first
-use and releases the pages of every range it has copied (``madvise(DONTNEED)``), so the
-process's resident memory holds only the tensors being merged, never whole files.
+A :class:`TensorReader` is owned by one run: it opens each ingredient file once and reads
+each range straight into the tensor that holds it (one copy from the page cache; the
+process's resident memory holds only the tensors being merged, never whole files). Reading
+with ``pread`` rather than through a memory map is what makes a file that changes under a
+run safe: a file truncated mid-merge gives a short read, reported as one line naming the
+file, where a mapped page past the new end kills the process with SIGBUS, without a word.
 """
 
 from __future__ import annotations
 
-import mmap
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from mergekit_like.errors import InputError
 from mergekit_like.io.safetensors_header import DTYPE_SIZES, TensorInfo
 
 if TYPE_CHECKING:
     import torch
 
-_PAGE = mmap.PAGESIZE
-
+_BLOCK = 4 << 20  # bytes read at a time when converting dtypes on the CPU
 
 def torch_dtype(name: str) -> torch.dtype:
     """The torch dtype of a safetensors or recipe dtype name ('BF16', 'bfloat16')."""
@@ -40,21 +42,8 @@ class TensorReader:
     """Reads tensors (or row ranges of them) from safetensors or pickled checkpoints."""
 
     def __init__(self) -> None:
-        self._maps: dict[Path, mmap.mmap] = {}
         self._fds: dict[Path, int] = {}
         self._pickled: dict[Path, dict[str, Any]] = {}
-
-    def _map(self, path: Path) -> mmap.mmap:
-        mm = self._maps.get(path)
-        if mm is None:
-            fd = os.open(path, os.O_RDONLY)
-            try:
-                # ACCESS_COPY: private and writable for torch.frombuffer, never written back
-                mm = mmap.mmap(fd, 0, access=mmap.ACCESS_COPY)
-            finally:
-                os.close(fd)
-            self._maps[path] = mm
-        return mm
 
     def read(
         self,
@@ -93,27 +82,49 @@ class TensorReader:
         import torch
 
         shape = info.shape
-        row_elems = 1
-        for d in shape[1:]:
-            row_elems *= d
         r0, r1 = rows if rows is not None else (0, shape[0] if shape else 1)
         out_shape = (r1 - r0, *shape[1:]) if shape else ()
-        target = torch_dtype(dtype) if dtype else torch_dtype(info.dtype)
+        source, target = torch_dtype(info.dtype), torch_dtype(dtype or info.dtype)
         if info.file.suffix != ".safetensors":
             return self._read_pickled(info, name, rows, target, device)
-        size = DTYPE_SIZES[info.dtype]
-        start = info.start + r0 * row_elems * size
-        count = (r1 - r0) * row_elems if shape else 1
-        mm = self._map(info.file)
-        if count == 0:
-            return torch.empty(out_shape, dtype=target, device=device)
-        view = torch.frombuffer(mm, dtype=torch_dtype(info.dtype), count=count, offset=start)
-        out = view.to(device=device, dtype=target, copy=True).reshape(out_shape)
-        del view
-        lo = start - start % _PAGE
-        hi = start + count * size
-        mm.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
+        if target == source or torch.device(device).type != "cpu":
+            raw = self.read_bytes(info, rows)
+            return raw.view(source).to(device=device, dtype=target).reshape(out_shape)
+        # converted block by block: no second buffer of the whole range in the file's dtype
+        out = torch.empty(out_shape, dtype=target)
+        flat, size = out.view(-1), DTYPE_SIZES[info.dtype]
+        start, _ = self._span(info, rows)
+        block = torch.empty(max(1, _BLOCK // size) * size, dtype=torch.uint8)
+        for i in range(0, flat.numel(), block.numel() // size):
+            n = min(block.numel() // size, flat.numel() - i)
+            self._pread(info, block[:n * size], start + i * size)
+            flat[i:i + n].copy_(block[:n * size].view(source))
         return out
+
+    @staticmethod
+    def _span(info: TensorInfo, rows: tuple[int, int] | None) -> tuple[int, int]:
+        """(first byte, byte count) of rows [r0, r1) of ``info`` in its file."""
+        row_bytes = DTYPE_SIZES[info.dtype]
+        for d in info.shape[1:]:
+            row_bytes *= d
+        r0, r1 = rows if rows is not None else (0, info.shape[0] if info.shape else 1)
+        return info.start + r0 * row_bytes, (r1 - r0) * row_bytes if info.shape else info.nbytes
+
+    def _pread(self, info: TensorInfo, into: torch.Tensor, offset: int) -> None:
+        """Fill the uint8 tensor ``into`` from ``info.file`` at ``offset``; a short read (the
+        file shrank under the run) is one line naming the file."""
+        fd = self._fds.get(info.file)
+        if fd is None:
+            fd = self._fds[info.file] = os.open(info.file, os.O_RDONLY)
+        view = memoryview(into.numpy())
+        done, count = 0, into.numel()
+        while done < count:
+            n = os.preadv(fd, [view[done:]], offset + done)
+            if n <= 0:
+                raise InputError(f"{info.file}: changed while being read: it ends at byte "
+                                 f"{offset + done}, its header puts tensor data up to byte "
+                                 f"{info.end}; rerun once the file is complete")
+            done += n
 
     def read_bytes(self, info: TensorInfo, rows: tuple[int, int] | None = None, *,
                    pin: bool = False) -> torch.Tensor:
@@ -126,23 +137,9 @@ class TensorReader:
         """
         import torch
 
-        row_bytes = DTYPE_SIZES[info.dtype]
-        for d in info.shape[1:]:
-            row_bytes *= d
-        r0, r1 = rows if rows is not None else (0, info.shape[0] if info.shape else 1)
-        start = info.start + r0 * row_bytes
-        count = (r1 - r0) * row_bytes if info.shape else info.nbytes
+        start, count = self._span(info, rows)
         out = torch.empty(count, dtype=torch.uint8, pin_memory=pin)
-        fd = self._fds.get(info.file)
-        if fd is None:
-            fd = self._fds[info.file] = os.open(info.file, os.O_RDONLY)
-        view = memoryview(out.numpy())
-        done = 0
-        while done < count:
-            n = os.preadv(fd, [view[done:]], start + done)
-            if n <= 0:
-                raise OSError(f"{info.file}: unexpected end of file at byte {start + done}")
-            done += n
+        self._pread(info, out, start)
         return out
 
     def _read_pickled(self, info: TensorInfo, name: str, rows: tuple[int, int] | None,
@@ -158,10 +155,7 @@ class TensorReader:
         return tensor.to(device=device, dtype=target, copy=True)
 
     def close(self) -> None:
-        """Unmap every file. The reader must not be used afterwards."""
-        for mm in self._maps.values():
-            mm.close()
-        self._maps.clear()
+        """Close every file. The reader must not be used afterwards."""
         for fd in self._fds.values():
             os.close(fd)
         self._fds.clear()

@@ -107,4 +107,23 @@ def parse_header(raw: bytes, size: int, path: Path) -> dict[str, TensorInfo]:
     for (_, e1, n1), (b2, _, n2) in zip(spans, spans[1:], strict=False):
         if b2 < e1:
             raise InputError(f"{path}: tensors {n1!r} and {n2!r} overlap in the file")
+    check_coverage(path, hlen, [(b, e) for b, e, _ in spans], size)
     return out
+
+
+def check_coverage(path: Path, hlen: int, spans: list[tuple[int, int]], size: int) -> None:
+    """Check that the header and the tensors' data offsets cover the file exactly, as the
+    safetensors library does: sorted, the spans start at 0, each where the last ended, and
+    the last ends at the end of the file. A header length a few bytes short still parses
+    (its padding is JSON whitespace) but would shift every tensor: refused here.
+    """
+    at = 0
+    for begin, end in sorted(spans):
+        if begin != at:
+            break
+        at = end
+    else:
+        if 8 + hlen + at == size:
+            return
+    raise InputError(f"{path}: corrupt safetensors header: its length ({hlen}) and the "
+                     f"tensors' data offsets do not cover the file exactly ({size} bytes)")

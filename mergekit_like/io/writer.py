@@ -16,7 +16,7 @@ import math
 import os
 import signal
 import sys
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -120,7 +120,8 @@ def layout_shards(
     return ShardLayout(files, tuple(headers), tuple(sizes), slots)
 
 
-#: testing aid: the process kills itself (SIGKILL) after this many tensor writes
+#: testing aid: the process kills itself (SIGKILL) after this many tensor writes; with
+#: ``N:stop`` it stops itself (SIGSTOP) instead, for a test to act on a live run
 KILL_ENV = "MERGEKIT_LIKE_KILL_AFTER_WRITES"
 
 
@@ -128,8 +129,9 @@ class ShardWriter:
     """Streams tensors into pre-laid-out shards inside ``folder``.
 
     ``done`` names tensors already complete in the shards of an interrupted run (from the
-    resume journal): the shards are reopened as they are, after checking their size and
-    header, and only the other tensors are expected.
+    resume journal, checked with :func:`intact`): their shards are reopened as they are,
+    after checking their size (the header is written again), and only the other tensors
+    are expected.
 
     ``shards`` (indices into ``layout.files``; default all) limits the writer to those files:
     it creates, writes and checks only them, and :meth:`finish` writes the index only when it
@@ -146,14 +148,17 @@ class ShardWriter:
         self._fds: dict[int, int] = {}
         mine = set(self.shards)
         self._written: dict[str, int] = {n: 0 for n, s in layout.slots.items() if s.shard in mine}
+        kept = {layout.slots[n].shard for n in done if n in layout.slots}
         for shard in self.shards:
             path = folder / layout.files[shard]
             header, size = layout.headers[shard], layout.sizes[shard]
-            if done and path.is_file():
+            if shard in kept and path.is_file():
                 fd = os.open(path, os.O_RDWR)
                 self._fds[shard] = fd
-                if os.fstat(fd).st_size != size or os.pread(fd, len(header), 0) != header:
+                if os.fstat(fd).st_size != size:
                     raise OSError(f"{path} does not match the planned layout")
+                if os.pread(fd, len(header), 0) != header:
+                    _pwrite_all(fd, header, 0)
             else:
                 fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
                 self._fds[shard] = fd
@@ -163,14 +168,17 @@ class ShardWriter:
             if name in self._written:
                 slot = layout.slots[name]
                 self._written[name] = slot.end - slot.start
+        self._sums: dict[str, int] = dict.fromkeys(self._written, 0)  # word_sum so far
         self._writeback = writeback_starter()
-        self._kill_after = int(os.environ.get(KILL_ENV, "-1"))
+        after, _, how = os.environ.get(KILL_ENV, "-1").partition(":")
+        self._kill_after = int(after)
+        self._kill_signal = signal.SIGSTOP if how == "stop" else signal.SIGKILL
         self._writes = 0
         self._maybe_kill()
 
     def _maybe_kill(self) -> None:
         if self._writes == self._kill_after:
-            os.kill(os.getpid(), signal.SIGKILL)
+            os.kill(os.getpid(), self._kill_signal)
 
     def write(self, name: str, tensor: torch.Tensor, offset: int = 0) -> None:
         """Write ``tensor``'s bytes at ``offset`` bytes into output tensor ``name``."""
@@ -186,10 +194,16 @@ class ShardWriter:
         fd = self._fds[slot.shard]
         _pwrite_all(fd, memoryview(data), slot.start + offset)
         self._written[name] += data.nbytes
+        self._sums[name] = (self._sums[name] + word_sum(data, offset)) & _MASK
         if self._writeback is not None:
             self._writeback(fd, slot.start + offset, data.nbytes)
         self._writes += 1
         self._maybe_kill()
+
+    def checksum(self, name: str) -> tuple[int, int]:
+        """(:func:`word_sum` of output tensor ``name``'s bytes, the fd of its shard), once
+        it is fully written."""
+        return self._sums[name], self._fds[self.layout.slots[name].shard]
 
     def finish(self) -> None:
         """Check every tensor of this writer's shards was fully written, close the files, and
@@ -208,6 +222,67 @@ class ShardWriter:
         for fd in self._fds.values():
             os.close(fd)
         self._fds.clear()
+
+
+_MASK = (1 << 64) - 1
+
+
+def word_sum(data: object, offset: int = 0) -> int:
+    """The sum, modulo 2**64, of a tensor's bytes read as little-endian 64-bit words, for a
+    piece of them (``data``, any buffer) lying ``offset`` bytes into the tensor.
+
+    Linear in the bytes, so pieces written in any order add up to the whole tensor's sum;
+    bytes that never reached the disk read back as zeros and change it (unless they were
+    zeros). It is the resume journal's check: about 4x as fast as CRC-32 here (numpy, 5.6
+    against 1.4 GB/s), which matters on the write thread.
+
+    >>> word_sum(bytes([1, 0, 0, 0, 0, 0, 0, 0, 2])) == word_sum(bytes([2]), 8) + 1
+    True
+    """
+    import numpy as np
+
+    buf = np.frombuffer(data, dtype=np.uint8)  # type: ignore[call-overload]
+    head = min(-offset % 8, len(buf))
+    body = (len(buf) - head) // 8 * 8
+    total = int(buf[head:head + body].view("<u8").sum(dtype=np.uint64)) if body else 0
+    for i in (*range(head), *range(head + body, len(buf))):
+        total += int(buf[i]) << (8 * ((offset + i) % 8))
+    return total & _MASK
+
+
+def slot_sum(fd: int, slot: Slot, block: int = 16 << 20) -> int:
+    """The :func:`word_sum` of a slot's bytes as they are in the file (-1 if it is short)."""
+    total, at = 0, slot.start
+    while at < slot.end:
+        data = os.pread(fd, min(block, slot.end - at), at)
+        if not data:
+            return -1
+        total += word_sum(data, at - slot.start)
+        at += len(data)
+    return total & _MASK
+
+
+def intact(folder: Path, layout: ShardLayout, sums: Mapping[str, int]) -> frozenset[str]:
+    """The tensors of ``sums`` (name -> :func:`word_sum` from the journal) whose bytes in
+    ``folder``'s shards still have that sum: what a resumed run may keep."""
+    ok: set[str] = set()
+    by_shard: dict[int, list[str]] = {}
+    for name in sums:
+        if name in layout.slots:
+            by_shard.setdefault(layout.slots[name].shard, []).append(name)
+    for shard, names in by_shard.items():
+        path = folder / layout.files[shard]
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:
+            continue
+        try:
+            if os.fstat(fd).st_size != layout.sizes[shard]:
+                continue
+            ok.update(n for n in names if slot_sum(fd, layout.slots[n]) == sums[n])
+        finally:
+            os.close(fd)
+    return frozenset(ok)
 
 
 def write_index(folder: Path, layout: ShardLayout) -> None:

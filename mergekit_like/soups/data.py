@@ -126,9 +126,9 @@ def _rows(path: Path, suffix: str, split: str | None) -> list[dict[str, Any]]:
 def _tokenizer(tokenizer_dir: Path | None) -> Any:
     if tokenizer_dir is None:
         raise InputError("evaluation.data: text data needs a tokenizer in the first ingredient")
-    from transformers import AutoTokenizer
+    from mergekit_like.vocab import load_tokenizer
 
-    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    tok = load_tokenizer(tokenizer_dir)  # an evaluation never runs a folder's own code
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token or tok.unk_token
     return tok

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -79,10 +80,17 @@ def run_loaded(loaded: LoadedRecipe, out: Path, options: MergeOptions,
     plan = build_plan(loaded, allow_crimes=options.allow_crimes)
     for warning in plan.warnings:
         print(warning, file=sys.stderr)
-    write_model(plan, out, options)
     if recipe.evaluation is None:
+        write_model(plan, out, options)
         return {}
-    return evaluate_output(loaded, out, options, allow_code)
+    # scored in the staging folder: OUT is published only once the evaluation succeeded
+    write_model(plan, out, options, partial(_evaluate_staged, loaded, options, allow_code))
+    return json.loads((out / EVAL_REPORT).read_text())
+
+
+def _evaluate_staged(loaded: LoadedRecipe, options: MergeOptions, allow_code: bool,
+                     folder: Path) -> None:
+    evaluate_output(loaded, folder, options, allow_code)
 
 
 def evaluate_output(loaded: LoadedRecipe, out: Path, options: MergeOptions,

@@ -136,3 +136,34 @@ def test_ensemble_method_reports_without_writing_a_model(tmp_path, ingredients, 
     mean = sum(logits_of(m, arrays["test_inputs"]) for m in models) / 2
     row = next(r for r in report["table"] if r["name"] == "ensemble")
     assert row["test"] == pytest.approx((mean.argmax(-1) == labels).double().mean().item())
+
+
+def test_an_evaluation_that_fails_publishes_nothing(tmp_path, llama_family, run_cli):
+    """The merge is written, then its evaluation fails: OUT stays as it was (absent, or the
+    old one with --force), and the merged tensors are kept for --resume."""
+    recipe = write_recipe(tmp_path, f"""
+merge_method: linear
+models:
+  - model: {llama_family['math']}
+  - model: {llama_family['code']}
+evaluation:
+  task: perplexity
+  data: val.txt
+  max_length: 16
+""")
+    out, partial = tmp_path / "out", tmp_path / ".out.partial"
+    res = run_cli(recipe, out, "--quiet")
+    assert res.code == 2 and len(res.err.splitlines()) == 1, res.err
+    assert "val.txt" in res.err and f"kept in {partial}" in res.err and "--resume" in res.err
+    assert not out.exists()
+    out.mkdir()
+    (out / "old.txt").write_text("the old output")
+    res = run_cli(recipe, out, "--quiet", "--force", "--resume")
+    assert res.code == 2 and not (out / "eval_report.json").exists()
+    assert [p.name for p in out.iterdir()] == ["old.txt"]
+    (tmp_path / "val.txt").write_text(" ".join(f"w{(7 * i) % 60}" for i in range(70)))
+    res = run_cli(recipe, out, "--quiet", "--force", "--resume")
+    assert res.code == 0, res.err
+    report = json.loads((out / "eval_report.json").read_text())
+    assert report["val"] > 1 and not (out / "old.txt").exists() and not partial.exists()
+    assert not (out / ".merge-journal").exists()
