@@ -224,6 +224,7 @@ def _subcommand(cmd: str, ns: argparse.Namespace) -> int:
 def _validate(loaded) -> int:  # noqa: ANN001
     from mergekit_like.errors import InputError
     from mergekit_like.io.catalog import resolve_model
+    from mergekit_like.io.paths import shown
     from mergekit_like.plan import build_plan
 
     missing = []
@@ -236,7 +237,7 @@ def _validate(loaded) -> int:  # noqa: ANN001
     recipe = loaded.recipe
     if missing:
         print(f"{loaded.path}: recipe is valid ({recipe.merge_method}); models not on this "
-              f"machine, so not inspected: {', '.join(missing)}")
+              f"machine, so not inspected: {', '.join(shown(m, bare=True) for m in missing)}")
         return 0
     plan = build_plan(loaded)
     for warning in plan.warnings:

@@ -16,6 +16,7 @@ from types import MappingProxyType
 from typing import Any
 
 from mergekit_like.errors import InputError
+from mergekit_like.io.paths import expand_user, is_dir, is_file, shown
 from mergekit_like.io.safetensors_header import TensorInfo, read_header
 
 SAFE_INDEX = "model.safetensors.index.json"
@@ -52,13 +53,13 @@ def resolve_model(ref: str, recipe_dir: Path | None = None) -> Path:
     folder) or a hub id ``org/name`` with an optional ``@revision``, looked up in the local
     Hugging Face cache (``HF_HUB_CACHE``/``HF_HOME``). Raises ``InputError`` if neither.
     """
-    candidates = [Path(ref).expanduser()]
+    candidates = [expand_user(ref, "model")]
     if "\\" in ref:  # a Windows-style path written on Windows
-        candidates.append(Path(ref.replace("\\", "/")).expanduser())
+        candidates.append(expand_user(ref.replace("\\", "/"), "model"))
     if recipe_dir is not None:
         candidates += [recipe_dir / c for c in candidates if not c.is_absolute()]
     for cand in candidates:
-        if cand.is_dir():
+        if is_dir(cand):
             return cand.resolve()
     repo_id, _, revision = ref.partition("@")
     if repo_id.count("/") <= 1 and not repo_id.startswith((".", "/", "~")) and repo_id:
@@ -73,26 +74,53 @@ def resolve_model(ref: str, recipe_dir: Path | None = None) -> Path:
             pass
         except Exception:  # noqa: BLE001 - any miss in the cache means "not found"
             pass
-    raise InputError(f"model {ref!r} is not a local folder and not in the Hugging Face cache "
-                     f"({hub_cache_dir() or '~/.cache/huggingface/hub'}); "
-                     "download it first, e.g. `huggingface-cli download " + repo_id + "`")
+    raise InputError(f"model {shown(ref)} is not a local folder and not in the Hugging Face "
+                     f"cache ({hub_cache_dir() or '~/.cache/huggingface/hub'}); download it "
+                     f"first, e.g. `huggingface-cli download {shown(repo_id)[1:-1]}`")
+
+
+def read_json(path: Path) -> Any:
+    """A JSON file's value: strict JSON in UTF-8 (no NaN or Infinity), else ``InputError``."""
+
+    def constant(name: str) -> Any:
+        raise ValueError(f"{name} is not JSON")
+
+    try:
+        text = path.read_bytes().decode("utf-8")
+        return json.loads(text, parse_constant=constant)
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{path}: unreadable JSON ({exc.msg}, line {exc.lineno})") from None
+    except (ValueError, RecursionError) as exc:
+        reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)[:80]
+        raise InputError(f"{path}: unreadable JSON ({reason})") from None
 
 
 def _index_files(folder: Path, index_name: str) -> list[Path]:
     index_path = folder / index_name
-    try:
-        index = json.loads(index_path.read_text())
-        weight_map = index["weight_map"]
-    except (OSError, json.JSONDecodeError, KeyError, TypeError):
-        raise InputError(f"{index_path}: unreadable index (expected a JSON 'weight_map')") \
-            from None
+    index = read_json(index_path)
+    weight_map = index.get("weight_map") if isinstance(index, dict) else None
+    if not isinstance(weight_map, dict):
+        raise InputError(f"{index_path}: weight_map: expected a JSON object mapping tensor "
+                         "names to shard files")
     files = []
     for shard in dict.fromkeys(weight_map.values()):
-        shard_path = (folder / shard).resolve()
+        if not isinstance(shard, str) or not shard or "\x00" in shard:
+            raise InputError(f"{index_path}: weight_map: shard {shown(str(shard))} is not a "
+                             "file name")
+        try:
+            shard_path = (folder / shard).resolve()
+        except (OSError, ValueError):
+            shard_path = folder / shard
         if folder.resolve() not in shard_path.parents:
-            raise InputError(f"{index_path}: shard {shard!r} lies outside the model folder")
-        if not shard_path.is_file():
-            raise InputError(f"{index_path}: names shard {shard!r}, which is missing")
+            raise InputError(f"{index_path}: weight_map: shard {shown(shard)} lies outside the "
+                             "model folder")
+        if not is_file(shard_path):
+            raise InputError(f"{index_path}: weight_map: names shard {shown(shard)}, which is "
+                             "missing")
         files.append(shard_path)
     return files
 
@@ -149,8 +177,8 @@ def load_catalog(ref: str, folder: Path) -> ModelCatalog:
     config: dict[str, Any] = {}
     config_path = folder / "config.json"
     if config_path.is_file():
-        try:
-            config = json.loads(config_path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise InputError(f"{config_path}: unreadable JSON ({exc})") from None
+        config = read_json(config_path)
+        if not isinstance(config, dict):
+            raise InputError(f"{config_path}: expected a JSON object (a model config), got "
+                             f"{type(config).__name__ if config is not None else 'null'}")
     return ModelCatalog(ref, folder, MappingProxyType(tensors), MappingProxyType(config))
