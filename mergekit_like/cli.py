@@ -96,8 +96,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     try:
         if args and args[0] in SUBCOMMANDS:
-            return _subcommand(args[0], _sub_parser(args[0]).parse_intermixed_args(args[1:]))
-        return _merge(_run_parser().parse_intermixed_args(args))
+            code = _subcommand(args[0], _sub_parser(args[0]).parse_intermixed_args(args[1:]))
+        else:
+            code = _merge(_run_parser().parse_intermixed_args(args))
+        sys.stdout.flush()  # a reader gone (`merge methods | head`) shows here, not at exit
+        return code
+    except BrokenPipeError:
+        return _reader_gone()
     except MergeError as exc:
         prefix = "" if isinstance(exc, Interrupted) else "error: "
         for problem in exc.problems:
@@ -108,9 +113,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+def _reader_gone() -> int:
+    """stdout's reader has exited: stop quietly, as a tool killed by SIGPIPE does (141)."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # nothing left to flush at exit
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):
+        pass
+    return 141
+
+
 def _merge(ns: argparse.Namespace) -> int:
     from mergekit_like.io.writer import parse_size
     from mergekit_like.loader import LoadedRecipe, load_recipe_documents
+    from mergekit_like.out_path import check_out_path
     from mergekit_like.plan import build_plan
     from mergekit_like.run import MergeOptions, write_model
 
@@ -131,6 +148,7 @@ def _merge(ns: argparse.Namespace) -> int:
             raise MergeError(f"--max-gpu-memory: {exc}") from None
     if ns.num_processes < 1:
         raise MergeError(f"--num-processes: expected 1 or more, got {ns.num_processes}")
+    check_out_path(ns.out)
     say = not ns.quiet and os.environ.get("RANK", "0") == "0"  # one rank of torchrun speaks
     options = MergeOptions(device=ns.device, out_shard_bytes=shard, force=ns.force,
                            resume=ns.resume, allow_nonfinite=ns.allow_nonfinite,

@@ -30,6 +30,18 @@ def fingerprint(*parts: str | bytes) -> str:
     return h.hexdigest()
 
 
+def _head(path: Path, line: str) -> dict:
+    """The journal's first line (its fingerprint); a damaged one is refused in one line."""
+    try:
+        head = json.loads(line) if line else {}
+    except (ValueError, RecursionError):
+        head = None
+    if not isinstance(head, dict):
+        raise MergeError(f"{path}: the resume journal's first line is damaged; run with "
+                         "--force instead of --resume to start over")
+    return head
+
+
 @dataclass
 class Journal:
     """An append-only list of finished tensors (a file handle owned by one run)."""
@@ -44,8 +56,8 @@ class Journal:
         path = folder / JOURNAL
         done: set[str] = set()
         if resume and path.is_file():
-            lines = path.read_text().splitlines()
-            head = json.loads(lines[0]) if lines else {}
+            lines = path.read_text(errors="replace").splitlines()
+            head = _head(path, lines[0] if lines else "")
             if head.get("fingerprint") != print_:
                 raise MergeError(f"{folder}: this partial output was made with another recipe, "
                                  "seed or shard size; run with --force instead of --resume "
@@ -53,7 +65,7 @@ class Journal:
             for line in lines[1:]:
                 try:
                     done.add(json.loads(line)["done"])
-                except (json.JSONDecodeError, KeyError, TypeError):
+                except (ValueError, KeyError, TypeError, RecursionError):
                     break  # a line cut short by the crash: everything after it is redone
             fd = os.open(path, os.O_WRONLY | os.O_APPEND)
         else:

@@ -49,7 +49,11 @@ def staged_output(out: Path, force: bool, resume: bool = False) -> Iterator[Path
             raise MergeError(f"{tmp}: holds the partial output of an interrupted run; rerun "
                              "with --resume to continue it, or --force to start over")
         shutil.rmtree(tmp)
-    tmp.mkdir(parents=True, exist_ok=True)
+    try:
+        tmp.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise MergeError(f"{out}: cannot create the staging folder {tmp}: "
+                         f"{exc.strerror or exc}") from None
     try:
         yield tmp
     except KeyboardInterrupt:
