@@ -98,7 +98,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args and args[0] in SUBCOMMANDS:
             code = _subcommand(args[0], _sub_parser(args[0]).parse_intermixed_args(args[1:]))
         else:
-            code = _merge(_run_parser().parse_intermixed_args(args))
+            code = _merge(_run_parser().parse_intermixed_args(args), args)
         sys.stdout.flush()  # a reader gone (`merge methods | head`) shows here, not at exit
         return code
     except BrokenPipeError:
@@ -124,7 +124,7 @@ def _reader_gone() -> int:
     return 141
 
 
-def _merge(ns: argparse.Namespace) -> int:
+def _merge(ns: argparse.Namespace, argv: Sequence[str] = ()) -> int:
     from mergekit_like.io.writer import parse_size
     from mergekit_like.loader import LoadedRecipe, load_recipe_documents
     from mergekit_like.out_path import check_out_path
@@ -154,7 +154,7 @@ def _merge(ns: argparse.Namespace) -> int:
                            resume=ns.resume, allow_nonfinite=ns.allow_nonfinite,
                            num_processes=ns.num_processes,
                            seed=ns.seed, quiet=ns.quiet, chunk_bytes=chunk, kernels=ns.kernels,
-                           max_gpu_bytes=max_gpu)
+                           max_gpu_bytes=max_gpu, command=("merge", *argv))
     if ns.multirun:  # soups: sweeps run each setting through soups/runner.py
         from mergekit_like.soups.sweep import run_sweep
 

@@ -182,7 +182,7 @@ def run_rank(plan: Plan, out: Path, options: MergeOptions, ranks: Ranks, local_r
                 raise as_exception(exc.args[0]) from None
             (tmp / JOURNAL).unlink()
             write_index(tmp, setup.layout)
-            write_metadata(plan, tmp)
+            write_metadata(plan, tmp, options.seed, options.command)
     except BaseException as exc:
         if not ranks.has("failed"):
             ranks.fail(report(exc))

@@ -36,21 +36,27 @@ def _existing_ancestor(path: Path) -> Path:
 def check_out_path(out: Path) -> None:
     """Refuse an OUT that no run could publish, in one line naming it."""
     if out.is_symlink():
-        raise MergeError(f"{out}: OUT is a symbolic link (to {os.readlink(out)}); give the "
-                         "folder it points to, or remove the link")
+        raise MergeError(
+            f"{out}: OUT is a symbolic link (to {os.readlink(out)}); give the "
+            "folder it points to, or remove the link"
+        )
     where = _existing_ancestor(out.absolute())
     name_max = _limit(where, "PC_NAME_MAX", 255)
     n = len(os.fsencode(out.name))
     if n + SIBLING_EXTRA > name_max:
-        raise MergeError(f"{out.name[:40]}...: OUT's name is {n} bytes long; at most "
-                         f"{name_max - SIBLING_EXTRA} (the run stages it beside OUT under a "
-                         f"longer name, and names are at most {name_max} bytes here)")
+        raise MergeError(
+            f"{out.name[:40]}...: OUT's name is {n} bytes long; at most "
+            f"{name_max - SIBLING_EXTRA} (the run stages it beside OUT under a "
+            f"longer name, and names are at most {name_max} bytes here)"
+        )
     path_max = _limit(where, "PC_PATH_MAX", 4096)
     if len(os.fsencode(str(out.absolute()))) + SIBLING_EXTRA > path_max:
-        raise MergeError(f"{str(out)[:40]}...: OUT's path is longer than the {path_max} bytes "
-                         "this system allows")
+        raise MergeError(
+            f"{str(out)[:40]}...: OUT's path is longer than the {path_max} bytes this system allows"
+        )
     if not where.is_dir():
         raise MergeError(f"{out}: cannot make OUT there: {where} is a file, not a folder")
     if not os.access(where, os.W_OK | os.X_OK):
-        raise MergeError(f"{out}: cannot make OUT there: {where} cannot be written "
-                         "(permission denied)")
+        raise MergeError(
+            f"{out}: cannot make OUT there: {where} cannot be written (permission denied)"
+        )

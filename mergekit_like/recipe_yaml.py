@@ -34,8 +34,7 @@ MAX_VALUES = 200_000
 MAX_INT = 2**63 - 1
 
 _CORE = "tag:yaml.org,2002:"
-_SCALAR_TAGS = {_CORE + t for t in ("str", "int", "float", "bool", "null", "timestamp",
-                                    "binary")}
+_SCALAR_TAGS = {_CORE + t for t in ("str", "int", "float", "bool", "null", "timestamp", "binary")}
 _MERGE = _CORE + "merge"
 
 
@@ -50,18 +49,29 @@ def read_recipe_text(path: Path) -> str:
         raise RecipeError(Problem(f"cannot read recipe: {reason}", (), str(path))) from None
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise RecipeError(Problem("not a regular file (a folder, FIFO or device); give a "
-                                      "recipe file", (), str(path)))
+            raise RecipeError(
+                Problem(
+                    "not a regular file (a folder, FIFO or device); give a recipe file",
+                    (),
+                    str(path),
+                )
+            )
         with os.fdopen(os.dup(fd), "rb") as f:
             raw = f.read(MAX_RECIPE_BYTES + 1)
     except OSError as exc:
-        raise RecipeError(Problem(f"cannot read recipe: {exc.strerror or exc}", (),
-                                  str(path))) from None
+        raise RecipeError(
+            Problem(f"cannot read recipe: {exc.strerror or exc}", (), str(path))
+        ) from None
     finally:
         os.close(fd)
     if len(raw) > MAX_RECIPE_BYTES:
-        raise RecipeError(Problem(f"larger than {MAX_RECIPE_BYTES // 2**20} MiB; a recipe is a "
-                                  "small YAML file", (), str(path)))
+        raise RecipeError(
+            Problem(
+                f"larger than {MAX_RECIPE_BYTES // 2**20} MiB; a recipe is a small YAML file",
+                (),
+                str(path),
+            )
+        )
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -95,7 +105,8 @@ class _Loader(yaml.SafeLoader):
             if self._depth > MAX_DEPTH:
                 mark = self.peek_event().start_mark
                 raise yaml.composer.ComposerError(
-                    None, None, f"nested deeper than {MAX_DEPTH} levels", mark)
+                    None, None, f"nested deeper than {MAX_DEPTH} levels", mark
+                )
             return super().compose_node(parent, index)
         finally:
             self._depth -= 1
@@ -139,11 +150,15 @@ class NodeBuilder:
         """The value of ``node``, found at field path ``loc``."""
         self._count += 1
         if self._count > MAX_VALUES:
-            raise self._fail(f"expands to more than {MAX_VALUES} values (YAML aliases "
-                             "repeated inside aliases?)", loc, node)
+            raise self._fail(
+                f"expands to more than {MAX_VALUES} values (YAML aliases repeated inside aliases?)",
+                loc,
+                node,
+            )
         if len(loc) > MAX_DEPTH:
-            raise self._fail(f"nested deeper than {MAX_DEPTH} levels (through YAML aliases)",
-                             loc, node)
+            raise self._fail(
+                f"nested deeper than {MAX_DEPTH} levels (through YAML aliases)", loc, node
+            )
         self.lines[loc] = node.start_mark.line + 1
         if isinstance(node, yaml.ScalarNode):
             return self.scalar(node, loc)
@@ -160,8 +175,11 @@ class NodeBuilder:
 
     def _check_tag(self, node: yaml.Node, allowed: str, loc: Loc) -> None:
         if node.tag != allowed:
-            raise self._fail(f"YAML tag {_short_tag(node.tag)!r} is not allowed (a recipe "
-                             "holds plain values)", loc, node)
+            raise self._fail(
+                f"YAML tag {_short_tag(node.tag)!r} is not allowed (a recipe holds plain values)",
+                loc,
+                node,
+            )
 
     def scalar(self, node: yaml.ScalarNode, loc: Loc) -> Any:
         """A plain value: str, int, float, bool, None (a timestamp or bytes as YAML makes)."""
@@ -169,11 +187,20 @@ class NodeBuilder:
             self._check_tag(node, "", loc)
         try:
             value = self._constructor.construct_object(node, deep=True)
-        except (yaml.YAMLError, ValueError, KeyError, TypeError, AttributeError,
-                OverflowError) as exc:
+        except (
+            yaml.YAMLError,
+            ValueError,
+            KeyError,
+            TypeError,
+            AttributeError,
+            OverflowError,
+        ) as exc:
             kind = _short_tag(node.tag).removeprefix("!!")
-            shown = node.value if len(node.value) <= 40 else f"{node.value[:40]}... " \
-                f"({len(node.value)} characters)"
+            shown = (
+                node.value
+                if len(node.value) <= 40
+                else f"{node.value[:40]}... ({len(node.value)} characters)"
+            )
             why = "; too many digits" if "digits" in str(exc) else ""
             raise self._fail(f"not a valid {kind}: {shown!r}{why}", loc, node) from None
         problem = plain_value_problem(value)
@@ -205,16 +232,18 @@ class NodeBuilder:
         out: dict[Any, Any] = {}
         lines = dict(self.lines)
         for value_node in values:
-            sources = value_node.value if isinstance(value_node, yaml.SequenceNode) else \
-                [value_node]
+            sources = (
+                value_node.value if isinstance(value_node, yaml.SequenceNode) else [value_node]
+            )
             for src in sources:
                 if not isinstance(src, yaml.MappingNode):
-                    raise self._fail("a merge key '<<' takes a mapping or a list of mappings",
-                                     loc, src)
+                    raise self._fail(
+                        "a merge key '<<' takes a mapping or a list of mappings", loc, src
+                    )
                 for key, value in self.build(src, loc).items():
                     out.setdefault(key, value)
         # explicit keys (built before) keep their own lines
-        self.lines.update({k: v for k, v in lines.items() if k[:len(loc)] == loc})
+        self.lines.update({k: v for k, v in lines.items() if k[: len(loc)] == loc})
         return out
 
 

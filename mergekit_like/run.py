@@ -46,6 +46,8 @@ class MergeOptions:
     num_processes: int = 1
     kernels: Literal["auto", "eager", "compiled"] = "auto"
     max_gpu_bytes: int | None = None
+    #: the command line that started the run, recorded in the model card (not in the bytes)
+    command: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -125,7 +127,7 @@ def write_model(plan: Plan, out: Path, options: MergeOptions) -> None:
         finally:
             journal.close()
         journal.path.unlink()
-        write_metadata(plan, tmp)
+        write_metadata(plan, tmp, options.seed, options.command)
 
 
 def run_merge(recipe: Path, out: Path, options: MergeOptions = MergeOptions(),

@@ -17,10 +17,18 @@ import yaml
 
 from mergekit_like.loader import load_recipe
 
-BOMB = "\n".join([
-    "a: &a [x, x, x, x, x, x, x, x, x]",
-    *(f"{c}: &{c} [{', '.join([f'*{p}'] * 9)}]" for p, c in zip("abcdefgh", "bcdefghi")),
-    "merge_method: linear", "models: [{model: m}]", ""])
+BOMB = "\n".join(
+    [
+        "a: &a [x, x, x, x, x, x, x, x, x]",
+        *(
+            f"{c}: &{c} [{', '.join([f'*{p}'] * 9)}]"
+            for p, c in zip("abcdefgh", "bcdefghi", strict=True)
+        ),
+        "merge_method: linear",
+        "models: [{model: m}]",
+        "",
+    ]
+)
 
 # (case, recipe text, what the one line must name)
 RECIPES = [
@@ -28,31 +36,62 @@ RECIPES = [
     ("python-object", "merge_method: linear\nmodels: !!python/object:os.system {}\n", "models"),
     ("unknown-tag", "merge_method: linear\nmodels: [{model: !vault a}]\n", "models[0].model"),
     ("set-tag", "merge_method: linear\nmodels: !!set {a, b}\n", "models"),
-    ("int-abc", "merge_method: linear\nmodels: [{model: a, parameters: {weight: !!int abc}}]\n",
-     "models[0].parameters.weight"),
-    ("int-4301-digits", "merge_method: linear\nmodels: [{model: a, parameters: {weight: "
-     + "9" * 4301 + "}}]\n", "models[0].parameters.weight"),
-    ("bool-maybe", "merge_method: linear\nmodels: [{model: a, parameters: "
-     "{weight: !!bool maybe}}]\n", "models[0].parameters.weight"),
-    ("float-abc", "merge_method: linear\nmodels: [{model: a, parameters: "
-     "{weight: !!float abc}}]\n", "models[0].parameters.weight"),
-    ("int-past-float", "merge_method: linear\nmodels: [{model: a, parameters: {weight: 1"
-     + "0" * 400 + "}}]\n", "models[0].parameters.weight"),
+    (
+        "int-abc",
+        "merge_method: linear\nmodels: [{model: a, parameters: {weight: !!int abc}}]\n",
+        "models[0].parameters.weight",
+    ),
+    (
+        "int-4301-digits",
+        "merge_method: linear\nmodels: [{model: a, parameters: {weight: " + "9" * 4301 + "}}]\n",
+        "models[0].parameters.weight",
+    ),
+    (
+        "bool-maybe",
+        "merge_method: linear\nmodels: [{model: a, parameters: {weight: !!bool maybe}}]\n",
+        "models[0].parameters.weight",
+    ),
+    (
+        "float-abc",
+        "merge_method: linear\nmodels: [{model: a, parameters: {weight: !!float abc}}]\n",
+        "models[0].parameters.weight",
+    ),
+    (
+        "int-past-float",
+        "merge_method: linear\nmodels: [{model: a, parameters: {weight: 1" + "0" * 400 + "}}]\n",
+        "models[0].parameters.weight",
+    ),
     ("recursive-alias", "merge_method: linear\nmodels: &m [*m]\n", "models"),
-    ("recursive-alias-map", "merge_method: linear\nmodels: &m [{model: a, parameters: *m}]\n",
-     "models[0].parameters"),
+    (
+        "recursive-alias-map",
+        "merge_method: linear\nmodels: &m [{model: a, parameters: *m}]\n",
+        "models[0].parameters",
+    ),
     ("recursive-merge-key", "merge_method: linear\nparameters: &p {<<: *p}\n", "parameters"),
-    ("nesting-900-flow", "merge_method: linear\nparameters: {x: " + "[" * 900 + "]" * 900
-     + "}\n", "hostile.yaml:2: invalid YAML: nested deeper"),
-    ("nesting-900-block", "merge_method: linear\nparameters:\n"
-     + "".join("  " * (i + 1) + f"k{i}:\n" for i in range(900)), "nested deeper"),
-    ("nesting-by-aliases", "".join(f"a{i}: &a{i} [*a{i - 1}]\n" if i else "a0: &a0 [x]\n"
-                                   for i in range(300)) + "merge_method: linear\n", "a"),
-    ("surrogate-model", 'merge_method: linear\nmodels: [{model: "a\\ud800"}]\n',
-     "models[0].model"),
+    (
+        "nesting-900-flow",
+        "merge_method: linear\nparameters: {x: " + "[" * 900 + "]" * 900 + "}\n",
+        "hostile.yaml:2: invalid YAML: nested deeper",
+    ),
+    (
+        "nesting-900-block",
+        "merge_method: linear\nparameters:\n"
+        + "".join("  " * (i + 1) + f"k{i}:\n" for i in range(900)),
+        "nested deeper",
+    ),
+    (
+        "nesting-by-aliases",
+        "".join(f"a{i}: &a{i} [*a{i - 1}]\n" if i else "a0: &a0 [x]\n" for i in range(300))
+        + "merge_method: linear\n",
+        "a",
+    ),
+    ("surrogate-model", 'merge_method: linear\nmodels: [{model: "a\\ud800"}]\n', "models[0].model"),
     ("surrogate-name", 'name: "x\\udcff"\nmerge_method: linear\nmodels: [{model: a}]\n', "name"),
-    ("surrogate-key", 'merge_method: linear\nmodels: [{model: a}]\nparameters: {"w\\ud800": 1}\n',
-     "parameters"),
+    (
+        "surrogate-key",
+        'merge_method: linear\nmodels: [{model: a}]\nparameters: {"w\\ud800": 1}\n',
+        "parameters",
+    ),
     ("nul-model", 'merge_method: linear\nmodels: [{model: "a\\0b"}]\n', "models[0].model"),
     ("collection-key", "merge_method: linear\nparameters: {[a, b]: 1}\n", "parameters"),
     ("alias-bomb", BOMB, "aliases"),
@@ -80,9 +119,16 @@ def _limited(args: list[str], cwd: Path, timeout: float = 30, **kw) -> subproces
     def limit() -> None:
         resource.setrlimit(resource.RLIMIT_AS, (2 * 2**30, 2 * 2**30))
 
-    return subprocess.run([sys.executable, "-m", "mergekit_like", *args], cwd=cwd,
-                          capture_output=True, text=True, timeout=timeout, preexec_fn=limit,
-                          check=False, **kw)
+    return subprocess.run(
+        [sys.executable, "-m", "mergekit_like", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        preexec_fn=limit,
+        check=False,
+        **kw,
+    )
 
 
 def test_alias_bomb_stops_early_with_bounded_memory(tmp_path):
@@ -118,7 +164,8 @@ def test_yaml_merge_keys_work(tmp_path):
         "    parameters: {<<: {weight: 0.5, density: 0.9}, density: 0.3}\n"
         "  - &second {model: b, parameters: {weight: 2.0}}\n"
         "  - {<<: [*second], model: c}\n"
-        "parameters: {<<: [{normalize: false}, {normalize: true, int8_mask: true}]}\n")
+        "parameters: {<<: [{normalize: false}, {normalize: true, int8_mask: true}]}\n"
+    )
     loaded = load_recipe(path)
     models = loaded.recipe.models
     assert [m.model for m in models] == ["a", "b", "c"]
@@ -131,8 +178,11 @@ def test_yaml_merge_keys_work(tmp_path):
 
 
 def test_over_long_paths_and_unknown_users_are_one_line(tmp_path, run_cli):
-    for ref, field in (("a" * 5000, "model"), ("/" + ("b" * 300 + "/") * 3, "model"),
-                       ("~no-such-user-3141/m", "~no-such-user-3141")):
+    for ref, field in (
+        ("a" * 5000, "model"),
+        ("/" + ("b" * 300 + "/") * 3, "model"),
+        ("~no-such-user-3141/m", "~no-such-user-3141"),
+    ):
         path = tmp_path / "r.yaml"
         path.write_text(yaml.safe_dump({"merge_method": "linear", "models": [{"model": ref}]}))
         for args in (["validate", path], ["plan", path], [path, tmp_path / "out"]):
@@ -156,8 +206,10 @@ def copy_model(tmp_path, llama_family):
         model = tmp_path / name
         shutil.copytree(llama_family["math"], model)
         recipe = tmp_path / "r.yaml"
-        recipe.write_text(f"merge_method: linear\nmodels: [{{model: {model}}}, "
-                          f"{{model: {llama_family['code']}}}]\n")
+        recipe.write_text(
+            f"merge_method: linear\nmodels: [{{model: {model}}}, "
+            f"{{model: {llama_family['code']}}}]\n"
+        )
         return model, recipe
 
     return make
@@ -166,12 +218,12 @@ def copy_model(tmp_path, llama_family):
 def _rewrite_header(file: Path, edit) -> None:
     raw = file.read_bytes()
     (hlen,) = struct.unpack("<Q", raw[:8])
-    header = json.loads(raw[8:8 + hlen])
+    header = json.loads(raw[8 : 8 + hlen])
     header.pop("__metadata__", None)  # room for the edit
     edit(header)
     text = json.dumps(header, separators=(",", ":")).encode()
     assert len(text) <= hlen, "keep the header short enough to pad"
-    file.write_bytes(raw[:8] + text + b" " * (hlen - len(text)) + raw[8 + hlen:])
+    file.write_bytes(raw[:8] + text + b" " * (hlen - len(text)) + raw[8 + hlen :])
 
 
 def _first(header: dict) -> dict:
@@ -198,11 +250,11 @@ def test_hostile_safetensors_header_is_one_line(copy_model, run_cli, edit):
     if edit == "offsets-huge":  # too long to pad in place: write a fresh header
         raw = file.read_bytes()
         (hlen,) = struct.unpack("<Q", raw[:8])
-        header = json.loads(raw[8:8 + hlen])
+        header = json.loads(raw[8 : 8 + hlen])
         HEADER_EDITS[edit](header)
         text = json.dumps(header, separators=(",", ":")).encode()
         text = text.replace(b"987654321987", b"1" + b"0" * 5000)  # past int()'s digit limit
-        file.write_bytes(struct.pack("<Q", len(text)) + text + raw[8 + hlen:])
+        file.write_bytes(struct.pack("<Q", len(text)) + text + raw[8 + hlen :])
     else:
         _rewrite_header(file, HEADER_EDITS[edit])
     r = run_cli("plan", recipe, "--summary")
@@ -217,8 +269,9 @@ def test_fifo_as_a_safetensors_file_is_refused(tmp_path, llama_family):
     shutil.copytree(llama_family["math"], model)
     (model / "model.safetensors").unlink()
     os.mkfifo(model / "model.safetensors")
-    (tmp_path / "r.yaml").write_text(f"merge_method: linear\nmodels: [{{model: {model}}}, "
-                                     f"{{model: {llama_family['code']}}}]\n")
+    (tmp_path / "r.yaml").write_text(
+        f"merge_method: linear\nmodels: [{{model: {model}}}, {{model: {llama_family['code']}}}]\n"
+    )
     r = _limited(["plan", "r.yaml"], tmp_path, timeout=60)
     assert r.returncode == 2, r.stderr[-2000:]
     assert r.stderr.count("\n") == 1 and "model.safetensors" in r.stderr, r.stderr
@@ -248,8 +301,9 @@ def test_hostile_index_file_is_one_line(tmp_path, sharded_family, run_cli, edit)
         data["weight_map"] = INDEX_EDITS[edit](data["weight_map"])
         index.write_text(json.dumps(data))
     recipe = tmp_path / "r.yaml"
-    recipe.write_text(f"merge_method: linear\nmodels: [{{model: {model}}}, "
-                      f"{{model: {sharded_family['y']}}}]\n")
+    recipe.write_text(
+        f"merge_method: linear\nmodels: [{{model: {model}}}, {{model: {sharded_family['y']}}}]\n"
+    )
     r = run_cli("plan", recipe, "--summary")
     assert r.code == 2, r
     lines = r.err.strip().splitlines()
@@ -257,9 +311,11 @@ def test_hostile_index_file_is_one_line(tmp_path, sharded_family, run_cli, edit)
     assert len(lines[0]) < 400, lines[0]
 
 
-@pytest.mark.parametrize("content", [b"[1, 2]", b"null", b'"llama"', b"3",
-                                     b'{"model_type": "\xff\xfe"}', b"{" * 100_000],
-                         ids=["list", "null", "string", "number", "not-utf8", "deep"])
+@pytest.mark.parametrize(
+    "content",
+    [b"[1, 2]", b"null", b'"llama"', b"3", b'{"model_type": "\xff\xfe"}', b"{" * 100_000],
+    ids=["list", "null", "string", "number", "not-utf8", "deep"],
+)
 def test_hostile_config_json_is_one_line(copy_model, run_cli, content):
     model, recipe = copy_model()
     (model / "config.json").write_bytes(content)
@@ -269,8 +325,9 @@ def test_hostile_config_json_is_one_line(copy_model, run_cli, content):
     assert len(lines) == 1 and "config.json" in lines[0], r.err
 
 
-def test_pickled_checkpoint_with_non_string_keys_is_one_line(tmp_path, bin_model,
-                                                             llama_family, run_cli):
+def test_pickled_checkpoint_with_non_string_keys_is_one_line(
+    tmp_path, bin_model, llama_family, run_cli
+):
     import torch
 
     model = tmp_path / "binkeys"
@@ -280,21 +337,32 @@ def test_pickled_checkpoint_with_non_string_keys_is_one_line(tmp_path, bin_model
     state[("a", 1)] = torch.zeros(2)
     torch.save(state, model / "pytorch_model.bin")
     recipe = tmp_path / "r.yaml"
-    recipe.write_text(f"merge_method: linear\nmodels: [{{model: {model}}}, "
-                      f"{{model: {llama_family['code']}}}]\n")
+    recipe.write_text(
+        f"merge_method: linear\nmodels: [{{model: {model}}}, {{model: {llama_family['code']}}}]\n"
+    )
     r = run_cli("plan", recipe, "--summary")
     assert r.code == 2, r
     lines = r.err.strip().splitlines()
     assert len(lines) == 1 and "pytorch_model.bin" in lines[0] and "7" in lines[0], r.err
 
 
-@pytest.mark.parametrize("head", [b"\xff\xfe\x00garbage\n", b"[1, 2]\n", b'"x"\n',
-                                  b'{"fingerprint": ' + b"[" * 5000 + b"\n", b"\n"],
-                         ids=["bytes", "list", "string", "deep", "empty-line"])
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"\xff\xfe\x00garbage\n",
+        b"[1, 2]\n",
+        b'"x"\n',
+        b'{"fingerprint": ' + b"[" * 5000 + b"\n",
+        b"\n",
+    ],
+    ids=["bytes", "list", "string", "deep", "empty-line"],
+)
 def test_damaged_journal_head_is_one_line(tmp_path, llama_family, run_cli, head):
     recipe = tmp_path / "r.yaml"
-    recipe.write_text(f"merge_method: linear\nmodels: [{{model: {llama_family['math']}}}, "
-                      f"{{model: {llama_family['code']}}}]\n")
+    recipe.write_text(
+        f"merge_method: linear\nmodels: [{{model: {llama_family['math']}}}, "
+        f"{{model: {llama_family['code']}}}]\n"
+    )
     partial = tmp_path / ".out.partial"
     partial.mkdir()
     (partial / ".merge-journal").write_bytes(head + b'{"done": "lm_head.weight"}\n')
@@ -313,8 +381,7 @@ def test_evaluation_npz_holding_pickled_objects_is_refused(tmp_path):
     from mergekit_like.soups.data import load_split
 
     path = tmp_path / "data.npz"
-    np.savez(path, val_inputs=np.array([{"x": 1}, None], dtype=object),
-             val_labels=np.array([0, 1]))
+    np.savez(path, val_inputs=np.array([{"x": 1}, None], dtype=object), val_labels=np.array([0, 1]))
     cfg = EvaluationConfig(task="classification", data=str(path))
     with pytest.raises(InputError) as err:
         load_split(cfg, "val", tmp_path, "pixel_values", None)
@@ -332,8 +399,10 @@ def test_evaluation_npz_holding_pickled_objects_is_refused(tmp_path):
 @pytest.fixture
 def linear_recipe(tmp_path, llama_family) -> Path:
     recipe = tmp_path / "r.yaml"
-    recipe.write_text(f"merge_method: linear\nmodels: [{{model: {llama_family['math']}}}, "
-                      f"{{model: {llama_family['code']}}}]\n")
+    recipe.write_text(
+        f"merge_method: linear\nmodels: [{{model: {llama_family['math']}}}, "
+        f"{{model: {llama_family['code']}}}]\n"
+    )
     return recipe
 
 
@@ -373,8 +442,7 @@ def test_out_name_of_255_characters_is_one_line(tmp_path, linear_recipe, run_cli
     assert list(tmp_path.iterdir()) == [linear_recipe]
 
 
-def test_out_a_symlink_with_force_is_refused_and_its_target_kept(tmp_path, linear_recipe,
-                                                                  run_cli):
+def test_out_a_symlink_with_force_is_refused_and_its_target_kept(tmp_path, linear_recipe, run_cli):
     target = tmp_path / "target"
     target.mkdir()
     (target / "keep.txt").write_text("mine")
@@ -385,8 +453,11 @@ def test_out_a_symlink_with_force_is_refused_and_its_target_kept(tmp_path, linea
 
 
 def test_broken_pipe_is_not_a_traceback():
-    proc = subprocess.Popen([sys.executable, "-m", "mergekit_like", "methods"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mergekit_like", "methods"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     proc.stdout.close()  # like `merge methods | head` after head has exited
     err = proc.stderr.read().decode()
     code = proc.wait(timeout=60)

@@ -46,13 +46,9 @@ def hub_cache_dir() -> str | None:
     return None
 
 
-def resolve_model(ref: str, recipe_dir: Path | None = None) -> Path:
-    """Find the folder of a model reference, offline.
-
-    A reference is a local folder (relative to the working directory, then to the recipe's
-    folder) or a hub id ``org/name`` with an optional ``@revision``, looked up in the local
-    Hugging Face cache (``HF_HUB_CACHE``/``HF_HOME``). Raises ``InputError`` if neither.
-    """
+def local_folder(ref: str, recipe_dir: Path | None = None) -> Path | None:
+    """The local folder a model reference names (as written, then beside the recipe), or
+    None when it names none (then it may be a hub id)."""
     candidates = [expand_user(ref, "model")]
     if "\\" in ref:  # a Windows-style path written on Windows
         candidates.append(expand_user(ref.replace("\\", "/"), "model"))
@@ -61,6 +57,19 @@ def resolve_model(ref: str, recipe_dir: Path | None = None) -> Path:
     for cand in candidates:
         if is_dir(cand):
             return cand.resolve()
+    return None
+
+
+def resolve_model(ref: str, recipe_dir: Path | None = None) -> Path:
+    """Find the folder of a model reference, offline.
+
+    A reference is a local folder (relative to the working directory, then to the recipe's
+    folder) or a hub id ``org/name`` with an optional ``@revision``, looked up in the local
+    Hugging Face cache (``HF_HUB_CACHE``/``HF_HOME``). Raises ``InputError`` if neither.
+    """
+    local = local_folder(ref, recipe_dir)
+    if local is not None:
+        return local
     repo_id, _, revision = ref.partition("@")
     if repo_id.count("/") <= 1 and not repo_id.startswith((".", "/", "~")) and repo_id:
         from huggingface_hub import snapshot_download

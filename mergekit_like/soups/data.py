@@ -86,7 +86,6 @@ def _limit(split: Split, n: int | None) -> Split:
 
 
 def _npz(path: Path, split: str, main_input: str) -> Split:
-    import numpy as np
     import torch
 
     arrays = _npz_arrays(path)

@@ -176,6 +176,7 @@ def _write_chosen(loaded: LoadedRecipe, ctx: SoupContext, result: SoupResult, fo
     write_model(plan, inner, MergeOptions(device=options.device,
                                           out_shard_bytes=options.out_shard_bytes,
                                           seed=options.seed, quiet=True,
+                                          command=options.command,
                                           chunk_bytes=options.chunk_bytes))
     for item in inner.iterdir():
         item.rename(folder / item.name)
