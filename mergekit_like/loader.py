@@ -88,10 +88,14 @@ def apply_overrides(data: Any, overrides: Sequence[str]) -> tuple[Any, frozenset
     from hydra.core.override_parser.types import OverrideType
     from hydra.errors import HydraException
 
+    for text in overrides:
+        if _bracket_depth(text) > MAX_DEPTH:
+            raise RecipeError(Problem(f"bad override {text[:40]!r}...: nested deeper than "
+                                      f"{MAX_DEPTH} levels", (), OVERRIDE_FILE))
     try:
         parsed = OverridesParser.create().parse_overrides(list(overrides))
-    except HydraException as exc:
-        msg = str(exc).splitlines()[0]
+    except (HydraException, ValueError, RecursionError) as exc:  # ValueError: 5000 digits
+        msg = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
         raise RecipeError(Problem(f"bad override: {msg}", (), OVERRIDE_FILE)) from None
     data = copy.deepcopy(data) if data is not None else {}
     touched: set[Loc] = set()
@@ -107,6 +111,8 @@ def apply_overrides(data: Any, overrides: Sequence[str]) -> tuple[Any, frozenset
         for i, part in enumerate(loc[:-1]):
             parent = _child(parent, part, loc[: i + 1], create=ov.type != OverrideType.DEL)
         last = loc[-1]
+        if not isinstance(parent, dict | list):
+            raise RecipeError(Problem("not a mapping or list", loc[:-1], OVERRIDE_FILE))
         exists = _has(parent, last)
         if ov.type == OverrideType.DEL:
             if not exists:
@@ -127,6 +133,18 @@ def apply_overrides(data: Any, overrides: Sequence[str]) -> tuple[Any, frozenset
             parent[last] = value
         touched.add(loc)
     return data, frozenset(touched)
+
+
+def _bracket_depth(text: str) -> int:
+    """How deeply ``[...]`` and ``{...}`` nest in an override's text."""
+    depth = deepest = 0
+    for ch in text:
+        if ch in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif ch in "]}":
+            depth -= 1
+    return deepest
 
 
 def _has(parent: Any, key: str | int) -> bool:

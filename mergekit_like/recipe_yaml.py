@@ -29,7 +29,7 @@ MAX_RECIPE_BYTES = 4 * 2**20
 #: the deepest nesting of mappings and lists, aliases included
 MAX_DEPTH = 64
 #: the most values a recipe may expand to once its aliases are followed
-MAX_VALUES = 200_000
+MAX_VALUES = 100_000
 #: the largest integer any recipe field takes
 MAX_INT = 2**63 - 1
 
@@ -114,8 +114,9 @@ class _Loader(yaml.SafeLoader):
 
 def compose_documents(text: str, path: Path) -> list[yaml.Node]:
     """The node tree of every document of ``text`` (syntax errors name the line)."""
-    loader = _Loader(text)
+    loader = None
     try:
+        loader = _Loader(text)  # checks the text's characters
         nodes = []
         while loader.check_node():
             nodes.append(loader.get_node())
@@ -126,7 +127,8 @@ def compose_documents(text: str, path: Path) -> list[yaml.Node]:
         reason = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise RecipeError(Problem(f"invalid YAML: {reason}", (), path.name, line)) from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
 
 
 def _short_tag(tag: str) -> str:

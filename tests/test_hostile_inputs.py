@@ -281,6 +281,7 @@ INDEX_EDITS = {
     "shard-number": lambda wm: {k: 7 for k in wm},
     "shard-nul": lambda wm: {k: "model-0000\x001.safetensors" for k in wm},
     "shard-null": lambda wm: {k: None for k in wm},
+    "shard-list": lambda wm: {k: ["a"] for k in wm},
     "weight-map-list": lambda wm: list(wm.values()),
     "weight-map-string": lambda wm: "model.safetensors",
     "shard-too-long": lambda wm: {k: "x" * 5000 for k in wm},
@@ -463,3 +464,24 @@ def test_broken_pipe_is_not_a_traceback():
     code = proc.wait(timeout=60)
     assert err == "", err
     assert code in (0, 141)
+
+
+@pytest.mark.parametrize(
+    ("override", "names"),
+    [
+        ("models.0.parameters.weight=1" + "0" * 5000, "bad override"),
+        ("models.0.parameters.weight=" + "{a:" * 300 + "1" + "}" * 300, "nested deeper"),
+        ("models.0.parameters.weight=" + "[" * 300 + "]" * 300, "nested deeper"),
+        ("models.0.model.x=1", "models[0].model: not a mapping or list"),
+        ("models.0.parameters.weight=1" + "0" * 400, "models[0].parameters.weight"),
+    ],
+    ids=["digits", "deep-dict", "deep-list", "into-a-string", "int-past-float"],
+)
+def test_hostile_override_is_one_line(tmp_path, run_cli, override, names):
+    path = tmp_path / "r.yaml"
+    path.write_text("merge_method: linear\nmodels: [{model: a}, {model: b}]\n")
+    r = run_cli("validate", path, override)
+    assert r.code == 2, r
+    lines = r.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: command line: "), r.err
+    assert names in lines[0] and len(lines[0]) < 400, lines[0]

@@ -116,10 +116,11 @@ def _index_files(folder: Path, index_name: str) -> list[Path]:
         raise InputError(f"{index_path}: weight_map: expected a JSON object mapping tensor "
                          "names to shard files")
     files = []
-    for shard in dict.fromkeys(weight_map.values()):
+    for shard in weight_map.values():
         if not isinstance(shard, str) or not shard or "\x00" in shard:
             raise InputError(f"{index_path}: weight_map: shard {shown(str(shard))} is not a "
                              "file name")
+    for shard in dict.fromkeys(weight_map.values()):
         try:
             shard_path = (folder / shard).resolve()
         except (OSError, ValueError):
