@@ -127,6 +127,7 @@ def _reader_gone() -> int:
 def _merge(ns: argparse.Namespace, argv: Sequence[str] = ()) -> int:
     from mergekit_like.io.writer import parse_size
     from mergekit_like.loader import LoadedRecipe, load_recipe_documents
+    from mergekit_like.model_card import reproducing_command
     from mergekit_like.out_path import check_out_path
     from mergekit_like.plan import build_plan
     from mergekit_like.run import MergeOptions, write_model
@@ -154,7 +155,8 @@ def _merge(ns: argparse.Namespace, argv: Sequence[str] = ()) -> int:
                            resume=ns.resume, allow_nonfinite=ns.allow_nonfinite,
                            num_processes=ns.num_processes,
                            seed=ns.seed, quiet=ns.quiet, chunk_bytes=chunk, kernels=ns.kernels,
-                           max_gpu_bytes=max_gpu, command=("merge", *argv))
+                           max_gpu_bytes=max_gpu,
+                           command=reproducing_command(argv, ns.out))
     if ns.multirun:  # soups: sweeps run each setting through soups/runner.py
         from mergekit_like.soups.sweep import run_sweep
 

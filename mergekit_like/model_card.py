@@ -114,6 +114,35 @@ class Provenance:
         return shlex.join(self.command) if self.command else None
 
 
+#: flags that steer how a run goes, never what it writes (the tests hold them to that)
+RUN_ONLY_FLAGS = {"--resume": 0, "--force": 0, "--quiet": 0, "--num-processes": 1}
+
+
+def reproducing_command(argv: Sequence[str], out: Path) -> tuple[str, ...]:
+    """``merge ARGV`` as the card records it: OUT written as ``OUT``, and the flags that do
+    not change the output left out, so a resumed, forced or multi-process run (or one
+    into another folder) writes the same card.
+
+    >>> reproducing_command(["r.yaml", "out", "--seed", "3", "--resume"], Path("out"))
+    ('merge', 'r.yaml', 'OUT', '--seed', '3')
+    """
+    kept, skip, out_seen = ["merge"], 0, False
+    for token in argv:
+        if skip:
+            skip -= 1
+            continue
+        flag = token.split("=", 1)[0]
+        if flag in RUN_ONLY_FLAGS:
+            skip = RUN_ONLY_FLAGS[flag] if "=" not in token else 0
+            continue
+        if not out_seen and not token.startswith("-") and len(kept) > 1 and Path(token) == out:
+            kept.append("OUT")
+            out_seen = True
+            continue
+        kept.append(token)
+    return tuple(kept)
+
+
 def model_kind(config: Mapping[str, Any]) -> tuple[str | None, str | None]:
     """What kind of model a config describes, and its hub pipeline tag.
 
@@ -133,7 +162,7 @@ def recipe_header(provenance: Provenance) -> str:
     """YAML comment lines for merge_recipe.yaml: version, seed and command line."""
     lines = [f"# made by mergekit_like {provenance.version}, seed {provenance.seed}"]
     if provenance.command_line():
-        lines.append(f"# command: {provenance.command_line()}")
+        lines.append(f"# command (OUT: the output folder): {provenance.command_line()}")
     return "\n".join(lines) + "\n"
 
 
@@ -206,6 +235,14 @@ def model_card(plan: Plan, recipe_yaml: str, folder: Path, provenance: Provenanc
         "",
     ]
     if provenance.command_line():
-        lines += ["```sh", provenance.command_line() or "", "```", ""]
+        lines += [
+            "```sh",
+            provenance.command_line() or "",
+            "```",
+            "",
+            "(OUT is the output folder; flags that do not change the output, such as "
+            "`--resume`, are left out.)",
+            "",
+        ]
     lines += ["## Recipe", "", "```yaml", recipe_yaml.rstrip(), "```", ""]
     return "\n".join(lines)

@@ -52,7 +52,10 @@ def test_card_and_recipe_carry_seed_version_and_command(tmp_path, llama_family, 
     assert r.code == 0, r.err
     out = tmp_path / "out"
     saved = (out / "merge_recipe.yaml").read_text()
-    command = shlex.join(["merge", *args])
+    # OUT stands for the output folder; --quiet does not change the output
+    command = shlex.join(
+        ["merge", str(recipe), "OUT", "--seed", "7", "models.0.parameters.density=0.6"]
+    )
     assert f"mergekit_like {mergekit_like.__version__}" in saved
     assert "seed 7" in saved and command in saved
     recipe_back = Recipe.model_validate(yaml.safe_load(saved))  # still a runnable recipe
@@ -60,6 +63,9 @@ def test_card_and_recipe_carry_seed_version_and_command(tmp_path, llama_family, 
     card = (out / "README.md").read_text()
     assert f"mergekit_like {mergekit_like.__version__}" in card and command in card
     assert "--seed 7" in card
+    again = run_cli(*args[:1], tmp_path / "b" / "out", "--force", *args[2:], "--num-processes", "1")
+    assert again.code == 0, again.err
+    assert (tmp_path / "b" / "out" / "README.md").read_text() == card  # same output, same card
     front = _front(card)
     assert front["base_model"] == [hub_math]  # hub ids only, as written; local paths are not
     assert front["pipeline_tag"] == "text-generation"
