@@ -485,3 +485,13 @@ def test_hostile_override_is_one_line(tmp_path, run_cli, override, names):
     lines = r.err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: command line: "), r.err
     assert names in lines[0] and len(lines[0]) < 400, lines[0]
+
+
+@pytest.mark.parametrize("content", [b'{"chat_template": "\xff\xfe"}', b"[1, 2]", b"null"])
+def test_unreadable_tokenizer_config_is_skipped_by_chat_template_auto(copy_model, run_cli, content):
+    model, recipe = copy_model()
+    (model / "tokenizer_config.json").write_bytes(content)
+    recipe.write_text(recipe.read_text() + "chat_template: auto\n")
+    r = run_cli("plan", recipe, "--summary")
+    assert r.code == 0, r.err
+    assert "Traceback" not in r.err
