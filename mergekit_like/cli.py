@@ -127,8 +127,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with terminate_as_interrupt():  # kill PID stops a run as Ctrl-C does
             if args and args[0] in SUBCOMMANDS:
-                return _subcommand(args[0], _sub_parser(args[0]).parse_intermixed_args(args[1:]))
-            return _merge(_run_parser().parse_intermixed_args(args))
+                code = _subcommand(args[0], _sub_parser(args[0]).parse_intermixed_args(args[1:]))
+            else:
+                code = _merge(_run_parser().parse_intermixed_args(args), args)
+            sys.stdout.flush()  # a reader gone (`merge methods | head`) shows here, not at exit
+            return code
+    except BrokenPipeError:
+        return _reader_gone()
     except MergeError as exc:
         prefix = "" if isinstance(exc, Interrupted) else "error: "
         for problem in exc.problems:
@@ -139,9 +144,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
-def _merge(ns: argparse.Namespace) -> int:
+def _reader_gone() -> int:
+    """stdout's reader has exited: stop quietly, as a tool killed by SIGPIPE does (141)."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # nothing left to flush at exit
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):
+        pass
+    return 141
+
+
+def _merge(ns: argparse.Namespace, argv: Sequence[str] = ()) -> int:
     from mergekit_like.io.writer import parse_size
     from mergekit_like.loader import load_recipe_documents
+    from mergekit_like.model_card import reproducing_command
+    from mergekit_like.out_path import check_out_path
     from mergekit_like.plan import build_plan
     from mergekit_like.run import MergeOptions, write_model
 
@@ -162,6 +180,7 @@ def _merge(ns: argparse.Namespace) -> int:
             raise MergeError(f"--max-gpu-memory: {exc}") from None
     if ns.num_processes < 1:
         raise MergeError(f"--num-processes: expected 1 or more, got {ns.num_processes}")
+    check_out_path(ns.out)
     say = not ns.quiet and os.environ.get("RANK", "0") == "0"  # one rank of torchrun speaks
     options = MergeOptions(device=ns.device, out_shard_bytes=shard, force=ns.force,
                            resume=ns.resume, allow_nonfinite=ns.allow_nonfinite,
@@ -169,7 +188,8 @@ def _merge(ns: argparse.Namespace) -> int:
                            seed=ns.seed, quiet=ns.quiet, chunk_bytes=chunk, kernels=ns.kernels,
                            max_gpu_bytes=max_gpu, allow_crimes=ns.allow_crimes,
                            copy_tokenizer=ns.copy_tokenizer,
-                           write_model_card=ns.write_model_card)
+                           write_model_card=ns.write_model_card,
+                           command=reproducing_command(argv, ns.out))
     if ns.multirun:  # soups: sweeps run each setting through soups/runner.py
         from mergekit_like.soups.sweep import run_sweep
 

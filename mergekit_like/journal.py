@@ -39,6 +39,18 @@ def fingerprint(*parts: str | bytes) -> str:
     return h.hexdigest()
 
 
+def _head(path: Path, line: str) -> dict:
+    """The journal's first line (its fingerprint); a damaged one is refused in one line."""
+    try:
+        head = json.loads(line) if line else {}
+    except (ValueError, RecursionError):
+        head = None
+    if not isinstance(head, dict):
+        raise PartialKept(f"{path}: the resume journal's first line is damaged; the partial "
+                          "is kept: run with --force instead of --resume to start over")
+    return head
+
+
 @dataclass
 class Journal:
     """An append-only list of finished tensors (a file handle owned by one run).
@@ -67,7 +79,7 @@ class Journal:
         sums: dict[str, int] = {}
         if resume and path.is_file():
             lines = path.read_bytes().decode("utf-8", "replace").splitlines()
-            head = _head(lines[0] if lines else "")
+            head = _head(path, lines[0] if lines else "")
             if head.get("fingerprint") != print_:
                 raise PartialKept(f"{folder}: not resumed: it was made with another "
                                   f"{_what_differs(head.get('settings'), settings or {})}; it "
@@ -77,7 +89,7 @@ class Journal:
                 try:
                     entry = json.loads(line)
                     name, checksum = entry["done"], entry.get("sum")
-                except (json.JSONDecodeError, KeyError, TypeError, AttributeError):
+                except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
                     break  # a line cut short by the crash: everything after it is redone
                 if isinstance(name, str) and isinstance(checksum, int):
                     sums[name] = checksum
@@ -96,14 +108,6 @@ class Journal:
         os.close(self._fd)
         if remove:
             self.path.unlink(missing_ok=True)
-
-
-def _head(line: str) -> dict[str, Any]:
-    try:
-        head = json.loads(line)
-    except json.JSONDecodeError:
-        return {}
-    return head if isinstance(head, dict) else {}
 
 
 def _what_differs(old: Any, new: Mapping[str, Any]) -> str:

@@ -18,11 +18,16 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, get_args
 
-import yaml
 from pydantic import BaseModel, ValidationError
 
 from mergekit_like.errors import Loc, Problem, RecipeError, format_loc
 from mergekit_like.recipe import Recipe
+from mergekit_like.recipe_yaml import (
+    MAX_DEPTH,
+    parse_yaml_documents,
+    plain_value_problem,
+    read_recipe_text,
+)
 
 OVERRIDE_FILE = "command line"
 
@@ -62,10 +67,6 @@ def locate(
     return Problem(message, loc, path.name, None)
 
 
-class _Constructor(yaml.constructor.SafeConstructor):
-    pass
-
-
 def parse_yaml(text: str, path: Path) -> tuple[Any, dict[Loc, int]]:
     """Parse one YAML document, returning the data and a map from field path to line."""
     docs = parse_yaml_documents(text, path)
@@ -73,47 +74,6 @@ def parse_yaml(text: str, path: Path) -> tuple[Any, dict[Loc, int]]:
         raise RecipeError(Problem("several YAML documents: run them with `merge` (each needs a "
                                   "name)", (), path.name, docs[1][2]))
     return (docs[0][0], docs[0][1]) if docs else (None, {})
-
-
-def parse_yaml_documents(text: str, path: Path) -> list[tuple[Any, dict[Loc, int], int]]:
-    """Parse every YAML document: (data, field path -> line, first line) for each."""
-    try:
-        nodes = list(yaml.compose_all(text, Loader=yaml.SafeLoader))
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = mark.line + 1 if mark is not None else None
-        reason = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise RecipeError(Problem(f"invalid YAML: {reason}", (), path.name, line)) from None
-    constructor = _Constructor()
-
-    def build(n: yaml.Node, loc: Loc, lines: dict[Loc, int]) -> Any:
-        lines[loc] = n.start_mark.line + 1
-        if isinstance(n, yaml.MappingNode):
-            out: dict[Any, Any] = {}
-            for key_node, value_node in n.value:
-                key = constructor.construct_object(key_node, deep=True)
-                if isinstance(key, list | dict):
-                    raise RecipeError(
-                        Problem("a key must be a plain value", loc, path.name,
-                                key_node.start_mark.line + 1)
-                    )
-                if key in out:
-                    raise RecipeError(
-                        Problem(f"duplicate key {key!r}", loc, path.name,
-                                key_node.start_mark.line + 1)
-                    )
-                out[key] = build(value_node, (*loc, key), lines)
-            return out
-        if isinstance(n, yaml.SequenceNode):
-            return [build(item, (*loc, i), lines) for i, item in enumerate(n.value)]
-        return constructor.construct_object(n, deep=True)
-
-    out = []
-    for node in nodes:
-        if node is not None:
-            lines: dict[Loc, int] = {}
-            out.append((build(node, (), lines), lines, node.start_mark.line + 1))
-    return out
 
 
 def apply_overrides(data: Any, overrides: Sequence[str]) -> tuple[Any, frozenset[Loc]]:
@@ -130,10 +90,14 @@ def apply_overrides(data: Any, overrides: Sequence[str]) -> tuple[Any, frozenset
     from hydra.core.override_parser.types import OverrideType
     from hydra.errors import HydraException
 
+    for text in overrides:
+        if _bracket_depth(text) > MAX_DEPTH:
+            raise RecipeError(Problem(f"bad override {text[:40]!r}...: nested deeper than "
+                                      f"{MAX_DEPTH} levels", (), OVERRIDE_FILE))
     try:
         parsed = OverridesParser.create().parse_overrides(list(overrides))
-    except HydraException as exc:
-        msg = str(exc).splitlines()[0]
+    except (HydraException, ValueError, RecursionError) as exc:  # ValueError: 5000 digits
+        msg = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
         raise RecipeError(Problem(f"bad override: {msg}", (), OVERRIDE_FILE)) from None
     data = copy.deepcopy(data) if data is not None else {}
     touched: set[Loc] = set()
@@ -149,6 +113,8 @@ def apply_overrides(data: Any, overrides: Sequence[str]) -> tuple[Any, frozenset
         for i, part in enumerate(loc[:-1]):
             parent = _child(parent, part, loc[: i + 1], create=ov.type != OverrideType.DEL)
         last = loc[-1]
+        if not isinstance(parent, dict | list):
+            raise RecipeError(Problem("not a mapping or list", loc[:-1], OVERRIDE_FILE))
         exists = _has(parent, last)
         if ov.type == OverrideType.DEL:
             if not exists:
@@ -169,6 +135,18 @@ def apply_overrides(data: Any, overrides: Sequence[str]) -> tuple[Any, frozenset
             parent[last] = value
         touched.add(loc)
     return data, frozenset(touched)
+
+
+def _bracket_depth(text: str) -> int:
+    """How deeply ``[...]`` and ``{...}`` nest in an override's text."""
+    depth = deepest = 0
+    for ch in text:
+        if ch in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif ch in "]}":
+            depth -= 1
+    return deepest
 
 
 def _has(parent: Any, key: str | int) -> bool:
@@ -198,6 +176,7 @@ def validate_data(data: Any, path: Path, lines: dict[Loc, int],
         raise RecipeError(Problem("a recipe is a YAML mapping (merge_method: ..., models: ...)",
                                   (), path.name, 1))
     _refuse_other_formats(data, path, lines)
+    check_plain(data, path, lines, overridden)
     try:
         return Recipe.model_validate(data)
     except ValidationError as exc:
@@ -230,6 +209,27 @@ def _refuse_other_formats(data: dict[Any, Any], path: Path, lines: dict[Loc, int
                                      "are not supported yet", path, lines))
 
 
+def check_plain(data: Any, path: Path, lines: dict[Loc, int],
+                overridden: frozenset[Loc] = frozenset()) -> None:
+    """Refuse values no field takes, wherever they came from (the file or an override):
+    text that is not Unicode, integers out of range, nesting past ``MAX_DEPTH``."""
+    stack: list[tuple[Loc, Any]] = [((), data)]
+    while stack:
+        loc, value = stack.pop()
+        if len(loc) > MAX_DEPTH:
+            raise RecipeError(locate(loc[:MAX_DEPTH], f"nested deeper than {MAX_DEPTH} levels",
+                                     path, lines, overridden))
+        items = value.items() if isinstance(value, dict) else \
+            enumerate(value) if isinstance(value, list) else ()
+        for key, item in items:
+            problem = plain_value_problem(key) or plain_value_problem(item)
+            if problem:
+                raise RecipeError(locate((*loc, key) if isinstance(key, str | int) and
+                                         not plain_value_problem(key) else loc,
+                                         problem, path, lines, overridden))
+            stack.append(((*loc, key), item))
+
+
 def _field_names(model: type[BaseModel], seen: set[type] | None = None) -> set[str]:
     """Every field name (by alias) of ``model`` and the models nested in it."""
     seen = seen if seen is not None else set()
@@ -260,18 +260,9 @@ def _is_union_tag(part: str | int) -> bool:
                                       part in {"float", "bool", "str", "int"})
 
 
-def _read_text(path: Path) -> str:
-    try:
-        return path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise RecipeError(Problem("recipe file not found", (), str(path))) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise RecipeError(Problem(f"cannot read recipe: {exc}", (), str(path))) from None
-
-
 def load_recipe(path: Path, overrides: Sequence[str] = ()) -> LoadedRecipe:
     """Read, override and validate a recipe file."""
-    text = _read_text(path)
+    text = read_recipe_text(path)
     data, lines = parse_yaml(text, path)
     data, touched = apply_overrides(data, overrides)
     recipe = validate_data(data, path, lines, touched)
@@ -301,7 +292,7 @@ def load_recipe_documents(path: Path, overrides: Sequence[str] = ()) -> list[Loa
     output, may have none), and one may use another's name as a model. Overrides apply to
     single documents only.
     """
-    text = _read_text(path)
+    text = read_recipe_text(path)
     docs = parse_yaml_documents(text, path)
     if len(docs) <= 1:
         return [load_recipe(path, overrides)]

@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 
 import yaml
 
 from mergekit_like.errors import MergeError
+from mergekit_like.model_card import Provenance, model_card, recipe_header
 from mergekit_like.plan import Plan
 from mergekit_like.staging import partial_dir, staged_output  # noqa: F401 - re-exported
 from mergekit_like.vocab import VocabPlan, load_tokenizer
@@ -23,9 +25,10 @@ TOKENIZER_FILES = (
 )
 
 
-def write_metadata(plan: Plan, folder: Path, copy_tokenizer: bool = True,
-                   model_card_file: bool = True) -> None:
-    """config.json, generation_config.json, tokenizer, model card and the resolved recipe.
+def write_metadata(plan: Plan, folder: Path, seed: int = 0, command: Sequence[str] = (),
+                   copy_tokenizer: bool = True, model_card_file: bool = True) -> None:
+    """config.json, generation_config.json, tokenizer, model card and the resolved recipe
+    (with the version, ``seed`` and ``command`` line that reproduce the run).
 
     ``copy_tokenizer`` False (mergekit's ``--no-copy-tokenizer``): no tokenizer files (nor
     chat template) unless the recipe sets the tokenizer; ``model_card_file`` False
@@ -51,9 +54,10 @@ def write_metadata(plan: Plan, folder: Path, copy_tokenizer: bool = True,
             cfg["chat_template"] = spec.chat_template
             cfg_path.write_text(json.dumps(cfg, indent=2) + "\n")
     recipe_yaml = resolved_recipe_yaml(plan)
-    (folder / "merge_recipe.yaml").write_text(recipe_yaml)
+    provenance = Provenance.of(seed, command)
+    (folder / "merge_recipe.yaml").write_text(recipe_header(provenance) + recipe_yaml)
     if model_card_file:
-        (folder / "README.md").write_text(model_card(plan, recipe_yaml, folder))
+        (folder / "README.md").write_text(model_card(plan, recipe_yaml, folder, provenance))
 
 
 def save_union_tokenizer(vocab: VocabPlan, folder: Path, trust_remote_code: bool = False) -> None:
@@ -75,24 +79,6 @@ def resolved_recipe_yaml(plan: Plan) -> str:
     """The recipe as validated (overrides applied, values normalised), as YAML."""
     data = plan.recipe.recipe.model_dump(mode="json", by_alias=True, exclude_none=True)
     return yaml.safe_dump(data, sort_keys=False)
-
-
-def model_card(plan: Plan, recipe_yaml: str, folder: Path) -> str:
-    """A Hugging Face model card: YAML front matter (base_model, tags) and the recipe."""
-    recipe = plan.recipe.recipe
-    refs = recipe.referenced_models()
-    front = {"base_model": refs, "library_name": "transformers",
-             "tags": ["merge", "mergekit_like", recipe.merge_method]}
-    title = recipe.name or folder.name.removeprefix(".").removesuffix(".partial")
-    lines = ["---", yaml.safe_dump(front, sort_keys=False).rstrip(), "---", "",
-             f"# {title}", "",
-             f"This model was made by merging pre-trained language models with mergekit_like, "
-             f"using the `{recipe.merge_method}` merge method.", ""]
-    if recipe.base_model:
-        lines += [f"Base model: `{recipe.base_model}`.", ""]
-    lines += ["## Models merged", ""] + [f"- `{r}`" for r in refs if r != recipe.base_model]
-    lines += ["", "## Recipe", "", "```yaml", recipe_yaml.rstrip(), "```", ""]
-    return "\n".join(lines)
 
 
 def check_output_path(plan: Plan, out: Path) -> None:

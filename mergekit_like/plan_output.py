@@ -144,7 +144,9 @@ def _chat_template(loaded: LoadedRecipe, catalogs: Sequence[ModelCatalog]) -> st
         for cat in catalogs:
             try:
                 cfg = json.loads((cat.path / "tokenizer_config.json").read_text())
-            except (OSError, json.JSONDecodeError):
+            except (OSError, ValueError, RecursionError):  # missing, not UTF-8, not JSON
+                continue
+            if not isinstance(cfg, dict):
                 continue
             if isinstance(cfg.get("chat_template"), str):
                 found.append(cfg["chat_template"].strip())

@@ -46,6 +46,8 @@ class MergeOptions:
     allow_crimes: bool = False  # merge ingredients of different architectures
     copy_tokenizer: bool = True  # False: no tokenizer files unless the recipe sets them
     write_model_card: bool = True  # False: no README.md
+    #: the command line that started the run, recorded in the model card (not in the bytes)
+    command: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -127,7 +129,8 @@ def finish_output(plan: Plan, out: Path, tmp: Path, journal: Path, options: Merg
     """After every tensor is in ``tmp``: the metadata files, then ``finish(tmp)`` (an
     evaluation), then the journal goes. A failure keeps the tensors for ``--resume``."""
     try:
-        write_metadata(plan, tmp, options.copy_tokenizer, options.write_model_card)
+        write_metadata(plan, tmp, options.seed, options.command, options.copy_tokenizer,
+                       options.write_model_card)
         if finish is not None:
             finish(tmp)
     except PartialKept:

@@ -125,7 +125,8 @@ def test_output_folder_contents(tmp_path, llama_family, run_cli):
             "chat_template.jinja"} <= names
     card = (out / "README.md").read_text()
     front = yaml.safe_load(card.split("---")[1])
-    assert front["base_model"] == [str(f["math"]), str(f["code"])]
+    assert "base_model" not in front  # local folders are not hub metadata
+    assert f"- `{f['math']}` (local folder)" in card
     assert "merge" in front["tags"]
     assert "# soup-1" in card and "merge_method: linear" in card
     resolved = Recipe.model_validate(yaml.safe_load((out / "merge_recipe.yaml").read_text()))

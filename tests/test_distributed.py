@@ -50,7 +50,9 @@ models:
 
 
 def _digests(folder: Path) -> dict[str, str]:
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
+    """sha256 of every file but the two that record the command line (it names the recipe)."""
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())
+            if p.name not in ("README.md", "merge_recipe.yaml")}
 
 
 def _layout(plan: Plan) -> ShardLayout:

@@ -17,6 +17,7 @@ from typing import Any
 
 from mergekit_like.errors import InputError
 from mergekit_like.io.hub import HubAccess, cached_snapshot, hub_cache_dir, split_ref
+from mergekit_like.io.paths import expand_user, is_dir, is_file, shown
 from mergekit_like.io.safetensors_header import TensorInfo, read_header
 
 SAFE_INDEX = "model.safetensors.index.json"
@@ -37,6 +38,22 @@ class ModelCatalog:
         return sum(t.nbytes for t in self.tensors.values())
 
 
+def local_folder(ref: str, recipe_dir: Path | None = None) -> Path | None:
+    """The local folder a model reference names (as written, then beside the recipe; a
+    trailing ``@revision`` is ignored, as mergekit ignores it), or None when it names none
+    (then it may be a hub id)."""
+    for text in dict.fromkeys((ref, ref.partition("@")[0])):  # a folder named with '@' first
+        candidates = [expand_user(text, "model")]
+        if "\\" in text:  # a Windows-style path written on Windows
+            candidates.append(expand_user(text.replace("\\", "/"), "model"))
+        if recipe_dir is not None:
+            candidates += [recipe_dir / c for c in candidates if not c.is_absolute()]
+        for cand in candidates:
+            if is_dir(cand):
+                return cand.resolve()
+    return None
+
+
 def find_local(ref: str, recipe_dir: Path | None = None) -> Path | None:
     """The folder of a model reference on this machine, or None.
 
@@ -46,24 +63,11 @@ def find_local(ref: str, recipe_dir: Path | None = None) -> Path | None:
     local folder's revision is ignored, as mergekit ignores it).
     """
     if ref.count("@") > 1:
-        raise InputError(f"model {ref!r}: more than one '@'; write path@revision")
-    for text in dict.fromkeys((ref, ref.partition("@")[0])):  # a folder named with '@' first
-        local = _local_folder(text, recipe_dir)
-        if local is not None:
-            return local
+        raise InputError(f"model {shown(ref)}: more than one '@'; write path@revision")
+    local = local_folder(ref, recipe_dir)
+    if local is not None:
+        return local
     return cached_snapshot(ref, HubAccess.from_env())
-
-
-def _local_folder(ref: str, recipe_dir: Path | None) -> Path | None:
-    candidates = [Path(ref).expanduser()]
-    if "\\" in ref:  # a Windows-style path written on Windows
-        candidates.append(Path(ref.replace("\\", "/")).expanduser())
-    if recipe_dir is not None:
-        candidates += [recipe_dir / c for c in candidates if not c.is_absolute()]
-    for cand in candidates:
-        if cand.is_dir():
-            return cand.resolve()
-    return None
 
 
 def resolve_model(ref: str, recipe_dir: Path | None = None) -> Path:
@@ -77,25 +81,53 @@ def resolve_model(ref: str, recipe_dir: Path | None = None) -> Path:
         return found
     hint = ("; `merge` downloads hub models unless --offline or HF_HUB_OFFLINE is set"
             if split_ref(ref) else "")
-    raise InputError(f"model {ref!r} is not a local folder and not in the Hugging Face cache "
-                     f"({hub_cache_dir() or '~/.cache/huggingface/hub'}){hint}")
+    raise InputError(f"model {shown(ref)} is not a local folder and not in the Hugging Face "
+                     f"cache ({hub_cache_dir() or '~/.cache/huggingface/hub'}){hint}")
+
+
+def read_json(path: Path) -> Any:
+    """A JSON file's value: strict JSON in UTF-8 (no NaN or Infinity), else ``InputError``."""
+
+    def constant(name: str) -> Any:
+        raise ValueError(f"{name} is not JSON")
+
+    try:
+        text = path.read_bytes().decode("utf-8")
+        return json.loads(text, parse_constant=constant)
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{path}: unreadable JSON ({exc.msg}, line {exc.lineno})") from None
+    except (ValueError, RecursionError) as exc:
+        reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)[:80]
+        raise InputError(f"{path}: unreadable JSON ({reason})") from None
 
 
 def _index_files(folder: Path, index_name: str) -> list[Path]:
     index_path = folder / index_name
-    try:
-        index = json.loads(index_path.read_text())
-        weight_map = index["weight_map"]
-    except (OSError, json.JSONDecodeError, KeyError, TypeError):
-        raise InputError(f"{index_path}: unreadable index (expected a JSON 'weight_map')") \
-            from None
+    index = read_json(index_path)
+    weight_map = index.get("weight_map") if isinstance(index, dict) else None
+    if not isinstance(weight_map, dict):
+        raise InputError(f"{index_path}: weight_map: expected a JSON object mapping tensor "
+                         "names to shard files")
     files = []
+    for shard in weight_map.values():
+        if not isinstance(shard, str) or not shard or "\x00" in shard:
+            raise InputError(f"{index_path}: weight_map: shard {shown(str(shard))} is not a "
+                             "file name")
     for shard in dict.fromkeys(weight_map.values()):
-        shard_path = (folder / shard).resolve()
+        try:
+            shard_path = (folder / shard).resolve()
+        except (OSError, ValueError):
+            shard_path = folder / shard
         if folder.resolve() not in shard_path.parents:
-            raise InputError(f"{index_path}: shard {shard!r} lies outside the model folder")
-        if not shard_path.is_file():
-            raise InputError(f"{index_path}: names shard {shard!r}, which is missing")
+            raise InputError(f"{index_path}: weight_map: shard {shown(shard)} lies outside the "
+                             "model folder")
+        if not is_file(shard_path):
+            raise InputError(f"{index_path}: weight_map: names shard {shown(shard)}, which is "
+                             "missing")
         files.append(shard_path)
     return files
 
@@ -152,8 +184,8 @@ def load_catalog(ref: str, folder: Path) -> ModelCatalog:
     config: dict[str, Any] = {}
     config_path = folder / "config.json"
     if config_path.is_file():
-        try:
-            config = json.loads(config_path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise InputError(f"{config_path}: unreadable JSON ({exc})") from None
+        config = read_json(config_path)
+        if not isinstance(config, dict):
+            raise InputError(f"{config_path}: expected a JSON object (a model config), got "
+                             f"{type(config).__name__ if config is not None else 'null'}")
     return ModelCatalog(ref, folder, MappingProxyType(tensors), MappingProxyType(config))

@@ -35,6 +35,7 @@ from mergekit_like.io.hub import (
     remote_files,
     split_ref,
 )
+from mergekit_like.io.paths import shown
 from mergekit_like.io.safetensors_header import TensorInfo
 
 
@@ -81,7 +82,7 @@ class HubModels:
         parts = split_ref(ref)
         if parts is None:
             raise HubUnreachable(
-                f"model {ref!r} is not a local folder on this machine (nor a hub id)"
+                f"model {shown(ref)} is not a local folder on this machine (nor a hub id)"
             )
         if self.access.offline:
             raise offline_error(ref, self.access)

@@ -32,6 +32,9 @@ def load_bin(path: Path) -> dict[str, Any]:
         raise InputError(f"{path}: corrupt checkpoint: {str(exc).splitlines()[0]}") from None
     if not isinstance(state, dict):
         raise InputError(f"{path}: expected a dict of tensors")
+    for key in state:
+        if not isinstance(key, str):
+            raise InputError(f"{path}: holds a tensor key {key!r:.60} that is not a string")
     return {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
 
 

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import stat
 import struct
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from mergekit_like.errors import InputError
 
@@ -47,6 +50,52 @@ class TensorInfo:
         return self.end - self.start
 
 
+class NotRegularFileError(OSError):
+    """A path that names a FIFO, device or socket where a file was expected."""
+
+
+def open_regular(path: Path) -> BinaryIO:
+    """Open a regular file for reading; a FIFO or device is refused without blocking."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise NotRegularFileError(0, "not a regular file (a FIFO, device or folder)")
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _not_json(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _ints(value: object, count: int | None) -> tuple[int, ...] | None:
+    """``value`` as a tuple of JSON integers (``count`` of them if given), else None."""
+    if not isinstance(value, list) or (count is not None and len(value) != count):
+        return None
+    if not all(type(v) is int for v in value):  # not bool, not 2.0, not Infinity
+        return None
+    return tuple(value)
+
+
+def _entry(path: Path, name: str, meta: object) -> tuple[str, tuple[int, ...], tuple[int, ...]]:
+    """The dtype, shape and data offsets of one header entry, each of the type it must be."""
+    if not isinstance(meta, dict):
+        raise InputError(f"{path}: corrupt safetensors header entry for {name!r} (not an "
+                         "object)")
+    dtype, shape, offsets = meta.get("dtype"), _ints(meta.get("shape"), None), \
+        _ints(meta.get("data_offsets"), 2)
+    for field, value in (("dtype", dtype if isinstance(dtype, str) else None),
+                         ("shape", shape), ("data_offsets", offsets)):
+        if value is None:
+            want = "a dtype name" if field == "dtype" else "a list of integers"
+            raise InputError(f"{path}: corrupt safetensors header entry for {name!r}: "
+                             f"{field}: expected {want}, got {meta.get(field)!r:.60}")
+    return dtype, shape, offsets  # type: ignore[return-value]
+
+
 def read_header(path: Path) -> dict[str, TensorInfo]:
     """Parse and check a safetensors header; return each tensor's :class:`TensorInfo`.
 
@@ -54,8 +103,8 @@ def read_header(path: Path) -> dict[str, TensorInfo]:
     {'lm_head.weight': TensorInfo(file=..., dtype='F32', shape=(64, 32), ...), ...}
     """
     try:
-        with open(path, "rb") as f:
-            size = path.stat().st_size
+        with open_regular(path) as f:
+            size = os.fstat(f.fileno()).st_size
             raw_len = f.read(8)
             if len(raw_len) < 8:
                 raise InputError(f"{path}: not a safetensors file (shorter than 8 bytes)")
@@ -74,8 +123,8 @@ def parse_header(raw: bytes, size: int, path: Path) -> dict[str, TensorInfo]:
     need not exist yet: a hub file read by range requests) and return its tensors."""
     hlen = len(raw)
     try:
-        header = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError):
+        header = json.loads(raw, parse_constant=_not_json)
+    except (ValueError, RecursionError):  # JSONDecodeError, UnicodeDecodeError, NaN, digits
         raise InputError(f"{path}: corrupt safetensors header (not valid JSON)") from None
     if not isinstance(header, dict):
         raise InputError(f"{path}: corrupt safetensors header (not a JSON object)")
@@ -85,12 +134,7 @@ def parse_header(raw: bytes, size: int, path: Path) -> dict[str, TensorInfo]:
     for name, meta in header.items():
         if name == "__metadata__":
             continue
-        try:
-            dtype = meta["dtype"]
-            shape = tuple(int(d) for d in meta["shape"])
-            begin, end = (int(x) for x in meta["data_offsets"])
-        except (KeyError, TypeError, ValueError):
-            raise InputError(f"{path}: corrupt safetensors header entry for {name!r}") from None
+        dtype, shape, (begin, end) = _entry(path, name, meta)
         if dtype not in DTYPE_SIZES:
             raise InputError(f"{path}: tensor {name!r} has unsupported dtype {dtype!r}")
         if any(d < 0 for d in shape) or not 0 <= begin <= end:

@@ -86,11 +86,9 @@ def _limit(split: Split, n: int | None) -> Split:
 
 
 def _npz(path: Path, split: str, main_input: str) -> Split:
-    import numpy as np
     import torch
 
-    with np.load(path) as data:
-        arrays = {k: data[k] for k in data.files}
+    arrays = _npz_arrays(path)
     prefix = f"{split}_" if f"{split}_inputs" in arrays else ""
     if f"{prefix}inputs" not in arrays or f"{prefix}labels" not in arrays:
         raise InputError(f"evaluation.data: {path.name} has no arrays '{split}_inputs' and "
@@ -104,6 +102,25 @@ def _npz(path: Path, split: str, main_input: str) -> Split:
         elif not prefix and head not in other_splits and key not in ("inputs", "labels"):
             inputs[key] = torch.from_numpy(value)
     return Split(split, inputs, torch.from_numpy(arrays[f"{prefix}labels"]).long())
+
+
+def _npz_arrays(path: Path) -> dict[str, Any]:
+    """Every array of a .npz file; pickled objects are refused, never loaded."""
+    import zipfile
+
+    import numpy as np
+
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {k: data[k] for k in data.files}
+    except ValueError as exc:  # object arrays need pickle
+        reason = "holds pickled objects, which are not loaded" if "pickle" in str(exc) \
+            else str(exc).splitlines()[0][:80]
+        raise InputError(f"evaluation.data: {path.name}: {reason}") from None
+    except (OSError, EOFError, zipfile.BadZipFile) as exc:
+        raise InputError(f"evaluation.data: {path.name}: not a readable .npz file "
+                         f"({str(exc).splitlines()[0][:80]})") from None
+    return arrays
 
 
 def _rows(path: Path, suffix: str, split: str | None) -> list[dict[str, Any]]:

@@ -186,6 +186,7 @@ def _write_chosen(loaded: LoadedRecipe, ctx: SoupContext, result: SoupResult, fo
                                           out_shard_bytes=options.out_shard_bytes,
                                           seed=options.seed, quiet=True,
                                           chunk_bytes=options.chunk_bytes,
+                                          command=options.command,
                                           copy_tokenizer=options.copy_tokenizer,
                                           write_model_card=options.write_model_card))
     for item in inner.iterdir():
