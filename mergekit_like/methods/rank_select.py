@@ -1,10 +1,13 @@
 """Exact rank selection over a tensor seen in chunks: which magnitudes lie in a rank window.
 
 The magnitude trims (TIES, Model Breadcrumbs) keep the entries of a task vector whose rank
-lies in a window. Entries are ranked by ``(|delta|, position)`` ascending: by magnitude,
-equal magnitudes by their flat position, earlier first. TIES keeps ranks ``[n - k, n)`` (the
-``k`` largest); Breadcrumbs keeps ``[n_bottom, n - n_top)``. Because ties are broken by
-position, exactly ``hi - lo`` entries are kept, on every device and for every chunking.
+lies in a window, ranked by magnitude ascending and equal magnitudes by flat position:
+``ties="ascending"``, earlier first, as a stable ascending sort (Breadcrumbs keeps ranks
+``[n_bottom, n - n_top)``, as mergekit slices its ``torch.sort``); ``ties="descending"``,
+later first, so that ``[n - k, n)`` keeps the first ``k`` of a stable descending sort: of
+equal magnitudes at the cut-off, the earlier (TIES, mergekit's ``argsort(...)[:k]``; see
+:mod:`.sparsify` for mergekit on a CPU). Exactly ``hi - lo`` entries are kept, on every
+device and for every chunking.
 
 The window's two boundary values are found by radix select over the magnitudes' bit
 patterns (non-negative floats order as their bits do), 16 bits per round with a 65536-bin
@@ -21,13 +24,15 @@ equal to a boundary value as it goes so that each gets its rank.
 [True, False, True, False]
 >>> rank_window_mask(torch.tensor([3.0, 1.0, 3.0, 2.0]), 1, 3).tolist()
 [True, False, False, True]
+>>> rank_window_mask(torch.tensor([3.0, 1.0, 3.0, 2.0]), 1, 3, ties="descending").tolist()
+[False, False, True, True]
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 from mergekit_like.methods.radix import (
     BINS,
@@ -42,6 +47,8 @@ from mergekit_like.methods.rank_bracket import BracketTally, Ledger, choose_brac
 
 if TYPE_CHECKING:
     import torch
+
+TieOrder = Literal["ascending", "descending"]
 
 BRACKET_ROUNDS = 2
 """Bracket rounds a ``bracket=True`` window tries before its radix rounds."""
@@ -95,6 +102,7 @@ class _Target:
         self.rank = rank
         self.prefix = 0  # the digits found so far
         self.below = 0  # entries known to lie below the prefix
+        self.equal = 0  # entries in the prefix's bin (after the last digit: equal to it)
         self.round = 0  # digits found so far
 
     def descend(self, hist: torch.Tensor) -> None:
@@ -105,12 +113,14 @@ class _Target:
         left = self.rank - self.below
         digit = int(torch.searchsorted(cum, torch.tensor(left, dtype=cum.dtype), right=True))
         self.below += int(cum[digit]) - int(hist[digit])
+        self.equal = int(hist[digit])
         self.prefix = (self.prefix << DIGIT) | digit
         self.round += 1
 
 
 class RankWindow:
-    """Keep the entries ranked ``[lo, hi)`` by ``(magnitude, position)`` of ``numel`` entries.
+    """Keep the entries ranked ``[lo, hi)`` by ``(magnitude, position)`` of ``numel`` entries;
+    equal magnitudes ranked by position as ``ties`` says (see the module docstring).
 
     Use: for each round in ``range(rounds)`` that :meth:`wants`, :meth:`observe` every chunk
     of magnitudes in order, then :meth:`finish` the round; then :meth:`mask` each chunk in
@@ -130,8 +140,10 @@ class RankWindow:
     from :meth:`known_counts` and :meth:`known_places` instead of counting them again.
     """
 
-    def __init__(self, numel: int, lo: int, hi: int, width: int, bracket: bool = False) -> None:
+    def __init__(self, numel: int, lo: int, hi: int, width: int, bracket: bool = False,
+                 ties: TieOrder = "ascending") -> None:
         self.numel, self.lo, self.hi, self.width = numel, max(0, lo), min(numel, hi), width
+        self.ties = ties
         self._targets: dict[int, _Target] = {}
         if self.lo < self.hi:
             if self.lo > 0:
@@ -147,7 +159,8 @@ class RankWindow:
         self._seen_round = 0
         self._hists: dict[int, torch.Tensor] = {}  # this round's histogram per prefix
         self._guesses: tuple[int, ...] | None = None  # the first round's guessed bins
-        self._bounds: list[tuple[int, int]] = []  # (value bits, entries below it), ascending
+        # (value bits, entries below it, entries equal to it), ascending
+        self._bounds: list[tuple[int, int, int]] = []
         self._equal_seen: dict[int, int] = {}
         self._ledgers: dict[int, Ledger] = {}  # per value a bracket pinned
         self._chunk = 0  # the chunks a mask pass has taken edges of
@@ -226,7 +239,8 @@ class RankWindow:
         else:
             self._finish_radix(round_ - self._first)
         if all(t.round == radix_rounds(self.width) for t in self._targets.values()):
-            self._bounds = sorted({(t.prefix, t.below) for t in self._targets.values()})
+            self._bounds = sorted({(t.prefix, t.below, t.equal)
+                                   for t in self._targets.values()})
         self.restart()
 
     def _finish_bracket(self) -> None:
@@ -238,7 +252,7 @@ class RankWindow:
         for t in self._targets.values():
             found = tally.resolve(t.rank) if t.round == 0 else None
             if found is not None:
-                t.prefix, t.below = found
+                t.prefix, t.below, t.equal = found
                 t.round = radix_rounds(self.width)
                 ledger = tally.ledger(t.prefix)
                 if ledger is not None:
@@ -272,7 +286,7 @@ class RankWindow:
 
     def restart(self) -> None:
         """Start a new pass of :meth:`mask` calls from the first chunk."""
-        self._equal_seen = {value: 0 for value, _ in self._bounds}
+        self._equal_seen = {value: 0 for value, _, _ in self._bounds}
         self._chunk = 0
 
     def known_counts(self) -> list[int] | None:
@@ -289,9 +303,16 @@ class RankWindow:
         ledger = self._ledgers.get(value)
         return None if ledger is None else ledger.places_in(self._chunk - 1, ks)
 
+    def kept_ties(self, below: int, equal: int) -> tuple[int, int]:
+        """Of the ``equal`` entries of a magnitude with ``below`` below it, the window keeps
+        the ``k``-th (in position order) for ``first <= k < stop``."""
+        if self.ties == "ascending":  # the k-th such entry has rank below + k
+            return self.lo - below, self.hi - below
+        return below + equal - self.hi, below + equal - self.lo  # rank below + equal - 1 - k
+
     def boundary_values(self) -> list[int]:
         """The bit patterns of the window's boundary magnitudes (after the last round)."""
-        return [value for value, _ in self._bounds]
+        return [value for value, _, _ in self._bounds]
 
     def edges(self, counts: Sequence[int]) -> Edges:
         """The next chunk's :class:`Edges`, given how many of its entries equal each of
@@ -299,12 +320,13 @@ class RankWindow:
         lo_edge = hi_edge = None
         split = []
         self._chunk += 1
-        for (value, below), count in zip(self._bounds, counts, strict=True):
-            first = below + self._equal_seen[value]  # rank of this chunk's first such entry
+        for (value, below, equal), count in zip(self._bounds, counts, strict=True):
+            seen = self._equal_seen[value]  # such entries in the chunks before this one
             self._equal_seen[value] += count
-            inclusive = count > 0 and self.lo <= first and first + count <= self.hi
-            if count and not inclusive and first < self.hi and first + count > self.lo:
-                split.append((value, first, count))  # the window's edge is in this chunk
+            first, stop = (min(max(k - seen, 0), count) for k in self.kept_ties(below, equal))
+            inclusive = count > 0 and first == 0 and stop == count
+            if count and not inclusive and first < stop:
+                split.append((value, first, stop, count))  # the window's edge is in this chunk
             if self.lo > 0 and value == self._targets[self.lo].prefix:
                 lo_edge = value if inclusive else value + 1
             if self.hi < self.numel and value == self._targets[self.hi - 1].prefix:
@@ -345,10 +367,9 @@ class RankWindow:
                 keep.mul_(upper)
         elif edges.lo is None:
             keep.fill_(1.0)
-        for value, first, count in edges.split:
+        for value, first, stop, _ in edges.split:
             where = (bits == value).view(-1).nonzero().squeeze(1)
-            ranks = torch.arange(first, first + count, device=where.device)
-            keep.view(-1)[where[(ranks >= self.lo) & (ranks < self.hi)]] = 1.0
+            keep.view(-1)[where[first:stop]] = 1.0
         return keep
 
 
@@ -356,8 +377,9 @@ class RankWindow:
 class Edges:
     """A rank window within one chunk: keep ``lo <= bits < hi`` (None: unbounded).
 
-    ``split``: ``(value, first rank, count)`` of a boundary value whose equal entries in this
-    chunk straddle the window's edge; those are kept or dropped one by one, by rank.
+    ``split``: ``(value, first, stop, count)`` of a boundary value whose ``count`` equal
+    entries in this chunk straddle the window's edge: the chunk's ``k``-th such entry (in
+    position order) is kept for ``first <= k < stop``.
     """
 
     lo: int | None
@@ -365,11 +387,12 @@ class Edges:
     split: tuple[tuple[int, int, int], ...] = ()
 
 
-def rank_window_mask(mags: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
+def rank_window_mask(mags: torch.Tensor, lo: int, hi: int,
+                     ties: TieOrder = "ascending") -> torch.Tensor:
     """Whole-tensor :class:`RankWindow`: booleans keeping ranks ``[lo, hi)`` of ``mags``."""
     import torch
 
-    window = RankWindow(mags.numel(), lo, hi, torch.finfo(mags.dtype).bits)
+    window = RankWindow(mags.numel(), lo, hi, torch.finfo(mags.dtype).bits, ties=ties)
     for r in range(window.rounds):
         if window.wants(r):
             window.observe(r, mags)
