@@ -24,7 +24,9 @@ import sys
 import torch
 
 SHAPES = [(64, 64), (64,), (128, 64), (64, 128), (256, 64), (64, 256), (32,)] * 4 + [
-    (512, 256), (96, 64)]
+    (512, 256),
+    (96, 64),
+]
 
 
 def task_vectors(seed: int = 0) -> list[torch.Tensor]:
@@ -66,21 +68,27 @@ def main() -> None:
     from mergekit_like.methods.sparsify import magnitude_mask, outlier_mask
 
     deltas = task_vectors()
-    ours = {"ties": [d * magnitude_mask(d, 0.4) for d in deltas],
-            "breadcrumbs": [d * outlier_mask(d, 0.5, 0.05) for d in deltas]}
+    ours = {
+        "ties": [d * magnitude_mask(d, 0.4) for d in deltas],
+        "breadcrumbs": [d * outlier_mask(d, 0.5, 0.05) for d in deltas],
+    }
     runs = {}
     for run in ("cpu", "stable"):
         if run == "stable":
             stable_sorts(mk)
-        runs[run] = {"ties": [mk.magnitude(d, 0.4) for d in deltas],
-                     "breadcrumbs": [mk.magnitude_outliers(d, 0.5, gamma=0.05) for d in deltas]}
+        runs[run] = {
+            "ties": [mk.magnitude(d, 0.4) for d in deltas],
+            "breadcrumbs": [mk.magnitude_outliers(d, 0.5, gamma=0.05) for d in deltas],
+        }
     total = sum(d.numel() for d in deltas)
     print(f"{args.repo}: {len(deltas)} tensors, {total} entries")
     for method, mine in ours.items():
         for run, theirs in runs.items():
             diff = [int((a != b).sum()) for a, b in zip(mine, theirs[method], strict=True)]
-            print(f"  {method:12s} vs mergekit {run:6s}: {sum(diff):5d} entries differ, "
-                  f"in {sum(d > 0 for d in diff)} of {len(diff)} tensors")
+            print(
+                f"  {method:12s} vs mergekit {run:6s}: {sum(diff):5d} entries differ, "
+                f"in {sum(d > 0 for d in diff)} of {len(diff)} tensors"
+            )
 
 
 if __name__ == "__main__":

@@ -7,18 +7,21 @@ Four ways to trim one task vector (a :class:`Trim` names one and its settings):
 - ``outliers`` (Model Breadcrumbs): drop the ``int(gamma * n)`` largest magnitudes *and* the
   smallest, so that ``int(density * n)`` entries remain.
 
-These two rank magnitudes within the tensor (mergekit), by magnitude and, for equal
-magnitudes, by position, so that exactly that many entries are kept (:mod:`~.rank_select`).
-mergekit 0.1.5 keeps ``argsort(|delta|, descending=True)[:k]`` (TIES) and
-``sort(|delta|).indices[n_bot:n_bot + keep]`` with ``n_bot = max(0, n - keep - n_top)``
-(Breadcrumbs). Ranked by a stable sort, as torch sorts on CUDA (radix sorts, for more than
-32 entries), equal magnitudes at a cut-off go by position: TIES keeps the earlier ones,
-Breadcrumbs (ascending) keeps the earlier ones at its upper cut-off and the later ones at
-its lower one. That is the rule here (``TIE_ORDER``). On a CPU, torch 2.13's unstable sort
-is libstdc++'s ``std::sort`` (an introsort) of (magnitude, index) pairs, which leaves equal
-magnitudes in an order set by the whole tensor's values, reproduced by no rule of
-positions; mergekit run there differs from this rule, and from its own CUDA run, in some
-of the entries tied at a cut-off.
+These two rank magnitudes within the tensor, keeping exactly that many entries
+(:mod:`~.rank_select`), as mergekit 0.1.5 does: ``argsort(|delta|.float(),
+descending=True)[:k]`` (TIES) and ``sort(|delta|.float()).indices[n_bot:n_bot + keep]``
+with ``n_bot = max(0, n - keep - n_top)`` (Breadcrumbs), both unstable sorts. Which of
+the entries equal to the magnitude at a cut-off are kept is what torch's sort on a CPU
+(mergekit's default device) makes of them: libstdc++'s ``std::sort``, an introsort of
+(magnitude, index) pairs, whose order among equal magnitudes follows from every value of
+the tensor and from no rule of positions. Where a cut falls among equal magnitudes, the
+window replays that sort (:mod:`~.introsort`; ``TIE_ORDER``), on every device and for every
+chunking, after one more pass over the tensor that gathers its magnitudes (4 bytes an
+entry, some 18 while replaying); the chunks it splits are then trimmed by torch, not the C
+kernels. Elsewhere every rule keeps the same entries. (mergekit on CUDA sorts stably:
+there TIES keeps the earlier of equal magnitudes at the cut-off, Breadcrumbs ranks them
+by position; ``RankWindow(ties="descending")`` and ``"ascending"`` are those rules.) A
+float64 compute dtype keeps the stable rule (mergekit sorts its float32 rounding).
 
 Unless ``Trim.bounds`` is given: then they keep the entries with ``low <= |delta| <= high``,
 bounds ranked over the whole model beforehand (``model_wide_trim``, not a mergekit feature:
@@ -61,7 +64,7 @@ if TYPE_CHECKING:
     from mergekit_like.methods.passes import Rule, RulePost
 
 TrimKind = Literal["magnitude", "outliers", "random", "della"]
-TIE_ORDER: dict[str, TieOrder] = {"magnitude": "descending", "outliers": "ascending"}
+TIE_ORDER: dict[str, TieOrder] = {"magnitude": "cpu_descending", "outliers": "cpu_ascending"}
 """How each rank trim orders equal magnitudes (:class:`~.rank_select.RankWindow`)."""
 RANDOM_TRIMS: frozenset[str] = frozenset({"random", "della"})
 L1_EPS = 1e-7
@@ -115,8 +118,8 @@ def magnitude_mask(delta: torch.Tensor, density: float,
     """A boolean mask keeping the ``max(1, int(density * numel))`` entries of largest magnitude.
 
     ``density >= 1`` keeps everything, ``density <= 0`` nothing. Exactly k entries are kept:
-    of equal magnitudes at the threshold, the earlier positions (the first k of a stable
-    descending sort; see the module docstring).
+    of equal magnitudes at the threshold, those torch's descending sort on a CPU puts first
+    (see the module docstring).
     With ``threshold`` (ranked over the whole model), keeps ``|delta| >= threshold`` instead.
 
     >>> import torch
@@ -137,9 +140,9 @@ def outlier_mask(delta: torch.Tensor, density: float, gamma: float,
                  bounds: tuple[float, float] | None = None) -> torch.Tensor:
     """Model Breadcrumbs' mask: drop the largest ``gamma`` fraction and the smallest entries.
 
-    ``int(density * n)`` entries remain (:func:`trim_ranks`); equal magnitudes are ranked
-    by position, as a stable ascending sort ranks them. With ``bounds`` (ranked over the
-    whole model), keeps ``low <= |delta| <= high`` instead.
+    ``int(density * n)`` entries remain (:func:`trim_ranks`); of equal magnitudes at a
+    cut-off, those torch's ascending sort on a CPU ranks inside (see the module docstring).
+    With ``bounds`` (ranked over the whole model), keeps ``low <= |delta| <= high`` instead.
     """
     import torch
 
@@ -158,8 +161,10 @@ def della_probabilities(delta: torch.Tensor, density: float, epsilon: float) -> 
 
     ``p = density - epsilon + 2 * epsilon * rank / (n - 1)`` with rank 0 the smallest
     magnitude of its row (ties by position, as a stable ascending sort ranks them: mergekit's
-    ``argsort`` of the row on CUDA; see the module docstring for a CPU's); a 1-D tensor is
-    one row; rows of one entry
+    ``argsort`` of the row on CUDA; on a CPU its unstable sort ranks equal magnitudes
+    otherwise, which moves their probabilities by at most ``2 * epsilon * ties / (n - 1)``:
+    not replayed, DELLA's draws being random anyway); a 1-D tensor is one row; rows of one
+    entry
     get ``p = density``. Returned as float32, shaped like ``delta``.
     """
     import torch
@@ -299,7 +304,7 @@ class TrimState:
             assert self.draws is not None
             return Rule("random", p=trim.density, factor=self._scale or 1.0, post=post,
                         key=self.draws.key, start=start)
-        if self.window is None or post == "divide":
+        if self.window is None or post == "divide" or edges.picks:
             return edges
         if self.window.lo >= self.window.hi:
             return Rule("window", lo=0, hi=0, factor=self._scale or 1.0, post=post)

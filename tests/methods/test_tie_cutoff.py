@@ -1,11 +1,13 @@
 """Equal magnitudes at the cut-off are kept as mergekit's sorts keep them.
 
-mergekit 0.1.5 ranks with ``torch.argsort``: TIES keeps the first ``k`` of a descending sort
-(of equal magnitudes, the earlier positions), Model Breadcrumbs the slice
-``[n_bot, n_bot + k)`` of an ascending sort (of equal magnitudes, the earlier ranked lower),
-SCE the ``topk`` variances (of equal ones, the earlier). The expected masks are written
-out below, or taken from ``torch.argsort(..., stable=True)``; every way of merging (whole,
-in row chunks that cut runs of equal magnitudes, eager, C kernels) must give them.
+mergekit 0.1.5 ranks with ``torch.argsort``: TIES keeps the first ``k`` of a descending sort,
+Model Breadcrumbs the slice ``[n_bot, n_bot + k)`` of an ascending sort, both unstable; on a
+CPU torch's unstable sort is libstdc++'s introsort (for 16 entries or fewer an insertion
+sort: stable). The expected masks are written out below for small tensors, or taken from
+``torch.argsort`` itself on a CPU for large ones; every way of merging (whole, in row
+chunks that cut runs of equal magnitudes, eager, C kernels) must give them. SCE keeps the
+top variances as a stable sort would (the earlier of equal ones), as torch's ``topk`` on
+CUDA.
 """
 
 from __future__ import annotations
@@ -20,17 +22,17 @@ from tests.methods.test_kernels import COMPILED, EAGER, merge
 KERNELS = [EAGER, COMPILED]
 
 
-def stable_top(mags: torch.Tensor, k: int) -> torch.Tensor:
-    """mergekit's magnitude mask with a stable sort: the first k of a descending sort."""
+def mergekit_top(mags: torch.Tensor, k: int, stable: bool = False) -> torch.Tensor:
+    """mergekit's magnitude mask: the first k of torch's descending sort on a CPU."""
     keep = torch.zeros(mags.numel(), dtype=torch.bool)
-    keep[torch.argsort(mags.reshape(-1).float(), descending=True, stable=True)[:k]] = True
+    keep[torch.argsort(mags.reshape(-1).float(), descending=True, stable=stable)[:k]] = True
     return keep.view_as(mags)
 
 
-def stable_slice(mags: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
-    """mergekit's breadcrumbs mask with a stable sort: ranks [lo, hi) ascending."""
+def mergekit_slice(mags: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
+    """mergekit's breadcrumbs mask: ranks [lo, hi) of torch's ascending sort on a CPU."""
     keep = torch.zeros(mags.numel(), dtype=torch.bool)
-    keep[torch.argsort(mags.reshape(-1).float(), stable=True)[lo:hi]] = True
+    keep[torch.sort(mags.reshape(-1).float()).indices[lo:hi]] = True
     return keep.view_as(mags)
 
 
@@ -88,7 +90,7 @@ def test_a_top_window_keeps_the_earlier_ties_in_chunks_cutting_the_run():
 
 
 @pytest.mark.parametrize("n", [5000, 70_001])  # > 2^16: a large tensor, several chunks
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("bracket", [False, True])
 def test_trims_in_chunks_match_a_stable_sort_on_tied_magnitudes(n, dtype, bracket):
     delta = tied_deltas(1, n, seed=n).reshape(-1).to(dtype)
@@ -101,11 +103,11 @@ def test_trims_in_chunks_match_a_stable_sort_on_tied_magnitudes(n, dtype, bracke
     ):
         keep = max(1, int(trim.density * n))
         if trim.kind == "magnitude":
-            want = stable_top(mags, keep)
+            want = mergekit_top(mags, keep)
         else:
             n_top = int(trim.gamma * n)
             lo = max(0, n - keep - n_top)
-            want = stable_slice(mags, lo, lo + keep)
+            want = mergekit_slice(mags, lo, lo + keep)
         for size in (n, 977, 4096):
             state = TrimState(
                 trim, n, torch.finfo(dtype).bits, bracket=bracket and dtype == torch.float32
@@ -132,7 +134,7 @@ def single_model(method, delta, params, kernels, chunk_rows):
 def test_ties_merge_keeps_the_earlier_ties_whole_in_chunks_and_in_c(kernels, chunk_rows):
     delta = tied_deltas(12, 300, seed=1)
     for density in (0.2, 0.55):
-        want = delta * stable_top(delta.abs(), int(density * delta.numel()))
+        want = delta * mergekit_top(delta.abs(), int(density * delta.numel()))
         got = single_model("ties", delta, {"weight": 1.0, "density": density}, kernels, chunk_rows)
         assert torch.equal(got, want)
 
@@ -146,7 +148,7 @@ def test_breadcrumbs_merges_rank_ties_as_a_stable_ascending_sort(kernels, chunk_
     density, gamma = 0.5, 0.05
     keep, n_top = int(density * n), int(gamma * n)
     lo = n - keep - n_top
-    want = delta * stable_slice(delta.abs(), lo, lo + keep)
+    want = delta * mergekit_slice(delta.abs(), lo, lo + keep)
     got = single_model(
         method, delta, {"weight": 1.0, "density": density, "gamma": gamma}, kernels, chunk_rows
     )
@@ -160,7 +162,7 @@ def test_sce_selects_the_earlier_of_equal_variances(chunk_rows):
     b = torch.zeros_like(a)
     var = ((a - b) / 2).square()
     k = int(0.3 * int(torch.count_nonzero(var)))
-    keep = stable_top(var, k)
+    keep = mergekit_top(var, k, stable=True)
     # the merge: select, weight by energy (equal for a and 0? a's energy only: weight 1 and 0)
     got = merge(
         "sce",
