@@ -92,7 +92,7 @@ def test_a_top_window_keeps_the_earlier_ties_in_chunks_cutting_the_run():
 @pytest.mark.parametrize("n", [5000, 70_001])  # > 2^16: a large tensor, several chunks
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("bracket", [False, True])
-def test_trims_in_chunks_match_a_stable_sort_on_tied_magnitudes(n, dtype, bracket):
+def test_trims_in_chunks_match_torch_argsort_on_tied_magnitudes(n, dtype, bracket):
     delta = tied_deltas(1, n, seed=n).reshape(-1).to(dtype)
     mags = delta.abs()
     for trim in (
@@ -131,7 +131,7 @@ def single_model(method, delta, params, kernels, chunk_rows):
 
 @pytest.mark.parametrize("kernels", KERNELS, ids=["eager", "compiled"])
 @pytest.mark.parametrize("chunk_rows", [None, 1, 3])
-def test_ties_merge_keeps_the_earlier_ties_whole_in_chunks_and_in_c(kernels, chunk_rows):
+def test_ties_merge_keeps_mergekits_ties_whole_in_chunks_and_in_c(kernels, chunk_rows):
     delta = tied_deltas(12, 300, seed=1)
     for density in (0.2, 0.55):
         want = delta * mergekit_top(delta.abs(), int(density * delta.numel()))
@@ -142,7 +142,7 @@ def test_ties_merge_keeps_the_earlier_ties_whole_in_chunks_and_in_c(kernels, chu
 @pytest.mark.parametrize("kernels", KERNELS, ids=["eager", "compiled"])
 @pytest.mark.parametrize("chunk_rows", [None, 1, 3])
 @pytest.mark.parametrize("method", ["breadcrumbs", "breadcrumbs_ties"])
-def test_breadcrumbs_merges_rank_ties_as_a_stable_ascending_sort(kernels, chunk_rows, method):
+def test_breadcrumbs_merges_rank_ties_as_torch_sort_on_a_cpu(kernels, chunk_rows, method):
     delta = tied_deltas(12, 300, seed=2)
     n = delta.numel()
     density, gamma = 0.5, 0.05
@@ -174,3 +174,57 @@ def test_sce_selects_the_earlier_of_equal_variances(chunk_rows):
         chunk_rows,
     )
     assert torch.equal(got != 0, keep & (a != 0))
+
+
+@pytest.fixture(scope="module")
+def bf16_pair(tmp_path_factory):
+    """A tiny Llama base and fine-tune stored in bfloat16: task vectors full of ties."""
+    from safetensors.torch import load_file, save_file
+
+    from mergekit_like.demo import make_family
+
+    family = make_family(tmp_path_factory.mktemp("bf16"), "llama", names=("ft",), noise=0.004)
+    for folder in family.values():
+        for f in folder.glob("*.safetensors"):
+            tensors = {k: v.bfloat16().contiguous() for k, v in load_file(f).items()}
+            save_file(tensors, f, metadata={"format": "pt"})
+    return family
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        ["--kernels", "eager"],
+        ["--kernels", "eager", "--chunk-size", "1KiB"],
+        ["--kernels", "compiled", "--chunk-size", "1KiB"],
+    ],
+)
+@pytest.mark.parametrize("method", ["ties", "breadcrumbs"])
+def test_merges_of_bfloat16_models_keep_mergekits_entries(
+    tmp_path, run_cli, bf16_pair, options, method
+):
+    from tests.conftest import load_tensors, write_recipe
+
+    recipe = write_recipe(
+        tmp_path,
+        f"""
+merge_method: {method}
+base_model: {bf16_pair["base"]}
+models:
+  - model: {bf16_pair["ft"]}
+    parameters: {{weight: 1.0, density: 0.4, gamma: 0.05}}
+dtype: float32
+""".replace(", gamma: 0.05", ", gamma: 0.05" if method == "breadcrumbs" else ""),
+    )
+    assert run_cli(recipe, tmp_path / "out", *options).code == 0
+    base, ft = load_tensors(bf16_pair["base"]), load_tensors(bf16_pair["ft"])
+    out = load_tensors(tmp_path / "out")
+    for name, b in base.items():
+        delta = ft[name].float() - b.float()
+        n = delta.numel()
+        if method == "ties":
+            keep = mergekit_top(delta.abs(), max(1, int(0.4 * n)))
+        else:
+            k, n_top = int(0.4 * n), int(0.05 * n)
+            keep = mergekit_slice(delta.abs(), n - k - n_top, n - n_top)
+        assert torch.equal(out[name], b.float() + delta * keep), name
