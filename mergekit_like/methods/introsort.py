@@ -98,15 +98,16 @@ def before_cuts(
 
 
 def settled(
-    keys: torch.Tensor, cuts: Sequence[int], depth: int | None = None
+    keys: torch.Tensor, cuts: Sequence[int], depth: int | None = None, inplace: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(keys, positions)`` arranged as the introsort leaves them, as far as the cuts need
-    (see :func:`before_cuts`): ``positions[:k]`` are the entries sorted before each cut."""
+    (see :func:`before_cuts`): ``positions[:k]`` are the entries sorted before each cut.
+    ``inplace``: arrange ``keys`` itself (flat, contiguous int32)."""
     import torch
 
     n = keys.numel()
     depth = 2 * (n.bit_length() - 1) if depth is None else depth
-    vals = keys.reshape(-1).to(torch.int32, copy=True)
+    vals = keys if inplace else keys.reshape(-1).to(torch.int32, copy=True)
     idx = torch.arange(n, dtype=torch.int64)
     inner = sorted({k for k in cuts if 0 < k < n})
     lib = _native()
@@ -246,14 +247,15 @@ class TieReplay:
 
         n, sign = self.numel, -1 if self.descending else 1
         a, b = (n - self.hi, n - self.lo) if self.descending else (self.lo, self.hi)
-        vals, idx = settled(self.keys.neg() if self.descending else self.keys, [a, b])
+        ties = {v: (self.keys == v).nonzero().squeeze(1) for v in values}
+        keys, self.keys = self.keys.neg_() if self.descending else self.keys, self.keys[:0]
+        vals, idx = settled(keys, [a, b], inplace=True)
         vals, idx = vals[a:b], idx[a:b]  # the window, in the sort's order
         out = {}
-        for v in values:
+        for v, where in ties.items():
             kept = torch.zeros(n, dtype=torch.bool)
             kept[idx[vals == sign * v]] = True
-            out[v] = kept[(self.keys == v).nonzero().squeeze(1)]
-        self.keys = self.keys[:0]
+            out[v] = kept[where]
         return out
 
 
