@@ -249,7 +249,7 @@ class Kernels:
 
 @dataclass(frozen=True)
 class PairChunk:
-    """A :class:`~.rank_select.MagnitudeChunk` of ``|x - base|``, computed by the kernels
+    """A :class:`~.radix.MagnitudeChunk` of ``|x - base|``, computed by the kernels
     from the two flat chunks as each round needs it."""
 
     x: torch.Tensor
@@ -269,6 +269,10 @@ class PairChunk:
         """Bit patterns of every ``numel // count``-th entry."""
         step = max(1, self.x.numel() // count)
         return magnitude_bits((self.x[::step] - self.base[::step]).abs_())
+
+    def flat_bits(self) -> torch.Tensor:
+        """The chunk's magnitude bit patterns (for a tie replay round)."""
+        return magnitude_bits((self.x - self.base).abs_())
 
     def tally(self, tally: BracketTally) -> None:
         """The bracket round's pass: in C where it can, else in torch."""

@@ -1,4 +1,5 @@
-"""Magnitudes as ordered bit patterns, and their 16-bit radix digits and histograms.
+"""Magnitudes as ordered bit patterns, their 16-bit radix digits and histograms, and the
+chunks of them that a rank window reads (:class:`MagnitudeChunk`).
 
 Non-negative floats order as their bit patterns do, so a rank among magnitudes can be found
 digit by digit over the patterns (:class:`~.rank_select.RankWindow`, the model-wide trims of
@@ -7,10 +8,13 @@ digit by digit over the patterns (:class:`~.rank_select.RankWindow`, the model-w
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     import torch
+
+    from mergekit_like.methods.rank_bracket import BracketTally
 
 DIGIT = 16
 BINS = 1 << DIGIT
@@ -73,3 +77,51 @@ def bit_digits(bits: torch.Tensor, shift: int, prefix: torch.Tensor | None = Non
         for k in range(guesses.numel()):
             digits = torch.where(digits == guesses[k], low + BINS * (k + 1), digits)
     return digits
+
+
+class MagnitudeChunk(Protocol):
+    """A chunk of magnitudes as a :class:`~.rank_select.RankWindow` reads it, computed
+    however the caller likes (from the magnitudes, or from two tensors whose difference
+    they are)."""
+
+    numel: int
+
+    def digits(self, shift: int, prefix: int | None, guesses: tuple[int, ...]) -> torch.Tensor:
+        """The chunk's :func:`bit_digits` (prefix and guesses as numbers; none: ``()``)."""
+
+    def sample(self, count: int) -> torch.Tensor:
+        """The bit patterns of about ``count`` entries spread evenly over the chunk (all
+        of them when it has no more)."""
+
+    def tally(self, tally: BracketTally) -> None:
+        """``tally.add`` of the chunk's bit patterns."""
+
+    def flat_bits(self) -> torch.Tensor:
+        """The chunk's bit patterns (:func:`magnitude_bits`), flat."""
+
+
+@dataclass(frozen=True)
+class BitChunk:
+    """A :class:`MagnitudeChunk` over bit patterns already computed (:func:`magnitude_bits`)."""
+
+    bits: torch.Tensor
+
+    @property
+    def numel(self) -> int:  # noqa: D102
+        return self.bits.numel()
+
+    def digits(self, shift: int, prefix: int | None, guesses: tuple[int, ...]) -> torch.Tensor:
+        import torch
+
+        return bit_digits(self.bits, shift, None if prefix is None else torch.tensor(prefix),
+                          torch.tensor(guesses, dtype=torch.int32) if guesses else None)
+
+    def sample(self, count: int) -> torch.Tensor:
+        flat = self.bits.reshape(-1)
+        return flat[::max(1, flat.numel() // count)]
+
+    def tally(self, tally: BracketTally) -> None:
+        tally.add(self.bits)
+
+    def flat_bits(self) -> torch.Tensor:
+        return self.bits.reshape(-1)

@@ -16,7 +16,7 @@ the radix rounds, so the answer never depends on the sample, only the time taken
 >>> tally = BracketTally(choose_brackets(bits, [2], 6, whole=True))
 >>> tally.add(bits)
 >>> tally.resolve(2), tally.resolve(4)
-((3, 1), None)
+((3, 1, 2), None)
 """
 
 from __future__ import annotations
@@ -137,9 +137,10 @@ class BracketTally:
         for j in range(len(self.brackets)):
             self.marks[j].append((self.at_lo[j], self.inside[j]))
 
-    def resolve(self, rank: int) -> tuple[int, int] | None:
-        """``(value, entries below it)`` of the entry at ``rank``, or None when its value
-        is outside its bracket or the bracket overflowed (then the radix rounds find it)."""
+    def resolve(self, rank: int) -> tuple[int, int, int] | None:
+        """``(value, entries below it, entries equal to it)`` of the entry at ``rank``, or
+        None when its value is outside its bracket or the bracket overflowed (then the radix
+        rounds find it)."""
         import numpy as np
 
         for j, b in enumerate(self.brackets):
@@ -147,7 +148,7 @@ class BracketTally:
             if left < 0:
                 continue
             if left < self.at_lo[j]:
-                return b.lo, self.below[j]
+                return b.lo, self.below[j], self.at_lo[j]
             left -= self.at_lo[j]
             if left >= self.inside[j]:
                 continue
@@ -155,7 +156,8 @@ class BracketTally:
                 return None
             found = self.stored[j][:self.inside[j]].numpy()
             value = int(np.partition(found, left)[left])
-            return value, self.below[j] + self.at_lo[j] + int(np.count_nonzero(found < value))
+            return (value, self.below[j] + self.at_lo[j] + int(np.count_nonzero(found < value)),
+                    int(np.count_nonzero(found == value)))
         return None
 
     def ledger(self, value: int) -> Ledger | None:

@@ -1,10 +1,13 @@
 """Exact rank selection over a tensor seen in chunks: which magnitudes lie in a rank window.
 
 The magnitude trims (TIES, Model Breadcrumbs) keep the entries of a task vector whose rank
-lies in a window. Entries are ranked by ``(|delta|, position)`` ascending: by magnitude,
-equal magnitudes by their flat position, earlier first. TIES keeps ranks ``[n - k, n)`` (the
-``k`` largest); Breadcrumbs keeps ``[n_bottom, n - n_top)``. Because ties are broken by
-position, exactly ``hi - lo`` entries are kept, on every device and for every chunking.
+lies in a window ``[lo, hi)``, ranked by magnitude ascending; equal magnitudes as ``ties``
+says: ``"ascending"``, by position, earlier first (a stable ascending sort);
+``"descending"``, later first, so that ``[n - k, n)`` keeps the first ``k`` of a stable
+descending sort (of equal magnitudes at the cut-off, the earlier); ``"cpu_ascending"`` and
+``"cpu_descending"``, as torch's unstable sort on a CPU orders them, replayed where a cut
+falls among them (:mod:`.introsort`: mergekit's trims, see :mod:`.sparsify`). Exactly
+``hi - lo`` entries are kept, on every device and for every chunking.
 
 The window's two boundary values are found by radix select over the magnitudes' bit
 patterns (non-negative floats order as their bits do), 16 bits per round with a 65536-bin
@@ -21,19 +24,23 @@ equal to a boundary value as it goes so that each gets its rank.
 [True, False, True, False]
 >>> rank_window_mask(torch.tensor([3.0, 1.0, 3.0, 2.0]), 1, 3).tolist()
 [True, False, False, True]
+>>> rank_window_mask(torch.tensor([3.0, 1.0, 3.0, 2.0]), 1, 3, ties="descending").tolist()
+[False, False, True, True]
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Literal
 
+from mergekit_like.methods.introsort import TieReplay, one_run
 from mergekit_like.methods.radix import (
     BINS,
     DIGIT,
+    BitChunk,
+    MagnitudeChunk,
     add_counts,
-    bit_digits,
     counts,
     magnitude_bits,
     radix_rounds,
@@ -43,49 +50,10 @@ from mergekit_like.methods.rank_bracket import BracketTally, Ledger, choose_brac
 if TYPE_CHECKING:
     import torch
 
+TieOrder = Literal["ascending", "descending", "cpu_ascending", "cpu_descending"]
+
 BRACKET_ROUNDS = 2
 """Bracket rounds a ``bracket=True`` window tries before its radix rounds."""
-
-
-class MagnitudeChunk(Protocol):
-    """A chunk of magnitudes as a :class:`RankWindow` reads it, computed however the caller
-    likes (from the magnitudes, or from two tensors whose difference they are)."""
-
-    numel: int
-
-    def digits(self, shift: int, prefix: int | None, guesses: tuple[int, ...]) -> torch.Tensor:
-        """The chunk's :func:`bit_digits` (prefix and guesses as numbers; none: ``()``)."""
-
-    def sample(self, count: int) -> torch.Tensor:
-        """The bit patterns of about ``count`` entries spread evenly over the chunk (all
-        of them when it has no more)."""
-
-    def tally(self, tally: BracketTally) -> None:
-        """``tally.add`` of the chunk's bit patterns."""
-
-
-@dataclass(frozen=True)
-class BitChunk:
-    """A :class:`MagnitudeChunk` over bit patterns already computed (:func:`magnitude_bits`)."""
-
-    bits: torch.Tensor
-
-    @property
-    def numel(self) -> int:  # noqa: D102
-        return self.bits.numel()
-
-    def digits(self, shift: int, prefix: int | None, guesses: tuple[int, ...]) -> torch.Tensor:
-        import torch
-
-        return bit_digits(self.bits, shift, None if prefix is None else torch.tensor(prefix),
-                          torch.tensor(guesses, dtype=torch.int32) if guesses else None)
-
-    def sample(self, count: int) -> torch.Tensor:
-        flat = self.bits.reshape(-1)
-        return flat[::max(1, flat.numel() // count)]
-
-    def tally(self, tally: BracketTally) -> None:
-        tally.add(self.bits)
 
 
 class _Target:
@@ -95,6 +63,7 @@ class _Target:
         self.rank = rank
         self.prefix = 0  # the digits found so far
         self.below = 0  # entries known to lie below the prefix
+        self.equal = 0  # entries in the prefix's bin (after the last digit: equal to it)
         self.round = 0  # digits found so far
 
     def descend(self, hist: torch.Tensor) -> None:
@@ -105,12 +74,14 @@ class _Target:
         left = self.rank - self.below
         digit = int(torch.searchsorted(cum, torch.tensor(left, dtype=cum.dtype), right=True))
         self.below += int(cum[digit]) - int(hist[digit])
+        self.equal = int(hist[digit])
         self.prefix = (self.prefix << DIGIT) | digit
         self.round += 1
 
 
 class RankWindow:
-    """Keep the entries ranked ``[lo, hi)`` by ``(magnitude, position)`` of ``numel`` entries.
+    """Keep the entries ranked ``[lo, hi)`` by ``(magnitude, position)`` of ``numel`` entries;
+    equal magnitudes ranked by position as ``ties`` says (see the module docstring).
 
     Use: for each round in ``range(rounds)`` that :meth:`wants`, :meth:`observe` every chunk
     of magnitudes in order, then :meth:`finish` the round; then :meth:`mask` each chunk in
@@ -125,29 +96,40 @@ class RankWindow:
     bins as it goes. A guess that proves right settles the second radix round too, which is
     then not wanted. Guessing from the whole tensor (one chunk) is always right.
 
+    A ``cpu_*`` window ends with one more round, wanted only where a cut falls among equal
+    magnitudes: it gathers the tensor's magnitudes for :class:`.introsort.TieReplay`.
+
     A boundary value a bracket pinned comes with that round's :class:`.rank_bracket.Ledger`:
     the mask passes then take each chunk's count of its equal entries, and their positions,
     from :meth:`known_counts` and :meth:`known_places` instead of counting them again.
     """
 
-    def __init__(self, numel: int, lo: int, hi: int, width: int, bracket: bool = False) -> None:
+    def __init__(self, numel: int, lo: int, hi: int, width: int, bracket: bool = False,
+                 ties: TieOrder = "ascending") -> None:
         self.numel, self.lo, self.hi, self.width = numel, max(0, lo), min(numel, hi), width
+        self.ties = ties
         self._targets: dict[int, _Target] = {}
         if self.lo < self.hi:
             if self.lo > 0:
                 self._targets[self.lo] = _Target(self.lo)
             if self.hi < numel:
                 self._targets[self.hi - 1] = _Target(self.hi - 1)
-        # bracket rounds before the radix rounds
+        # bracket rounds before the radix rounds, and a tie replay round after them
         self._first = BRACKET_ROUNDS * int(bracket and width == 32 and bool(self._targets))
         self.rounds = radix_rounds(width) + self._first if self._targets else 0
+        cpu = ties.startswith("cpu") and width <= 32 and bool(self._targets)
+        self._replay_round = self.rounds if cpu else -1
+        self.rounds += int(cpu)
+        self._replay: TieReplay | None = None  # wanted where a cut falls among equal entries
+        self._picks: dict[int, torch.Tensor] = {}  # the replay's kept entries, per value
         self._tally: BracketTally | None = None
         self._spread: torch.Tensor | None = None  # round 0's sample of every chunk
         self._spread_len = 0
         self._seen_round = 0
         self._hists: dict[int, torch.Tensor] = {}  # this round's histogram per prefix
         self._guesses: tuple[int, ...] | None = None  # the first round's guessed bins
-        self._bounds: list[tuple[int, int]] = []  # (value bits, entries below it), ascending
+        # (value bits, entries below it, entries equal to it), ascending
+        self._bounds: list[tuple[int, int, int]] = []
         self._equal_seen: dict[int, int] = {}
         self._ledgers: dict[int, Ledger] = {}  # per value a bracket pinned
         self._chunk = 0  # the chunks a mask pass has taken edges of
@@ -155,6 +137,8 @@ class RankWindow:
     def wants(self, round_: int) -> bool:
         """Whether round ``round_`` may still be needed: once it is not (a right guess
         settles the second), it stays so."""
+        if round_ == self._replay_round:
+            return self._replay is not None
         radix = round_ - self._first
         return round_ < self.rounds and any(t.round <= max(radix, 0)
                                             for t in self._targets.values())
@@ -166,6 +150,10 @@ class RankWindow:
     def observe_chunk(self, round_: int, chunk: MagnitudeChunk) -> None:
         """Like :meth:`observe`, for a chunk of magnitudes seen through a
         :class:`MagnitudeChunk`."""
+        if round_ == self._replay_round:
+            assert self._replay is not None
+            self._replay.add(chunk.flat_bits())
+            return
         if round_ < self._first:
             import torch
 
@@ -219,15 +207,30 @@ class RankWindow:
 
     def finish(self, round_: int) -> None:
         """Close round ``round_``: descend each target into the bin holding its rank."""
-        if round_ < self._first:
+        if round_ == self._replay_round:  # (a round this window did not want: nothing)
+            if self._replay is not None:
+                self._picks, self._replay = self._replay.picks(self.boundary_values()), None
+        elif round_ < self._first:
             self._finish_bracket()
             if round_ > 0 or all(t.round > 0 for t in self._targets.values()):
                 self._spread, self._spread_len = None, 0
         else:
             self._finish_radix(round_ - self._first)
         if all(t.round == radix_rounds(self.width) for t in self._targets.values()):
-            self._bounds = sorted({(t.prefix, t.below) for t in self._targets.values()})
+            self._bounds = sorted({(t.prefix, t.below, t.equal)
+                                   for t in self._targets.values()})
+            if round_ < self._replay_round and self._cut_among_ties():
+                self._replay = TieReplay(self.numel, self.lo, self.hi,
+                                         self.ties == "cpu_descending")
         self.restart()
+
+    def _cut_among_ties(self) -> bool:
+        """Whether the window keeps some but not all entries of a boundary value."""
+        for _, below, equal in self._bounds:
+            first, stop = (min(max(k, 0), equal) for k in self.kept_ties(below, equal))
+            if first < stop and (first > 0 or stop < equal):
+                return True
+        return False
 
     def _finish_bracket(self) -> None:
         tally, self._tally = self._tally, None
@@ -238,7 +241,7 @@ class RankWindow:
         for t in self._targets.values():
             found = tally.resolve(t.rank) if t.round == 0 else None
             if found is not None:
-                t.prefix, t.below = found
+                t.prefix, t.below, t.equal = found
                 t.round = radix_rounds(self.width)
                 ledger = tally.ledger(t.prefix)
                 if ledger is not None:
@@ -272,7 +275,7 @@ class RankWindow:
 
     def restart(self) -> None:
         """Start a new pass of :meth:`mask` calls from the first chunk."""
-        self._equal_seen = {value: 0 for value, _ in self._bounds}
+        self._equal_seen = {value: 0 for value, _, _ in self._bounds}
         self._chunk = 0
 
     def known_counts(self) -> list[int] | None:
@@ -289,22 +292,35 @@ class RankWindow:
         ledger = self._ledgers.get(value)
         return None if ledger is None else ledger.places_in(self._chunk - 1, ks)
 
+    def kept_ties(self, below: int, equal: int) -> tuple[int, int]:
+        """Of the ``equal`` entries of a magnitude with ``below`` below it, the window keeps
+        the ``k``-th (in position order) for ``first <= k < stop``."""
+        if self.ties in ("ascending", "cpu_ascending"):  # the k-th has rank below + k
+            return self.lo - below, self.hi - below
+        return below + equal - self.hi, below + equal - self.lo  # rank below + equal - 1 - k
+
     def boundary_values(self) -> list[int]:
         """The bit patterns of the window's boundary magnitudes (after the last round)."""
-        return [value for value, _ in self._bounds]
+        return [value for value, _, _ in self._bounds]
 
     def edges(self, counts: Sequence[int]) -> Edges:
         """The next chunk's :class:`Edges`, given how many of its entries equal each of
         :meth:`boundary_values`; call once per chunk, in order."""
         lo_edge = hi_edge = None
-        split = []
+        split, picks = [], []
         self._chunk += 1
-        for (value, below), count in zip(self._bounds, counts, strict=True):
-            first = below + self._equal_seen[value]  # rank of this chunk's first such entry
+        for (value, below, equal), count in zip(self._bounds, counts, strict=True):
+            seen = self._equal_seen[value]  # such entries in the chunks before this one
             self._equal_seen[value] += count
-            inclusive = count > 0 and self.lo <= first and first + count <= self.hi
-            if count and not inclusive and first < self.hi and first + count > self.lo:
-                split.append((value, first, count))  # the window's edge is in this chunk
+            first, stop = (min(max(k - seen, 0), count) for k in self.kept_ties(below, equal))
+            if value in self._picks:  # kept as the replayed sort keeps them
+                pick = self._picks[value][seen:seen + count]
+                first, stop = one_run(pick)
+                if first < 0:
+                    picks.append((value, pick))
+            inclusive = count > 0 and first == 0 and stop == count
+            if count and not inclusive and first < stop:
+                split.append((value, first, stop, count))  # the window's edge is in this chunk
             if self.lo > 0 and value == self._targets[self.lo].prefix:
                 lo_edge = value if inclusive else value + 1
             if self.hi < self.numel and value == self._targets[self.hi - 1].prefix:
@@ -314,7 +330,7 @@ class RankWindow:
             return Edges(None, 0)  # above every bit pattern: nothing is kept
         if hi_edge is not None and hi_edge > top:
             hi_edge = None  # above every bit pattern: no upper bound
-        return Edges(lo_edge, hi_edge, tuple(split))
+        return Edges(lo_edge, hi_edge, tuple(split), tuple(picks))
 
     def mask(self, mags: torch.Tensor, edges: Edges | None = None) -> torch.Tensor:
         """Which of the next chunk's entries are kept: 1 or 0, in ``mags``'s dtype and shape.
@@ -345,10 +361,12 @@ class RankWindow:
                 keep.mul_(upper)
         elif edges.lo is None:
             keep.fill_(1.0)
-        for value, first, count in edges.split:
+        for value, first, stop, _ in edges.split:
             where = (bits == value).view(-1).nonzero().squeeze(1)
-            ranks = torch.arange(first, first + count, device=where.device)
-            keep.view(-1)[where[(ranks >= self.lo) & (ranks < self.hi)]] = 1.0
+            keep.view(-1)[where[first:stop]] = 1.0
+        for value, pick in edges.picks:
+            where = (bits == value).view(-1).nonzero().squeeze(1)
+            keep.view(-1)[where[pick.to(where.device)]] = 1.0
         return keep
 
 
@@ -356,20 +374,24 @@ class RankWindow:
 class Edges:
     """A rank window within one chunk: keep ``lo <= bits < hi`` (None: unbounded).
 
-    ``split``: ``(value, first rank, count)`` of a boundary value whose equal entries in this
-    chunk straddle the window's edge; those are kept or dropped one by one, by rank.
+    ``split``: ``(value, first, stop, count)`` of a boundary value whose ``count`` equal
+    entries in this chunk straddle the window's edge: the chunk's ``k``-th such entry (in
+    position order) is kept for ``first <= k < stop``. ``picks``: ``(value, kept)`` where a
+    replayed sort keeps no run of them: ``kept[k]`` says whether the ``k``-th is kept.
     """
 
     lo: int | None
     hi: int | None
-    split: tuple[tuple[int, int, int], ...] = ()
+    split: tuple[tuple[int, int, int, int], ...] = ()
+    picks: tuple[tuple[int, torch.Tensor], ...] = ()
 
 
-def rank_window_mask(mags: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
+def rank_window_mask(mags: torch.Tensor, lo: int, hi: int,
+                     ties: TieOrder = "ascending") -> torch.Tensor:
     """Whole-tensor :class:`RankWindow`: booleans keeping ranks ``[lo, hi)`` of ``mags``."""
     import torch
 
-    window = RankWindow(mags.numel(), lo, hi, torch.finfo(mags.dtype).bits)
+    window = RankWindow(mags.numel(), lo, hi, torch.finfo(mags.dtype).bits, ties=ties)
     for r in range(window.rounds):
         if window.wants(r):
             window.observe(r, mags)

@@ -123,7 +123,8 @@ class SceStats:
         if round_ < self._first_energy:
             if round_ == 0:
                 k = int(self.fraction * self._nonzero)
-                self.window = RankWindow(self.numel, self.numel - k, self.numel, self.width)
+                self.window = RankWindow(self.numel, self.numel - k, self.numel, self.width,
+                                         ties="descending")
             else:
                 assert self.window is not None
                 self.window.finish(round_ - 1)

@@ -2,14 +2,30 @@
 
 Four ways to trim one task vector (a :class:`Trim` names one and its settings):
 
-- ``magnitude`` (TIES): keep the ``int(density * n)`` largest magnitudes.
+- ``magnitude`` (TIES): keep the ``max(1, int(density * n))`` largest magnitudes (one at
+  least for any positive density, as mergekit).
 - ``outliers`` (Model Breadcrumbs): drop the ``int(gamma * n)`` largest magnitudes *and* the
   smallest, so that ``int(density * n)`` entries remain.
 
-These two rank magnitudes within the tensor (mergekit), by ``(|delta|, position)`` so that
-exactly that many entries are kept (:mod:`~.rank_select`), unless ``Trim.bounds`` is given: then
-they keep the entries with ``low <= |delta| <= high``, bounds ranked over the whole model
-beforehand (``model_wide_trim``, :mod:`mergekit_like.global_trim`), every tie at a bound kept.
+These two rank magnitudes within the tensor, keeping exactly that many entries
+(:mod:`~.rank_select`), as mergekit 0.1.5 does: ``argsort(|delta|.float(),
+descending=True)[:k]`` (TIES) and ``sort(|delta|.float()).indices[n_bot:n_bot + keep]``
+with ``n_bot = max(0, n - keep - n_top)`` (Breadcrumbs), both unstable sorts. Which of
+the entries equal to the magnitude at a cut-off are kept is what torch's sort on a CPU
+(mergekit's default device) makes of them: libstdc++'s ``std::sort``, an introsort of
+(magnitude, index) pairs, whose order among equal magnitudes follows from every value of
+the tensor and from no rule of positions. Where a cut falls among equal magnitudes, the
+window replays that sort (:mod:`~.introsort`; ``TIE_ORDER``), on every device and for every
+chunking, after one more pass over the tensor that gathers its magnitudes (4 bytes an
+entry, some 18 while replaying); the chunks it splits are then trimmed by torch, not the C
+kernels. Elsewhere every rule keeps the same entries. (mergekit on CUDA sorts stably:
+there TIES keeps the earlier of equal magnitudes at the cut-off, Breadcrumbs ranks them
+by position; ``RankWindow(ties="descending")`` and ``"ascending"`` are those rules.) A
+float64 compute dtype keeps the stable rule (mergekit sorts its float32 rounding).
+
+Unless ``Trim.bounds`` is given: then they keep the entries with ``low <= |delta| <= high``,
+bounds ranked over the whole model beforehand (``model_wide_trim``, not a mergekit feature:
+:mod:`mergekit_like.global_trim`), every tie at a bound kept.
 - ``random`` (DARE): keep each entry independently with probability ``density``.
 - ``della`` (DELLA's MagPrune): keep each entry with a probability that grows with its
   magnitude rank within its row, from ``density - epsilon`` (smallest) to
@@ -38,7 +54,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
-from mergekit_like.methods.rank_select import Edges, RankWindow, rank_window_mask
+from mergekit_like.methods.rank_select import Edges, RankWindow, TieOrder, rank_window_mask
 from mergekit_like.methods.reductions import BlockSums
 
 if TYPE_CHECKING:
@@ -48,6 +64,8 @@ if TYPE_CHECKING:
     from mergekit_like.methods.passes import Rule, RulePost
 
 TrimKind = Literal["magnitude", "outliers", "random", "della"]
+TIE_ORDER: dict[str, TieOrder] = {"magnitude": "cpu_descending", "outliers": "cpu_ascending"}
+"""How each rank trim orders equal magnitudes (:class:`~.rank_select.RankWindow`)."""
 RANDOM_TRIMS: frozenset[str] = frozenset({"random", "della"})
 L1_EPS = 1e-7
 
@@ -74,15 +92,18 @@ class Trim:
 def trim_ranks(trim: Trim, numel: int) -> tuple[int, int]:
     """The ranks ``[lo, hi)`` a magnitude or outlier trim keeps (see :mod:`.rank_select`).
 
-    ``magnitude``: the ``int(density * n)`` largest. ``outliers``: ``int(density * n)``
-    remain after dropping the ``int(gamma * n)`` largest and the smallest; when
-    ``density + gamma > 1`` fewer large entries are dropped so the count still holds.
+    ``magnitude``: the ``max(1, int(density * n))`` largest (for a positive density).
+    ``outliers``: ``int(density * n)`` remain after dropping the ``int(gamma * n)`` largest
+    and the smallest; when ``density + gamma > 1`` fewer large entries are dropped so the
+    count still holds.
 
     >>> trim_ranks(Trim("outliers", 0.5, gamma=0.1), 20)
     (8, 18)
     """
     keep = int(trim.density * numel)
     if trim.kind == "magnitude":
+        if 0.0 < trim.density and numel:
+            keep = max(1, keep)  # mergekit keeps one entry at least
         return numel - keep, numel
     n_top = int(trim.gamma * numel)
     n_bottom = numel - keep - n_top
@@ -94,11 +115,11 @@ def trim_ranks(trim: Trim, numel: int) -> tuple[int, int]:
 
 def magnitude_mask(delta: torch.Tensor, density: float,
                    threshold: float | None = None) -> torch.Tensor:
-    """A boolean mask keeping the ``int(density * numel)`` entries of largest magnitude.
+    """A boolean mask keeping the ``max(1, int(density * numel))`` entries of largest magnitude.
 
-    ``density >= 1`` keeps everything; ``density`` so small that no entry survives keeps
-    nothing. Exactly k entries are kept: of equal magnitudes at the threshold, the later
-    positions (ranked by ``(|delta|, position)``, :mod:`.rank_select`).
+    ``density >= 1`` keeps everything, ``density <= 0`` nothing. Exactly k entries are kept:
+    of equal magnitudes at the threshold, those torch's descending sort on a CPU puts first
+    (see the module docstring).
     With ``threshold`` (ranked over the whole model), keeps ``|delta| >= threshold`` instead.
 
     >>> import torch
@@ -111,19 +132,17 @@ def magnitude_mask(delta: torch.Tensor, density: float,
         return torch.ones_like(delta, dtype=torch.bool)
     if threshold is not None:
         return delta.abs() >= threshold
-    return rank_window_mask(delta.abs(), *trim_ranks(Trim("magnitude", density), delta.numel()))
+    return rank_window_mask(delta.abs(), *trim_ranks(Trim("magnitude", density), delta.numel()),
+                            ties=TIE_ORDER["magnitude"])
 
 
 def outlier_mask(delta: torch.Tensor, density: float, gamma: float,
                  bounds: tuple[float, float] | None = None) -> torch.Tensor:
     """Model Breadcrumbs' mask: drop the largest ``gamma`` fraction and the smallest entries.
 
-    ``int(density * n)`` entries remain (:func:`trim_ranks`); equal magnitudes are ranked
-    by position. With ``bounds`` (ranked over the whole model), keeps
-    ``low <= |delta| <= high`` instead.
-
-    mergekit's ``magnitude_outliers`` empties the whole tensor when ``int(gamma * n)`` is 0
-    (a slice ``[a:-0]``); here no large entry is dropped then, and ``density`` still remain.
+    ``int(density * n)`` entries remain (:func:`trim_ranks`); of equal magnitudes at a
+    cut-off, those torch's ascending sort on a CPU ranks inside (see the module docstring).
+    With ``bounds`` (ranked over the whole model), keeps ``low <= |delta| <= high`` instead.
     """
     import torch
 
@@ -133,14 +152,19 @@ def outlier_mask(delta: torch.Tensor, density: float, gamma: float,
         mags = delta.abs()
         return (mags >= bounds[0]) & (mags <= bounds[1])
     return rank_window_mask(delta.abs(), *trim_ranks(Trim("outliers", density, gamma),
-                                                     delta.numel()))
+                                                     delta.numel()),
+                            ties=TIE_ORDER["outliers"])
 
 
 def della_probabilities(delta: torch.Tensor, density: float, epsilon: float) -> torch.Tensor:
     """DELLA's keep probabilities: linear in the magnitude rank along dimension 1 (rows).
 
     ``p = density - epsilon + 2 * epsilon * rank / (n - 1)`` with rank 0 the smallest
-    magnitude of its row (ties by position); a 1-D tensor is one row; rows of one entry
+    magnitude of its row (ties by position, as a stable ascending sort ranks them: mergekit's
+    ``argsort`` of the row on CUDA; on a CPU its unstable sort ranks equal magnitudes
+    otherwise, which moves their probabilities by at most ``2 * epsilon * ties / (n - 1)``:
+    not replayed, DELLA's draws being random anyway); a 1-D tensor is one row; rows of one
+    entry
     get ``p = density``. Returned as float32, shaped like ``delta``.
     """
     import torch
@@ -185,7 +209,8 @@ class TrimState:
         self.trim, self.draws = trim, draws
         self.window = None
         if active and trim.kind in ("magnitude", "outliers") and trim.bounds is None:
-            self.window = RankWindow(numel, *trim_ranks(trim, numel), width, bracket)
+            self.window = RankWindow(numel, *trim_ranks(trim, numel), width, bracket,
+                                     ties=TIE_ORDER[trim.kind])
         self._rank_rounds = self.window.rounds if self.window is not None else 0
         self._l1 = active and trim.rescale == "l1"
         self.rounds = self._rank_rounds + int(self._l1)
@@ -279,13 +304,12 @@ class TrimState:
             assert self.draws is not None
             return Rule("random", p=trim.density, factor=self._scale or 1.0, post=post,
                         key=self.draws.key, start=start)
-        if self.window is None or post == "divide":
+        if self.window is None or post == "divide" or edges.picks:
             return edges
         if self.window.lo >= self.window.hi:
             return Rule("window", lo=0, hi=0, factor=self._scale or 1.0, post=post)
         spans = []
-        for value, first, count in edges.split:  # keep the equal entries ranked in the window
-            lo, hi = max(0, self.window.lo - first), min(count, self.window.hi - first)
+        for value, lo, hi, count in edges.split:  # keep the equal entries ranked in the window
             asked = [k for k in (lo, hi) if k < count]
             known = self.window.known_places(value, asked)
             found = dict(zip(asked, places(value, asked) if known is None else known,
@@ -363,13 +387,12 @@ def variance_mask(deltas: list[torch.Tensor], fraction: float) -> torch.Tensor:
     """SCE's selection: keep the positions where the task vectors vary most across models.
 
     Keeps the top ``int(fraction * m)`` positions by (population) variance over the models,
-    where ``m`` counts positions of non-zero variance; a boolean mask shaped like one delta.
+    where ``m`` counts positions of non-zero variance (of equal variances at the cut-off, the
+    earlier positions, as mergekit's ``topk``); a boolean mask shaped like one delta.
     """
     import torch
 
     variance = torch.var(torch.stack(deltas), dim=0, unbiased=False)
     k = int(fraction * int(torch.count_nonzero(variance)))
-    mask = torch.zeros(variance.numel(), dtype=torch.bool, device=variance.device)
-    if k > 0:
-        mask[torch.topk(variance.reshape(-1), k, sorted=False).indices] = True
-    return mask.view_as(variance)
+    n = variance.numel()
+    return rank_window_mask(variance, n - k, n, ties="descending").view_as(variance)

@@ -11,5 +11,8 @@ their torch path instead: the results are the same, only slower.
 - :mod:`.mix`: the merge pass of the TIES family (trim every task vector, elect the signs,
   mix), the eager torch operations in the same order, in one loop.
 
-``--kernels compiled`` (and ``auto`` on large merges on a CPU) uses them, for float32.
+- ``introsort.c``: the replay of torch's CPU sort where a magnitude trim's cut falls among
+  equal magnitudes (:mod:`mergekit_like.methods.introsort`, used whenever it builds).
+
+``--kernels compiled`` (and ``auto`` on large merges on a CPU) uses the others, for float32.
 """

@@ -25,10 +25,10 @@ def fine_tune_deltas(n: int, seed: int, unchanged: float = 0.3) -> torch.Tensor:
     return (x - base).abs()
 
 
-def reference(bits: torch.Tensor, rank: int) -> tuple[int, int]:
-    """(value at rank, entries below it) by a sort."""
+def reference(bits: torch.Tensor, rank: int) -> tuple[int, int, int]:
+    """(value at rank, entries below it, entries equal to it) by a sort."""
     value = int(torch.sort(bits).values[rank])
-    return value, int((bits < value).sum())
+    return value, int((bits < value).sum()), int((bits == value).sum())
 
 
 def tally(bits: torch.Tensor, ranks: list[int], first: int, parts: int = 3) -> BracketTally:
@@ -177,7 +177,7 @@ def test_a_ledger_knows_each_chunks_equal_entries_and_where_they_are(rank_frac):
     t = BracketTally(choose_brackets(bits[:50_000][::2], [rank], n), places=True)
     for part in bits.tensor_split(4):
         t.add(part)
-    value, _ = t.resolve(rank)
+    value, _, _ = t.resolve(rank)
     assert value > t.brackets[0].lo  # inside the bracket: positions stored
     ledger = t.ledger(value)
     counts, places = chunk_facts(bits, value, 4)

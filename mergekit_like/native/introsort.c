@@ -1,0 +1,136 @@
+/* Replay of an introsort (libstdc++'s std::sort) over int32 keys, ascending, carrying each
+ * key's index, as far as some cut points need (see methods/introsort.py): ranges holding no
+ * cut are left as they are. Median of three to the front, unguarded Hoare partition, heap
+ * sort past the depth limit, insertion sort for ranges of 16 or fewer.
+ */
+#include <stdint.h>
+
+#define THRESHOLD 16
+
+typedef struct {
+  int32_t *key;
+  int64_t *idx;
+  const int64_t *cuts;
+  int ncuts;
+} arr_t;
+
+static inline void swap(arr_t *a, int64_t i, int64_t j) {
+  int32_t k = a->key[i];
+  a->key[i] = a->key[j];
+  a->key[j] = k;
+  int64_t x = a->idx[i];
+  a->idx[i] = a->idx[j];
+  a->idx[j] = x;
+}
+
+static int64_t partition(arr_t *a, int64_t first, int64_t last) {
+  const int32_t *key = a->key;
+  int64_t p = first + 1, m = first + (last - first) / 2, c = last - 1, median;
+  if (key[p] < key[m])
+    median = key[m] < key[c] ? m : (key[p] < key[c] ? c : p);
+  else
+    median = key[p] < key[c] ? p : (key[m] < key[c] ? c : m);
+  swap(a, first, median);
+  const int32_t pivot = key[first];
+  int64_t lo = first + 1, hi = last;
+  for (;;) {
+    while (key[lo] < pivot) lo++;
+    hi--;
+    while (pivot < key[hi]) hi--;
+    if (!(lo < hi)) return lo;
+    swap(a, lo, hi);
+    lo++;
+  }
+}
+
+static void insertion(arr_t *a, int64_t first, int64_t last) {
+  for (int64_t i = first + 1; i < last; i++) {
+    int32_t k = a->key[i];
+    int64_t x = a->idx[i], j = i;
+    while (j > first && k < a->key[j - 1]) {
+      a->key[j] = a->key[j - 1];
+      a->idx[j] = a->idx[j - 1];
+      j--;
+    }
+    a->key[j] = k;
+    a->idx[j] = x;
+  }
+}
+
+/* libstdc++'s __adjust_heap over base[0, n), hole at `hole`, placing (k, x) */
+static void adjust(int32_t *key, int64_t *idx, int64_t hole, int64_t n, int32_t k, int64_t x) {
+  const int64_t top = hole;
+  int64_t child = hole;
+  while (child < (n - 1) / 2) {
+    child = 2 * (child + 1);
+    if (key[child] < key[child - 1]) child--;
+    key[hole] = key[child];
+    idx[hole] = idx[child];
+    hole = child;
+  }
+  if ((n & 1) == 0 && child == (n - 2) / 2) {
+    child = 2 * (child + 1);
+    key[hole] = key[child - 1];
+    idx[hole] = idx[child - 1];
+    hole = child - 1;
+  }
+  int64_t parent = (hole - 1) / 2;
+  while (hole > top && key[parent] < k) {
+    key[hole] = key[parent];
+    idx[hole] = idx[parent];
+    hole = parent;
+    parent = (hole - 1) / 2;
+  }
+  key[hole] = k;
+  idx[hole] = x;
+}
+
+static void heap_sort(arr_t *a, int64_t first, int64_t last) {
+  int32_t *key = a->key + first;
+  int64_t *idx = a->idx + first, n = last - first;
+  if (n < 2) return;
+  for (int64_t parent = (n - 2) / 2;; parent--) {
+    adjust(key, idx, parent, n, key[parent], idx[parent]);
+    if (parent == 0) break;
+  }
+  for (int64_t end = n - 1; end > 0; end--) {
+    int32_t k = key[end];
+    int64_t x = idx[end];
+    key[end] = key[0];
+    idx[end] = idx[0];
+    adjust(key, idx, 0, end, k, x);
+  }
+}
+
+static int holds_cut(const arr_t *a, int64_t first, int64_t last) {
+  for (int i = 0; i < a->ncuts; i++)
+    if (first < a->cuts[i] && a->cuts[i] < last) return 1;
+  return 0;
+}
+
+static void settle(arr_t *a, int64_t first, int64_t last, int depth) {
+  while (holds_cut(a, first, last)) {
+    if (last - first <= THRESHOLD) {
+      insertion(a, first, last);
+      return;
+    }
+    if (depth == 0) {
+      heap_sort(a, first, last);
+      return;
+    }
+    depth--;
+    int64_t cut = partition(a, first, last);
+    settle(a, cut, last, depth);
+    last = cut;
+  }
+}
+
+/* Arrange key[0, n) (and idx alongside) as an introsort would, as far as the ncuts cut
+ * points need: afterwards idx[0, k) holds the entries sorted before each cut k. depth: the
+ * splits allowed before heap sort (std::sort's: 2 * floor(log2(n))). */
+int mk_introsort_settle(int32_t *key, int64_t *idx, int64_t n, const int64_t *cuts, int ncuts,
+                        int depth) {
+  arr_t a = {key, idx, cuts, ncuts};
+  if (n > 1) settle(&a, 0, n, depth);
+  return 0;
+}
