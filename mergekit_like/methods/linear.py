@@ -44,7 +44,7 @@ def linear_merge(
     for i, t in enumerate(tensors):
         out.addcmul_(t, weights[i])
     if params.normalize:
-        total = weights.reshape(1, -1).sum(dim=1)  # mergekit's op: the same bytes
+        total = weights.reshape(1, -1).sum(dim=1).reshape(())  # mergekit's op: its bytes
         if total == 0:
             raise ValueError("the weights sum to zero; set normalize: false or change them")
         out.div_(total)

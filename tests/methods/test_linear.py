@@ -96,3 +96,12 @@ def test_bfloat16_inputs_accumulate_in_float32_and_round_once():
     )
     assert out.dtype == torch.bfloat16
     assert torch.equal(out, _mergekit_rounding([x.float() for x in xs], w, True).bfloat16())
+
+
+def test_a_zero_dim_tensor_merges():
+    """CLIP's logit_scale is a 0-d tensor: the weight sum must broadcast to it."""
+    a, b = torch.tensor(2.0), torch.tensor(5.0)
+    weights = [LinearModelParams(weight=1.0), LinearModelParams(weight=3.0)]
+    out = linear_merge([a, b], None, weights, LinearParams(), None)
+    assert out.shape == ()
+    torch.testing.assert_close(out, torch.tensor((2.0 + 15.0) / 4.0))
