@@ -27,6 +27,12 @@ from pathlib import Path
 from typing import Any
 
 from mergekit_like.errors import InputError
+from mergekit_like.io.hub_resume import (
+    WEIGHT_SUFFIXES,
+    fetch_weights,
+    storage_folder,
+    tidy_partials,
+)
 
 _SHA = re.compile(r"^[0-9a-f]{40}$")
 _SMALL = (  # besides the weights: config, generation config, tokenizer, chat template
@@ -48,7 +54,8 @@ _SMALL = (  # besides the weights: config, generation config, tokenizer, chat te
 )
 SAFE_INDEX = "model.safetensors.index.json"
 BIN_INDEX = "pytorch_model.bin.index.json"
-MAX_PARALLEL_MODELS = 4
+MAX_PARALLEL_MODELS = 4  # models downloaded at once (fetch_models)
+FILES_PER_MODEL = 4  # files of one model downloaded at once
 
 
 class HubUnreachable(InputError):
@@ -242,6 +249,12 @@ def _bar_class(label: str, show: bool) -> type:
                 kwargs["disable"] = True
             super().__init__(*args, **kwargs)
 
+        def set_description(self, desc: str | None = None, refresh: bool = True) -> None:
+            super().set_description(f"{label}: {desc or ''}".rstrip(": "), refresh)
+
+        def set_description_str(self, desc: str | None = None, refresh: bool = True) -> None:
+            super().set_description_str(f"{label}: {desc or ''}".rstrip(": "), refresh)
+
     return ModelBar
 
 
@@ -265,6 +278,7 @@ def fetch_small_file(repo_id: str, commit: str, name: str, access: HubAccess) ->
             cache_dir=access.cache_dir,
             endpoint=access.endpoint,
             token=access.token,
+            tqdm_class=_bar_class(repo_id, False),  # kilobytes: no bar of their own
         )
     )
 
@@ -293,7 +307,10 @@ def download_model(ref: str, access: HubAccess) -> Path:
 
     repo_id, revision = parts
     try:
-        _, wanted = _plan_files(repo_id, revision, access)
+        commit, wanted = _plan_files(repo_id, revision, access)
+        weights = [n for n in wanted if n.endswith(WEIGHT_SUFFIXES)]
+        # resumable across runs, one bar for the model; snapshot_download links them in
+        left = fetch_weights(repo_id, commit, weights, access, ref, FILES_PER_MODEL)
         path = snapshot_download(
             repo_id,
             revision=revision,
@@ -301,13 +318,14 @@ def download_model(ref: str, access: HubAccess) -> Path:
             cache_dir=access.cache_dir,
             endpoint=access.endpoint,
             token=access.token,
-            max_workers=4,
-            tqdm_class=_bar_class(ref, access.progress),
+            max_workers=FILES_PER_MODEL,
+            tqdm_class=_bar_class(ref, access.progress and left),
         )
     except Exception as exc:
         if not is_hub_failure(exc):
             raise
         raise hub_error(exc, ref, access) from None
+    tidy_partials(storage_folder(repo_id, access), access)  # orphans of killed runs
     return Path(path)
 
 

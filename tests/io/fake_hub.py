@@ -21,6 +21,7 @@ import hashlib
 import json
 import re
 import threading
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -42,12 +43,14 @@ class FakeRepo:
 
 @dataclass
 class Stall:
-    """Serve the first ``after`` bytes of ``path`` (a whole-file GET) once, then hold the
-    connection until released (``drop``: close it at once, as a broken network does)."""
+    """Serve the first ``after`` bytes of ``path`` (a whole-file GET; of ``repo`` alone, when
+    given) once, then hold the connection until released (``drop``: close it at once, as a
+    broken network does)."""
 
     path: str
     after: int
     drop: bool = False
+    repo: str | None = None
     reached: threading.Event = field(default_factory=threading.Event)
     release: threading.Event = field(default_factory=threading.Event)
 
@@ -60,6 +63,9 @@ class FakeHub:
         self.served: Counter[tuple[str, str]] = Counter()  # (repo, path) -> body bytes
         self.requests: list[tuple[str, str, str | None]] = []  # (method, path, Range)
         self.stalls: list[Stall] = []
+        self.weight_delay = 0.0  # seconds each weight-file GET holds its body back
+        self.in_flight: Counter[str] = Counter()  # repo -> weight-file GETs being served
+        self.max_repos_in_flight = 0  # most repos with a weight-file GET served at once
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
 
@@ -98,6 +104,7 @@ class FakeHub:
         with self._lock:
             self.served.clear()
             self.requests.clear()
+            self.max_repos_in_flight = 0
 
     # -- running ----------------------------------------------------------------------
     @property
@@ -273,11 +280,33 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         if head:
             return
+        weight = counter is not None and counter[1].endswith((".safetensors", ".bin"))
+        if weight:
+            self._track(counter[0], +1)
+        try:
+            if weight and self.fake.weight_delay:
+                time.sleep(self.fake.weight_delay)
+            self._body(status, body, counter)
+        finally:
+            if weight:
+                self._track(counter[0], -1)
+
+    def _track(self, repo_id: str, step: int) -> None:
+        with self.fake._lock:
+            self.fake.in_flight[repo_id] += step
+            busy = sum(1 for n in self.fake.in_flight.values() if n > 0)
+            self.fake.max_repos_in_flight = max(self.fake.max_repos_in_flight, busy)
+
+    def _body(self, status: int, body: bytes, counter: tuple[str, str, int] | None) -> None:
         stall = next(
             (
                 s
                 for s in self.fake.stalls
-                if counter and s.path == counter[1] and status == 200 and not s.reached.is_set()
+                if counter
+                and s.path == counter[1]
+                and s.repo in (None, counter[0])
+                and status == 200
+                and not s.reached.is_set()
             ),
             None,
         )
