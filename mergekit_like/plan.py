@@ -19,7 +19,7 @@ from pydantic import ValidationError
 from mergekit_like.architectures import check_ingredients
 from mergekit_like.errors import Loc, PlanError, Problem
 from mergekit_like.io.catalog import ModelCatalog, open_model
-from mergekit_like.io.safetensors_header import FLOAT_DTYPES, RECIPE_DTYPES
+from mergekit_like.io.safetensors_header import FLOAT_DTYPES, RECIPE_DTYPES, promote_dtypes
 from mergekit_like.layers import LayerLayout, layer_layout
 from mergekit_like.loader import LoadedRecipe
 from mergekit_like.methods import REGISTRY, MergeMethod, MethodParams
@@ -62,6 +62,9 @@ class PlannedTensor:
     params: MethodParams | None
     layer: int | None
     vocab_sources: tuple[TensorRef, ...] | None = None  # set: rows are mapped by token first
+    #: safetensors dtype the method computes in: the recipe's ``dtype``, else (mergekit's
+    #: rule) the promotion of this tensor's input dtypes, e.g. 'BF16' for bf16 models
+    compute: str = "F32"
 
     @property
     def nbytes(self) -> int:
@@ -80,7 +83,7 @@ class Plan:
     recipe: LoadedRecipe
     models: tuple[ModelCatalog, ...]
     tensors: tuple[PlannedTensor, ...]
-    compute_dtype: str  # recipe dtype name, e.g. 'float32'
+    compute_dtype: str  # recipe dtype name, e.g. 'float32': the widest tensor's compute
     output: OutputSpec
     warnings: tuple[str, ...] = ()
     vocab: VocabPlan | None = None
@@ -94,6 +97,14 @@ class Plan:
     @property
     def write_bytes(self) -> int:
         return sum(t.nbytes for t in self.tensors)
+
+
+def _widest(recipe: Recipe, tensors: list[PlannedTensor]) -> str:
+    """The plan's compute dtype name: the recipe's, else the widest tensor's (for sizing)."""
+    if recipe.dtype:
+        return recipe.dtype
+    widest = promote_dtypes({pt.compute for pt in tensors if pt.method != COPY})
+    return {v: k for k, v in RECIPE_DTYPES.items()}[widest]
 
 
 def build_plan(loaded: LoadedRecipe, models: ModelOpener = open_model,
@@ -126,7 +137,7 @@ def build_plan(loaded: LoadedRecipe, models: ModelOpener = open_model,
     if builder.problems:
         raise PlanError(list(dict.fromkeys(builder.problems)))
     spec = output_spec(loaded, catalogs, index_of, ref_model, modules, layouts, vocab)
-    plan = Plan(loaded, tuple(catalogs), tuple(tensors), recipe.dtype or "float32", spec,
+    plan = Plan(loaded, tuple(catalogs), tuple(tensors), _widest(recipe, tensors), spec,
                 tuple(builder.warnings()), vocab)
     from mergekit_like.global_trim import model_trims  # imports this module
 
@@ -287,8 +298,11 @@ class _Builder:
             return PlannedTensor(out_name, shape, first.dtype, COPY, (refs[0],), None, (), None,
                                  layer_offset)
         recipe = self.loaded.recipe
-        out_dtype = recipe.out_dtype or recipe.dtype
-        dtype = RECIPE_DTYPES[out_dtype] if out_dtype else (first.dtype if first else "F32")
+        # mergekit: inputs cast to `dtype` when given, else computed in their promoted dtype;
+        # the result is written in `out_dtype`, else in that compute dtype
+        compute = (RECIPE_DTYPES[recipe.dtype] if recipe.dtype
+                   else promote_dtypes(i.dtype for _, i in known))
+        dtype = RECIPE_DTYPES[recipe.out_dtype] if recipe.out_dtype else compute
         levels_global = [sl.params, sl.module_params,
                          ParamLevel(recipe.parameters, ("parameters",))]
         params = self._resolve(method.params, levels_global, out_name, t)
@@ -297,7 +311,7 @@ class _Builder:
             for s in sources
         )
         return PlannedTensor(out_name, shape, dtype, method.name, tuple(refs), base_ref,
-                             model_params, params, layer_offset, vocab_sources)
+                             model_params, params, layer_offset, vocab_sources, compute)
 
     def _vocab_sources(self, key: str, refs: list[TensorRef],
                        shape: tuple[int, ...]) -> tuple[TensorRef, ...] | None:
