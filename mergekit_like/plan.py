@@ -62,8 +62,7 @@ class PlannedTensor:
     params: MethodParams | None
     layer: int | None
     vocab_sources: tuple[TensorRef, ...] | None = None  # set: rows are mapped by token first
-    #: safetensors dtype the method computes in: the recipe's ``dtype``, else (mergekit's
-    #: rule) the promotion of this tensor's input dtypes, e.g. 'BF16' for bf16 models
+    #: the recipe's ``dtype``, else (mergekit) the promotion of the input dtypes, e.g. 'BF16'
     compute: str = "F32"
 
     @property
@@ -99,14 +98,6 @@ class Plan:
         return sum(t.nbytes for t in self.tensors)
 
 
-def _widest(recipe: Recipe, tensors: list[PlannedTensor]) -> str:
-    """The plan's compute dtype name: the recipe's, else the widest tensor's (for sizing)."""
-    if recipe.dtype:
-        return recipe.dtype
-    widest = promote_dtypes({pt.compute for pt in tensors if pt.method != COPY})
-    return {v: k for k, v in RECIPE_DTYPES.items()}[widest]
-
-
 def build_plan(loaded: LoadedRecipe, models: ModelOpener = open_model,
                allow_crimes: bool = False) -> Plan:
     """Plan a validated recipe against its ingredients' headers.
@@ -137,7 +128,13 @@ def build_plan(loaded: LoadedRecipe, models: ModelOpener = open_model,
     if builder.problems:
         raise PlanError(list(dict.fromkeys(builder.problems)))
     spec = output_spec(loaded, catalogs, index_of, ref_model, modules, layouts, vocab)
-    plan = Plan(loaded, tuple(catalogs), tuple(tensors), _widest(recipe, tensors), spec,
+    merged = {pt.compute for pt in tensors if pt.method != COPY}
+    widest = promote_dtypes(merged)  # the plan's compute dtype: for sizing, and global trims
+    compute = recipe.dtype or next(k for k, v in RECIPE_DTYPES.items() if v == widest)
+    if len(merged) > 1 and any(getattr(pt.params, "model_wide_trim", False) for pt in tensors):
+        tensors = [pt if pt.method == COPY else dataclasses.replace(
+            pt, compute=RECIPE_DTYPES[compute]) for pt in tensors]  # ranked in one dtype
+    plan = Plan(loaded, tuple(catalogs), tuple(tensors), compute, spec,
                 tuple(builder.warnings()), vocab)
     from mergekit_like.global_trim import model_trims  # imports this module
 
@@ -298,9 +295,7 @@ class _Builder:
             return PlannedTensor(out_name, shape, first.dtype, COPY, (refs[0],), None, (), None,
                                  layer_offset)
         recipe = self.loaded.recipe
-        # mergekit: inputs cast to `dtype` when given, else computed in their promoted dtype;
-        # the result is written in `out_dtype`, else in that compute dtype
-        compute = (RECIPE_DTYPES[recipe.dtype] if recipe.dtype
+        compute = (RECIPE_DTYPES[recipe.dtype] if recipe.dtype  # else mergekit's: promoted
                    else promote_dtypes(i.dtype for _, i in known))
         dtype = RECIPE_DTYPES[recipe.out_dtype] if recipe.out_dtype else compute
         levels_global = [sl.params, sl.module_params,

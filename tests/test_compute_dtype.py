@@ -106,3 +106,15 @@ def test_ties_sign_consensus_in_bfloat16_rounds_as_mergekit(tmp_path, run_cli, b
         divisor[divisor == 0] = 1
         mixed /= divisor
         assert torch.equal(got[name], b + mixed), name
+
+
+def test_model_wide_trim_ranks_mixed_dtypes_in_one_compute_dtype(tmp_path, bf16_family):
+    # the trim's bounds are ranked over every tensor at once: all in the widest dtype
+    recipe = write_recipe(tmp_path, f"merge_method: ties\nbase_model: {bf16_family['base']}\n"
+                          f"models:\n  - model: {bf16_family['base32']}\n    parameters: "
+                          f"{{weight: 1.0, density: 0.5}}\n  - model: {bf16_family['math']}\n"
+                          "    parameters: {weight: 1.0, density: 0.5}\n"
+                          "parameters: {model_wide_trim: true}\n")
+    plan = build_plan(load_recipe(recipe))
+    assert {t.compute for t in plan.tensors} == {"F32"}
+    assert plan.compute_dtype == "float32"
