@@ -1,6 +1,6 @@
 """Running a plan: read, merge and write one tensor (or row chunk) at a time.
 
-The executor computes in the plan's compute dtype on the chosen device, frees every input
+The executor computes in each tensor's compute dtype on the chosen device, frees every input
 right after use, and hands each result to the writer, which streams it into its place in
 the output shard. Memory therefore stays bounded by the largest step, not the model.
 
@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Literal
 from mergekit_like.errors import MergeError
 from mergekit_like.io.cuda_staging import CudaStaging, Outbound
 from mergekit_like.io.reader import TensorReader, torch_dtype
-from mergekit_like.io.safetensors_header import DTYPE_SIZES, RECIPE_DTYPES
+from mergekit_like.io.safetensors_header import DTYPE_SIZES
 from mergekit_like.io.writer import ShardWriter
 from mergekit_like.memory import HeapTrimmer, tune_allocator
 from mergekit_like.methods import REGISTRY, TensorContext
@@ -104,7 +104,6 @@ def execute(
     tune_allocator()
     from tqdm.auto import tqdm
 
-    compute = RECIPE_DTYPES[plan.compute_dtype]
     bounds = None
     if any(getattr(pt.params, "model_wide_trim", False) for pt in plan.tensors):
         from mergekit_like.global_trim import model_trim_bounds
@@ -130,7 +129,7 @@ def execute(
         factory = None if pt.method == COPY else REGISTRY[pt.method].stats
         if factory is None:
             return None
-        return factory(pt.shape, DTYPE_SIZES[compute] * 8, pt.model_params, pt.params,
+        return factory(pt.shape, DTYPE_SIZES[pt.compute] * 8, pt.model_params, pt.params,
                        context(pt))
 
     def rounds(pt: PlannedTensor) -> int:
@@ -180,13 +179,13 @@ def execute(
         if not wanted(step) or deferred_read(step):  # on the I/O thread: at worst, in vain
             return None
         if not on_gpu(step):
-            return *_load(plan, step, compute, read_host), None
+            return *_load(plan, step, step.pt.compute, read_host), None
         assert staging is not None
         with staging.uploading():
-            tensors, base = _load(plan, step, compute, lambda info, name, rows, dtype:
+            tensors, base = _load(plan, step, step.pt.compute, lambda info, name, rows, dtype:
                                   staging.read(reader, info, name, rows, dtype))
         loaded = tensors, base, staging.hand_over([*tensors, base])
-        if step.round >= 0 and input_bytes(step.pt, compute) <= budget:
+        if step.round >= 0 and input_bytes(step.pt, step.pt.compute) <= budget:
             kept[key] = loaded
         return loaded
 
@@ -206,7 +205,7 @@ def execute(
                 return None
             if inputs is None:  # a read deferred_read bet against
                 with TensorReader() as own:
-                    inputs = _load(plan, step, compute, lambda info, name, rows, dtype:
+                    inputs = _load(plan, step, step.pt.compute, lambda info, name, rows, dtype:
                                    own.read(info, name, rows=rows, dtype=dtype))
             try:
                 stats.observe(step.round, *inputs, step.start)
@@ -238,7 +237,7 @@ def execute(
         if not outbound.finite():  # name the culprit: read the inputs again, on this thread
             with TensorReader() as own:
                 _raise_nonfinite(plan, step.pt, *_load(
-                    plan, step, compute, lambda info, name, rows, dtype: own.read(
+                    plan, step, step.pt.compute, lambda info, name, rows, dtype: own.read(
                         info, name, rows=rows, dtype=dtype)))
         writer.write(step.pt.name, out, step.offset)
         bar.update(out.numel() * out.element_size())
@@ -257,7 +256,7 @@ def execute(
 
 
 def _load(plan: Plan, step: Step, compute: str, read: Read) -> Inputs:
-    """Read one step's inputs (and base) in the compute dtype with ``read``."""
+    """Read one step's inputs (and base) in ``compute`` (the tensor's compute dtype)."""
     pt = step.pt
 
     def info(ref):  # noqa: ANN001, ANN202

@@ -19,7 +19,7 @@ from pydantic import ValidationError
 from mergekit_like.architectures import check_ingredients
 from mergekit_like.errors import Loc, PlanError, Problem
 from mergekit_like.io.catalog import ModelCatalog, open_model
-from mergekit_like.io.safetensors_header import FLOAT_DTYPES, RECIPE_DTYPES
+from mergekit_like.io.safetensors_header import FLOAT_DTYPES, RECIPE_DTYPES, promote_dtypes
 from mergekit_like.layers import LayerLayout, layer_layout
 from mergekit_like.loader import LoadedRecipe
 from mergekit_like.methods import REGISTRY, MergeMethod, MethodParams
@@ -62,6 +62,8 @@ class PlannedTensor:
     params: MethodParams | None
     layer: int | None
     vocab_sources: tuple[TensorRef, ...] | None = None  # set: rows are mapped by token first
+    #: the recipe's ``dtype``, else (mergekit) the promotion of the input dtypes, e.g. 'BF16'
+    compute: str = "F32"
 
     @property
     def nbytes(self) -> int:
@@ -80,7 +82,7 @@ class Plan:
     recipe: LoadedRecipe
     models: tuple[ModelCatalog, ...]
     tensors: tuple[PlannedTensor, ...]
-    compute_dtype: str  # recipe dtype name, e.g. 'float32'
+    compute_dtype: str  # recipe dtype name, e.g. 'float32': the widest tensor's compute
     output: OutputSpec
     warnings: tuple[str, ...] = ()
     vocab: VocabPlan | None = None
@@ -126,7 +128,13 @@ def build_plan(loaded: LoadedRecipe, models: ModelOpener = open_model,
     if builder.problems:
         raise PlanError(list(dict.fromkeys(builder.problems)))
     spec = output_spec(loaded, catalogs, index_of, ref_model, modules, layouts, vocab)
-    plan = Plan(loaded, tuple(catalogs), tuple(tensors), recipe.dtype or "float32", spec,
+    merged = {pt.compute for pt in tensors if pt.method != COPY}
+    widest = promote_dtypes(merged)  # the plan's compute dtype: for sizing, and global trims
+    compute = recipe.dtype or next(k for k, v in RECIPE_DTYPES.items() if v == widest)
+    if len(merged) > 1 and any(getattr(pt.params, "model_wide_trim", False) for pt in tensors):
+        tensors = [pt if pt.method == COPY else dataclasses.replace(
+            pt, compute=RECIPE_DTYPES[compute]) for pt in tensors]  # ranked in one dtype
+    plan = Plan(loaded, tuple(catalogs), tuple(tensors), compute, spec,
                 tuple(builder.warnings()), vocab)
     from mergekit_like.global_trim import model_trims  # imports this module
 
@@ -287,8 +295,9 @@ class _Builder:
             return PlannedTensor(out_name, shape, first.dtype, COPY, (refs[0],), None, (), None,
                                  layer_offset)
         recipe = self.loaded.recipe
-        out_dtype = recipe.out_dtype or recipe.dtype
-        dtype = RECIPE_DTYPES[out_dtype] if out_dtype else (first.dtype if first else "F32")
+        compute = (RECIPE_DTYPES[recipe.dtype] if recipe.dtype  # else mergekit's: promoted
+                   else promote_dtypes(i.dtype for _, i in known))
+        dtype = RECIPE_DTYPES[recipe.out_dtype] if recipe.out_dtype else compute
         levels_global = [sl.params, sl.module_params,
                          ParamLevel(recipe.parameters, ("parameters",))]
         params = self._resolve(method.params, levels_global, out_name, t)
@@ -297,7 +306,7 @@ class _Builder:
             for s in sources
         )
         return PlannedTensor(out_name, shape, dtype, method.name, tuple(refs), base_ref,
-                             model_params, params, layer_offset, vocab_sources)
+                             model_params, params, layer_offset, vocab_sources, compute)
 
     def _vocab_sources(self, key: str, refs: list[TensorRef],
                        shape: tuple[int, ...]) -> tuple[TensorRef, ...] | None:

@@ -278,9 +278,10 @@ class Recipe(_Frozen):
         "model, e.g. text_decoder, vision_tower: its models or slices")
     base_model: str | None = None
     parameters: Parameters = Field(default_factory=dict)
-    dtype: DType | None = Field(default=None, description="compute dtype (default float32)")
-    out_dtype: DType | None = Field(default=None, description="output dtype (default: dtype, "
-                                    "else the ingredients' own)")
+    dtype: DType | None = Field(default=None, description="compute dtype (default: as mergekit, "
+                                "each tensor's input dtype, promoted: bfloat16 for bf16 models)")
+    out_dtype: DType | None = Field(default=None, description="output dtype (default: the "
+                                    "compute dtype)")
     tokenizer_source: str | None = Field(
         default=None, description="'union', 'base' (default), or a model whose tokenizer is used"
     )

@@ -12,6 +12,7 @@ import math
 import os
 import stat
 import struct
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -29,6 +30,22 @@ RECIPE_DTYPES: dict[str, str] = {
     "float32": "F32", "float16": "F16", "bfloat16": "BF16", "float64": "F64",
 }
 MAX_HEADER = 100_000_000
+
+
+def promote_dtypes(dtypes: Iterable[str]) -> str:
+    """The float safetensors dtype that holds every one of ``dtypes`` (torch's promotion).
+
+    mergekit computes a tensor in this dtype when the recipe gives no ``dtype``:
+    ``promote_dtypes(["BF16", "BF16"]) == "BF16"``, ``["BF16", "F32"] -> "F32"``, and
+    ``["BF16", "F16"] -> "F32"`` (neither holds the other).
+    """
+    kinds = set(dtypes)
+    for wide in ("F64", "F32"):
+        if wide in kinds:
+            return wide
+    if len(kinds) > 1:
+        return "F32"
+    return kinds.pop() if kinds else "F32"
 
 
 @dataclass(frozen=True)

@@ -177,7 +177,7 @@ class Kernels:
         shape = tuple(rule_shape(r, pad=self.fused(base.dtype)) for r in rules)
         numbers = rule_numbers(rules, base.dtype, base.device)
         w = torch.tensor(list(weights), dtype=base.dtype, device=base.device)
-        lam = torch.tensor(lambda_, dtype=base.dtype, device=base.device)
+        lam = torch.tensor(lambda_, dtype=_opmath(base.dtype), device=base.device)
         fn = self._get(trim_mix, base.dtype)
         return fn([x.reshape(-1) for x in xs], base.reshape(-1), shape, numbers, w,
                   signs_of(weights), lam, consensus, normalize).view(base.shape)
@@ -210,7 +210,7 @@ class Kernels:
 
         w = torch.tensor(list(weights), dtype=base.dtype, device=base.device)
         lam = (lambda_ if isinstance(lambda_, torch.Tensor)
-               else torch.tensor(float(lambda_), dtype=base.dtype, device=base.device))
+               else torch.tensor(float(lambda_), dtype=_opmath(base.dtype), device=base.device))
         fn = self._get(mix_deltas, base.dtype) if lam.dim() == 0 else mix_deltas
         return fn(deltas, base, w, signs_of(weights), lam, consensus, normalize)
 
@@ -291,3 +291,10 @@ class PairChunk:
             return native.window.equal_places(self.x, self.base, value, ks)
         where = (magnitude_bits((self.x - self.base).abs_()) == value).nonzero().squeeze(1)
         return [int(where[k]) for k in ks]
+
+
+def _opmath(dtype: torch.dtype) -> torch.dtype:
+    """The dtype a Python number multiplies ``dtype`` tensors in (torch's opmath)."""
+    import torch
+
+    return torch.float32 if dtype in (torch.bfloat16, torch.float16) else dtype

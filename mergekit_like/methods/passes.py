@@ -66,18 +66,26 @@ def mix_deltas(deltas: Sequence[torch.Tensor], base: torch.Tensor, weights: torc
     by ``copysign``) and only the task vectors agreeing with it are summed, divided with
     ``normalize`` by the sum of the agreeing weights (where none agrees: by the smallest
     weight when every weight is positive, else by 1). The task vectors are updated in place.
+
+    Rounding follows mergekit's torch ops: each ``w_i * d_i`` is rounded to the compute
+    dtype, the sums over the models are ``torch.sum(dim=0)``'s (in bfloat16/float16
+    accumulated in float32, rounded once), and ``lambda_`` (float32 for those dtypes, as
+    torch's opmath takes a Python number) multiplies in float32 before one rounding.
     """
     import torch
 
+    dtype = base.dtype
+    acc = _accumulator(dtype)
     if consensus is None:
-        mixed = deltas[0].mul_(weights[0])
+        mixed = deltas[0].mul_(weights[0]).to(acc)
         for i in range(1, len(deltas)):
             mixed.add_(deltas[i].mul_(weights[i]))
+        mixed = mixed.to(dtype)
         if normalize:
             total = weights.sum()
             mixed.div_(torch.where(total.abs() < 1e-8, torch.ones_like(total), total))
-        return mixed.mul_(lambda_).add_(base)
-    total = torch.zeros_like(base)
+        return _scaled(mixed, lambda_).add_(base)
+    total = torch.zeros_like(base, dtype=acc)
     for i, d in enumerate(deltas):
         if consensus == "sum":
             total.add_(d * weights[i])
@@ -87,24 +95,40 @@ def mix_deltas(deltas: Sequence[torch.Tensor], base: torch.Tensor, weights: torc
             total.add_(torch.sign(d))
         elif signs[i] < 0:
             total.sub_(torch.sign(d))
-    elected = torch.ones_like(total).copysign_(total)
+    elected = torch.ones_like(total).copysign_(total).to(dtype)
     mixed = divisor = None
     for i, d in enumerate(deltas):
         agrees = d * elected
         agree = (agrees > 0) if signs[i] >= 0 else (agrees < 0)
         term = d.mul_(agree).mul_(weights[i])
-        mixed = term if mixed is None else mixed.add_(term)
+        mixed = term.to(acc) if mixed is None else mixed.add_(term)
         if normalize:
             share = agree.to(d.dtype).mul_(weights[i])
-            divisor = share if divisor is None else divisor.add_(share)
+            divisor = share.to(acc) if divisor is None else divisor.add_(share)
     assert mixed is not None
+    mixed = mixed.to(dtype)
     if divisor is not None:  # no agreeing model: mixed is 0 there, divided as said above
+        divisor = divisor.to(dtype)
         if all(sign > 0 for sign in signs):
             divisor = torch.maximum(divisor, weights.min())
         else:
             divisor.masked_fill_(divisor == 0, 1.0)
         mixed.div_(divisor)
-    return mixed.mul_(lambda_).add_(base)
+    return _scaled(mixed, lambda_).add_(base)
+
+
+def _accumulator(dtype: torch.dtype) -> torch.dtype:
+    """The dtype torch's sums (and opmath) use for ``dtype``: float32 for 16-bit floats."""
+    import torch
+
+    return torch.float32 if dtype in (torch.bfloat16, torch.float16) else dtype
+
+
+def _scaled(mixed: torch.Tensor, lambda_: torch.Tensor) -> torch.Tensor:
+    """``mixed * lambda_`` in ``lambda_``'s dtype when wider (one rounding), else in place."""
+    if lambda_.dtype == mixed.dtype:
+        return mixed.mul_(lambda_)
+    return mixed.to(lambda_.dtype).mul_(lambda_).to(mixed.dtype)
 
 
 def trimmed(d: torch.Tensor, kind: RuleKind, post: RulePost, has_lo: bool, has_hi: bool,

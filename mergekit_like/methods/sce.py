@@ -10,6 +10,14 @@
 
 As mergekit's ``sce``: no per-model parameters (the weights come from the data).
 
+Rounding follows mergekit's torch ops in the compute dtype: the variance is
+``torch.var(unbiased=False)``'s (Welford's update in float64, rounded once), each weight is
+``mean(delta_i ** 2)`` divided by the ``.item()`` of the weights' ``torch.sum``, and the
+weighted sums over the models accumulate as ``torch.sum(dim=0)`` does (float32 for 16-bit
+floats). The energies' own sums over the entries take :func:`~.reductions.stable_sum`'s
+fixed order (thread- and device-independent, and split into row chunks), so at float32 a
+weight can differ from mergekit's in its last bit.
+
 A large tensor is merged in row chunks after statistics passes over the same chunks
 (:class:`SceStats`): the count of positions of non-zero variance, a rank window over the
 variances (:class:`~mergekit_like.methods.rank_select.RankWindow`, ties ranked by position),
@@ -47,17 +55,77 @@ class SceParams(MethodParams):
 
 
 def variance(deltas: Sequence[torch.Tensor]) -> torch.Tensor:
-    """Population variance over the models at each position, in a fixed order of
-    elementwise operations (the same bytes for any chunk and on any device)."""
-    n = deltas[0].new_full((), len(deltas))
-    mean = deltas[0].clone()
+    """Population variance over the models at each position: the bytes of
+    ``torch.var(torch.stack(deltas), dim=0, unbiased=False)`` on the CPU (Welford's update
+    in float64, rounded to float32, then to the deltas' dtype), as elementwise operations
+    (the same bytes for any chunk and on any device)."""
+    import torch
+
+    mean = torch.zeros_like(deltas[0], dtype=torch.float64)
+    m2 = torch.zeros_like(mean)
+    for n, d in enumerate(deltas, start=1):
+        x = d.to(torch.float64)
+        step = x - mean
+        mean.add_(step / n)
+        m2.add_(step * (x - mean))
+    return m2.div_(len(deltas)).to(torch.float32).to(deltas[0].dtype)
+
+
+def _accumulator(dtype: torch.dtype) -> torch.dtype:
+    """What torch's sums accumulate ``dtype`` in: float32 for 16-bit floats."""
+    import torch
+
+    return torch.float32 if dtype in (torch.bfloat16, torch.float16) else dtype
+
+
+def small_sum(values: Sequence[torch.Tensor]) -> torch.Tensor:
+    """``torch.sum`` of a few 0-d tensors (fewer than 8), in the CPU kernel's order: four
+    partial sums over every fourth value, the values left over added to the first, then
+    the partials in order; 16-bit floats accumulate in float32, rounded once."""
+    dtype = values[0].dtype
+    acc = [values[0].new_zeros((), dtype=_accumulator(dtype)) for _ in range(4)]
+    whole = len(values) // 4 * 4
+    for i in range(whole):
+        acc[i % 4] = acc[i % 4] + values[i]
+    for v in values[whole:]:
+        acc[0] = acc[0] + v
+    total = acc[0] + acc[1] + acc[2] + acc[3]
+    return total.to(dtype)
+
+
+def energy_weights(energies: Sequence[torch.Tensor]) -> torch.Tensor:
+    """mergekit's ``sce_weight``: the energies divided by the ``.item()`` of their sum
+    (uniform when that sum is below 1e-6); one per model, in the energies' dtype."""
+    import torch
+
+    weights = torch.stack(list(energies))
+    total = small_sum(energies).item()
+    if abs(total) < 1e-6:
+        return torch.ones_like(weights) / weights.shape[0]
+    return weights / total
+
+
+def mix(deltas: Sequence[torch.Tensor], base: torch.Tensor,
+        weights: torch.Tensor) -> torch.Tensor:
+    """SCE's erase and mean, mergekit's ops in order: the sign of the summed task vectors
+    elected (ties to +), each weight kept where its task vector agrees, ``sum(d_i * w_i)``
+    divided by the kept weights' sum clamped below at 1e-6, added to the base."""
+    import torch
+
+    dtype = base.dtype
+    acc = _accumulator(dtype)
+    total = deltas[0].to(acc)
     for d in deltas[1:]:
-        mean.add_(d)
-    mean.div_(n)
-    var = (deltas[0] - mean).square_()
-    for d in deltas[1:]:
-        var.add_((d - mean).square_())
-    return var.div_(n)
+        total = total + d
+    majority = torch.where(total.to(dtype) >= 0, 1.0, -1.0).to(dtype)
+    merged = divisor = None
+    for i, d in enumerate(deltas):
+        kept = weights[i] * (d.sign() == majority)
+        term = (d * kept).to(acc)
+        merged = term if merged is None else merged.add_(term)
+        divisor = kept.to(acc) if divisor is None else divisor.add_(kept)
+    assert merged is not None and divisor is not None
+    return base + merged.to(dtype) / divisor.to(dtype).clamp(min=1e-6)
 
 
 class SceStats:
@@ -77,7 +145,8 @@ class SceStats:
         self._nonzero = 0
         self.window: RankWindow | None = None
         self._energy = [BlockSums(numel) for _ in range(n_models)]
-        self.weights: list[float] | None = None
+        self._dtype: torch.dtype | None = None
+        self.weights: torch.Tensor | None = None  # one per model, in the compute dtype
 
     @classmethod
     def whole(cls, tensors: Sequence[torch.Tensor], base: torch.Tensor,
@@ -117,7 +186,8 @@ class SceStats:
                 self.window.observe(round_ - 1, var)
             return
         for sums, d in zip(self._energy, self.select(deltas), strict=True):
-            sums.add(d * d)
+            sums.add(d.square().to(_accumulator(d.dtype)))
+        self._dtype = base.dtype
 
     def finish(self, round_: int) -> None:
         if round_ < self._first_energy:
@@ -129,10 +199,12 @@ class SceStats:
                 assert self.window is not None
                 self.window.finish(round_ - 1)
             return
-        energy = [float(s.total()) / max(1, self.numel) for s in self._energy]
-        total = sum(energy)
-        self.weights = ([e / total for e in energy] if total else
-                        [1.0 / len(energy)] * len(energy))
+        import torch
+
+        dtype = self._dtype or torch.float32
+        # mean(dim=1): the sum divided by the count in the accumulator, rounded once
+        self.weights = energy_weights([(s.total() / max(1, self.numel)).to(dtype)
+                                       for s in self._energy])
         if self.window is not None:
             self.window.restart()  # the merge pass masks the chunks again, from the first
 
@@ -158,8 +230,7 @@ def sce_merge(
         stats = SceStats.whole(tensors, base, params.select_topk)
     assert stats.weights is not None
     deltas = stats.select([x.sub_(base) for x in tensors])
-    return ctx.kernels.mix_deltas(deltas, base, stats.weights, 1.0, "sum_unweighted",
-                                  normalize=True)
+    return mix(deltas, base, stats.weights.to(base.device))
 
 
 SCE = MergeMethod(
