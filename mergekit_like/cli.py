@@ -190,16 +190,19 @@ def _merge(ns: argparse.Namespace, argv: Sequence[str] = ()) -> int:
                            copy_tokenizer=ns.copy_tokenizer,
                            write_model_card=ns.write_model_card,
                            command=reproducing_command(argv, ns.out))
-    if ns.multirun:  # soups: sweeps run each setting through soups/runner.py
-        from mergekit_like.soups.sweep import run_sweep
-
-        run_sweep(ns.recipe, ns.out, ns.overrides, options, allow_code=ns.allow_code)
-        return 0
-    docs = _trusted(load_recipe_documents(ns.recipe, ns.overrides), ns)
     from mergekit_like.io.hub import HubAccess
     from mergekit_like.preflight import fetch_for_merge
 
-    fetch_for_merge(docs, HubAccess.from_env(offline=ns.offline, progress=say), ns.allow_crimes)
+    access = HubAccess.from_env(offline=ns.offline, progress=say)
+    if ns.multirun:  # soups: sweeps run each setting through soups/runner.py
+        from mergekit_like.soups.sweep import run_sweep
+
+        run_sweep(ns.recipe, ns.out, ns.overrides, options, allow_code=ns.allow_code,
+                  prepare=lambda recipe, overrides: fetch_for_merge(
+                      load_recipe_documents(recipe, overrides), access, ns.allow_crimes))
+        return 0
+    docs = _trusted(load_recipe_documents(ns.recipe, ns.overrides), ns)
+    fetch_for_merge(docs, access, ns.allow_crimes)
     if len(docs) > 1:  # mergekit-multi: named merges in dependency order
         from mergekit_like.multi import run_documents
 

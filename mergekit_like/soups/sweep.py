@@ -12,7 +12,7 @@ import itertools
 import json
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -60,8 +60,13 @@ def _scores(data: dict[str, Any]) -> tuple[float | None, float | None]:
 
 
 def run_sweep(recipe: Path, out: Path, overrides: Sequence[str], options: MergeOptions,
-              allow_code: bool = False) -> list[dict[str, Any]]:
-    """Run every combination into its own folder under ``out``; write the summary."""
+              allow_code: bool = False,
+              prepare: Callable[[Path, Sequence[str]], None] | None = None,
+              ) -> list[dict[str, Any]]:
+    """Run every combination into its own folder under ``out``; write the summary.
+
+    ``prepare(recipe, overrides)`` runs before each run (``merge`` fetches its hub models).
+    """
     from mergekit_like.soups.runner import run_recipe
 
     runs = expand_sweeps(overrides)
@@ -76,6 +81,8 @@ def run_sweep(recipe: Path, out: Path, overrides: Sequence[str], options: MergeO
             print(f"[{i + 1}/{len(runs)}] {' '.join(swept) or '(no sweep)'} -> {folder}")
         row: dict[str, Any] = {"run": folder.name, "overrides": swept}
         try:
+            if prepare is not None:
+                prepare(recipe, combo)
             data = run_recipe(recipe, folder, replace(options, force=True), combo, allow_code)
             row["val"], row["test"] = _scores(data)
             row["higher_is_better"] = data.get("higher_is_better")

@@ -400,3 +400,18 @@ def test_validate_a_bin_only_hub_model(tmp_path, hub, run_cli, llama_family):
     assert "not checked, as 1 model(s) are not reachable" in res.out
     assert "'acme/binonly' has no safetensors weights on the hub" in res.out
     assert hub.weight_bytes() == _header_bytes(llama_family["math"] / "model.safetensors")
+
+
+def test_a_sweep_downloads_its_hub_models(tmp_path, hub, run_cli, llama_family):
+    """`merge -m` fetches the hub models of each run, as a single merge does."""
+    recipe = write_recipe(tmp_path, _ties())
+    res = run_cli("-m", recipe, tmp_path / "sweep", "parameters.lambda=0.5,1.0", "--quiet")
+    assert res.code == 0, res.err
+    runs = sorted(p for p in (tmp_path / "sweep").iterdir() if p.is_dir())
+    assert len(runs) == 2
+    local = _ties(models=(llama_family["math"], llama_family["code"]), base=llama_family["base"])
+    ref = write_recipe(tmp_path, local, "local.yaml")
+    assert run_cli(ref, tmp_path / "ref", "parameters.lambda=1.0", "--quiet").code == 0
+    got, want = load_tensors(runs[1]), load_tensors(tmp_path / "ref")
+    assert got.keys() == want.keys()
+    assert all(torch.equal(got[k], want[k]) for k in want)
