@@ -75,8 +75,7 @@ def test_a_gram_in_chunks_has_the_eager_bytes(sizes):
     assert torch.tensor(want.matrix()).isnan().any()  # the odd values reached the sums
 
 
-SPHERICAL = [
-    ("slerp", 1, {"t": 0.3}, [{}]),
+SPHERICAL = [  # slerp: mergekit's float32 torch reductions (methods/pieces.py), no C pass
     ("nuslerp", 2, {}, [{"weight": 0.6}, {"weight": 0.4}]),
     ("multislerp", 3, {}, [{"weight": 0.5}, {"weight": 0.3}, {"weight": 0.2}]),
     ("karcher", 3, {}, [{}] * 3),
