@@ -24,26 +24,28 @@ The last two follow mergekit's code (the row-wise flag transposes so that dimens
 reduced); mergekit's documentation describes the two flags the other way round.
 
 Unlike ``slerp``, a vector pair falls back to linear interpolation only when
-``|sin(theta)| < 1e-8`` (mergekit's nuslerp has no 0.9995 dot threshold).
+``1 - cos(theta)^2 <= 1e-16`` (mergekit's nuslerp has no 0.9995 dot threshold).
+
+mergekit's bytes: mergekit computes nuslerp in the inputs' (compute) dtype with one torch
+call per reduction over the whole tensor (``torch.norm``, ``torch.sum``), whose rounding
+depends on the tensor's length and, for ``sum``, on the thread count; :class:`FlatStats`
+makes the same calls on the same whole tensors, gathered from the row chunks.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from pydantic import Field
 
-from mergekit_like.methods.gram import GramStats, task_vectors
+from mergekit_like.methods.gram import task_vectors
 from mergekit_like.methods.reductions import BLOCK, ColumnSums, stable_sum
 from mergekit_like.methods.spec import MergeMethod, MethodParams, TensorContext, gather_whole
 
 if TYPE_CHECKING:
     import torch
-
-    from mergekit_like.methods.kernels import Kernels
 
 NORM_EPS = 1e-7
 """Norms are clamped below at this value before normalising."""
@@ -67,49 +69,77 @@ class NuSlerpModelParams(MethodParams):
     )
 
 
-def nuslerp_coefficients(t: float, n0: float, n1: float, dot: float) -> tuple[float, float]:
-    """``(s0, s1)`` with ``nuslerp = s0 * v0 + s1 * v1``, from the norms and dot product.
+class FlatStats:
+    """mergekit's flattened NuSLERP statistics in its own torch calls: the whole (task-vector)
+    tensors' norms (``torch.norm``, clamped at :data:`NORM_EPS`), the whole tensor's sum of
+    the normalised products, clamped to [-1, 1], colinear where ``1 - cos^2 <= 1e-16``.
+    Implements :class:`~.spec.TensorStats`.
 
-    >>> nuslerp_coefficients(0.5, 1.0, 1.0, 0.0)
-    (0.7071067811865475, 0.7071067811865475)
+    mergekit reduces each whole tensor in one torch call, whose summation order depends on
+    its length (and, for ``sum``, the thread count); no sum of chunks reproduces it. So the
+    row chunks are gathered into the whole flat tensors first (the memory mergekit needs
+    too: the two vectors, in the compute dtype), then reduced once; :meth:`apply` is
+    elementwise, so every chunk gets the whole tensor's bytes.
     """
-    cos = dot / max(n0, NORM_EPS) / max(n1, NORM_EPS)
-    theta = math.acos(min(max(cos, -1.0), 1.0))
-    sin_theta = math.sin(theta)
-    if abs(sin_theta) < COLINEAR_EPS:
-        return 1.0 - t, t
-    return math.sin((1.0 - t) * theta) / sin_theta, math.sin(t * theta) / sin_theta
 
+    rounds = 1
 
-def nuslerp_stats_for(t: float, numel: int, kernels: Kernels | None = None) -> GramStats:
-    """The two (task-vector) tensors' norms and dot product over a whole flattened tensor,
-    chunk by chunk (:class:`~.gram.GramStats`): each chunk is then ``s0 * v0 + s1 * v1``
-    with coefficients from the whole tensors."""
+    def __init__(self, t: float) -> None:
+        self.t = t
+        self._chunks: list[list[torch.Tensor]] = [[], []]
+        self.theta: torch.Tensor | None = None
+        self.colinear = False
 
-    def solve(gram: list[list[float]]) -> tuple[float, float]:
-        (g00, dot), (_, g11) = gram
-        return nuslerp_coefficients(t, math.sqrt(g00), math.sqrt(g11), dot)
+    def wants(self, round_: int) -> bool:
+        """The one round is needed."""
+        return True
 
-    return GramStats(numel, solve, kernels=kernels)
+    def observe(self, round_: int, tensors: Sequence[torch.Tensor], base: torch.Tensor | None,
+                start: int) -> None:
+        for chunks, v in zip(self._chunks, task_vectors(tensors, base), strict=True):
+            chunks.append(v.reshape(-1).clone() if base is None else v.reshape(-1))
+
+    def finish(self, round_: int) -> None:
+        import torch
+
+        v0, v1 = (torch.cat(c) for c in self._chunks)
+        self._chunks = [[], []]
+        u0 = v0 / torch.norm(v0, dim=-1, keepdim=True).clamp(min=NORM_EPS)
+        u1 = v1 / torch.norm(v1, dim=-1, keepdim=True).clamp(min=NORM_EPS)
+        del v0, v1
+        cos = torch.sum(u0 * u1, dim=-1, keepdim=True).clamp(-1, 1)
+        colinear = (1 - cos.square()) <= COLINEAR_EPS**2
+        self.theta = torch.acos(torch.where(colinear, 0, cos))
+        self.colinear = bool(colinear.item())
+
+    def apply(self, v0: torch.Tensor, v1: torch.Tensor) -> torch.Tensor:
+        """The chunk's entries of the interpolation (``v0``, ``v1``: its entries of the
+        vectors), mergekit's elementwise operations."""
+        import torch
+
+        assert self.theta is not None, "finish() the round first"
+        t, theta = self.t, self.theta
+        if self.colinear:
+            return (1 - t) * v0 + t * v1
+        return (torch.sin((1 - t) * theta) * v0 + torch.sin(t * theta) * v1) / torch.sin(theta)
 
 
 def nuslerp(
     t: float, v0: torch.Tensor, v1: torch.Tensor, *, flatten: bool = True,
-    row_wise: bool = False, kernels: Kernels | None = None,
+    row_wise: bool = False,
 ) -> torch.Tensor:
     """Spherically interpolate ``v0`` (t=0) to ``v1`` (t=1), whole or vector by vector.
 
-    Works in place on ``v0`` and ``v1`` (they must be owned by the caller). Every sum is
-    taken in a fixed order (:mod:`~mergekit_like.methods.reductions`), so a row's result
-    does not depend on the rows beside it, nor the whole tensor's on threads.
+    Flattened: mergekit's bytes (:class:`FlatStats`). Row by row: every sum is taken in a
+    fixed order (:mod:`~mergekit_like.methods.reductions`), so a row's result does not
+    depend on the rows beside it, nor on threads.
 
     >>> import torch
     >>> nuslerp(0.5, torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0]))
     tensor([0.7071, 0.7071])
     """
     if flatten or v0.dim() <= 1:
-        return gather_whole(nuslerp_stats_for(t, v0.numel(), kernels), [v0, v1],
-                            None).apply([v0, v1])
+        return gather_whole(FlatStats(t), [v0, v1], None).apply(v0, v1)
     shape = v0.shape
     a, b = (v0.transpose(0, -1), v1.transpose(0, -1)) if row_wise else (v0, v1)
     angles = VectorAngles.of(t, stable_sum(a * a, -1), stable_sum(b * b, -1),
@@ -198,12 +228,12 @@ def _t(model_params: Sequence[NuSlerpModelParams]) -> float:
 
 def nuslerp_stats(shape: tuple[int, ...], width: int,
                   model_params: Sequence[NuSlerpModelParams], params: NuSlerpParams,
-                  ctx: TensorContext) -> GramStats | ColumnStats | None:
-    """:func:`nuslerp_stats_for` for a flattened tensor merged in row chunks;
+                  ctx: TensorContext) -> FlatStats | ColumnStats | None:
+    """:class:`FlatStats` for a flattened tensor merged in row chunks;
     :class:`ColumnStats` for vectors along dim 0 (``nuslerp_row_wise``); None row by row
     (each chunk holds whole rows)."""
     if params.nuslerp_flatten:
-        return nuslerp_stats_for(_t(model_params), math.prod(shape), ctx.kernels)
+        return FlatStats(_t(model_params))
     if params.nuslerp_row_wise:
         return ColumnStats(_t(model_params), shape[0])
     return None
@@ -228,11 +258,11 @@ def nuslerp_merge(
     if isinstance(ctx.stats, ColumnStats):
         out = ctx.stats.apply(x0, x1)
     elif ctx.stats is not None:
-        assert isinstance(ctx.stats, GramStats)
-        out = ctx.stats.apply([x0, x1])
+        assert isinstance(ctx.stats, FlatStats)
+        out = ctx.stats.apply(x0, x1)
     else:
         out = nuslerp(_t(model_params), x0, x1, flatten=params.nuslerp_flatten,
-                      row_wise=params.nuslerp_row_wise, kernels=ctx.kernels)
+                      row_wise=params.nuslerp_row_wise)
     return out if base is None else out.add_(base)
 
 
@@ -241,7 +271,6 @@ NUSLERP = MergeMethod(
     summary="spherical interpolation of two models by weight; of task vectors with a base",
     merge=nuslerp_merge,
     stats=nuslerp_stats,
-    kernels=True,
     elementwise=True,
     row_block=_row_block,
     params=NuSlerpParams,

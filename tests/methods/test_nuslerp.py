@@ -188,3 +188,59 @@ def test_row_wise_in_row_chunks_gives_the_whole_tensor_bytes(with_base, shape):
     # the same stats gathered from the whole tensor as one chunk agree too
     whole = gather_whole(nuslerp_stats(shape, 32, mps, params, CTX), [x, y], b)
     assert torch.equal(whole.angles.s0, stats.angles.s0)
+
+
+def mergekit_order_nuslerp(t: float, x: torch.Tensor, y: torch.Tensor,
+                           base: torch.Tensor | None) -> torch.Tensor:
+    """mergekit 0.1.5's flattened nuslerp written out in its torch calls and order: task
+    vectors in the inputs' dtype, whole-tensor norms clamped at 1e-7, the whole tensor's sum
+    of the normalised products, ``1 - cos^2 <= 1e-16`` colinear, the sines times the
+    vectors, their sum divided by ``sin(theta)``, the base added back."""
+    v0, v1 = (x, y) if base is None else (x - base, y - base)
+    v0, v1 = v0.reshape(-1), v1.reshape(-1)
+    u0 = v0 / torch.norm(v0, dim=-1, keepdim=True).clamp(min=1e-7)
+    u1 = v1 / torch.norm(v1, dim=-1, keepdim=True).clamp(min=1e-7)
+    cos = torch.sum(u0 * u1, dim=-1, keepdim=True).clamp(-1, 1)
+    colinear = (1 - cos.square()) <= 1e-8**2
+    theta = torch.acos(torch.where(colinear, 0, cos))
+    sin = torch.sin(theta)
+    out = (torch.sin((1 - t) * theta) * v0 + torch.sin(t * theta) * v1) / sin
+    out = torch.where(colinear, (1 - t) * v0 + t * v1, out).reshape(x.shape)
+    return out if base is None else base + out
+
+
+@pytest.mark.parametrize("with_base", [False, True])
+def test_flattened_bytes_are_mergekits_whole_and_in_row_chunks(with_base):
+    from mergekit_like.methods.nuslerp import nuslerp_stats
+
+    g = torch.Generator().manual_seed(8)
+    base = torch.randn(300, 200, generator=g)
+    x, y = (base + 0.3 * torch.randn(300, 200, generator=g) for _ in range(2))
+    b = base if with_base else None
+    weights, params = [0.3, 0.7], NuSlerpParams()
+    want = mergekit_order_nuslerp(0.7, x, y, b)
+    assert torch.equal(run([x, y], weights, b), want)
+    mps = [NuSlerpModelParams(weight=w) for w in weights]
+    stats = nuslerp_stats((300, 200), 32, mps, params, CTX)
+    for round_ in range(stats.rounds):
+        for r in range(0, 300, 70):
+            stats.observe(round_, [x[r:r + 70], y[r:r + 70]], None if b is None else b[r:r + 70], r)
+        stats.finish(round_)
+    got = torch.cat([nuslerp_merge([x[r:r + 70].clone(), y[r:r + 70].clone()],
+                                   None if b is None else b[r:r + 70].clone(), mps, params,
+                                   TensorContext("w", stats=stats)) for r in range(0, 300, 70)])
+    assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_flattened_gives_mergekits_bytes_on_each_thread_count(threads):
+    g = torch.Generator().manual_seed(9)
+    base = torch.randn(384, 700, generator=g)
+    x, y = (base + 0.05 * torch.randn(384, 700, generator=g) for _ in range(2))
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        assert torch.equal(run([x, y], [0.6, 0.4], base),
+                           mergekit_order_nuslerp(0.4, x, y, base))
+    finally:
+        torch.set_num_threads(old)

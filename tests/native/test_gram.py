@@ -75,8 +75,9 @@ def test_a_gram_in_chunks_has_the_eager_bytes(sizes):
     assert torch.tensor(want.matrix()).isnan().any()  # the odd values reached the sums
 
 
-SPHERICAL = [  # slerp: mergekit's float32 torch reductions (methods/pieces.py), no C pass
-    ("nuslerp", 2, {}, [{"weight": 0.6}, {"weight": 0.4}]),
+# slerp and flattened nuslerp: mergekit's own torch reductions (methods/pieces.py,
+# nuslerp.FlatStats), no C pass
+SPHERICAL = [
     ("multislerp", 3, {}, [{"weight": 0.5}, {"weight": 0.3}, {"weight": 0.2}]),
     ("karcher", 3, {}, [{}] * 3),
 ]
