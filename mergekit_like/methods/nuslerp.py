@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING
 from pydantic import Field
 
 from mergekit_like.methods.gram import task_vectors
-from mergekit_like.methods.reductions import BLOCK, ColumnSums, stable_sum
+from mergekit_like.methods.reductions import BLOCK
 from mergekit_like.methods.spec import MergeMethod, MethodParams, TensorContext, gather_whole
 
 if TYPE_CHECKING:
@@ -130,9 +130,8 @@ def nuslerp(
 ) -> torch.Tensor:
     """Spherically interpolate ``v0`` (t=0) to ``v1`` (t=1), whole or vector by vector.
 
-    Flattened: mergekit's bytes (:class:`FlatStats`). Row by row: every sum is taken in a
-    fixed order (:mod:`~mergekit_like.methods.reductions`), so a row's result does not
-    depend on the rows beside it, nor on threads.
+    mergekit's bytes: its torch calls on the whole tensors (:class:`FlatStats`,
+    :class:`VectorAngles`).
 
     >>> import torch
     >>> nuslerp(0.5, torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0]))
@@ -140,65 +139,56 @@ def nuslerp(
     """
     if flatten or v0.dim() <= 1:
         return gather_whole(FlatStats(t), [v0, v1], None).apply(v0, v1)
-    shape = v0.shape
-    a, b = (v0.transpose(0, -1), v1.transpose(0, -1)) if row_wise else (v0, v1)
-    angles = VectorAngles.of(t, stable_sum(a * a, -1), stable_sum(b * b, -1),
-                             stable_sum(a * b, -1))
-    out = angles.interpolate(a, b)
     if row_wise:
-        out = out.transpose(0, -1)
-    return out.reshape(shape)
+        return VectorAngles.of(t, v0.transpose(0, -1), v1.transpose(0, -1)).interpolate(
+            v0.transpose(0, -1), v1.transpose(0, -1)).transpose(0, -1)
+    return VectorAngles.of(t, v0, v1).interpolate(v0, v1)
 
 
 @dataclass(frozen=True)
 class VectorAngles:
-    """Per vector (the last dimension of ``a`` and ``b`` in :meth:`interpolate`), what
-    NuSLERP needs from the sums over it: the interpolation's weights and ``sin(theta)``.
-    Every vector's entries then take the same elementwise operations, whichever rows of them
-    a chunk holds."""
+    """Per vector (the last dimension of ``a`` and ``b``), the angle mergekit's NuSLERP
+    interpolates by, from its own torch calls on the tensors it reduces: ``torch.norm``
+    clamped at :data:`NORM_EPS`, ``torch.sum`` of the normalised products clamped to
+    [-1, 1], colinear where ``1 - cos^2 <= 1e-16``. :meth:`interpolate` is elementwise, so
+    any rows of the vectors take the bytes of the whole."""
 
     t: float
-    s0: torch.Tensor  # sin((1 - t) theta), shaped (..., 1)
-    s1: torch.Tensor  # sin(t theta)
-    sin_theta: torch.Tensor
-    colinear: torch.Tensor | None  # where |sin(theta)| < COLINEAR_EPS (None: nowhere)
+    theta: torch.Tensor  # shaped (..., 1)
+    colinear: torch.Tensor
 
     @classmethod
-    def of(cls, t: float, aa: torch.Tensor, bb: torch.Tensor, ab: torch.Tensor) -> VectorAngles:
-        """From each vector pair's sums of ``a * a``, ``b * b`` and ``a * b``."""
+    def of(cls, t: float, a: torch.Tensor, b: torch.Tensor) -> VectorAngles:
+        """From the vectors along the last dimension of ``a`` and ``b`` (whole vectors)."""
         import torch
 
-        n0 = aa.sqrt_().clamp_min_(NORM_EPS).unsqueeze(-1)
-        n1 = bb.sqrt_().clamp_min_(NORM_EPS).unsqueeze(-1)
-        cos = ab.unsqueeze(-1).div_(n0).div_(n1)
-        theta = cos.clamp_(-1.0, 1.0).acos_()
-        sin_theta = torch.sin(theta)
-        colinear = sin_theta.abs() < COLINEAR_EPS
-        return cls(t, torch.sin((1.0 - t) * theta), torch.sin(t * theta), sin_theta,
-                   colinear if bool(colinear.any()) else None)
+        ua = a / torch.norm(a, dim=-1, keepdim=True).clamp(min=NORM_EPS)
+        ub = b / torch.norm(b, dim=-1, keepdim=True).clamp(min=NORM_EPS)
+        cos = torch.sum(ua * ub, dim=-1, keepdim=True).clamp(-1, 1)
+        colinear = (1 - cos.square()) <= COLINEAR_EPS**2
+        return cls(t, torch.acos(torch.where(colinear, 0, cos)), colinear)
 
     def interpolate(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        """``(s0 a + s1 b) / sin(theta)``, linear where the pair is colinear (a new tensor)."""
+        """mergekit's ``(sin((1-t) theta) a + sin(t theta) b) / sin(theta)``, linear where
+        the pair is colinear (a new tensor)."""
         import torch
 
-        out = self.s0 * a + self.s1 * b
-        out.div_(self.sin_theta)
-        if self.colinear is not None:
-            out = torch.where(self.colinear, (1.0 - self.t) * a + self.t * b, out)
-        return out
+        t, theta = self.t, self.theta
+        out = (torch.sin((1 - t) * theta) * a + torch.sin(t * theta) * b) / torch.sin(theta)
+        return torch.where(self.colinear, (1 - t) * a + t * b, out)
 
 
 class ColumnStats:
-    """NuSLERP's sums over each vector along dimension 0 (``nuslerp_row_wise``), gathered
-    over row chunks of whole :data:`~.reductions.BLOCK`-row blocks
-    (:class:`~.reductions.ColumnSums`); then :meth:`apply` interpolates chunk by chunk with
-    the bytes of the whole tensor. Implements :class:`~.spec.TensorStats`."""
+    """NuSLERP's angles for the vectors along dimension 0 (``nuslerp_row_wise``): the row
+    chunks are gathered into the whole (task-vector) tensors, whose transposes mergekit
+    reduces in one torch call each (:class:`VectorAngles`); then :meth:`apply` interpolates
+    chunk by chunk with the bytes of the whole tensor. Implements :class:`~.spec.TensorStats`."""
 
     rounds = 1
 
-    def __init__(self, t: float, rows: int) -> None:
+    def __init__(self, t: float) -> None:
         self.t = t
-        self._sums = [ColumnSums(rows) for _ in range(3)]  # a * a, b * b, a * b
+        self._chunks: list[list[torch.Tensor]] = [[], []]
         self.angles: VectorAngles | None = None
 
     def wants(self, round_: int) -> bool:
@@ -207,12 +197,15 @@ class ColumnStats:
 
     def observe(self, round_: int, tensors: Sequence[torch.Tensor], base: torch.Tensor | None,
                 start: int) -> None:
-        a, b = task_vectors(tensors, base)
-        for sums, product in zip(self._sums, (a * a, b * b, a * b), strict=True):
-            sums.add(product)
+        for chunks, v in zip(self._chunks, task_vectors(tensors, base), strict=True):
+            chunks.append(v.clone() if base is None else v)
 
     def finish(self, round_: int) -> None:
-        self.angles = VectorAngles.of(self.t, *(s.total() for s in self._sums))
+        import torch
+
+        a, b = (torch.cat(c).transpose(0, -1) for c in self._chunks)
+        self._chunks = [[], []]
+        self.angles = VectorAngles.of(self.t, a, b)
 
     def apply(self, v0: torch.Tensor, v1: torch.Tensor) -> torch.Tensor:
         """The chunk's rows of the interpolation (``v0``, ``v1``: its rows of the vectors)."""
@@ -235,12 +228,13 @@ def nuslerp_stats(shape: tuple[int, ...], width: int,
     if params.nuslerp_flatten:
         return FlatStats(_t(model_params))
     if params.nuslerp_row_wise:
-        return ColumnStats(_t(model_params), shape[0])
+        return ColumnStats(_t(model_params))
     return None
 
 
 def _row_block(params: NuSlerpParams) -> int:
-    """Row chunks of whole sum blocks where the vectors run along dim 0."""
+    """Row chunks of whole 4096-row blocks where the vectors run along dim 0 (they are
+    gathered whole; the blocks keep the chunks few)."""
     return BLOCK if not params.nuslerp_flatten and params.nuslerp_row_wise else 1
 
 
