@@ -37,10 +37,10 @@ def _run(method, threads: int) -> torch.Tensor:
         torch.set_num_threads(old)
 
 
-# slerp and flattened nuslerp reduce with mergekit's own torch calls (methods/pieces.py,
-# nuslerp.FlatStats), whose sums follow the thread count as mergekit's do; their tests
-# (tests/methods/test_slerp.py, test_nuslerp.py) check mergekit's bytes on 1 and 2 threads
-MERGEKIT_ORDER = {"slerp", "nuslerp"}
+# the spherical methods reduce with mergekit's own torch calls (methods/pieces.py,
+# nuslerp.py), whose sums follow the thread count as mergekit's do; tests/methods/
+# test_slerp.py and test_nuslerp.py check mergekit's bytes on 1 and 2 threads
+MERGEKIT_ORDER = {"slerp", "nuslerp", "multislerp", "karcher"}
 
 
 @pytest.mark.parametrize("name", sorted(set(REGISTRY) - MERGEKIT_ORDER))

@@ -9,7 +9,7 @@ from mergekit_like.methods.gram import Gram
 from mergekit_like.methods.kernels import Kernels
 from mergekit_like.methods.reductions import BLOCK, tree_sum
 from mergekit_like.native.gram import GramPass
-from tests.methods.test_kernels import EAGER, family_inputs, merge, same_bytes
+from tests.methods.test_kernels import EAGER, same_bytes
 
 GRAM = GramPass.open()
 COMPILED = Kernels("compiled")
@@ -73,32 +73,3 @@ def test_a_gram_in_chunks_has_the_eager_bytes(sizes):
         at += size
     assert same_bits(torch.tensor(got.matrix()), torch.tensor(want.matrix()))
     assert torch.tensor(want.matrix()).isnan().any()  # the odd values reached the sums
-
-
-# slerp and flattened nuslerp: mergekit's own torch reductions (methods/pieces.py,
-# nuslerp.FlatStats), no C pass
-SPHERICAL = [
-    ("multislerp", 3, {}, [{"weight": 0.5}, {"weight": 0.3}, {"weight": 0.2}]),
-    ("karcher", 3, {}, [{}] * 3),
-]
-
-
-@pytest.mark.parametrize(("method", "models", "params", "model_params"), SPHERICAL,
-                         ids=[c[0] for c in SPHERICAL])
-def test_spherical_methods_sum_in_c_with_the_eager_bytes(monkeypatch, method, models, params,
-                                                         model_params):
-    xs, base = family_inputs(240, 400, torch.float32, seed=9)
-    xs = xs[:models]
-    want = merge(method, EAGER, xs, base, model_params, params)
-    calls = []
-    block_sums = GramPass.block_sums
-
-    def spying(self, vs):
-        calls.append(len(vs))
-        return block_sums(self, vs)
-
-    monkeypatch.setattr(GramPass, "block_sums", spying)
-    for rows in (None, 50):  # whole, and chunks of 20000 entries (not whole blocks)
-        calls.clear()
-        assert same_bytes(merge(method, COMPILED, xs, base, model_params, params, rows), want)
-        assert calls  # the C pass ran
