@@ -40,7 +40,6 @@ from typing import TYPE_CHECKING
 
 from pydantic import Field
 
-from mergekit_like.methods.gram import task_vectors
 from mergekit_like.methods.reductions import BLOCK
 from mergekit_like.methods.spec import MergeMethod, MethodParams, TensorContext, gather_whole
 
@@ -211,6 +210,11 @@ class ColumnStats:
         """The chunk's rows of the interpolation (``v0``, ``v1``: its rows of the vectors)."""
         assert self.angles is not None, "finish() the round first"
         return self.angles.interpolate(v0.transpose(0, -1), v1.transpose(0, -1)).transpose(0, -1)
+
+
+def task_vectors(tensors: Sequence[torch.Tensor], base: torch.Tensor | None) -> list[torch.Tensor]:
+    """The tensors themselves, or ``x - base`` when there is a base (new tensors)."""
+    return list(tensors) if base is None else [x - base for x in tensors]
 
 
 def _t(model_params: Sequence[NuSlerpModelParams]) -> float:

@@ -105,7 +105,7 @@ def test_parameters_and_registration():
         KarcherParams.model_validate({"max_iter": 2.5})
     method = REGISTRY["karcher"]
     assert (method.base, method.min_models, method.max_models) == ("optional", 1, None)
-    assert method.elementwise and method.stats is not None  # row chunks after a Gram pass
+    assert method.elementwise and method.stats is not None  # row chunks, gathered whole
 
 
 def test_merge_through_cli(tmp_path, llama_family, run_cli):
