@@ -17,9 +17,8 @@ result is zero.
 
 mergekit's bytes: mergekit iterates on whole tensors, rounding every iterate, with
 whole-tensor reductions whose rounding depends on the tensor (its length, the thread count),
-so :func:`karcher_whole` makes mergekit's calls on the whole tensors; a large tensor merged
-in row chunks is gathered whole first (:class:`~.pieces.WholeStats`, the memory mergekit
-needs too) and handed out in rows.
+so :func:`karcher_whole` makes mergekit's calls on the whole tensors: every tensor is
+merged whole (not in row chunks; the memory mergekit needs too).
 
 Base model: mergekit adds a recipe's ``base_model`` to the inputs of every method, so its
 Karcher mean includes the base. We do the same: with a ``base_model`` the base is one more
@@ -33,7 +32,7 @@ from typing import TYPE_CHECKING
 
 from pydantic import Field
 
-from mergekit_like.methods.pieces import WholeStats, work_dtype
+from mergekit_like.methods.pieces import work_dtype
 from mergekit_like.methods.spec import (
     MergeMethod,
     MethodParams,
@@ -119,14 +118,6 @@ def karcher_mean(tensors: Sequence[torch.Tensor], *, max_iter: int = 10,
     return karcher_whole(tensors, max_iter=max_iter, tol=tol)
 
 
-def karcher_stats(shape: tuple[int, ...], width: int, model_params: Sequence[NoParams],
-                  params: KarcherParams, ctx: TensorContext) -> WholeStats:
-    """The whole inputs (:class:`~.pieces.WholeStats`) for a large tensor merged in row
-    chunks."""
-    return WholeStats(lambda xs, base: karcher_mean(
-        with_base(xs, base), max_iter=params.max_iter, tol=params.tol))
-
-
 def karcher_merge(
     tensors: Sequence[torch.Tensor],
     base: torch.Tensor | None,
@@ -135,18 +126,13 @@ def karcher_merge(
     ctx: TensorContext,
 ) -> torch.Tensor:
     """Karcher mean of the models (and of the base model, when the recipe names one)."""
-    if ctx.stats is None:
-        return karcher_mean(with_base(tensors, base), max_iter=params.max_iter, tol=params.tol)
-    assert isinstance(ctx.stats, WholeStats)
-    return ctx.stats.take(tensors[0].shape[0])
+    return karcher_mean(with_base(tensors, base), max_iter=params.max_iter, tol=params.tol)
 
 
 KARCHER = MergeMethod(
     name="karcher",
     summary="Karcher (Riemannian) mean of the models on the hypersphere, equal weights",
     merge=karcher_merge,
-    stats=karcher_stats,
-    elementwise=True,
     params=KarcherParams,
     base="optional",
     min_models=1,

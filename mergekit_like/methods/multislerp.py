@@ -20,9 +20,9 @@ tensor of NaNs.
 
 mergekit's bytes: every step above is a whole-tensor torch operation in mergekit, in the
 tensors' dtype, and the reductions' rounding depends on the whole tensor (its length, the
-thread count), so :func:`multislerp_whole` makes mergekit's calls on the whole tensors; a
-large tensor merged in row chunks is gathered whole first (:class:`~.pieces.WholeStats`,
-the memory mergekit needs too) and handed out in rows.
+thread count) in a way no sum of row chunks reproduces, so :func:`multislerp_whole` makes
+mergekit's calls on the whole tensors: every tensor is merged whole (not in row chunks; the
+memory mergekit needs too).
 """
 
 from __future__ import annotations
@@ -32,7 +32,6 @@ from typing import TYPE_CHECKING
 
 from pydantic import Field
 
-from mergekit_like.methods.pieces import WholeStats
 from mergekit_like.methods.spec import MergeMethod, MethodParams, TensorContext
 
 if TYPE_CHECKING:
@@ -113,19 +112,6 @@ def multislerp(
                             eps=eps)
 
 
-def multislerp_stats(shape: tuple[int, ...], width: int,
-                     model_params: Sequence[MultiSlerpModelParams], params: MultiSlerpParams,
-                     ctx: TensorContext) -> WholeStats | None:
-    """The whole inputs (:class:`~.pieces.WholeStats`) for a large tensor merged in row
-    chunks (None for one model, which is returned as it is)."""
-    if len(model_params) == 1:
-        return None
-    w = [p.weight for p in model_params]
-    _check_weights(w, params.normalize_weights)
-    return WholeStats(lambda xs, base: multislerp_whole(
-        xs, w, base, normalize_weights=params.normalize_weights, eps=params.eps))
-
-
 def multislerp_merge(
     tensors: Sequence[torch.Tensor],
     base: torch.Tensor | None,
@@ -134,19 +120,14 @@ def multislerp_merge(
     ctx: TensorContext,
 ) -> torch.Tensor:
     """Multi-SLERP of the models, or of their task vectors when a base model is given."""
-    if ctx.stats is None or len(tensors) == 1:
-        return multislerp(tensors, [p.weight for p in model_params], base,
-                          normalize_weights=params.normalize_weights, eps=params.eps)
-    assert isinstance(ctx.stats, WholeStats)
-    return ctx.stats.take(tensors[0].shape[0])
+    return multislerp(tensors, [p.weight for p in model_params], base,
+                      normalize_weights=params.normalize_weights, eps=params.eps)
 
 
 MULTISLERP = MergeMethod(
     name="multislerp",
     summary="weighted spherical barycentre of any number of models (task vectors with a base)",
     merge=multislerp_merge,
-    stats=multislerp_stats,
-    elementwise=True,
     params=MultiSlerpParams,
     model_params=MultiSlerpModelParams,
     base="optional",

@@ -28,8 +28,10 @@ Unlike ``slerp``, a vector pair falls back to linear interpolation only when
 
 mergekit's bytes: mergekit computes nuslerp in the inputs' (compute) dtype with one torch
 call per reduction over the whole tensor (``torch.norm``, ``torch.sum``), whose rounding
-depends on the tensor's length and, for ``sum``, on the thread count; :class:`FlatStats`
-makes the same calls on the same whole tensors, gathered from the row chunks.
+depends on the tensor's length and, for ``sum``, on the thread count, and no sum of row
+chunks reproduces it; :class:`VectorAngles` makes the same calls on the same tensors. So a
+flattened or ``nuslerp_row_wise`` nuslerp merges each tensor whole (the memory mergekit
+needs too); row by row, large tensors are merged in chunks of whole rows.
 """
 
 from __future__ import annotations
@@ -40,8 +42,7 @@ from typing import TYPE_CHECKING
 
 from pydantic import Field
 
-from mergekit_like.methods.reductions import BLOCK
-from mergekit_like.methods.spec import MergeMethod, MethodParams, TensorContext, gather_whole
+from mergekit_like.methods.spec import MergeMethod, MethodParams, TensorContext
 
 if TYPE_CHECKING:
     import torch
@@ -68,80 +69,28 @@ class NuSlerpModelParams(MethodParams):
     )
 
 
-class FlatStats:
-    """mergekit's flattened NuSLERP statistics in its own torch calls: the whole (task-vector)
-    tensors' norms (``torch.norm``, clamped at :data:`NORM_EPS`), the whole tensor's sum of
-    the normalised products, clamped to [-1, 1], colinear where ``1 - cos^2 <= 1e-16``.
-    Implements :class:`~.spec.TensorStats`.
-
-    mergekit reduces each whole tensor in one torch call, whose summation order depends on
-    its length (and, for ``sum``, the thread count); no sum of chunks reproduces it. So the
-    row chunks are gathered into the whole flat tensors first (the memory mergekit needs
-    too: the two vectors, in the compute dtype), then reduced once; :meth:`apply` is
-    elementwise, so every chunk gets the whole tensor's bytes.
-    """
-
-    rounds = 1
-
-    def __init__(self, t: float) -> None:
-        self.t = t
-        self._chunks: list[list[torch.Tensor]] = [[], []]
-        self.theta: torch.Tensor | None = None
-        self.colinear = False
-
-    def wants(self, round_: int) -> bool:
-        """The one round is needed."""
-        return True
-
-    def observe(self, round_: int, tensors: Sequence[torch.Tensor], base: torch.Tensor | None,
-                start: int) -> None:
-        for chunks, v in zip(self._chunks, task_vectors(tensors, base), strict=True):
-            chunks.append(v.reshape(-1).clone() if base is None else v.reshape(-1))
-
-    def finish(self, round_: int) -> None:
-        import torch
-
-        v0, v1 = (torch.cat(c) for c in self._chunks)
-        self._chunks = [[], []]
-        u0 = v0 / torch.norm(v0, dim=-1, keepdim=True).clamp(min=NORM_EPS)
-        u1 = v1 / torch.norm(v1, dim=-1, keepdim=True).clamp(min=NORM_EPS)
-        del v0, v1
-        cos = torch.sum(u0 * u1, dim=-1, keepdim=True).clamp(-1, 1)
-        colinear = (1 - cos.square()) <= COLINEAR_EPS**2
-        self.theta = torch.acos(torch.where(colinear, 0, cos))
-        self.colinear = bool(colinear.item())
-
-    def apply(self, v0: torch.Tensor, v1: torch.Tensor) -> torch.Tensor:
-        """The chunk's entries of the interpolation (``v0``, ``v1``: its entries of the
-        vectors), mergekit's elementwise operations."""
-        import torch
-
-        assert self.theta is not None, "finish() the round first"
-        t, theta = self.t, self.theta
-        if self.colinear:
-            return (1 - t) * v0 + t * v1
-        return (torch.sin((1 - t) * theta) * v0 + torch.sin(t * theta) * v1) / torch.sin(theta)
-
-
 def nuslerp(
     t: float, v0: torch.Tensor, v1: torch.Tensor, *, flatten: bool = True,
     row_wise: bool = False,
 ) -> torch.Tensor:
-    """Spherically interpolate ``v0`` (t=0) to ``v1`` (t=1), whole or vector by vector.
-
-    mergekit's bytes: its torch calls on the whole tensors (:class:`FlatStats`,
-    :class:`VectorAngles`).
+    """Spherically interpolate ``v0`` (t=0) to ``v1`` (t=1), whole or vector by vector, in
+    mergekit's torch calls (:class:`VectorAngles`). A new tensor.
 
     >>> import torch
     >>> nuslerp(0.5, torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0]))
     tensor([0.7071, 0.7071])
     """
-    if flatten or v0.dim() <= 1:
-        return gather_whole(FlatStats(t), [v0, v1], None).apply(v0, v1)
-    if row_wise:
-        return VectorAngles.of(t, v0.transpose(0, -1), v1.transpose(0, -1)).interpolate(
-            v0.transpose(0, -1), v1.transpose(0, -1)).transpose(0, -1)
-    return VectorAngles.of(t, v0, v1).interpolate(v0, v1)
+    shape = v0.shape
+    if flatten:
+        a, b = v0.reshape(-1), v1.reshape(-1)
+    elif row_wise:
+        a, b = v0.transpose(0, -1), v1.transpose(0, -1)
+    else:
+        a, b = v0, v1
+    out = VectorAngles.of(t, a, b).interpolate(a, b)
+    if row_wise and not flatten:
+        out = out.transpose(0, -1)
+    return out.reshape(shape)
 
 
 @dataclass(frozen=True)
@@ -177,69 +126,17 @@ class VectorAngles:
         return torch.where(self.colinear, (1 - t) * a + t * b, out)
 
 
-class ColumnStats:
-    """NuSLERP's angles for the vectors along dimension 0 (``nuslerp_row_wise``): the row
-    chunks are gathered into the whole (task-vector) tensors, whose transposes mergekit
-    reduces in one torch call each (:class:`VectorAngles`); then :meth:`apply` interpolates
-    chunk by chunk with the bytes of the whole tensor. Implements :class:`~.spec.TensorStats`."""
-
-    rounds = 1
-
-    def __init__(self, t: float) -> None:
-        self.t = t
-        self._chunks: list[list[torch.Tensor]] = [[], []]
-        self.angles: VectorAngles | None = None
-
-    def wants(self, round_: int) -> bool:
-        """The one round is needed."""
-        return True
-
-    def observe(self, round_: int, tensors: Sequence[torch.Tensor], base: torch.Tensor | None,
-                start: int) -> None:
-        for chunks, v in zip(self._chunks, task_vectors(tensors, base), strict=True):
-            chunks.append(v.clone() if base is None else v)
-
-    def finish(self, round_: int) -> None:
-        import torch
-
-        a, b = (torch.cat(c).transpose(0, -1) for c in self._chunks)
-        self._chunks = [[], []]
-        self.angles = VectorAngles.of(self.t, a, b)
-
-    def apply(self, v0: torch.Tensor, v1: torch.Tensor) -> torch.Tensor:
-        """The chunk's rows of the interpolation (``v0``, ``v1``: its rows of the vectors)."""
-        assert self.angles is not None, "finish() the round first"
-        return self.angles.interpolate(v0.transpose(0, -1), v1.transpose(0, -1)).transpose(0, -1)
-
-
-def task_vectors(tensors: Sequence[torch.Tensor], base: torch.Tensor | None) -> list[torch.Tensor]:
-    """The tensors themselves, or ``x - base`` when there is a base (new tensors)."""
-    return list(tensors) if base is None else [x - base for x in tensors]
-
-
 def _t(model_params: Sequence[NuSlerpModelParams]) -> float:
     w0, w1 = (p.weight for p in model_params)
     total = w0 + w1
     return 0.5 if abs(total) < 1e-6 else w1 / total
 
 
-def nuslerp_stats(shape: tuple[int, ...], width: int,
-                  model_params: Sequence[NuSlerpModelParams], params: NuSlerpParams,
-                  ctx: TensorContext) -> FlatStats | ColumnStats | None:
-    """:class:`FlatStats` for a flattened tensor merged in row chunks;
-    :class:`ColumnStats` for vectors along dim 0 (``nuslerp_row_wise``); None row by row
-    (each chunk holds whole rows)."""
-    if params.nuslerp_flatten:
-        return FlatStats(_t(model_params))
-    if params.nuslerp_row_wise:
-        return ColumnStats(_t(model_params))
-    return None
-
-
-def _row_block(params: NuSlerpParams) -> int:
-    """Row chunks of whole 4096-row blocks where the vectors run along dim 0 (they are
-    gathered whole; the blocks keep the chunks few)."""
-    return BLOCK if not params.nuslerp_flatten and params.nuslerp_row_wise else 1
+def _in_row_chunks(params: NuSlerpParams) -> bool:
+    """Row by row (the last dimension's vectors), each chunk holds whole vectors; flattened
+    or along dim 0, mergekit reduces the whole tensor in one torch call, so it is merged
+    whole."""
+    return not params.nuslerp_flatten and not params.nuslerp_row_wise
 
 
 def nuslerp_merge(
@@ -253,14 +150,8 @@ def nuslerp_merge(
     x0, x1 = tensors
     if base is not None:
         x0, x1 = x0.sub_(base), x1.sub_(base)
-    if isinstance(ctx.stats, ColumnStats):
-        out = ctx.stats.apply(x0, x1)
-    elif ctx.stats is not None:
-        assert isinstance(ctx.stats, FlatStats)
-        out = ctx.stats.apply(x0, x1)
-    else:
-        out = nuslerp(_t(model_params), x0, x1, flatten=params.nuslerp_flatten,
-                      row_wise=params.nuslerp_row_wise)
+    out = nuslerp(_t(model_params), x0, x1, flatten=params.nuslerp_flatten,
+                  row_wise=params.nuslerp_row_wise)
     return out if base is None else out.add_(base)
 
 
@@ -268,9 +159,7 @@ NUSLERP = MergeMethod(
     name="nuslerp",
     summary="spherical interpolation of two models by weight; of task vectors with a base",
     merge=nuslerp_merge,
-    stats=nuslerp_stats,
-    elementwise=True,
-    row_block=_row_block,
+    elementwise=_in_row_chunks,
     params=NuSlerpParams,
     model_params=NuSlerpModelParams,
     base="optional",

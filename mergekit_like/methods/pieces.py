@@ -17,7 +17,7 @@ device exactly where mergekit's do (:mod:`~.reductions` stays for what needs no 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -92,53 +92,3 @@ class Pieces:
         assert self.seen == self.numel and self._filled == 0, "a piece was left unfinished"
         self.seen = 0
 
-
-class WholeStats:
-    """For methods whose every step mergekit takes on whole tensors (multislerp, karcher):
-    the row chunks are gathered into the whole inputs, ``compute(tensors, base)`` runs once
-    on them in mergekit's own torch calls, and :meth:`take` hands its rows out chunk by
-    chunk, in order. Implements :class:`~.spec.TensorStats`.
-
-    No other order of the reductions (nor an iteration over chunks) gives mergekit's bytes;
-    the price is the memory mergekit needs too: the whole inputs, then the whole result.
-    """
-
-    rounds = 1
-
-    def __init__(
-        self, compute: Callable[[list[torch.Tensor], torch.Tensor | None], torch.Tensor]
-    ) -> None:
-        self.compute = compute
-        self._chunks: list[list[torch.Tensor]] = []
-        self._base: list[torch.Tensor] = []
-        self.result: torch.Tensor | None = None
-        self._at = 0
-
-    def wants(self, round_: int) -> bool:
-        """The one round is needed."""
-        return True
-
-    def observe(
-        self, round_: int, tensors: Sequence[torch.Tensor], base: torch.Tensor | None, start: int
-    ) -> None:
-        if not self._chunks:
-            self._chunks = [[] for _ in tensors]
-        for chunks, x in zip(self._chunks, tensors, strict=True):
-            chunks.append(x.clone())
-        if base is not None:
-            self._base.append(base.clone())
-
-    def finish(self, round_: int) -> None:
-        import torch
-
-        xs = [torch.cat(chunks) for chunks in self._chunks]
-        base = torch.cat(self._base) if self._base else None
-        self._chunks, self._base = [], []
-        self.result = self.compute(xs, base)
-
-    def take(self, rows: int) -> torch.Tensor:
-        """The next ``rows`` rows of the result."""
-        assert self.result is not None, "finish() the round first"
-        out = self.result[self._at : self._at + rows]
-        self._at += rows
-        return out

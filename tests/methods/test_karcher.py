@@ -105,7 +105,7 @@ def test_parameters_and_registration():
         KarcherParams.model_validate({"max_iter": 2.5})
     method = REGISTRY["karcher"]
     assert (method.base, method.min_models, method.max_models) == ("optional", 1, None)
-    assert method.elementwise and method.stats is not None  # row chunks, gathered whole
+    assert not method.elementwise  # merged whole: mergekit reduces whole tensors
 
 
 def test_merge_through_cli(tmp_path, llama_family, run_cli):
@@ -155,24 +155,12 @@ def mergekit_order_karcher(xs, max_iter=10, tol=1e-5) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("with_base", [False, True])
-def test_bytes_are_mergekits_whole_and_in_row_chunks(with_base):
-    from mergekit_like.methods.karcher import karcher_stats
-
+def test_bytes_are_mergekits(with_base):
     g = torch.Generator().manual_seed(12)
     base = torch.randn(250, 120, generator=g)
     xs = [base + 0.5 * torch.randn(250, 120, generator=g) for _ in range(3)]
     b = base if with_base else None
     want = mergekit_order_karcher(([base] if with_base else []) + xs)
-    mps, params = [NoParams()] * 3, KarcherParams()
-    got = karcher_merge([x.clone() for x in xs], None if b is None else b.clone(), mps, params,
-                        CTX)
+    got = karcher_merge([x.clone() for x in xs], None if b is None else b.clone(),
+                        [NoParams()] * 3, KarcherParams(), CTX)
     assert torch.equal(got, want)
-    stats = karcher_stats((250, 120), 32, mps, params, CTX)
-    for r in range(0, 250, 60):
-        stats.observe(0, [x[r:r + 60] for x in xs], None if b is None else b[r:r + 60], r)
-    stats.finish(0)
-    ctx = TensorContext("w", stats=stats)
-    chunks = [karcher_merge([x[r:r + 60].clone() for x in xs],
-                            None if b is None else b[r:r + 60].clone(), mps, params, ctx)
-              for r in range(0, 250, 60)]
-    assert torch.equal(torch.cat(chunks), want)

@@ -110,10 +110,10 @@ def test_parameters_and_registration():
     assert (method.base, method.min_models, method.max_models) == ("optional", 2, 2)
     # row chunks; of whole 4096-row blocks where the vectors run along dim 0 (their sums
     # are gathered over the chunks first)
-    assert method.elementwise is True and method.stats is not None
-    assert method.row_block(NuSlerpParams()) == 1
-    assert method.row_block(NuSlerpParams(nuslerp_flatten=False)) == 1
-    assert method.row_block(NuSlerpParams(nuslerp_flatten=False, nuslerp_row_wise=True)) == 4096
+    # mergekit reduces the whole tensor in one torch call: only row by row in row chunks
+    assert method.stats is None and not method.elementwise(NuSlerpParams())
+    assert method.elementwise(NuSlerpParams(nuslerp_flatten=False))
+    assert not method.elementwise(NuSlerpParams(nuslerp_flatten=False, nuslerp_row_wise=True))
 
 
 def test_merge_through_cli(tmp_path, llama_family, run_cli):
@@ -151,47 +151,6 @@ models:
     assert "exactly 2 model" in res.err
 
 
-@pytest.mark.parametrize("with_base", [False, True])
-@pytest.mark.parametrize("shape", [(2 * 4096 + 100, 6), (3 * 4096, 2, 3)])
-def test_row_wise_in_row_chunks_gives_the_whole_tensor_bytes(with_base, shape):
-    """Vectors along dim 0 span the row chunks: the chunks (of whole 4096-row blocks) are
-    gathered whole first (ColumnStats), then each chunk takes the whole tensor's bytes;
-    colinear columns included (the linear fallback)."""
-    from types import SimpleNamespace
-
-    from mergekit_like.methods.nuslerp import nuslerp_stats
-    from mergekit_like.methods.reductions import BLOCK
-    from mergekit_like.methods.spec import gather_whole
-    from mergekit_like.steps import row_chunks
-
-    gen = torch.Generator().manual_seed(3)
-    x, y, base = (torch.randn(shape, generator=gen) for _ in range(3))
-    y[:, 1] = x[:, 1]  # one column's vectors the same: colinear
-    weights = [0.7, 0.3]
-    params = NuSlerpParams(nuslerp_flatten=False, nuslerp_row_wise=True)
-    mps = [NuSlerpModelParams(weight=w) for w in weights]
-    b = base if with_base else None
-    want = run([x, y], weights, b, nuslerp_flatten=False, nuslerp_row_wise=True)
-
-    planned = SimpleNamespace(method="nuslerp", params=params, shape=shape, vocab_sources=None)
-    chunks = row_chunks(planned, 4, 200)  # type: ignore[arg-type]  # 200 bytes: as small as the method allows
-    assert [r1 - r0 for r0, r1 in chunks[:-1]] == [BLOCK] * (len(chunks) - 1)
-    stats = nuslerp_stats(shape, 32, mps, params, CTX)
-    for r0, r1 in chunks:
-        stats.observe(0, [x[r0:r1], y[r0:r1]], None if b is None else b[r0:r1], 0)
-    stats.finish(0)
-    # mergekit's float32 cos of two equal columns need not reach 1 (with a base, (8292, 6):
-    # theta 1.7e-3), and only cos^2 = 1 counts as colinear there
-    assert stats.angles.colinear.any() or (with_base and shape[0] % BLOCK)
-    got = torch.cat([nuslerp_merge([x[r0:r1].clone(), y[r0:r1].clone()],
-                                   None if b is None else b[r0:r1].clone(), mps, params,
-                                   TensorContext("w", stats=stats)) for r0, r1 in chunks])
-    assert torch.equal(got.view(torch.int32), want.view(torch.int32))
-    # the same stats gathered from the whole tensor as one chunk agree too
-    whole = gather_whole(nuslerp_stats(shape, 32, mps, params, CTX), [x, y], b)
-    assert torch.equal(whole.angles.theta, stats.angles.theta)
-
-
 def mergekit_order_nuslerp(t: float, x: torch.Tensor, y: torch.Tensor,
                            base: torch.Tensor | None) -> torch.Tensor:
     """mergekit 0.1.5's flattened nuslerp written out in its torch calls and order: task
@@ -212,26 +171,12 @@ def mergekit_order_nuslerp(t: float, x: torch.Tensor, y: torch.Tensor,
 
 
 @pytest.mark.parametrize("with_base", [False, True])
-def test_flattened_bytes_are_mergekits_whole_and_in_row_chunks(with_base):
-    from mergekit_like.methods.nuslerp import nuslerp_stats
-
+def test_flattened_bytes_are_mergekits(with_base):
     g = torch.Generator().manual_seed(8)
     base = torch.randn(300, 200, generator=g)
     x, y = (base + 0.3 * torch.randn(300, 200, generator=g) for _ in range(2))
     b = base if with_base else None
-    weights, params = [0.3, 0.7], NuSlerpParams()
-    want = mergekit_order_nuslerp(0.7, x, y, b)
-    assert torch.equal(run([x, y], weights, b), want)
-    mps = [NuSlerpModelParams(weight=w) for w in weights]
-    stats = nuslerp_stats((300, 200), 32, mps, params, CTX)
-    for round_ in range(stats.rounds):
-        for r in range(0, 300, 70):
-            stats.observe(round_, [x[r:r + 70], y[r:r + 70]], None if b is None else b[r:r + 70], r)
-        stats.finish(round_)
-    got = torch.cat([nuslerp_merge([x[r:r + 70].clone(), y[r:r + 70].clone()],
-                                   None if b is None else b[r:r + 70].clone(), mps, params,
-                                   TensorContext("w", stats=stats)) for r in range(0, 300, 70)])
-    assert torch.equal(got, want)
+    assert torch.equal(run([x, y], [0.3, 0.7], b), mergekit_order_nuslerp(0.7, x, y, b))
 
 
 @pytest.mark.parametrize("threads", [1, 2])
