@@ -105,6 +105,8 @@ class SlerpStats:
         import torch
 
         self._pieces.done()
+        if not self.numel:  # nothing to reduce: apply() returns the empty tensor
+            return
         if round_ == 0:
             for parts in self._parts:
                 norm = torch.linalg.vector_norm(torch.stack(parts), dim=0)

@@ -224,3 +224,9 @@ def test_mergekits_bytes_on_each_thread_count(threads):
         assert torch.equal(_stats_in_row_chunks(0.3, base, other, 100), want)
     finally:
         torch.set_num_threads(old)
+
+
+def test_an_empty_tensor_gives_an_empty_tensor():
+    # mergekit: no entries, no angle: (1 - t) * a + t * b of nothing
+    got = run(0.3, torch.zeros(0, 4), torch.zeros(0, 4))
+    assert got.shape == (0, 4)
