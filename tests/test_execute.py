@@ -242,8 +242,8 @@ parameters: {{nuslerp_flatten: false, nuslerp_row_wise: true}}
 
 @pytest.mark.parametrize("base", [False, True])
 def test_nuslerp_row_wise_streams_tall_tensors(tmp_path, llama_family, base):
-    """A tensor taller than one 4096-row sum block: the vectors along dim 0 are gathered
-    over row chunks of whole blocks, and the bytes are the whole tensor's."""
+    """A tall tensor whose vectors run along dim 0: merged whole whatever --chunk-size
+    (mergekit reduces it in one torch call), so the bytes are the whole tensor's."""
     assert chunked_equals_whole(row_wise_nuslerp_recipe(tmp_path, llama_family, base), tmp_path)
 
 

@@ -27,8 +27,8 @@ GPU_METHODS = {  # method: (models' parameters, whether a base model is used)
     "slerp": ("{}", True),
     "nuslerp": ("{weight: 0.5}", False),
     "model_stock": ("{}", True),
-    # added in the sixth session, without a GPU to run them on: their sums are fixed-order
-    # and their coefficients are worked out on the host, so they should write the CPU's bytes
+    # added in the sixth session, without a GPU to run them on (torch's reductions on the
+    # device, as mergekit's: see SPHERICAL)
     "multislerp": ("{weight: 0.5}", True),
     "karcher": ("{}", False),
     "nearswap": ("{}", True),
@@ -50,8 +50,9 @@ def gpu_recipe(tmp_path: Path, family: dict[str, Path], method: str) -> Path:
 
 
 # row-wise angles from torch.acos/sin on the device: the libraries differ in ulps (nuslerp's
-# default mode now takes its angle on the host, as slerp does)
-SPHERICAL = {"nuslerp"}
+# default mode now takes its angle on the host); the spherical methods reduce with torch's
+# own sums and acos/sin on the device, as mergekit does (methods/pieces.py): the device's bytes
+SPHERICAL = {"nuslerp", "slerp", "multislerp", "karcher"}
 
 
 @pytest.mark.parametrize("method", sorted(GPU_METHODS))

@@ -15,9 +15,10 @@ direction; the others are normalised to ``u_i`` and their weights renormalised t
 with ``theta_i = arccos(clamp(u . u_i, -1, 1))``. When every norm is at most ``tol`` the
 result is zero.
 
-Every iterate lies in the span of the inputs, so the iteration runs on the host, in float64,
-over coefficients, from the inputs' Gram matrix (:mod:`~mergekit_like.methods.gram`): one
-pass gathers it (in row chunks for a large tensor), and the result is ``sum_i k_i x_i``.
+mergekit's bytes: mergekit iterates on whole tensors, rounding every iterate, with
+whole-tensor reductions whose rounding depends on the tensor (its length, the thread count),
+so :func:`karcher_whole` makes mergekit's calls on the whole tensors: every tensor is
+merged whole (not in row chunks; the memory mergekit needs too).
 
 Base model: mergekit adds a recipe's ``base_model`` to the inputs of every method, so its
 Karcher mean includes the base. We do the same: with a ``base_model`` the base is one more
@@ -26,25 +27,21 @@ equally weighted input (first, as in mergekit's input order), listed among ``mod
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from pydantic import Field
 
-from mergekit_like.methods.gram import GramStats
+from mergekit_like.methods.pieces import work_dtype
 from mergekit_like.methods.spec import (
     MergeMethod,
     MethodParams,
     NoParams,
     TensorContext,
-    gather_whole,
 )
 
 if TYPE_CHECKING:
     import torch
-
-    from mergekit_like.methods.kernels import Kernels
 
 
 class KarcherParams(MethodParams):
@@ -52,47 +49,54 @@ class KarcherParams(MethodParams):
     tol: float = Field(1e-5, ge=0.0, description="convergence tolerance")
 
 
-def karcher_coefficients(gram: Sequence[Sequence[float]], *, max_iter: int = 10,
-                         tol: float = 1e-5) -> list[float]:
-    """``k`` with the Karcher mean ``= sum_i k_i x_i``, from the inputs' Gram matrix.
+def _unit(x: torch.Tensor, norm: torch.Tensor) -> torch.Tensor:
+    return (x / norm).to(x.dtype)
 
-    >>> [round(k, 4) for k in karcher_coefficients([[4.0, 0.0], [0.0, 4.0]])]
-    [0.7071, 0.7071]
-    """
-    n = len(gram)
 
-    def dot(a: Sequence[float], b: Sequence[float]) -> float:
-        return sum(a[i] * gram[i][j] * b[j] for i in range(n) for j in range(n) if a[i] and b[j])
+def _norm(x: torch.Tensor) -> torch.Tensor:
+    import torch
 
-    norms = [math.sqrt(max(gram[i][i], 0.0)) for i in range(n)]
-    valid = [i for i in range(n) if norms[i] > tol]
-    scale = sum(norm / n for norm in norms)
+    return torch.linalg.vector_norm(x.to(work_dtype(x.dtype)))
+
+
+def karcher_whole(tensors: Sequence[torch.Tensor], *, max_iter: int = 10,
+                  tol: float = 1e-5) -> torch.Tensor:
+    """The iteration above on whole tensors, in mergekit's torch calls and order: norms in
+    float32 (float64 for float64 inputs), units and iterates in the tensors' dtype, the
+    dot products by ``torch.dot``, the weights as Python floats. A new tensor."""
+    import torch
+
+    alpha = 1.0 / len(tensors)
+    norms = [_norm(x) for x in tensors]
+    units = [torch.zeros_like(x) if n.item() == 0.0 else _unit(x, n)
+             for x, n in zip(tensors, norms, strict=True)]
+    valid = [i for i, n in enumerate(norms) if n.item() > tol]
     if not valid:
-        return [0.0] * n
-    a = 1.0 / len(valid)
-    units = {i: [1.0 / norms[i] if j == i else 0.0 for j in range(n)] for i in valid}
-    u = [sum(a * units[i][j] for i in valid) for j in range(n)]
-    u_norm = math.sqrt(max(dot(u, u), 0.0))
-    u = list(units[valid[0]]) if u_norm < tol else [c / u_norm for c in u]
+        return sum(x * 0 for x in tensors)  # type: ignore[return-value]
+    a = alpha / sum(alpha for _ in valid)
+    valid_units = [units[i] for i in valid]
+    mean = torch.zeros_like(valid_units[0])
+    for u in valid_units:
+        mean += a * u
+    mean_norm = _norm(mean)
+    mean = valid_units[0].clone() if mean_norm.item() < tol else _unit(mean, mean_norm)
     for _ in range(max_iter):
-        step = [0.0] * n
-        for i in valid:
-            cos = min(max(dot(u, units[i]), -1.0), 1.0)
-            theta = math.acos(cos)
-            if theta < tol:
+        tangent = torch.zeros_like(mean)
+        for u in valid_units:
+            dot = torch.clamp(torch.dot(mean.flatten(), u.flatten()), -1.0, 1.0)
+            theta = torch.arccos(dot)
+            if theta.item() < tol:
                 continue
-            coef = a * theta / math.sin(theta)
-            step = [s + coef * ui - coef * cos * uj
-                    for s, ui, uj in zip(step, units[i], u, strict=True)]
-        step_norm = math.sqrt(max(dot(step, step), 0.0))
-        if step_norm < tol:
+            tangent += a * (theta / torch.sin(theta)) * (u - dot * mean)
+        tangent_norm = _norm(tangent)
+        if tangent_norm.item() < tol:
             break
-        u = [math.cos(step_norm) * uj + math.sin(step_norm) / step_norm * sj
-             for uj, sj in zip(u, step, strict=True)]
-        u_norm = math.sqrt(max(dot(u, u), 0.0))
-        if u_norm > tol:
-            u = [c / u_norm for c in u]
-    return [c * scale for c in u]
+        mean = (torch.cos(tangent_norm) * mean
+                + torch.sin(tangent_norm) * (tangent / tangent_norm)).to(mean.dtype)
+        unit_norm = _norm(mean)
+        if unit_norm.item() > tol:
+            mean = _unit(mean, unit_norm)
+    return sum(alpha * n for n in norms) * mean
 
 
 def with_base(tensors: Sequence[torch.Tensor], base: torch.Tensor | None) -> list[torch.Tensor]:
@@ -100,14 +104,10 @@ def with_base(tensors: Sequence[torch.Tensor], base: torch.Tensor | None) -> lis
     return [base, *tensors] if base is not None else list(tensors)
 
 
-def karcher_mean(
-    tensors: Sequence[torch.Tensor], *, max_iter: int = 10, tol: float = 1e-5,
-    kernels: Kernels | None = None,
-) -> torch.Tensor:
-    """Equal-weight Karcher mean of the tensors' directions, scaled by their mean norm.
-
-    Works in place on ``tensors`` (they must be owned by the caller). ``kernels``: as for
-    :class:`~.gram.GramStats`.
+def karcher_mean(tensors: Sequence[torch.Tensor], *, max_iter: int = 10,
+                 tol: float = 1e-5) -> torch.Tensor:
+    """Equal-weight Karcher mean of the tensors' directions, scaled by their mean norm
+    (:func:`karcher_whole`; one tensor is returned as it is).
 
     >>> import torch
     >>> karcher_mean([torch.tensor([2.0, 0.0]), torch.tensor([0.0, 2.0])])
@@ -115,16 +115,7 @@ def karcher_mean(
     """
     if len(tensors) == 1:
         return tensors[0]
-    stats = GramStats(tensors[0].numel(), lambda gram: karcher_coefficients(
-        gram, max_iter=max_iter, tol=tol), with_base, kernels)
-    return gather_whole(stats, tensors, None).apply(tensors)
-
-
-def karcher_stats(shape: tuple[int, ...], width: int, model_params: Sequence[NoParams],
-                  params: KarcherParams, ctx: TensorContext) -> GramStats:
-    """The Gram pass (:class:`~.gram.GramStats`) for a large tensor merged in row chunks."""
-    return GramStats(math.prod(shape), lambda gram: karcher_coefficients(
-        gram, max_iter=params.max_iter, tol=params.tol), with_base, ctx.kernels)
+    return karcher_whole(tensors, max_iter=max_iter, tol=tol)
 
 
 def karcher_merge(
@@ -135,21 +126,13 @@ def karcher_merge(
     ctx: TensorContext,
 ) -> torch.Tensor:
     """Karcher mean of the models (and of the base model, when the recipe names one)."""
-    inputs = with_base(tensors, base)
-    if ctx.stats is None or len(inputs) == 1:
-        return karcher_mean(inputs, max_iter=params.max_iter, tol=params.tol,
-                            kernels=ctx.kernels)
-    assert isinstance(ctx.stats, GramStats)
-    return ctx.stats.apply(inputs)
+    return karcher_mean(with_base(tensors, base), max_iter=params.max_iter, tol=params.tol)
 
 
 KARCHER = MergeMethod(
     name="karcher",
     summary="Karcher (Riemannian) mean of the models on the hypersphere, equal weights",
     merge=karcher_merge,
-    stats=karcher_stats,
-    kernels=True,
-    elementwise=True,
     params=KarcherParams,
     base="optional",
     min_models=1,

@@ -4,9 +4,8 @@ Eagerly, each of a pass's operations reads and writes the whole chunk. The same 
 compiled by ``torch.compile`` (inductor) become one or two loops over the chunk, some ten
 times faster on a CPU (bench/RESULTS.md). Compiled, in float32 on a CPU, the C kernels of
 :mod:`mergekit_like.native` take over where they can: the merge pass and DARE's L1 rescale
-(:mod:`~mergekit_like.native.mix`), the rank windows' passes
-(:mod:`~mergekit_like.native.window`, through :class:`PairChunk`), and the spherical
-methods' Gram sums (:mod:`~mergekit_like.native.gram`, through :class:`Native`).
+(:mod:`~mergekit_like.native.mix`) and the rank windows' passes
+(:mod:`~mergekit_like.native.window`, through :class:`PairChunk`).
 :class:`Kernels` picks the way per pass; the bytes are the same every way. In half
 precision (bfloat16, float16) the compiled code rounds every intermediate to it, as eager
 torch does (inductor's ``emulate_precision_casts``).
@@ -37,7 +36,6 @@ if TYPE_CHECKING:
 
     from mergekit_like.methods.rank_bracket import BracketTally
     from mergekit_like.methods.reductions import BlockSums
-    from mergekit_like.native.gram import GramPass
     from mergekit_like.native.mix import MixPass
     from mergekit_like.native.window import WindowPasses
 
@@ -75,12 +73,10 @@ def choose_mode(requested: Literal["auto", "eager", "compiled"], device: str,
 
 @dataclass(frozen=True)
 class Native:
-    """The C kernels of a run: the rank windows' passes, the merge pass, and the Gram
-    matrix's block sums."""
+    """The C kernels of a run: the rank windows' passes and the merge pass."""
 
     window: WindowPasses
     mix: MixPass
-    gram: GramPass
 
 
 @dataclass(frozen=True)
@@ -111,18 +107,15 @@ class Kernels:
         if found is None:
             import sys
 
-            from mergekit_like.native.gram import GramPass
             from mergekit_like.native.mix import MixPass
             from mergekit_like.native.window import WindowPasses
 
-            found = self._compiled["native"] = Native(WindowPasses.open(), MixPass.open(),
-                                                      GramPass.open())
-            libs = (found.window, found.mix, found.gram)
+            found = self._compiled["native"] = Native(WindowPasses.open(), MixPass.open())
+            libs = (found.window, found.mix)
             for error in sorted({lib.error for lib in libs} - {""}):
                 print(f"warning: no C kernels ({error}); using torch instead (same bytes, "
                       "slower)", file=sys.stderr)
-        return found if all(lib.lib is not None for lib in (found.window, found.mix,
-                                                            found.gram)) else None
+        return found if all(lib.lib is not None for lib in (found.window, found.mix)) else None
 
     def magnitudes(self, x: torch.Tensor, base: torch.Tensor) -> PairChunk:
         """The rank window's view of ``|x - base|`` for one chunk (flat tensors)."""

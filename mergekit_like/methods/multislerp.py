@@ -18,28 +18,24 @@ A single model is returned unchanged (its own tensor, not relative to the base).
 mergekit, weights that sum to zero with ``normalize_weights`` are an error instead of a
 tensor of NaNs.
 
-Every vector above is a combination of the ``x_i``, so one pass gathers what the formula
-needs, the Gram matrix ``x_i . x_j`` (:class:`~.gram.GramStats`, fixed-order sums), and
-the result is ``sum_i k_i x_i`` with coefficients worked out on the host in float64. A
-large tensor is therefore merged in row chunks after that pass, with the bytes of merging
-it whole.
+mergekit's bytes: every step above is a whole-tensor torch operation in mergekit, in the
+tensors' dtype, and the reductions' rounding depends on the whole tensor (its length, the
+thread count) in a way no sum of row chunks reproduces, so :func:`multislerp_whole` makes
+mergekit's calls on the whole tensors: every tensor is merged whole (not in row chunks; the
+memory mergekit needs too).
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from pydantic import Field
 
-from mergekit_like.methods.gram import GramStats
-from mergekit_like.methods.spec import MergeMethod, MethodParams, TensorContext, gather_whole
+from mergekit_like.methods.spec import MergeMethod, MethodParams, TensorContext
 
 if TYPE_CHECKING:
     import torch
-
-    from mergekit_like.methods.kernels import Kernels
 
 
 class MultiSlerpParams(MethodParams):
@@ -51,45 +47,48 @@ class MultiSlerpModelParams(MethodParams):
     weight: float = Field(1.0, description="relative weight of this model")
 
 
-def _weights(weights: Sequence[float], normalize: bool) -> list[float]:
-    w = [float(x) for x in weights]
-    if not normalize:
-        return w
-    total = sum(w)
-    if total == 0:
+def _check_weights(weights: Sequence[float], normalize: bool) -> None:
+    if normalize and sum(float(x) for x in weights) == 0:
         raise ValueError("the weights sum to zero; set normalize_weights: false or change them")
-    return [x / total for x in w]
 
 
-def multislerp_coefficients(gram: Sequence[Sequence[float]], w: Sequence[float],
-                            eps: float) -> list[float]:
-    """``k`` with ``multislerp = sum_i k_i x_i``, from the Gram matrix of the ``x_i``.
+def multislerp_whole(
+    tensors: Sequence[torch.Tensor],
+    weights: Sequence[float],
+    base: torch.Tensor | None = None,
+    *,
+    normalize_weights: bool = True,
+    eps: float = 1e-8,
+) -> torch.Tensor:
+    """The formula above on whole tensors, in mergekit's torch calls and order (in the
+    tensors' dtype): stacked task vectors, float weights as a tensor of that dtype, row
+    norms of the stack, sums over the stack's first dimension. A new tensor."""
+    import torch
 
-    >>> [round(k, 4) for k in multislerp_coefficients([[1.0, 0.0], [0.0, 1.0]], [0.5, 0.5],
-    ...                                                1e-8)]
-    [0.7071, 0.7071]
-    """
-    n = len(w)
-
-    def dot(a: Sequence[float], b: Sequence[float]) -> float:
-        return sum(a[i] * gram[i][j] * b[j] for i in range(n) for j in range(n))
-
-    norms = [math.sqrt(max(gram[i][i], 0.0)) for i in range(n)]
-    mean = [w[i] / (norms[i] + eps) for i in range(n)]  # sum_i w_i u_i
-    mean_norm = math.sqrt(max(dot(mean, mean), 0.0))
+    stacked = torch.stack(list(tensors), dim=0)
+    if base is not None:
+        stacked -= base
+    flat = stacked.view(stacked.shape[0], -1)
+    w = torch.tensor([float(x) for x in weights], dtype=stacked.dtype, device=stacked.device)
+    if normalize_weights:
+        w = w / w.sum()
+    norms = torch.norm(flat, dim=-1, keepdim=True)
+    units = flat / (norms + eps)
+    mean = (units * w.view(-1, 1)).sum(0)
+    mean_norm = torch.norm(mean)
     if mean_norm < eps:
-        if n != 2:
+        if len(tensors) != 2:
             raise ValueError("the weighted directions cancel out (opposite tensors with "
                              "balancing weights); change the weights")
-        return list(w)
-    unit = [c / mean_norm for c in mean]  # m / |m|
-    along = sum(w[i] / (norms[i] + eps) * sum(gram[i][j] * unit[j] for j in range(n))
-                for i in range(n))  # sum_i w_i (u_i . m)
-    tangent = [mean[i] - along * unit[i] for i in range(n)]
-    tangent_norm = math.sqrt(max(dot(tangent, tangent), 0.0)) + eps
-    scale = sum(wi * ni for wi, ni in zip(w, norms, strict=True))
-    return [(math.cos(tangent_norm) * unit[i]
-             + math.sin(tangent_norm) / tangent_norm * tangent[i]) * scale for i in range(n)]
+        out = (stacked[0] * w[0] + stacked[1] * w[1]).view(stacked.shape[1:])
+        return out if base is None else out + base
+    mean = mean / mean_norm
+    tangents = units - (units * mean).sum(-1, keepdim=True) * mean
+    tangent = (tangents * w.view(-1, 1)).sum(0)
+    tangent_norm = torch.norm(tangent) + eps
+    out = mean * torch.cos(tangent_norm) + tangent * (torch.sin(tangent_norm) / tangent_norm)
+    out = (out * (norms.squeeze(-1) * w).sum()).view(stacked.shape[1:])
+    return out if base is None else out + base
 
 
 def multislerp(
@@ -99,12 +98,8 @@ def multislerp(
     *,
     normalize_weights: bool = True,
     eps: float = 1e-8,
-    kernels: Kernels | None = None,
 ) -> torch.Tensor:
     """Weighted barycentre of ``tensors`` on the hypersphere (around ``base`` if given).
-
-    Works in place on ``tensors`` (they must be owned by the caller). ``kernels``: as for
-    :class:`~.gram.GramStats`.
 
     >>> import torch
     >>> multislerp([torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0])], [1.0, 1.0])
@@ -112,24 +107,9 @@ def multislerp(
     """
     if len(tensors) == 1:
         return tensors[0]
-    w = _weights(weights, normalize_weights)
-    stats = GramStats(tensors[0].numel(), lambda gram: multislerp_coefficients(gram, w, eps),
-                      kernels=kernels)
-    deltas = [x.sub_(base) if base is not None else x for x in tensors]
-    out = gather_whole(stats, deltas, None).apply(deltas)
-    return out.add_(base) if base is not None else out
-
-
-def multislerp_stats(shape: tuple[int, ...], width: int,
-                     model_params: Sequence[MultiSlerpModelParams], params: MultiSlerpParams,
-                     ctx: TensorContext) -> GramStats | None:
-    """The Gram pass (:class:`~.gram.GramStats`) for a large tensor merged in row chunks
-    (None for one model, which is returned as it is)."""
-    if len(model_params) == 1:
-        return None
-    w = _weights([p.weight for p in model_params], params.normalize_weights)
-    return GramStats(math.prod(shape), lambda gram: multislerp_coefficients(gram, w, params.eps),
-                     kernels=ctx.kernels)
+    _check_weights(weights, normalize_weights)
+    return multislerp_whole(tensors, weights, base, normalize_weights=normalize_weights,
+                            eps=eps)
 
 
 def multislerp_merge(
@@ -140,23 +120,14 @@ def multislerp_merge(
     ctx: TensorContext,
 ) -> torch.Tensor:
     """Multi-SLERP of the models, or of their task vectors when a base model is given."""
-    if ctx.stats is None or len(tensors) == 1:
-        return multislerp(tensors, [p.weight for p in model_params], base,
-                          normalize_weights=params.normalize_weights, eps=params.eps,
-                          kernels=ctx.kernels)
-    assert isinstance(ctx.stats, GramStats)
-    deltas = [x.sub_(base) if base is not None else x for x in tensors]
-    out = ctx.stats.apply(deltas)
-    return out.add_(base) if base is not None else out
+    return multislerp(tensors, [p.weight for p in model_params], base,
+                      normalize_weights=params.normalize_weights, eps=params.eps)
 
 
 MULTISLERP = MergeMethod(
     name="multislerp",
     summary="weighted spherical barycentre of any number of models (task vectors with a base)",
     merge=multislerp_merge,
-    stats=multislerp_stats,
-    kernels=True,
-    elementwise=True,
     params=MultiSlerpParams,
     model_params=MultiSlerpModelParams,
     base="optional",

@@ -24,26 +24,28 @@ The last two follow mergekit's code (the row-wise flag transposes so that dimens
 reduced); mergekit's documentation describes the two flags the other way round.
 
 Unlike ``slerp``, a vector pair falls back to linear interpolation only when
-``|sin(theta)| < 1e-8`` (mergekit's nuslerp has no 0.9995 dot threshold).
+``1 - cos(theta)^2 <= 1e-16`` (mergekit's nuslerp has no 0.9995 dot threshold).
+
+mergekit's bytes: mergekit computes nuslerp in the inputs' (compute) dtype with one torch
+call per reduction over the whole tensor (``torch.norm``, ``torch.sum``), whose rounding
+depends on the tensor's length and, for ``sum``, on the thread count, and no sum of row
+chunks reproduces it; :class:`VectorAngles` makes the same calls on the same tensors. So a
+flattened or ``nuslerp_row_wise`` nuslerp merges each tensor whole (the memory mergekit
+needs too); row by row, large tensors are merged in chunks of whole rows.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from pydantic import Field
 
-from mergekit_like.methods.gram import GramStats, task_vectors
-from mergekit_like.methods.reductions import BLOCK, ColumnSums, stable_sum
-from mergekit_like.methods.spec import MergeMethod, MethodParams, TensorContext, gather_whole
+from mergekit_like.methods.spec import MergeMethod, MethodParams, TensorContext
 
 if TYPE_CHECKING:
     import torch
-
-    from mergekit_like.methods.kernels import Kernels
 
 NORM_EPS = 1e-7
 """Norms are clamped below at this value before normalising."""
@@ -67,127 +69,61 @@ class NuSlerpModelParams(MethodParams):
     )
 
 
-def nuslerp_coefficients(t: float, n0: float, n1: float, dot: float) -> tuple[float, float]:
-    """``(s0, s1)`` with ``nuslerp = s0 * v0 + s1 * v1``, from the norms and dot product.
-
-    >>> nuslerp_coefficients(0.5, 1.0, 1.0, 0.0)
-    (0.7071067811865475, 0.7071067811865475)
-    """
-    cos = dot / max(n0, NORM_EPS) / max(n1, NORM_EPS)
-    theta = math.acos(min(max(cos, -1.0), 1.0))
-    sin_theta = math.sin(theta)
-    if abs(sin_theta) < COLINEAR_EPS:
-        return 1.0 - t, t
-    return math.sin((1.0 - t) * theta) / sin_theta, math.sin(t * theta) / sin_theta
-
-
-def nuslerp_stats_for(t: float, numel: int, kernels: Kernels | None = None) -> GramStats:
-    """The two (task-vector) tensors' norms and dot product over a whole flattened tensor,
-    chunk by chunk (:class:`~.gram.GramStats`): each chunk is then ``s0 * v0 + s1 * v1``
-    with coefficients from the whole tensors."""
-
-    def solve(gram: list[list[float]]) -> tuple[float, float]:
-        (g00, dot), (_, g11) = gram
-        return nuslerp_coefficients(t, math.sqrt(g00), math.sqrt(g11), dot)
-
-    return GramStats(numel, solve, kernels=kernels)
-
-
 def nuslerp(
     t: float, v0: torch.Tensor, v1: torch.Tensor, *, flatten: bool = True,
-    row_wise: bool = False, kernels: Kernels | None = None,
+    row_wise: bool = False,
 ) -> torch.Tensor:
-    """Spherically interpolate ``v0`` (t=0) to ``v1`` (t=1), whole or vector by vector.
-
-    Works in place on ``v0`` and ``v1`` (they must be owned by the caller). Every sum is
-    taken in a fixed order (:mod:`~mergekit_like.methods.reductions`), so a row's result
-    does not depend on the rows beside it, nor the whole tensor's on threads.
+    """Spherically interpolate ``v0`` (t=0) to ``v1`` (t=1), whole or vector by vector, in
+    mergekit's torch calls (:class:`VectorAngles`). A new tensor.
 
     >>> import torch
     >>> nuslerp(0.5, torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0]))
     tensor([0.7071, 0.7071])
     """
-    if flatten or v0.dim() <= 1:
-        return gather_whole(nuslerp_stats_for(t, v0.numel(), kernels), [v0, v1],
-                            None).apply([v0, v1])
     shape = v0.shape
-    a, b = (v0.transpose(0, -1), v1.transpose(0, -1)) if row_wise else (v0, v1)
-    angles = VectorAngles.of(t, stable_sum(a * a, -1), stable_sum(b * b, -1),
-                             stable_sum(a * b, -1))
-    out = angles.interpolate(a, b)
-    if row_wise:
+    if flatten:
+        a, b = v0.reshape(-1), v1.reshape(-1)
+    elif row_wise:
+        a, b = v0.transpose(0, -1), v1.transpose(0, -1)
+    else:
+        a, b = v0, v1
+    out = VectorAngles.of(t, a, b).interpolate(a, b)
+    if row_wise and not flatten:
         out = out.transpose(0, -1)
     return out.reshape(shape)
 
 
 @dataclass(frozen=True)
 class VectorAngles:
-    """Per vector (the last dimension of ``a`` and ``b`` in :meth:`interpolate`), what
-    NuSLERP needs from the sums over it: the interpolation's weights and ``sin(theta)``.
-    Every vector's entries then take the same elementwise operations, whichever rows of them
-    a chunk holds."""
+    """Per vector (the last dimension of ``a`` and ``b``), the angle mergekit's NuSLERP
+    interpolates by, from its own torch calls on the tensors it reduces: ``torch.norm``
+    clamped at :data:`NORM_EPS`, ``torch.sum`` of the normalised products clamped to
+    [-1, 1], colinear where ``1 - cos^2 <= 1e-16``. :meth:`interpolate` is elementwise, so
+    any rows of the vectors take the bytes of the whole."""
 
     t: float
-    s0: torch.Tensor  # sin((1 - t) theta), shaped (..., 1)
-    s1: torch.Tensor  # sin(t theta)
-    sin_theta: torch.Tensor
-    colinear: torch.Tensor | None  # where |sin(theta)| < COLINEAR_EPS (None: nowhere)
+    theta: torch.Tensor  # shaped (..., 1)
+    colinear: torch.Tensor
 
     @classmethod
-    def of(cls, t: float, aa: torch.Tensor, bb: torch.Tensor, ab: torch.Tensor) -> VectorAngles:
-        """From each vector pair's sums of ``a * a``, ``b * b`` and ``a * b``."""
+    def of(cls, t: float, a: torch.Tensor, b: torch.Tensor) -> VectorAngles:
+        """From the vectors along the last dimension of ``a`` and ``b`` (whole vectors)."""
         import torch
 
-        n0 = aa.sqrt_().clamp_min_(NORM_EPS).unsqueeze(-1)
-        n1 = bb.sqrt_().clamp_min_(NORM_EPS).unsqueeze(-1)
-        cos = ab.unsqueeze(-1).div_(n0).div_(n1)
-        theta = cos.clamp_(-1.0, 1.0).acos_()
-        sin_theta = torch.sin(theta)
-        colinear = sin_theta.abs() < COLINEAR_EPS
-        return cls(t, torch.sin((1.0 - t) * theta), torch.sin(t * theta), sin_theta,
-                   colinear if bool(colinear.any()) else None)
+        ua = a / torch.norm(a, dim=-1, keepdim=True).clamp(min=NORM_EPS)
+        ub = b / torch.norm(b, dim=-1, keepdim=True).clamp(min=NORM_EPS)
+        cos = torch.sum(ua * ub, dim=-1, keepdim=True).clamp(-1, 1)
+        colinear = (1 - cos.square()) <= COLINEAR_EPS**2
+        return cls(t, torch.acos(torch.where(colinear, 0, cos)), colinear)
 
     def interpolate(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        """``(s0 a + s1 b) / sin(theta)``, linear where the pair is colinear (a new tensor)."""
+        """mergekit's ``(sin((1-t) theta) a + sin(t theta) b) / sin(theta)``, linear where
+        the pair is colinear (a new tensor)."""
         import torch
 
-        out = self.s0 * a + self.s1 * b
-        out.div_(self.sin_theta)
-        if self.colinear is not None:
-            out = torch.where(self.colinear, (1.0 - self.t) * a + self.t * b, out)
-        return out
-
-
-class ColumnStats:
-    """NuSLERP's sums over each vector along dimension 0 (``nuslerp_row_wise``), gathered
-    over row chunks of whole :data:`~.reductions.BLOCK`-row blocks
-    (:class:`~.reductions.ColumnSums`); then :meth:`apply` interpolates chunk by chunk with
-    the bytes of the whole tensor. Implements :class:`~.spec.TensorStats`."""
-
-    rounds = 1
-
-    def __init__(self, t: float, rows: int) -> None:
-        self.t = t
-        self._sums = [ColumnSums(rows) for _ in range(3)]  # a * a, b * b, a * b
-        self.angles: VectorAngles | None = None
-
-    def wants(self, round_: int) -> bool:
-        """The one round is needed."""
-        return True
-
-    def observe(self, round_: int, tensors: Sequence[torch.Tensor], base: torch.Tensor | None,
-                start: int) -> None:
-        a, b = task_vectors(tensors, base)
-        for sums, product in zip(self._sums, (a * a, b * b, a * b), strict=True):
-            sums.add(product)
-
-    def finish(self, round_: int) -> None:
-        self.angles = VectorAngles.of(self.t, *(s.total() for s in self._sums))
-
-    def apply(self, v0: torch.Tensor, v1: torch.Tensor) -> torch.Tensor:
-        """The chunk's rows of the interpolation (``v0``, ``v1``: its rows of the vectors)."""
-        assert self.angles is not None, "finish() the round first"
-        return self.angles.interpolate(v0.transpose(0, -1), v1.transpose(0, -1)).transpose(0, -1)
+        t, theta = self.t, self.theta
+        out = (torch.sin((1 - t) * theta) * a + torch.sin(t * theta) * b) / torch.sin(theta)
+        return torch.where(self.colinear, (1 - t) * a + t * b, out)
 
 
 def _t(model_params: Sequence[NuSlerpModelParams]) -> float:
@@ -196,22 +132,11 @@ def _t(model_params: Sequence[NuSlerpModelParams]) -> float:
     return 0.5 if abs(total) < 1e-6 else w1 / total
 
 
-def nuslerp_stats(shape: tuple[int, ...], width: int,
-                  model_params: Sequence[NuSlerpModelParams], params: NuSlerpParams,
-                  ctx: TensorContext) -> GramStats | ColumnStats | None:
-    """:func:`nuslerp_stats_for` for a flattened tensor merged in row chunks;
-    :class:`ColumnStats` for vectors along dim 0 (``nuslerp_row_wise``); None row by row
-    (each chunk holds whole rows)."""
-    if params.nuslerp_flatten:
-        return nuslerp_stats_for(_t(model_params), math.prod(shape), ctx.kernels)
-    if params.nuslerp_row_wise:
-        return ColumnStats(_t(model_params), shape[0])
-    return None
-
-
-def _row_block(params: NuSlerpParams) -> int:
-    """Row chunks of whole sum blocks where the vectors run along dim 0."""
-    return BLOCK if not params.nuslerp_flatten and params.nuslerp_row_wise else 1
+def _in_row_chunks(params: NuSlerpParams) -> bool:
+    """Row by row (the last dimension's vectors), each chunk holds whole vectors; flattened
+    or along dim 0, mergekit reduces the whole tensor in one torch call, so it is merged
+    whole."""
+    return not params.nuslerp_flatten and not params.nuslerp_row_wise
 
 
 def nuslerp_merge(
@@ -225,14 +150,8 @@ def nuslerp_merge(
     x0, x1 = tensors
     if base is not None:
         x0, x1 = x0.sub_(base), x1.sub_(base)
-    if isinstance(ctx.stats, ColumnStats):
-        out = ctx.stats.apply(x0, x1)
-    elif ctx.stats is not None:
-        assert isinstance(ctx.stats, GramStats)
-        out = ctx.stats.apply([x0, x1])
-    else:
-        out = nuslerp(_t(model_params), x0, x1, flatten=params.nuslerp_flatten,
-                      row_wise=params.nuslerp_row_wise, kernels=ctx.kernels)
+    out = nuslerp(_t(model_params), x0, x1, flatten=params.nuslerp_flatten,
+                  row_wise=params.nuslerp_row_wise)
     return out if base is None else out.add_(base)
 
 
@@ -240,10 +159,7 @@ NUSLERP = MergeMethod(
     name="nuslerp",
     summary="spherical interpolation of two models by weight; of task vectors with a base",
     merge=nuslerp_merge,
-    stats=nuslerp_stats,
-    kernels=True,
-    elementwise=True,
-    row_block=_row_block,
+    elementwise=_in_row_chunks,
     params=NuSlerpParams,
     model_params=NuSlerpModelParams,
     base="optional",

@@ -105,7 +105,7 @@ def test_parameters_and_registration():
         KarcherParams.model_validate({"max_iter": 2.5})
     method = REGISTRY["karcher"]
     assert (method.base, method.min_models, method.max_models) == ("optional", 1, None)
-    assert method.elementwise and method.stats is not None  # row chunks after a Gram pass
+    assert not method.elementwise  # merged whole: mergekit reduces whole tensors
 
 
 def test_merge_through_cli(tmp_path, llama_family, run_cli):
@@ -125,3 +125,42 @@ parameters:
     name = "model.layers.0.mlp.gate_proj.weight"
     xs = [load_tensors(f[k])[name] for k in ("math", "code", "chat")]
     torch.testing.assert_close(out[name], ref_karcher(xs, max_iter=20))
+
+
+def mergekit_order_karcher(xs, max_iter=10, tol=1e-5) -> torch.Tensor:
+    """mergekit 0.1.5's karcher written out in its torch calls and order (float32 inputs,
+    every norm above tol): equal weights, float32 norms, iterates normalised each step."""
+    n = len(xs)
+    norms = [torch.linalg.vector_norm(x) for x in xs]
+    units = [x / nx for x, nx in zip(xs, norms, strict=True)]
+    a = (1.0 / n) / sum(1.0 / n for _ in xs)
+    mean = torch.zeros_like(units[0])
+    for u in units:
+        mean += a * u
+    mean = mean / torch.linalg.vector_norm(mean)
+    for _ in range(max_iter):
+        tangent = torch.zeros_like(mean)
+        for u in units:
+            dot = torch.clamp(torch.dot(mean.flatten(), u.flatten()), -1.0, 1.0)
+            theta = torch.arccos(dot)
+            if theta.item() < tol:
+                continue
+            tangent += a * (theta / torch.sin(theta)) * (u - dot * mean)
+        tn = torch.linalg.vector_norm(tangent)
+        if tn.item() < tol:
+            break
+        mean = torch.cos(tn) * mean + torch.sin(tn) * (tangent / tn)
+        mean = mean / torch.linalg.vector_norm(mean)
+    return sum((1.0 / n) * nx for nx in norms) * mean
+
+
+@pytest.mark.parametrize("with_base", [False, True])
+def test_bytes_are_mergekits(with_base):
+    g = torch.Generator().manual_seed(12)
+    base = torch.randn(250, 120, generator=g)
+    xs = [base + 0.5 * torch.randn(250, 120, generator=g) for _ in range(3)]
+    b = base if with_base else None
+    want = mergekit_order_karcher(([base] if with_base else []) + xs)
+    got = karcher_merge([x.clone() for x in xs], None if b is None else b.clone(),
+                        [NoParams()] * 3, KarcherParams(), CTX)
+    assert torch.equal(got, want)

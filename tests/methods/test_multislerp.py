@@ -116,7 +116,7 @@ def test_parameters_and_registration():
     assert MultiSlerpModelParams().weight == 1.0
     method = REGISTRY["multislerp"]
     assert (method.base, method.min_models, method.max_models) == ("optional", 1, None)
-    assert method.elementwise and method.stats is not None  # row chunks after a Gram pass
+    assert not method.elementwise  # merged whole: mergekit reduces whole tensors
 
 
 def test_merge_through_cli(tmp_path, llama_family, run_cli):
@@ -139,3 +139,38 @@ models:
     name = "model.layers.1.self_attn.v_proj.weight"  # last layer: chat's weight is 2.0
     xs = [ts[k][name] for k in ("math", "code", "chat")]
     torch.testing.assert_close(out[name], ref_multislerp(xs, [1.0, 0.5, 2.0], ts["base"][name]))
+
+
+def mergekit_order_multislerp(xs, weights, base=None, eps=1e-8) -> torch.Tensor:
+    """mergekit 0.1.5's multislerp written out in its torch calls and order, in the tensors'
+    dtype (normalised weights)."""
+    v = torch.stack(xs, dim=0)
+    if base is not None:
+        v -= base
+    flat = v.view(v.shape[0], -1)
+    w = torch.tensor(weights, dtype=v.dtype)
+    w = w / w.sum()
+    norms = torch.norm(flat, dim=-1, keepdim=True)
+    u = flat / (norms + eps)
+    m = (u * w.view(-1, 1)).sum(0)
+    m = m / torch.norm(m)
+    tangents = u - (u * m).sum(-1, keepdim=True) * m
+    tangent = (tangents * w.view(-1, 1)).sum(0)
+    r = torch.norm(tangent) + eps
+    out = m * torch.cos(r) + tangent * (torch.sin(r) / r)
+    out = (out * (norms.squeeze(-1) * w).sum()).view(v.shape[1:])
+    return out if base is None else out + base
+
+
+@pytest.mark.parametrize("with_base", [False, True])
+def test_bytes_are_mergekits(with_base):
+    g = torch.Generator().manual_seed(11)
+    base = torch.randn(250, 120, generator=g)
+    xs = [base + 0.4 * torch.randn(250, 120, generator=g) for _ in range(3)]
+    b = base if with_base else None
+    weights = [0.5, 0.3, 0.2]
+    mps = [MultiSlerpModelParams(weight=w) for w in weights]
+    want = mergekit_order_multislerp(xs, weights, b)
+    got = multislerp_merge([x.clone() for x in xs], None if b is None else b.clone(), mps,
+                           MultiSlerpParams(), CTX)
+    assert torch.equal(got, want)

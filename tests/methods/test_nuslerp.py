@@ -110,10 +110,10 @@ def test_parameters_and_registration():
     assert (method.base, method.min_models, method.max_models) == ("optional", 2, 2)
     # row chunks; of whole 4096-row blocks where the vectors run along dim 0 (their sums
     # are gathered over the chunks first)
-    assert method.elementwise is True and method.stats is not None
-    assert method.row_block(NuSlerpParams()) == 1
-    assert method.row_block(NuSlerpParams(nuslerp_flatten=False)) == 1
-    assert method.row_block(NuSlerpParams(nuslerp_flatten=False, nuslerp_row_wise=True)) == 4096
+    # mergekit reduces the whole tensor in one torch call: only row by row in row chunks
+    assert method.stats is None and not method.elementwise(NuSlerpParams())
+    assert method.elementwise(NuSlerpParams(nuslerp_flatten=False))
+    assert not method.elementwise(NuSlerpParams(nuslerp_flatten=False, nuslerp_row_wise=True))
 
 
 def test_merge_through_cli(tmp_path, llama_family, run_cli):
@@ -151,40 +151,80 @@ models:
     assert "exactly 2 model" in res.err
 
 
+def mergekit_order_nuslerp(t: float, x: torch.Tensor, y: torch.Tensor,
+                           base: torch.Tensor | None) -> torch.Tensor:
+    """mergekit 0.1.5's flattened nuslerp written out in its torch calls and order: task
+    vectors in the inputs' dtype, whole-tensor norms clamped at 1e-7, the whole tensor's sum
+    of the normalised products, ``1 - cos^2 <= 1e-16`` colinear, the sines times the
+    vectors, their sum divided by ``sin(theta)``, the base added back."""
+    v0, v1 = (x, y) if base is None else (x - base, y - base)
+    v0, v1 = v0.reshape(-1), v1.reshape(-1)
+    u0 = v0 / torch.norm(v0, dim=-1, keepdim=True).clamp(min=1e-7)
+    u1 = v1 / torch.norm(v1, dim=-1, keepdim=True).clamp(min=1e-7)
+    cos = torch.sum(u0 * u1, dim=-1, keepdim=True).clamp(-1, 1)
+    colinear = (1 - cos.square()) <= 1e-8**2
+    theta = torch.acos(torch.where(colinear, 0, cos))
+    sin = torch.sin(theta)
+    out = (torch.sin((1 - t) * theta) * v0 + torch.sin(t * theta) * v1) / sin
+    out = torch.where(colinear, (1 - t) * v0 + t * v1, out).reshape(x.shape)
+    return out if base is None else base + out
+
+
 @pytest.mark.parametrize("with_base", [False, True])
-@pytest.mark.parametrize("shape", [(2 * 4096 + 100, 6), (3 * 4096, 2, 3)])
-def test_row_wise_in_row_chunks_gives_the_whole_tensor_bytes(with_base, shape):
-    """Vectors along dim 0 span the row chunks: their sums are gathered over chunks of whole
-    4096-row blocks first (ColumnStats), then each chunk takes the whole tensor's bytes;
-    colinear columns included (the linear fallback)."""
-    from types import SimpleNamespace
-
-    from mergekit_like.methods.nuslerp import nuslerp_stats
-    from mergekit_like.methods.reductions import BLOCK
-    from mergekit_like.methods.spec import gather_whole
-    from mergekit_like.steps import row_chunks
-
-    gen = torch.Generator().manual_seed(3)
-    x, y, base = (torch.randn(shape, generator=gen) for _ in range(3))
-    y[:, 1] = x[:, 1]  # one column's vectors the same: colinear
-    weights = [0.7, 0.3]
-    params = NuSlerpParams(nuslerp_flatten=False, nuslerp_row_wise=True)
-    mps = [NuSlerpModelParams(weight=w) for w in weights]
+def test_flattened_bytes_are_mergekits(with_base):
+    g = torch.Generator().manual_seed(8)
+    base = torch.randn(300, 200, generator=g)
+    x, y = (base + 0.3 * torch.randn(300, 200, generator=g) for _ in range(2))
     b = base if with_base else None
-    want = run([x, y], weights, b, nuslerp_flatten=False, nuslerp_row_wise=True)
+    assert torch.equal(run([x, y], [0.3, 0.7], b), mergekit_order_nuslerp(0.7, x, y, b))
 
-    planned = SimpleNamespace(method="nuslerp", params=params, shape=shape, vocab_sources=None)
-    chunks = row_chunks(planned, 4, 200)  # type: ignore[arg-type]  # 200 bytes: as small as the method allows
-    assert [r1 - r0 for r0, r1 in chunks[:-1]] == [BLOCK] * (len(chunks) - 1)
-    stats = nuslerp_stats(shape, 32, mps, params, CTX)
-    for r0, r1 in chunks:
-        stats.observe(0, [x[r0:r1], y[r0:r1]], None if b is None else b[r0:r1], 0)
-    stats.finish(0)
-    assert stats.angles.colinear is not None
-    got = torch.cat([nuslerp_merge([x[r0:r1].clone(), y[r0:r1].clone()],
-                                   None if b is None else b[r0:r1].clone(), mps, params,
-                                   TensorContext("w", stats=stats)) for r0, r1 in chunks])
-    assert torch.equal(got.view(torch.int32), want.view(torch.int32))
-    # the same stats gathered from the whole tensor as one chunk agree too
-    whole = gather_whole(nuslerp_stats(shape, 32, mps, params, CTX), [x, y], b)
-    assert torch.equal(whole.angles.s0, stats.angles.s0)
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_flattened_gives_mergekits_bytes_on_each_thread_count(threads):
+    g = torch.Generator().manual_seed(9)
+    base = torch.randn(384, 700, generator=g)
+    x, y = (base + 0.05 * torch.randn(384, 700, generator=g) for _ in range(2))
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        assert torch.equal(run([x, y], [0.6, 0.4], base),
+                           mergekit_order_nuslerp(0.4, x, y, base))
+    finally:
+        torch.set_num_threads(old)
+
+
+def mergekit_order_vectors(t: float, x: torch.Tensor, y: torch.Tensor, base: torch.Tensor | None,
+                           row_wise: bool) -> torch.Tensor:
+    """mergekit 0.1.5's nuslerp with ``nuslerp_flatten: false`` in its torch calls: vectors
+    along the last dimension, or along dim 0 (transposed to the end) when ``row_wise``."""
+    v0, v1 = (x, y) if base is None else (x - base, y - base)
+    if row_wise:
+        v0, v1 = v0.transpose(0, -1), v1.transpose(0, -1)
+    u0 = v0 / torch.norm(v0, dim=-1, keepdim=True).clamp(min=1e-7)
+    u1 = v1 / torch.norm(v1, dim=-1, keepdim=True).clamp(min=1e-7)
+    cos = torch.sum(u0 * u1, dim=-1, keepdim=True).clamp(-1, 1)
+    colinear = (1 - cos.square()) <= 1e-8**2
+    theta = torch.acos(torch.where(colinear, 0, cos))
+    out = (torch.sin((1 - t) * theta) * v0 + torch.sin(t * theta) * v1) / torch.sin(theta)
+    out = torch.where(colinear, (1 - t) * v0 + t * v1, out)
+    if row_wise:
+        out = out.transpose(0, -1)
+    return out if base is None else base + out
+
+
+@pytest.mark.parametrize("with_base", [False, True])
+@pytest.mark.parametrize("row_wise", [False, True])
+def test_vector_modes_give_mergekits_bytes(with_base, row_wise):
+    g = torch.Generator().manual_seed(10)
+    base = torch.randn(160, 96, generator=g)
+    x, y = (base + 0.3 * torch.randn(160, 96, generator=g) for _ in range(2))
+    y[:, 3] = x[:, 3]
+    y[5] = x[5]  # a colinear column and row
+    b = base if with_base else None
+    want = mergekit_order_vectors(0.25, x, y, b, row_wise)
+    got = run([x, y], [0.75, 0.25], b, nuslerp_flatten=False, nuslerp_row_wise=row_wise)
+    assert torch.equal(got, want)
+    if not row_wise:  # whole rows in each chunk, merged with no statistics
+        chunks = [run([x[r:r + 7], y[r:r + 7]], [0.75, 0.25], None if b is None else b[r:r + 7],
+                      nuslerp_flatten=False) for r in range(0, 160, 7)]
+        assert torch.equal(torch.cat(chunks), want)

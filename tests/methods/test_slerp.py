@@ -136,3 +136,97 @@ parameters: {{t: 0.5}}
     res = run_cli(recipe, tmp_path / "out", "--quiet")
     assert res.code == 2
     assert "exactly 1 model" in res.err
+
+
+def mergekit_order_slerp(t: float, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """mergekit 0.1.5's slerp written out in its torch calls and order: float32 pieces of
+    2^20 entries of the flat tensors, norms of the pieces' norms, sums of products of the
+    normalised pieces, coefficients in float32 tensors, the result in the inputs' dtype."""
+    piece, x, y = 1 << 20, a.reshape(1, -1), b.reshape(1, -1)
+    starts = range(0, x.shape[1], piece)
+
+    def cut(v, s):
+        return v[:, s:s + piece].float()
+
+    na = torch.linalg.vector_norm(torch.stack(
+        [torch.linalg.vector_norm(cut(x, s), dim=1, keepdim=True) for s in starts]), dim=0)
+    nb = torch.linalg.vector_norm(torch.stack(
+        [torch.linalg.vector_norm(cut(y, s), dim=1, keepdim=True) for s in starts]), dim=0)
+    na, nb = torch.where(na > 1e-8, na, 1), torch.where(nb > 1e-8, nb, 1)
+    dot = torch.stack([((cut(x, s) / na) * (cut(y, s) / nb)).sum(dim=1, keepdim=True)
+                       for s in starts]).sum(dim=0).clamp(-1, 1)
+    tt = torch.tensor([t], dtype=torch.float32).reshape(-1, 1)
+    linear = dot.abs() > 0.9995
+    theta = torch.acos(torch.where(linear, 0, dot))
+    sin = torch.sin(theta)
+    ca = torch.where(linear, 1 - tt, torch.sin((1 - tt) * theta) / sin)
+    cb = torch.where(linear, tt, torch.sin(tt * theta) / sin)
+    out = torch.empty_like(x)
+    for s in starts:
+        out[:, s:s + piece] = ca * cut(x, s) + cb * cut(y, s)
+    return out.reshape(a.shape)
+
+
+def _stats_in_row_chunks(t: float, base: torch.Tensor, other: torch.Tensor,
+                         rows: int) -> torch.Tensor:
+    """slerp over row chunks of ``rows`` rows, as the executor runs it: the statistics
+    rounds, then each chunk merged."""
+    stats = REGISTRY["slerp"].stats(tuple(base.shape), 32, [NoParams()], SlerpParams(t=t), CTX)
+    for round_ in range(stats.rounds):
+        for r in range(0, base.shape[0], rows):
+            stats.observe(round_, [other[r:r + rows]], base[r:r + rows], r)
+        stats.finish(round_)
+    ctx = TensorContext("w", stats=stats)
+    return torch.cat([slerp_merge([other[r:r + rows].clone()], base[r:r + rows].clone(),
+                                  [NoParams()], SlerpParams(t=t), ctx)
+                      for r in range(0, base.shape[0], rows)])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("t", [0.3, 0.77])
+def test_bytes_are_mergekits_in_its_float32_op_order(t, dtype):
+    g = torch.Generator().manual_seed(5)
+    base = torch.randn(96, 128, generator=g)
+    other = (base + 0.6 * torch.randn(96, 128, generator=g)).to(dtype)
+    base = base.to(dtype)
+    want = mergekit_order_slerp(t, base, other)
+    assert want.dtype == dtype
+    assert torch.equal(run(t, base, other), want)
+
+
+def test_pieces_of_large_tensors_and_row_chunks_give_mergekits_bytes():
+    # 1100 x 1000: two pieces of mergekit's 2^20 entries; chunks of 300 rows end inside them
+    g = torch.Generator().manual_seed(6)
+    base = torch.randn(1100, 1000, generator=g)
+    other = base + 0.5 * torch.randn(1100, 1000, generator=g)
+    want = mergekit_order_slerp(0.4, base, other)
+    assert torch.equal(run(0.4, base, other), want)
+    assert torch.equal(_stats_in_row_chunks(0.4, base, other, 300), want)
+    assert torch.equal(_stats_in_row_chunks(0.4, base, other, 1100), want)
+
+
+def test_colinear_lerp_uses_float32_coefficients():
+    # t = 0.058: float32 1 - float32(t) is one ulp off float32(1 - t) (the float64 value)
+    base, other = _at_angle(0.9999)
+    base, other = base * 1.37, other * 0.91
+    assert torch.equal(run(0.058, base, other), mergekit_order_slerp(0.058, base, other))
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_mergekits_bytes_on_each_thread_count(threads):
+    g = torch.Generator().manual_seed(7)
+    base = torch.randn(384, 700, generator=g)
+    other = base + 0.05 * torch.randn(384, 700, generator=g)
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        want = mergekit_order_slerp(0.3, base, other)
+        assert torch.equal(_stats_in_row_chunks(0.3, base, other, 100), want)
+    finally:
+        torch.set_num_threads(old)
+
+
+def test_an_empty_tensor_gives_an_empty_tensor():
+    # mergekit: no entries, no angle: (1 - t) * a + t * b of nothing
+    got = run(0.3, torch.zeros(0, 4), torch.zeros(0, 4))
+    assert got.shape == (0, 4)
