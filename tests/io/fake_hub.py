@@ -53,6 +53,7 @@ class Stall:
     repo: str | None = None
     reached: threading.Event = field(default_factory=threading.Event)
     release: threading.Event = field(default_factory=threading.Event)
+    taken: bool = False  # set under the hub's lock by the one request that stalls
 
 
 class FakeHub:
@@ -298,18 +299,21 @@ class _Handler(BaseHTTPRequestHandler):
             self.fake.max_repos_in_flight = max(self.fake.max_repos_in_flight, busy)
 
     def _body(self, status: int, body: bytes, counter: tuple[str, str, int] | None) -> None:
-        stall = next(
-            (
-                s
-                for s in self.fake.stalls
-                if counter
-                and s.path == counter[1]
-                and s.repo in (None, counter[0])
-                and status == 200
-                and not s.reached.is_set()
-            ),
-            None,
-        )
+        with self.fake._lock:  # one request takes a stall, even when several arrive at once
+            stall = next(
+                (
+                    s
+                    for s in self.fake.stalls
+                    if counter
+                    and s.path == counter[1]
+                    and s.repo in (None, counter[0])
+                    and status == 200
+                    and not s.taken
+                ),
+                None,
+            )
+            if stall is not None:
+                stall.taken = True
         if stall is not None:  # send part of the body, then hang until released
             part = body[: stall.after]
             self._write(part, counter)
