@@ -22,12 +22,12 @@ import time
 
 import torch
 
-from mergekit_like.memory import tune_allocator
+from mergekit_like.execute.memory import tune_allocator
 from mergekit_like.methods.kernels import Kernels
 from mergekit_like.methods.spec import TensorContext
 from mergekit_like.methods.ties import TIES
 
-tune_allocator()  # as the merge runs (mergekit_like.memory)
+tune_allocator()  # as the merge runs (mergekit_like.execute.memory)
 
 
 def family(rows: int, cols: int, untouched: float, seed: int,

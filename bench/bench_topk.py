@@ -22,9 +22,9 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from mergekit_like.memory import tune_allocator
+from mergekit_like.execute.memory import tune_allocator
 
-tune_allocator()  # as the merge runs (mergekit_like.memory)
+tune_allocator()  # as the merge runs (mergekit_like.execute.memory)
 
 
 def topk_mask(a: torch.Tensor, k: int) -> torch.Tensor:

@@ -22,10 +22,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from mergekit_like.errors import Interrupted, MergeError
-from mergekit_like.stop import terminate_as_interrupt
+from mergekit_like.execute.stop import terminate_as_interrupt
 
 if TYPE_CHECKING:
-    from mergekit_like.loader import LoadedRecipe
+    from mergekit_like.recipe.loading import LoadedRecipe
 
 SUBCOMMANDS = ("validate", "plan", "schema", "methods")
 
@@ -156,12 +156,13 @@ def _reader_gone() -> int:
 
 
 def _merge(ns: argparse.Namespace, argv: Sequence[str] = ()) -> int:
+    from mergekit_like.execute.model_card import reproducing_command
+    from mergekit_like.execute.setup import MergeOptions
+    from mergekit_like.execute.write import write_model
+    from mergekit_like.io.out_path import check_out_path
     from mergekit_like.io.writer import parse_size
-    from mergekit_like.loader import load_recipe_documents
-    from mergekit_like.model_card import reproducing_command
-    from mergekit_like.out_path import check_out_path
-    from mergekit_like.plan import build_plan
-    from mergekit_like.run import MergeOptions, write_model
+    from mergekit_like.plan.build import build_plan
+    from mergekit_like.recipe.loading import load_recipe_documents
 
     sizes = {}
     for flag, text in (("--out-shard-size", ns.out_shard_size), ("--chunk-size", ns.chunk_size)):
@@ -191,7 +192,7 @@ def _merge(ns: argparse.Namespace, argv: Sequence[str] = ()) -> int:
                            write_model_card=ns.write_model_card,
                            command=reproducing_command(argv, ns.out))
     from mergekit_like.io.hub import HubAccess
-    from mergekit_like.preflight import fetch_for_merge
+    from mergekit_like.plan.preflight import fetch_for_merge
 
     access = HubAccess.from_env(offline=ns.offline, progress=say)
     if ns.multirun:  # soups: sweeps run each setting through soups/runner.py
@@ -204,7 +205,7 @@ def _merge(ns: argparse.Namespace, argv: Sequence[str] = ()) -> int:
     docs = _trusted(load_recipe_documents(ns.recipe, ns.overrides), ns)
     fetch_for_merge(docs, access, ns.allow_crimes)
     if len(docs) > 1:  # mergekit-multi: named merges in dependency order
-        from mergekit_like.multi import run_documents
+        from mergekit_like.recipe.multi import run_documents
 
         def write_doc(doc: LoadedRecipe, folder: Path) -> None:
             plan = build_plan(doc, allow_crimes=ns.allow_crimes)
@@ -235,7 +236,7 @@ def _merge(ns: argparse.Namespace, argv: Sequence[str] = ()) -> int:
 
 def _subcommand(cmd: str, ns: argparse.Namespace) -> int:
     if cmd == "schema":
-        from mergekit_like.schema import recipe_schema
+        from mergekit_like.recipe.schema import recipe_schema
 
         print(json.dumps(recipe_schema(), indent=2))
         return 0
@@ -245,12 +246,12 @@ def _subcommand(cmd: str, ns: argparse.Namespace) -> int:
 
         print("\n\n".join(m.describe() for m in [*REGISTRY.values(), *SOUP_METHODS.values()]))
         return 0
-    from mergekit_like.loader import load_recipe_documents
+    from mergekit_like.recipe.loading import load_recipe_documents
     from mergekit_like.soups import SOUP_METHODS
 
     docs = _trusted(load_recipe_documents(ns.recipe, ns.overrides), ns)
     if len(docs) > 1:
-        from mergekit_like.multi import order_documents
+        from mergekit_like.recipe.multi import order_documents
 
         names = [d.recipe.name or "(unnamed final merge)" for d in order_documents(docs)]
         if cmd == "plan":
@@ -264,14 +265,14 @@ def _subcommand(cmd: str, ns: argparse.Namespace) -> int:
         loaded = uniform_recipe(loaded)
     from mergekit_like.io.hub import HubAccess
     from mergekit_like.io.hub_remote import HubModels
-    from mergekit_like.preflight import validate_recipe
-    from mergekit_like.recipe_checks import check_recipe
+    from mergekit_like.plan.preflight import validate_recipe
+    from mergekit_like.recipe.checks import check_recipe
 
     access = HubAccess.from_env(offline=ns.offline)
     if cmd == "validate":
         return validate_recipe(loaded, access, ns.allow_crimes)
-    from mergekit_like.plan import build_plan
-    from mergekit_like.steps import estimate_peak_bytes
+    from mergekit_like.execute.steps import estimate_peak_bytes
+    from mergekit_like.plan.build import build_plan
 
     check_recipe(loaded).raise_problems()
     plan = build_plan(loaded, models=HubModels(access), allow_crimes=ns.allow_crimes)

@@ -11,7 +11,7 @@ import pytest
 import torch
 import yaml
 
-from mergekit_like.recipe import Recipe
+from mergekit_like.recipe.models import Recipe
 from tests.conftest import load_tensors, write_recipe
 
 

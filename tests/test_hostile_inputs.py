@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mergekit_like.loader import load_recipe
+from mergekit_like.recipe.loading import load_recipe
 
 BOMB = "\n".join(
     [
@@ -379,7 +379,7 @@ def test_evaluation_npz_holding_pickled_objects_is_refused(tmp_path):
     import numpy as np
 
     from mergekit_like.errors import InputError
-    from mergekit_like.soups.config import EvaluationConfig
+    from mergekit_like.recipe.soups import EvaluationConfig
     from mergekit_like.soups.data import load_split
 
     path = tmp_path / "data.npz"

@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from types import MappingProxyType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from mergekit_like.errors import InputError
 from mergekit_like.io.safetensors_header import TensorInfo, read_header
@@ -27,7 +27,7 @@ from mergekit_like.io.safetensors_header import TensorInfo, read_header
 if TYPE_CHECKING:
     import torch
 
-    from mergekit_like.io.catalog import ModelCatalog
+    Catalog = TypeVar("Catalog")  # an io.catalog.ModelCatalog (it imports this module)
 
 _PREFIX = "base_model.model."
 
@@ -52,15 +52,13 @@ def _adapter_tensors(folder: Path) -> dict[str, TensorInfo]:
     raise InputError(f"{folder}: no adapter_model.safetensors (is it a PEFT LoRA adapter?)")
 
 
-def apply_adapter(base: ModelCatalog, ref: str, folder: Path,
-                  adapter: Mapping[str, TensorInfo] | None = None) -> ModelCatalog:
+def apply_adapter(base: Catalog, ref: str, folder: Path,
+                  adapter: Mapping[str, TensorInfo] | None = None) -> Catalog:
     """The catalog of ``base`` with every tensor the adapter targets marked for LoRA.
 
     ``adapter``: the adapter's tensors when already known (a hub adapter's header, read
     remotely); by default they are read from ``folder``.
     """
-    from mergekit_like.io.catalog import ModelCatalog
-
     try:
         config = json.loads((folder / "adapter_config.json").read_text())
         alpha = float(config["lora_alpha"])
@@ -104,7 +102,7 @@ def apply_adapter(base: ModelCatalog, ref: str, folder: Path,
             if name not in tensors or tensors[name].shape != info.shape:
                 raise InputError(f"{folder}: adapter tensor {name!r} does not match the model")
             tensors[name] = replace(info)  # modules_to_save: a full replacement
-    return ModelCatalog(ref, base.path, MappingProxyType(tensors), base.config)
+    return replace(base, ref=ref, tensors=MappingProxyType(tensors))  # type: ignore[type-var]
 
 
 def lora_delta(info: LoraTensorInfo, rows: tuple[int, int] | None, read_factor,  # noqa: ANN001

@@ -136,7 +136,7 @@ class ShardWriter:
     ``shards`` (indices into ``layout.files``; default all) limits the writer to those files:
     it creates, writes and checks only them, and :meth:`finish` writes the index only when it
     owns every shard. Several writers, one per process, can so fill one layout together
-    (:mod:`mergekit_like.distributed`); the index is then written with :func:`write_index`.
+    (:mod:`mergekit_like.execute.distributed`); the index is then written with :func:`write_index`.
     """
 
     def __init__(self, folder: Path, layout: ShardLayout,

@@ -12,7 +12,7 @@ mask empties the whole tensor; here nothing large is dropped and ``density`` sti
 merge covers, ``N`` entries) instead of each tensor, as TIES' paper does for its trim: the
 ``int(gamma * N)`` largest and the smallest entries of the model are dropped so that
 ``int(density * N)`` remain. The two bounds (the largest and the smallest kept magnitude)
-are found exactly by a pre-pass (:mod:`mergekit_like.global_trim`) and every entry with
+are found exactly by a pre-pass (:mod:`mergekit_like.execute.global_trim`) and every entry with
 ``low <= |x - base| <= high`` is kept, ties at a bound included. ``density`` and ``gamma``
 must then be one number per model.
 """

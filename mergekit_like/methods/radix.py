@@ -3,7 +3,7 @@ chunks of them that a rank window reads (:class:`MagnitudeChunk`).
 
 Non-negative floats order as their bit patterns do, so a rank among magnitudes can be found
 digit by digit over the patterns (:class:`~.rank_select.RankWindow`, the model-wide trims of
-:mod:`mergekit_like.global_trim`): 16 bits per round, a 65536-bin histogram each.
+:mod:`mergekit_like.execute.global_trim`): 16 bits per round, a 65536-bin histogram each.
 """
 
 from __future__ import annotations

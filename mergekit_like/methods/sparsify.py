@@ -25,7 +25,7 @@ float64 compute dtype keeps the stable rule (mergekit sorts its float32 rounding
 
 Unless ``Trim.bounds`` is given: then they keep the entries with ``low <= |delta| <= high``,
 bounds ranked over the whole model beforehand (``model_wide_trim``, not a mergekit feature:
-:mod:`mergekit_like.global_trim`), every tie at a bound kept.
+:mod:`mergekit_like.execute.global_trim`), every tie at a bound kept.
 - ``random`` (DARE): keep each entry independently with probability ``density``.
 - ``della`` (DELLA's MagPrune): keep each entry with a probability that grows with its
   magnitude rank within its row, from ``density - epsilon`` (smallest) to

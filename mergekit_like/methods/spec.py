@@ -42,7 +42,7 @@ class TensorContext:
     ``trim_bounds``: for magnitude trims ranked over the whole model (``model_wide_trim``),
     one ``(low, high)`` per input model, in the order of the method's ``tensors``: keep the
     task-vector entries with ``low <= |x - base| <= high`` (None for a model kept whole).
-    The executor fills it from :func:`mergekit_like.global_trim.model_trim_bounds`; None
+    The executor fills it from :func:`mergekit_like.execute.global_trim.model_trim_bounds`; None
     (the default) when no tensor of the plan trims over the whole model.
 
     ``stats`` and ``start``: when the executor merges a large tensor in row chunks, the

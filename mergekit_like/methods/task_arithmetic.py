@@ -14,7 +14,7 @@ This follows mergekit's ``generalized_task_arithmetic`` (parameter names, defaul
 of operations), so a recipe shared with mergekit gives the same model. The magnitude trims
 (ties, breadcrumbs) rank within each tensor as mergekit does; ``model_wide_trim: true`` ranks
 over each model's whole task vector instead, as the TIES paper does
-(:class:`MagnitudeTrimParams`, :mod:`mergekit_like.global_trim`). ``int8_mask`` is
+(:class:`MagnitudeTrimParams`, :mod:`mergekit_like.execute.global_trim`). ``int8_mask`` is
 accepted for compatibility; masks here are already booleans, so it changes nothing.
 :class:`TaskArithmeticFamily` turns a method's parameters into these options.
 """
@@ -278,7 +278,7 @@ class TaskArithmeticFamily:
         if getattr(params, "model_wide_trim", False):
             if ctx.trim_bounds is None:
                 raise ValueError("model_wide_trim needs magnitude bounds ranked over the "
-                                 "whole model (mergekit_like.global_trim); none were given")
+                                 "whole model (mergekit_like.execute.global_trim); none were given")
             bounds = ctx.trim_bounds
         return [Trim(self.trim, getattr(p, "density", 1.0), getattr(p, "gamma", 0.0),
                      getattr(p, "epsilon", 0.0), rescale, b)

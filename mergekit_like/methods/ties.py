@@ -12,7 +12,7 @@ Trimming scope differs between mergekit and the paper:
 - the paper (``model_wide_trim: true``): the whole task vector of a model, all of its tensors
   the merge covers, is ranked at once: one threshold per model, the ``int(density * N)``-th
   largest ``|x - base|`` over its ``N`` entries, found exactly by a streaming pre-pass before
-  the merge (:mod:`mergekit_like.global_trim`); every entry with ``|x - base| >= threshold``
+  the merge (:mod:`mergekit_like.execute.global_trim`); every entry with ``|x - base| >= threshold``
   is kept. ``density`` must then be one number per model (no gradient or filter list), and
   ``rescale`` still keeps each tensor's L1 norm.
 """

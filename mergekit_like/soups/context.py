@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mergekit_like.soups.config import SoupParams
+from mergekit_like.recipe.soups import SoupParams
 from mergekit_like.soups.cost import Cost, Stopwatch
 from mergekit_like.soups.evaluation import Evaluator, Score
 from mergekit_like.soups.ingredients import Ingredients, RunningSum

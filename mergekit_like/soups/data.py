@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mergekit_like.errors import InputError
-from mergekit_like.soups.config import EvaluationConfig
+from mergekit_like.recipe.soups import EvaluationConfig
 
 if TYPE_CHECKING:
     import torch
@@ -143,7 +143,7 @@ def _rows(path: Path, suffix: str, split: str | None) -> list[dict[str, Any]]:
 def _tokenizer(tokenizer_dir: Path | None) -> Any:
     if tokenizer_dir is None:
         raise InputError("evaluation.data: text data needs a tokenizer in the first ingredient")
-    from mergekit_like.vocab import load_tokenizer
+    from mergekit_like.plan.vocab import load_tokenizer
 
     tok = load_tokenizer(tokenizer_dir)  # an evaluation never runs a folder's own code
     if tok.pad_token is None:

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mergekit_like.errors import MergeError
-from mergekit_like.soups.config import EvaluationConfig
+from mergekit_like.recipe.soups import EvaluationConfig
 from mergekit_like.soups.data import Split, load_split
 
 if TYPE_CHECKING:

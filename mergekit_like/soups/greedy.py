@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import random
 
+from mergekit_like.recipe.soups import GreedySoupParams
 from mergekit_like.soups.baselines import baseline_rows
-from mergekit_like.soups.config import GreedySoupParams
 from mergekit_like.soups.context import Row, SoupContext, SoupResult
 from mergekit_like.soups.cost import cost_dict
 

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from mergekit_like.errors import MergeError
 from mergekit_like.io.reader import TensorReader
-from mergekit_like.plan import COPY, Plan
+from mergekit_like.plan.build import COPY, Plan
 
 if TYPE_CHECKING:
     import numpy as np

@@ -14,8 +14,8 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
+from mergekit_like.recipe.soups import LearnedSoupParams
 from mergekit_like.soups.baselines import baseline_rows
-from mergekit_like.soups.config import LearnedSoupParams
 from mergekit_like.soups.context import Row, SoupContext, SoupResult
 from mergekit_like.soups.cost import Cost, Stopwatch
 

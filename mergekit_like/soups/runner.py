@@ -4,7 +4,7 @@
 The soup story: plan the uniform linear soup (this checks the ingredients), load one live
 model (once: every candidate's weights are copied into it), score candidates with the
 evaluator, write the chosen mixture as an ordinary linear merge
-(:func:`mergekit_like.run.write_model`), then the report and plots beside it. All of it is
+(:func:`mergekit_like.execute.write.write_model`), then the report and plots beside it. All of it is
 staged and published atomically.
 
 Example::
@@ -22,15 +22,16 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from mergekit_like.device import resolve_device
 from mergekit_like.errors import MergeError
+from mergekit_like.execute.device import resolve_device
+from mergekit_like.execute.output import check_output_path, staged_output
+from mergekit_like.execute.setup import MergeOptions
+from mergekit_like.execute.write import write_model
 from mergekit_like.io.reader import TensorReader
 from mergekit_like.io.writer import parse_size
-from mergekit_like.loader import LoadedRecipe, load_recipe
-from mergekit_like.output import check_output_path, staged_output
-from mergekit_like.plan import build_plan
-from mergekit_like.recipe import Recipe
-from mergekit_like.run import MergeOptions, write_model
+from mergekit_like.plan.build import build_plan
+from mergekit_like.recipe.loading import LoadedRecipe, load_recipe
+from mergekit_like.recipe.models import Recipe
 from mergekit_like.soups import SOUP_METHODS
 from mergekit_like.soups.baselines import ensemble
 from mergekit_like.soups.context import SoupContext, SoupResult

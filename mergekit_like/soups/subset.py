@@ -12,8 +12,8 @@ import itertools
 from math import comb
 
 from mergekit_like.errors import MergeError
+from mergekit_like.recipe.soups import SubsetSearchParams
 from mergekit_like.soups.baselines import baseline_rows
-from mergekit_like.soups.config import SubsetSearchParams
 from mergekit_like.soups.context import Row, Scored, SoupContext, SoupResult
 from mergekit_like.soups.cost import cost_dict
 

@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from mergekit_like.errors import MergeError, Problem, RecipeError
-from mergekit_like.loader import OVERRIDE_FILE
-from mergekit_like.run import MergeOptions
+from mergekit_like.execute.setup import MergeOptions
+from mergekit_like.recipe.loading import OVERRIDE_FILE
 
 SUMMARY_JSON = "sweep_summary.json"
 SUMMARY_MD = "sweep_summary.md"

@@ -7,7 +7,7 @@ Each alpha records its cost (build and evaluation seconds, peak RSS).
 
 from __future__ import annotations
 
-from mergekit_like.soups.config import WiseFtParams
+from mergekit_like.recipe.soups import WiseFtParams
 from mergekit_like.soups.context import Row, Scored, SoupContext, SoupResult
 from mergekit_like.soups.cost import cost_dict
 

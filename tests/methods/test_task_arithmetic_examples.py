@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from mergekit_like.plan import plan_from_file
+from mergekit_like.plan.build import plan_from_file
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "recipes" / "examples"
 METHODS = ("task_arithmetic", "ties", "dare_ties", "dare_linear", "breadcrumbs",

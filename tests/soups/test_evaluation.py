@@ -73,7 +73,7 @@ def test_classification_scores_and_ensemble(tmp_path, ingredients, npz_data, run
 
 
 def test_jsonl_and_npz_give_the_same_split(tmp_path, npz_data):
-    from mergekit_like.soups.config import EvaluationConfig
+    from mergekit_like.recipe.soups import EvaluationConfig
     from mergekit_like.soups.data import load_split
 
     data, arrays = npz_data
