@@ -31,14 +31,17 @@ class OutputArch:
     @property
     def shown(self) -> str:
         return {"mixtral": "Mixtral", "qwen2_moe": "Qwen2-MoE", "qwen3_moe": "Qwen3-MoE"}.get(
-            self.model_type, self.name)
+            self.model_type, self.name
+        )
 
 
 MIXTRAL = OutputArch("Mixtral", "mixtral", "MixtralForCausalLM", ("llama", "mistral"), 0, True)
-DEEPSEEK = OutputArch("DeepSeek MoE", "deepseek", "DeepseekForCausalLM", ("llama", "mistral"),
-                      0, True, built=False)
-QWEN2_MOE = OutputArch("Qwen MoE", "qwen2_moe", "Qwen2MoeForCausalLM",
-                       ("llama", "mistral", "qwen2"), 1, False)
+DEEPSEEK = OutputArch(
+    "DeepSeek MoE", "deepseek", "DeepseekForCausalLM", ("llama", "mistral"), 0, True, built=False
+)
+QWEN2_MOE = OutputArch(
+    "Qwen MoE", "qwen2_moe", "Qwen2MoeForCausalLM", ("llama", "mistral", "qwen2"), 1, False
+)
 QWEN3_MOE = OutputArch("Qwen3 MoE", "qwen3_moe", "Qwen3MoeForCausalLM", ("qwen3",), 0, True)
 ALL = (MIXTRAL, DEEPSEEK, QWEN2_MOE, QWEN3_MOE)
 BUILT = tuple(a for a in ALL if a.built)
@@ -77,37 +80,62 @@ def select_arch(loaded: LoadedMoe, types: Sequence[tuple[Loc, str]]) -> OutputAr
     wanted = loaded.config.architecture
     named = [a for a in ALL if _named(a, wanted)]
     if not named:
-        raise RecipeError(loaded.problem(("architecture",), f"unknown output architecture "
-                                         f"{wanted!r}; expected one of mixtral, qwen2_moe, "
-                                         "qwen3_moe"))
+        raise RecipeError(
+            loaded.problem(
+                ("architecture",),
+                f"unknown output architecture "
+                f"{wanted!r}; expected one of mixtral, qwen2_moe, "
+                "qwen3_moe",
+            )
+        )
     reasons = {a: why_not(a, loaded, types) for a in named}
     fits = [a for a in named if reasons[a] is None]
     chosen = MIXTRAL if MIXTRAL in fits else fits[0] if fits else None
     if chosen is not None and chosen.built:
         return chosen
     if chosen is not None:
-        raise RecipeError(loaded.problem(("architecture",) if wanted else (), (
-            f"mergekit builds these models as {chosen.name}, which this tool does not "
-            "build; build a Mixtral (no shared_experts) or a Qwen2-MoE (one shared expert "
-            "with positive_prompts) instead")))
-    raise RecipeError(_no_fit(loaded, types, wanted, {a: r for a, r in reasons.items()
-                                                      if a.built}))
+        raise RecipeError(
+            loaded.problem(
+                ("architecture",) if wanted else (),
+                (
+                    f"mergekit builds these models as {chosen.name}, which this tool does not "
+                    "build; build a Mixtral (no shared_experts) or a Qwen2-MoE (one shared expert "
+                    "with positive_prompts) instead"
+                ),
+            )
+        )
+    raise RecipeError(_no_fit(loaded, types, wanted, {a: r for a, r in reasons.items() if a.built}))
 
 
-def _no_fit(loaded: LoadedMoe, types: Sequence[tuple[Loc, str]], wanted: str | None,
-            reasons: dict[OutputArch, str | None]) -> object:
+def _no_fit(
+    loaded: LoadedMoe,
+    types: Sequence[tuple[Loc, str]],
+    wanted: str | None,
+    reasons: dict[OutputArch, str | None],
+) -> object:
     """The one problem that says why no architecture fits, at the field that decides it."""
     base_type = types[0][1]
     accepted = {t for a in BUILT for t in a.inputs}
     for loc, kind in types:
         if kind not in accepted:
-            return loaded.problem((*loc,), f"a {kind} model; a mixture of experts is built "
-                                  f"from {', '.join(sorted(accepted))} models")
+            return loaded.problem(
+                (*loc,),
+                f"a {kind} model; a mixture of experts is built "
+                f"from {', '.join(sorted(accepted))} models",
+            )
         if kind != base_type:
-            return loaded.problem((*loc,), f"a {kind} model, but base_model is {base_type}: "
-                                  "every model of a mixture of experts must have the same "
-                                  "architecture")
+            return loaded.problem(
+                (*loc,),
+                f"a {kind} model, but base_model is {base_type}: "
+                "every model of a mixture of experts must have the same "
+                "architecture",
+            )
     why = "; ".join(f"{a.shown}: {r}" for a, r in reasons.items() if r)
-    return loaded.problem(("architecture",) if wanted else ("shared_experts",)
-                          if loaded.config.shared_experts else (),
-                          f"no output architecture takes this config ({why})")
+    return loaded.problem(
+        ("architecture",)
+        if wanted
+        else ("shared_experts",)
+        if loaded.config.shared_experts
+        else (),
+        f"no output architecture takes this config ({why})",
+    )

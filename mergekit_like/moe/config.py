@@ -28,8 +28,7 @@ from mergekit_like.recipe_yaml import read_recipe_text
 #: top-level keys that mark a mergekit-moe config (mergekit's own rule of thumb)
 MOE_KEYS = ("experts", "gate_mode")
 
-GateMode = Literal["hidden", "hidden_avg", "hidden_last", "cheap_embed", "random",
-                   "uniform_random"]
+GateMode = Literal["hidden", "hidden_avg", "hidden_last", "cheap_embed", "random", "uniform_random"]
 DTYPES = ("float32", "float16", "bfloat16", "float64")
 
 
@@ -40,13 +39,17 @@ class MoeExpert(BaseModel):
 
     source_model: str = Field(min_length=1, description="a local folder or a hub id")
     positive_prompts: list[str] | None = Field(
-        None, description="prompts that should route to this expert")
+        None, description="prompts that should route to this expert"
+    )
     negative_prompts: list[str] | None = Field(
-        None, description="prompts that should not: their hidden states are subtracted")
+        None, description="prompts that should not: their hidden states are subtracted"
+    )
     noise_scale: float | None = Field(
-        None, description="add seeded Gaussian noise of this scale to the expert's MLP")
+        None, description="add seeded Gaussian noise of this scale to the expert's MLP"
+    )
     residual_scale: float | None = Field(
-        None, description="multiply the expert's down_proj (its residual output) by this")
+        None, description="multiply the expert's down_proj (its residual output) by this"
+    )
 
 
 class MoeConfig(BaseModel):
@@ -57,15 +60,20 @@ class MoeConfig(BaseModel):
     base_model: str = Field(min_length=1, description="attention, embeddings and norms")
     experts: list[MoeExpert] = Field(min_length=1)
     gate_mode: GateMode = Field(
-        "hidden", description="router rows from hidden states on the prompts (last token; "
-        "hidden_avg: mean over tokens), cheap_embed (token embeddings), or random")
+        "hidden",
+        description="router rows from hidden states on the prompts (last token; "
+        "hidden_avg: mean over tokens), cheap_embed (token embeddings), or random",
+    )
     dtype: str | None = Field(None, description="output dtype (default: the base model's)")
     experts_per_token: int = Field(2, description="experts each token is routed to")
     shared_experts: list[MoeExpert] | None = Field(
-        None, description="Qwen2-MoE's shared expert (exactly one)")
+        None, description="Qwen2-MoE's shared expert (exactly one)"
+    )
     architecture: str | None = Field(
-        None, description="output: mixtral, qwen2_moe or qwen3_moe (default: chosen from "
-        "the models, as mergekit does)")
+        None,
+        description="output: mixtral, qwen2_moe or qwen3_moe (default: chosen from "
+        "the models, as mergekit does)",
+    )
 
     @field_validator("dtype")
     @classmethod
@@ -120,22 +128,30 @@ def is_moe_file(path: Path) -> bool:
     return is_moe_data(data)
 
 
-def load_moe_config(path: Path, overrides: Sequence[str] = (),
-                    allow_all_same: bool = False) -> LoadedMoe:
+def load_moe_config(
+    path: Path, overrides: Sequence[str] = (), allow_all_same: bool = False
+) -> LoadedMoe:
     """Read, override and validate a mergekit-moe config, then check it as mergekit does
     (enough experts for ``experts_per_token``, prompts for every expert unless random...)."""
     text = read_recipe_text(path)
     data, lines = parse_yaml(text, path)
     data, touched = apply_overrides(data, overrides)
     if not isinstance(data, dict):
-        raise RecipeError(Problem("a mergekit-moe config is a YAML mapping (base_model: ..., "
-                                  "experts: ...)", (), path.name, 1))
+        raise RecipeError(
+            Problem(
+                "a mergekit-moe config is a YAML mapping (base_model: ..., experts: ...)",
+                (),
+                path.name,
+                1,
+            )
+        )
     check_plain(data, path, lines, touched)
     try:
         config = MoeConfig.model_validate(data)
     except ValidationError as exc:
-        raise RecipeError([_problem(err, path, lines, touched)
-                           for err in exc.errors(include_url=False)]) from None
+        raise RecipeError(
+            [_problem(err, path, lines, touched) for err in exc.errors(include_url=False)]
+        ) from None
     loaded = LoadedMoe(config, path, text, MappingProxyType(lines), touched)
     problems = config_problems(loaded, allow_all_same)
     if problems:
@@ -144,8 +160,11 @@ def load_moe_config(path: Path, overrides: Sequence[str] = (),
 
 
 def _problem(err: Any, path: Path, lines: dict[Loc, int], touched: frozenset[Loc]) -> Problem:
-    loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith(
-        ("function-", "list[", "literal["))))
+    loc = tuple(
+        p
+        for p in err["loc"]
+        if not (isinstance(p, str) and p.startswith(("function-", "list[", "literal[")))
+    )
     msg = err["msg"].removeprefix("Value error, ")
     if err["type"] == "extra_forbidden":
         msg = "unknown key of a mergekit-moe config"
@@ -160,19 +179,29 @@ def config_problems(loaded: LoadedMoe, allow_all_same: bool = False) -> list[Pro
     if cfg.experts_per_token < 1:
         out.append(loaded.problem(("experts_per_token",), "must be 1 or more"))
     elif len(cfg.experts) < cfg.experts_per_token:
-        out.append(loaded.problem(("experts_per_token",), f"{cfg.experts_per_token} experts "
-                                  f"per token, but only {len(cfg.experts)} experts"))
+        out.append(
+            loaded.problem(
+                ("experts_per_token",),
+                f"{cfg.experts_per_token} experts per token, but only {len(cfg.experts)} experts",
+            )
+        )
     if cfg.random_gate:
         return out
     for i, e in enumerate(cfg.experts):
         if not e.positive_prompts:
-            out.append(loaded.problem(("experts", i, "positive_prompts"), "required with "
-                                      f"gate_mode {cfg.gate_mode} (prompts that should route "
-                                      "to this expert)"))
+            out.append(
+                loaded.problem(
+                    ("experts", i, "positive_prompts"),
+                    "required with "
+                    f"gate_mode {cfg.gate_mode} (prompts that should route "
+                    "to this expert)",
+                )
+            )
     shared = cfg.shared_experts or []
     if len({bool(e.positive_prompts) for e in shared}) > 1:
-        out.append(loaded.problem(("shared_experts",), "give prompts to every shared expert "
-                                  "or to none"))
+        out.append(
+            loaded.problem(("shared_experts",), "give prompts to every shared expert or to none")
+        )
     if out or len(cfg.experts) < 2:
         return out
 
@@ -180,12 +209,22 @@ def config_problems(loaded: LoadedMoe, allow_all_same: bool = False) -> list[Pro
         return tuple(e.positive_prompts or ()), tuple(e.negative_prompts or ())
 
     if all(prompts(e) == prompts(cfg.experts[0]) for e in cfg.experts[1:]):
-        out.append(loaded.problem(("experts",), "every expert has the same prompts, so the "
-                                  "router cannot tell them apart"))
-    if not allow_all_same and all(e.source_model == cfg.experts[0].source_model
-                                  for e in cfg.experts[1:]):
-        out.append(loaded.problem(("experts",), "every expert is the same model: the result "
-                                  "computes more for the same output; pass "
-                                  "--i-understand-this-is-not-useful-without-training to "
-                                  "build it anyway (e.g. to train it)"))
+        out.append(
+            loaded.problem(
+                ("experts",),
+                "every expert has the same prompts, so the router cannot tell them apart",
+            )
+        )
+    if not allow_all_same and all(
+        e.source_model == cfg.experts[0].source_model for e in cfg.experts[1:]
+    ):
+        out.append(
+            loaded.problem(
+                ("experts",),
+                "every expert is the same model: the result "
+                "computes more for the same output; pass "
+                "--i-understand-this-is-not-useful-without-training to "
+                "build it anyway (e.g. to train it)",
+            )
+        )
     return out

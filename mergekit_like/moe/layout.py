@@ -46,8 +46,7 @@ class OutTensor:
     zeros: bool = False  #: Qwen2-MoE's attention bias for a base without one
 
 
-def output_config(arch: OutputArch, base_config: Any, loaded: LoadedMoe,
-                  dtype: Any) -> Any:
+def output_config(arch: OutputArch, base_config: Any, loaded: LoadedMoe, dtype: Any) -> Any:
     """The transformers config of the output, made from the base's as mergekit makes it."""
     import transformers as tf
 
@@ -96,14 +95,21 @@ def expected_tensors(out_config: Any) -> dict[str, tuple[int, ...]]:
 def model_locs(loaded: LoadedMoe) -> list[Loc]:
     """The config field of each catalog of a build: base, experts, then shared experts."""
     cfg = loaded.config
-    return [("base_model",), *(("experts", i, "source_model") for i in range(len(cfg.experts))),
-            *(("shared_experts", i, "source_model")
-              for i in range(len(cfg.shared_experts or [])))]
+    return [
+        ("base_model",),
+        *(("experts", i, "source_model") for i in range(len(cfg.experts))),
+        *(("shared_experts", i, "source_model") for i in range(len(cfg.shared_experts or []))),
+    ]
 
 
-def plan_tensors(arch: OutputArch, out_config: Any, loaded: LoadedMoe,
-                 cats: list[ModelCatalog], out_dtype: str | None,
-                 router_dtype: str) -> list[OutTensor]:
+def plan_tensors(
+    arch: OutputArch,
+    out_config: Any,
+    loaded: LoadedMoe,
+    cats: list[ModelCatalog],
+    out_dtype: str | None,
+    router_dtype: str,
+) -> list[OutTensor]:
     """Every output tensor with its sources, checked against the sources' headers."""
     experts = loaded.config.experts
     shared = loaded.config.shared_experts or []
@@ -115,39 +121,56 @@ def plan_tensors(arch: OutputArch, out_config: Any, loaded: LoadedMoe,
         for p in pieces:
             info = cats[p.model].tensors.get(p.name)
             if info is None:
-                raise PlanError(loaded.problem(locs[p.model], f"has no tensor {p.name} (the "
-                                               f"{arch.shown} output needs it for {name})"))
+                raise PlanError(
+                    loaded.problem(
+                        locs[p.model],
+                        f"has no tensor {p.name} (the {arch.shown} output needs it for {name})",
+                    )
+                )
             want = shape[1:] if len(pieces) > 1 and arch.fused else shape
             if len(pieces) > 1 and name.endswith("gate_up_proj"):
                 want = (shape[1] // 2, *shape[2:])
             if tuple(info.shape) != tuple(want):
-                raise PlanError(loaded.problem(locs[p.model], f"{p.name} has shape "
-                                               f"{list(info.shape)}, the {arch.shown} output "
-                                               f"needs {list(want)} (from the base model's "
-                                               "config)"))
+                raise PlanError(
+                    loaded.problem(
+                        locs[p.model],
+                        f"{p.name} has shape "
+                        f"{list(info.shape)}, the {arch.shown} output "
+                        f"needs {list(want)} (from the base model's "
+                        "config)",
+                    )
+                )
         dtype = out_dtype or cats[pieces[0].model].tensors[pieces[0].name].dtype
         out.append(OutTensor(name, dtype, shape, tuple(pieces), **kw))
 
     for name, shape in expected_tensors(out_config).items():
         layer = _layer(name)
         if name.endswith(".mlp.gate.weight"):
-            out.append(OutTensor(name, out_dtype or router_dtype, shape,
-                                 router=("experts", layer)))
+            out.append(OutTensor(name, out_dtype or router_dtype, shape, router=("experts", layer)))
         elif name.endswith(".mlp.shared_expert_gate.weight"):
-            out.append(OutTensor(name, out_dtype or router_dtype, shape,
-                                 router=("shared", layer)))
+            out.append(OutTensor(name, out_dtype or router_dtype, shape, router=("shared", layer)))
         elif m := _EXPERTS.match(name):
             prefix, kind = m.groups()
             projs = ("gate_proj", "up_proj") if kind == "gate_up_proj" else ("down_proj",)
             if arch.fused:
-                take(name, shape, [Piece(1 + e, f"{prefix}.{p}.weight", ex, p == "down_proj")
-                                   for e, ex in enumerate(experts) for p in projs])
+                take(
+                    name,
+                    shape,
+                    [
+                        Piece(1 + e, f"{prefix}.{p}.weight", ex, p == "down_proj")
+                        for e, ex in enumerate(experts)
+                        for p in projs
+                    ],
+                )
             else:  # one tensor per expert and projection (mergekit's Qwen2-MoE layout)
                 for e, ex in enumerate(experts):
                     for p in projs:
                         one = (shape[1] // len(projs), shape[2])
-                        take(f"{prefix}.experts.{e}.{p}.weight", one,
-                             [Piece(1 + e, f"{prefix}.{p}.weight", ex, p == "down_proj")])
+                        take(
+                            f"{prefix}.experts.{e}.{p}.weight",
+                            one,
+                            [Piece(1 + e, f"{prefix}.{p}.weight", ex, p == "down_proj")],
+                        )
         elif ".mlp.shared_expert." in name:
             src = name.replace(".mlp.shared_expert.", ".mlp.")
             take(name, shape, [Piece(1 + len(experts), src, shared[0], "down_proj" in name)])
@@ -156,11 +179,15 @@ def plan_tensors(arch: OutputArch, out_config: Any, loaded: LoadedMoe,
         elif name == "lm_head.weight" and tied:
             continue
         elif arch is QWEN2_MOE and _BIAS.search(name):
-            out.append(OutTensor(name, out_dtype or base.tensors[_weight(name)].dtype, shape,
-                                 zeros=True))
+            out.append(
+                OutTensor(name, out_dtype or base.tensors[_weight(name)].dtype, shape, zeros=True)
+            )
         else:
-            raise PlanError(loaded.problem(("base_model",), f"has no tensor {name} (the "
-                                           f"{arch.shown} output needs it)"))
+            raise PlanError(
+                loaded.problem(
+                    ("base_model",), f"has no tensor {name} (the {arch.shown} output needs it)"
+                )
+            )
     return out
 
 

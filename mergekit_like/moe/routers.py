@@ -36,21 +36,27 @@ def prompt_tokenizer(folder: Path, trust_remote_code: bool = False) -> Any:
     tok.pad_token_id = tok.bos_token_id
     if tok.pad_token_id is None:
         if tok.eos_token is None:
-            raise InputError(f"{folder}: its tokenizer has neither a BOS nor an EOS token to "
-                             "pad prompts with")
+            raise InputError(
+                f"{folder}: its tokenizer has neither a BOS nor an EOS token to pad prompts with"
+            )
         tok.pad_token = tok.eos_token
     return tok
 
 
 def tokenize(prompts: list[str], tokenizer: Any) -> dict[str, torch.Tensor]:
     """A left-padded batch of prompts, each prefixed with the BOS token's text."""
-    enc = tokenizer([(tokenizer.bos_token or "") + p for p in prompts], return_tensors="pt",
-                    padding=True, add_special_tokens=False)
+    enc = tokenizer(
+        [(tokenizer.bos_token or "") + p for p in prompts],
+        return_tensors="pt",
+        padding=True,
+        add_special_tokens=False,
+    )
     return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
 
 
-def gate_vectors(cfg: MoeConfig, base: ModelCatalog, tokenizer: Any, seed: int = 0,
-                 device: str = "cpu") -> torch.Tensor:
+def gate_vectors(
+    cfg: MoeConfig, base: ModelCatalog, tokenizer: Any, seed: int = 0, device: str = "cpu"
+) -> torch.Tensor:
     """Router rows, shaped (layers, gated experts, hidden): the routed experts, then the
     shared ones that have gates (:meth:`MoeConfig.gated_experts`)."""
     experts = cfg.gated_experts()
@@ -60,8 +66,7 @@ def gate_vectors(cfg: MoeConfig, base: ModelCatalog, tokenizer: Any, seed: int =
         return torch.randn(shape, generator=torch.Generator().manual_seed(seed))
     if cfg.gate_mode == "uniform_random":
         scale = math.sqrt(1.0 / hidden)
-        return torch.rand(shape, generator=torch.Generator().manual_seed(seed)) * 2 * scale \
-            - scale
+        return torch.rand(shape, generator=torch.Generator().manual_seed(seed)) * 2 * scale - scale
     batches: list[dict[str, torch.Tensor]] = []
     for e in experts:
         batches.append(tokenize(list(e.positive_prompts or []), tokenizer))
@@ -87,8 +92,9 @@ def _combine(experts: list[MoeExpert], rows: Any) -> torch.Tensor:
     return torch.stack(vecs, dim=0).permute(1, 0, 2)
 
 
-def cheap_embed_rows(base: ModelCatalog, reader: TensorReader,
-                     batches: list[dict[str, torch.Tensor]], layers: int) -> list[torch.Tensor]:
+def cheap_embed_rows(
+    base: ModelCatalog, reader: TensorReader, batches: list[dict[str, torch.Tensor]], layers: int
+) -> list[torch.Tensor]:
     """Per batch: the unit mean embedding of its tokens (padding masked), for every layer."""
     name = _embed_name(base)
     embed = reader.read(base.tensors[name], name).float()
@@ -123,8 +129,13 @@ class _Recorder(torch.nn.Module):
 
 
 @torch.no_grad()
-def hidden_rows(base: ModelCatalog, reader: TensorReader, batches: list[dict[str, torch.Tensor]],
-                average: bool, device: str = "cpu") -> list[torch.Tensor]:
+def hidden_rows(
+    base: ModelCatalog,
+    reader: TensorReader,
+    batches: list[dict[str, torch.Tensor]],
+    average: bool,
+    device: str = "cpu",
+) -> list[torch.Tensor]:
     """Per batch: the (layers, hidden) mean over prompts of the state entering each layer
     (the last token, or the mean over positions with ``average``)."""
     from transformers import AutoConfig, AutoModelForCausalLM
@@ -157,8 +168,9 @@ def _reduce(h: torch.Tensor, average: bool) -> torch.Tensor:
     return h.sum(dim=0) / h.shape[0]
 
 
-def _record_calls(decoder: Any, batches: list[dict[str, torch.Tensor]],
-                  device: str) -> tuple[list[torch.Tensor], list[list[Any]]]:
+def _record_calls(
+    decoder: Any, batches: list[dict[str, torch.Tensor]], device: str
+) -> tuple[list[torch.Tensor], list[list[Any]]]:
     """Run the decoder's own forward with recorders for layers: per batch, the embedded
     input and each layer's call arguments (masks, positions, rotary embeddings)."""
     layers = decoder.layers
@@ -167,11 +179,15 @@ def _record_calls(decoder: Any, batches: list[dict[str, torch.Tensor]],
         mine: list[Any] = []
         originals = list(layers)
         for i, layer in enumerate(originals):
-            layers[i] = _Recorder(mine, i == len(originals) - 1,
-                                  getattr(layer, "attention_type", None))
+            layers[i] = _Recorder(
+                mine, i == len(originals) - 1, getattr(layer, "attention_type", None)
+            )
         try:
-            decoder(input_ids=b["input_ids"].to(device),
-                    attention_mask=b["attention_mask"].to(device), use_cache=False)
+            decoder(
+                input_ids=b["input_ids"].to(device),
+                attention_mask=b["attention_mask"].to(device),
+                use_cache=False,
+            )
         except _Stop:
             pass
         finally:
@@ -182,13 +198,15 @@ def _record_calls(decoder: Any, batches: list[dict[str, torch.Tensor]],
     return states, calls
 
 
-def _materialize_outside_layers(decoder: Any, config: Any, base: ModelCatalog,
-                                reader: TensorReader, prefix: str, device: str) -> None:
+def _materialize_outside_layers(
+    decoder: Any, config: Any, base: ModelCatalog, reader: TensorReader, prefix: str, device: str
+) -> None:
     """Give the embedding its weights and rebuild meta-device buffers (rotary frequencies)."""
     emb = decoder.get_input_embeddings()
     name = f"{prefix}embed_tokens.weight"
-    emb.load_state_dict({"weight": reader.read(base.tensors[name], name, dtype="bfloat16")},
-                        assign=True)
+    emb.load_state_dict(
+        {"weight": reader.read(base.tensors[name], name, dtype="bfloat16")}, assign=True
+    )
     emb.to(device)
     for child_name, child in decoder.named_children():
         if child_name == "layers" or child is emb:
@@ -197,8 +215,9 @@ def _materialize_outside_layers(decoder: Any, config: Any, base: ModelCatalog,
             setattr(decoder, child_name, type(child)(config=config).to(device))
 
 
-def _load_layer(layer: torch.nn.Module, prefix: str, base: ModelCatalog,
-                reader: TensorReader, device: str) -> torch.nn.Module:
+def _load_layer(
+    layer: torch.nn.Module, prefix: str, base: ModelCatalog, reader: TensorReader, device: str
+) -> torch.nn.Module:
     """One decoder layer with the base model's weights, in bfloat16, on ``device``."""
     state = {}
     for key in layer.state_dict():
@@ -214,8 +233,10 @@ def _embed_name(base: ModelCatalog) -> str:
     for name in ("model.embed_tokens.weight", "model.language_model.embed_tokens.weight"):
         if name in base.tensors:
             return name
-    raise InputError(f"{base.ref}: has no model.embed_tokens.weight (the token embeddings the "
-                     "router rows are made from)")
+    raise InputError(
+        f"{base.ref}: has no model.embed_tokens.weight (the token embeddings the "
+        "router rows are made from)"
+    )
 
 
 def _int(base: ModelCatalog, key: str) -> int:
@@ -223,4 +244,3 @@ def _int(base: ModelCatalog, key: str) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise InputError(f"{base.path / 'config.json'}: {key}: expected a positive integer")
     return value
-
