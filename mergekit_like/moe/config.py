@@ -182,7 +182,8 @@ def config_problems(loaded: LoadedMoe, allow_all_same: bool = False) -> list[Pro
         out.append(
             loaded.problem(
                 ("experts_per_token",),
-                f"{cfg.experts_per_token} experts per token, but only {len(cfg.experts)} experts",
+                f"{cfg.experts_per_token} experts per token, but only {len(cfg.experts)} "
+                f"expert{'s' if len(cfg.experts) != 1 else ''}",
             )
         )
     if cfg.random_gate:

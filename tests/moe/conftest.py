@@ -65,6 +65,11 @@ def make_dense(
 @pytest.fixture(scope="session")
 def dense(tmp_path_factory: pytest.TempPathFactory):
     """``dense(kind)``: base + math/code/chat fine-tunes of that architecture, made once."""
+    from huggingface_hub.utils import disable_progress_bars
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # the tests read stderr: one line per error
+    disable_progress_bars()
     made: dict[str, dict[str, Path]] = {}
 
     def get(kind: str) -> dict[str, Path]:
