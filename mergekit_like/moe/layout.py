@@ -111,84 +111,102 @@ def plan_tensors(
     router_dtype: str,
 ) -> list[OutTensor]:
     """Every output tensor with its sources, checked against the sources' headers."""
-    experts = loaded.config.experts
-    shared = loaded.config.shared_experts or []
-    base, locs = cats[0], model_locs(loaded)
+    planner = _Planner(arch, loaded, cats, out_dtype)
     tied = bool(getattr(out_config, "tie_word_embeddings", False))
-    out: list[OutTensor] = []
-
-    def take(name: str, shape: tuple[int, ...], pieces: list[Piece], **kw: Any) -> None:
-        for p in pieces:
-            info = cats[p.model].tensors.get(p.name)
-            if info is None:
-                raise PlanError(
-                    loaded.problem(
-                        locs[p.model],
-                        f"has no tensor {p.name} (the {arch.shown} output needs it for {name})",
-                    )
-                )
-            want = shape[1:] if len(pieces) > 1 and arch.fused else shape
-            if len(pieces) > 1 and name.endswith("gate_up_proj"):
-                want = (shape[1] // 2, *shape[2:])
-            if tuple(info.shape) != tuple(want):
-                raise PlanError(
-                    loaded.problem(
-                        locs[p.model],
-                        f"{p.name} has shape "
-                        f"{list(info.shape)}, the {arch.shown} output "
-                        f"needs {list(want)} (from the base model's "
-                        "config)",
-                    )
-                )
-        dtype = out_dtype or cats[pieces[0].model].tensors[pieces[0].name].dtype
-        out.append(OutTensor(name, dtype, shape, tuple(pieces), **kw))
-
+    base, n_experts = cats[0], len(loaded.config.experts)
     for name, shape in expected_tensors(out_config).items():
-        layer = _layer(name)
         if name.endswith(".mlp.gate.weight"):
-            out.append(OutTensor(name, out_dtype or router_dtype, shape, router=("experts", layer)))
+            planner.add(name, shape, router_dtype, router=("experts", _layer(name)))
         elif name.endswith(".mlp.shared_expert_gate.weight"):
-            out.append(OutTensor(name, out_dtype or router_dtype, shape, router=("shared", layer)))
+            planner.add(name, shape, router_dtype, router=("shared", _layer(name)))
         elif m := _EXPERTS.match(name):
-            prefix, kind = m.groups()
-            projs = ("gate_proj", "up_proj") if kind == "gate_up_proj" else ("down_proj",)
-            if arch.fused:
-                take(
-                    name,
-                    shape,
-                    [
-                        Piece(1 + e, f"{prefix}.{p}.weight", ex, p == "down_proj")
-                        for e, ex in enumerate(experts)
-                        for p in projs
-                    ],
-                )
-            else:  # one tensor per expert and projection (mergekit's Qwen2-MoE layout)
-                for e, ex in enumerate(experts):
-                    for p in projs:
-                        one = (shape[1] // len(projs), shape[2])
-                        take(
-                            f"{prefix}.experts.{e}.{p}.weight",
-                            one,
-                            [Piece(1 + e, f"{prefix}.{p}.weight", ex, p == "down_proj")],
-                        )
+            planner.experts(name, shape, *m.groups())
         elif ".mlp.shared_expert." in name:
             src = name.replace(".mlp.shared_expert.", ".mlp.")
-            take(name, shape, [Piece(1 + len(experts), src, shared[0], "down_proj" in name)])
+            shared = (loaded.config.shared_experts or [])[0]
+            planner.take(name, shape, [Piece(1 + n_experts, src, shared, "down_proj" in name)])
         elif name in base.tensors:
-            take(name, shape, [Piece(0, name)])
+            planner.take(name, shape, [Piece(0, name)])
         elif name == "lm_head.weight" and tied:
             continue
-        elif arch is QWEN2_MOE and _BIAS.search(name):
-            out.append(
-                OutTensor(name, out_dtype or base.tensors[_weight(name)].dtype, shape, zeros=True)
-            )
+        elif arch is QWEN2_MOE and _BIAS.search(name):  # zeros, as mergekit writes them
+            planner.add(name, shape, base.tensors[_weight(name)].dtype, zeros=True)
         else:
             raise PlanError(
                 loaded.problem(
                     ("base_model",), f"has no tensor {name} (the {arch.shown} output needs it)"
                 )
             )
-    return out
+    return planner.out
+
+
+class _Planner:
+    """Collects output tensors, checking each source piece's presence and shape."""
+
+    def __init__(
+        self, arch: OutputArch, loaded: LoadedMoe, cats: list[ModelCatalog], out_dtype: str | None
+    ) -> None:
+        self.arch, self.loaded, self.cats, self.out_dtype = arch, loaded, cats, out_dtype
+        self.locs = model_locs(loaded)
+        self.out: list[OutTensor] = []
+
+    def add(self, name: str, shape: tuple[int, ...], dtype: str, **kw: Any) -> None:
+        self.out.append(OutTensor(name, self.out_dtype or dtype, shape, **kw))
+
+    def experts(self, name: str, shape: tuple[int, ...], prefix: str, kind: str) -> None:
+        """The experts' MLPs: one stacked tensor (fused), or one per expert and projection
+        (mergekit's Qwen2-MoE layout, which transformers stacks when loading)."""
+        projs = ("gate_proj", "up_proj") if kind == "gate_up_proj" else ("down_proj",)
+        experts = list(enumerate(self.loaded.config.experts))
+        if self.arch.fused:
+            one = (shape[1] // len(projs), shape[2])
+            self.take(
+                name,
+                shape,
+                [
+                    Piece(1 + e, f"{prefix}.{p}.weight", ex, p == "down_proj")
+                    for e, ex in experts
+                    for p in projs
+                ],
+                one,
+            )
+            return
+        for e, ex in experts:
+            for p in projs:
+                one = (shape[1] // len(projs), shape[2])
+                piece = Piece(1 + e, f"{prefix}.{p}.weight", ex, p == "down_proj")
+                self.take(f"{prefix}.experts.{e}.{p}.weight", one, [piece])
+
+    def take(
+        self,
+        name: str,
+        shape: tuple[int, ...],
+        pieces: list[Piece],
+        piece_shape: tuple[int, ...] | None = None,
+    ) -> None:
+        """Output ``name`` copied from ``pieces``, each of ``piece_shape`` (default
+        ``shape``), laid end to end."""
+        want = piece_shape or shape
+        for p in pieces:
+            info = self.cats[p.model].tensors.get(p.name)
+            if info is None:
+                raise PlanError(
+                    self.loaded.problem(
+                        self.locs[p.model],
+                        f"has no tensor {p.name} (the {self.arch.shown} output needs it for "
+                        f"{name})",
+                    )
+                )
+            if tuple(info.shape) != tuple(want):
+                raise PlanError(
+                    self.loaded.problem(
+                        self.locs[p.model],
+                        f"{p.name} has shape {list(info.shape)}, the {self.arch.shown} output "
+                        f"needs {list(want)} (from the base model's config)",
+                    )
+                )
+        dtype = self.cats[pieces[0].model].tensors[pieces[0].name].dtype
+        self.add(name, shape, dtype, pieces=tuple(pieces))
 
 
 def _layer(name: str) -> int:
