@@ -34,6 +34,7 @@ EPILOG = """other commands:
   merge plan RECIPE [overrides]      dry run from headers: tensors, bytes, peak memory
   merge schema                       print the recipe JSON Schema
   merge methods                      list merge methods and their parameters
+  merge moe CONFIG OUT               build a mixture of experts (mergekit-moe's config)
 
 overrides use hydra's grammar: key=value, +key=value (add), ++key=value, ~key (delete);
 list items by index, e.g. models.0.parameters.weight=0.3
@@ -126,7 +127,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     try:
         with terminate_as_interrupt():  # kill PID stops a run as Ctrl-C does
-            if args and args[0] in SUBCOMMANDS:
+            if args and args[0] == "moe":  # mergekit-moe's configs
+                from mergekit_like.moe.command import moe_main
+
+                code = moe_main(args[1:])
+            elif args and args[0] in SUBCOMMANDS:
                 code = _subcommand(args[0], _sub_parser(args[0]).parse_intermixed_args(args[1:]))
             else:
                 code = _merge(_run_parser().parse_intermixed_args(args), args)
@@ -156,6 +161,12 @@ def _reader_gone() -> int:
 
 
 def _merge(ns: argparse.Namespace, argv: Sequence[str] = ()) -> int:
+    from mergekit_like.moe.config import is_moe_file
+
+    if is_moe_file(ns.recipe):  # a mergekit-moe config (experts, gate_mode): `merge moe`
+        from mergekit_like.moe.command import run_moe
+
+        return run_moe(ns.recipe, ns.out, ns.overrides, ns)
     from mergekit_like.execute.model_card import reproducing_command
     from mergekit_like.execute.setup import MergeOptions
     from mergekit_like.execute.write import write_model

@@ -193,8 +193,10 @@ def validate_data(data: Any, path: Path, lines: dict[Loc, int],
 
 
 OTHER_FORMATS = (
-    (("experts", "gate_mode"), "a mergekit-moe config", "mixture-of-experts merges"),
-    (("genome", "tasks"), "a mergekit-evolve config", "evolutionary merge searches"),
+    (("experts", "gate_mode"), "a mergekit-moe config",
+     "build it with `merge moe CONFIG OUT` (or `merge CONFIG OUT`)"),
+    (("genome", "tasks"), "a mergekit-evolve config",
+     "evolutionary merge searches are not supported yet"),
 )
 """mergekit's other config formats: the top-level keys that mark them, and what they do."""
 
@@ -205,8 +207,8 @@ def _refuse_other_formats(data: dict[Any, Any], path: Path, lines: dict[Loc, int
         found = [k for k in data if k in keys]
         if found:
             named = ", ".join(f"'{k}'" for k in sorted(found))
-            raise RecipeError(locate((found[0],), f"this is {what} (it has {named}); {does} "
-                                     "are not supported yet", path, lines))
+            raise RecipeError(locate((found[0],), f"this is {what} (it has {named}); {does}",
+                                     path, lines))
 
 
 def check_plain(data: Any, path: Path, lines: dict[Loc, int],

@@ -11,10 +11,10 @@ import torch
 
 from mergekit_like.errors import PlanError
 from mergekit_like.execute.global_trim import context_bounds, model_trim_bounds
-from mergekit_like.plan.trims import ModelTrim
 from mergekit_like.io.reader import TensorReader
 from mergekit_like.methods import REGISTRY, TensorContext
 from mergekit_like.plan.build import Plan, plan_from_file
+from mergekit_like.plan.trims import ModelTrim
 from tests.conftest import load_tensors, write_recipe
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16,
