@@ -5,6 +5,7 @@
     merge plan RECIPE [key=value ...]     dry run: tensors, bytes, peak memory
     merge schema                          the recipe JSON Schema
     merge methods                         every method with its parameters
+    merge evolve CONFIG OUT               evolutionary search (mergekit_like.evolve)
 
 User errors print one line per problem and exit with code 2, never a traceback.
 Heavy libraries (torch, transformers, accelerate) are imported only when a merge runs.
@@ -34,6 +35,7 @@ EPILOG = """other commands:
   merge plan RECIPE [overrides]      dry run from headers: tensors, bytes, peak memory
   merge schema                       print the recipe JSON Schema
   merge methods                      list merge methods and their parameters
+  merge evolve CONFIG OUT            CMA-ES search of a merge's parameters (mergekit-evolve)
 
 overrides use hydra's grammar: key=value, +key=value (add), ++key=value, ~key (delete);
 list items by index, e.g. models.0.parameters.weight=0.3
@@ -126,7 +128,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     try:
         with terminate_as_interrupt():  # kill PID stops a run as Ctrl-C does
-            if args and args[0] in SUBCOMMANDS:
+            if args and args[0] == "evolve":  # merge evolve CONFIG OUT: its own options
+                from mergekit_like.evolve.command import main as evolve_main
+
+                code = evolve_main(args[1:])
+            elif args and args[0] in SUBCOMMANDS:
                 code = _subcommand(args[0], _sub_parser(args[0]).parse_intermixed_args(args[1:]))
             else:
                 code = _merge(_run_parser().parse_intermixed_args(args), args)

@@ -194,7 +194,7 @@ def validate_data(data: Any, path: Path, lines: dict[Loc, int],
 
 OTHER_FORMATS = (
     (("experts", "gate_mode"), "a mergekit-moe config", "mixture-of-experts merges"),
-    (("genome", "tasks"), "a mergekit-evolve config", "evolutionary merge searches"),
+    (("genome", "tasks"), "a mergekit-evolve config", "run it with `merge evolve CONFIG OUT`"),
 )
 """mergekit's other config formats: the top-level keys that mark them, and what they do."""
 
@@ -205,8 +205,9 @@ def _refuse_other_formats(data: dict[Any, Any], path: Path, lines: dict[Loc, int
         found = [k for k in data if k in keys]
         if found:
             named = ", ".join(f"'{k}'" for k in sorted(found))
-            raise RecipeError(locate((found[0],), f"this is {what} (it has {named}); {does} "
-                                     "are not supported yet", path, lines))
+            tail = does if does.startswith("run ") else f"{does} are not supported yet"
+            raise RecipeError(locate((found[0],), f"this is {what} (it has {named}); {tail}",
+                                     path, lines))
 
 
 def check_plain(data: Any, path: Path, lines: dict[Loc, int],
