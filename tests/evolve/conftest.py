@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from mergekit_like.evolve.runner import EvolveOptions, run_evolve
+
 BIASES = (0.25, 0.5, 1.0)  # classifier.bias[0] of each ingredient
 LAYER0 = (0.0, 0.5, 0.2)  # layer 0's query bias[0] of each ingredient
 
@@ -58,3 +60,25 @@ def evolve_config(models: Sequence[Path], method: str = "linear", base: Path | N
     lines += ["evaluation:", "  python: tests.evolve.scorers:closeness", "search:",
               f"  {search}"]
     return "\n".join(lines) + "\n" + extra
+
+
+SEARCH = "generations: 3\n  popsize: 4\n  seed: 7"
+
+
+def config(root: Path, vits: list[Path], search: str = SEARCH) -> Path:
+    path = root / "evolve.yaml"
+    path.write_text(evolve_config(vits[1:], genome="layer_granularity: 1", search=search))
+    return path
+
+
+@pytest.fixture(scope="package")
+def baseline(tmp_path_factory, vits) -> tuple[Path, dict]:
+    """An uninterrupted serial search: 3 generations of 4 candidates, 6 parameters."""
+    root = tmp_path_factory.mktemp("evolve-baseline")
+    out = root / "out"
+    data = run_evolve(config(root, vits), out, EvolveOptions(allow_code=True, quiet=True))
+    return out, data
+
+
+def candidate_scores(data: dict) -> list[list[float]]:
+    return [[c["val"] for c in g["candidates"]] for g in data["generations"]]
