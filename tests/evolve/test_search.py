@@ -12,7 +12,7 @@ import torch
 from mergekit_like.errors import Interrupted
 from mergekit_like.evolve.runner import EvolveOptions, run_evolve
 from tests.evolve import scorers
-from tests.evolve.conftest import BIASES, LAYER0, candidate_scores, config
+from tests.evolve.conftest import BIASES, LAYER0, candidate_scores, config, evolve_config
 
 
 def test_best_model_is_its_recipe_merged_bit_for_bit(baseline, tmp_path, run_cli):
@@ -100,3 +100,22 @@ def test_resume_refuses_another_config(baseline, tmp_path, vits, run_cli):
     assert res.code == 2
     assert "is the state of a search with another config or seed" in res.err
     assert (tmp_path / ".out.partial" / "evolve_state.pkl").is_file()
+
+
+def test_dare_ties_genome_reproduces_with_its_seed(tmp_path, vits, run_cli):
+    cfg = tmp_path / "evolve.yaml"
+    cfg.write_text(evolve_config(vits[1:], "dare_ties", vits[0], genome="layer_granularity: 1",
+                                 search="generations: 1\n  popsize: 2"))
+    res = run_cli("evolve", cfg, tmp_path / "out", "--allow-code", "--quiet", "--seed", "3")
+    assert res.code == 0, res.err
+    data = json.loads((tmp_path / "out" / "evolve_report.json").read_text())
+    assert data["parameters"] == 2 * 3 * 2  # groups x models x (weight, density)
+    recipe = (tmp_path / "out" / "evolve_recipe.yaml").read_text()
+    assert "--seed 3" in recipe.splitlines()[1] and f"model: {vits[0]}" in recipe
+    for seed, same in (("3", True), ("4", False)):
+        again = tmp_path / f"again{seed}"
+        res = run_cli(tmp_path / "out" / "evolve_recipe.yaml", again, "--quiet", "--seed", seed)
+        assert res.code == 0, res.err
+        equal = (again / "model.safetensors").read_bytes() == \
+            (tmp_path / "out" / "model.safetensors").read_bytes()
+        assert equal is same
