@@ -5,6 +5,7 @@
     merge plan RECIPE [key=value ...]     dry run: tensors, bytes, peak memory
     merge schema                          the recipe JSON Schema
     merge methods                         every method with its parameters
+    merge evolve CONFIG OUT               evolutionary search (mergekit_like.evolve)
 
 User errors print one line per problem and exit with code 2, never a traceback.
 Heavy libraries (torch, transformers, accelerate) are imported only when a merge runs.
@@ -35,6 +36,7 @@ EPILOG = """other commands:
   merge schema                       print the recipe JSON Schema
   merge methods                      list merge methods and their parameters
   merge moe CONFIG OUT               build a mixture of experts (mergekit-moe's config)
+  merge evolve CONFIG OUT            CMA-ES search of a merge's parameters (mergekit-evolve)
 
 overrides use hydra's grammar: key=value, +key=value (add), ++key=value, ~key (delete);
 list items by index, e.g. models.0.parameters.weight=0.3
@@ -131,6 +133,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 from mergekit_like.moe.command import moe_main
 
                 code = moe_main(args[1:])
+            elif args and args[0] == "evolve":  # merge evolve CONFIG OUT: its own options
+                from mergekit_like.evolve.command import main as evolve_main
+
+                code = evolve_main(args[1:])
             elif args and args[0] in SUBCOMMANDS:
                 code = _subcommand(args[0], _sub_parser(args[0]).parse_intermixed_args(args[1:]))
             else:

@@ -43,7 +43,7 @@ tasks:
             "genome",
             "a mergekit-evolve config",
             "'genome', 'tasks'",
-            "are not supported yet",
+            "run it with `merge evolve CONFIG OUT`",
         ),
         (
             "experts: []\n",

@@ -196,7 +196,7 @@ OTHER_FORMATS = (
     (("experts", "gate_mode"), "a mergekit-moe config",
      "build it with `merge moe CONFIG OUT` (or `merge CONFIG OUT`)"),
     (("genome", "tasks"), "a mergekit-evolve config",
-     "evolutionary merge searches are not supported yet"),
+     "run it with `merge evolve CONFIG OUT`"),
 )
 """mergekit's other config formats: the top-level keys that mark them, and what they do."""
 

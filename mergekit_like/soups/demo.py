@@ -154,6 +154,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="seed of the fine-tunes")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch CPU threads (1 is fastest for this tiny model)")
+    parser.add_argument("--evolve-seeds", type=int, nargs="*", default=[0, 1, 2],
+                        help="search seeds of the evolved soup, one search each (none: skip)")
     ns = parser.parse_args(argv)
     import torch
     from transformers.utils import logging as hf_logging
@@ -179,21 +181,62 @@ def main(argv: Sequence[str] | None = None) -> int:
                        "merge_method=learned_soup", "~soup"])
     if code:
         return code
+    evolved = []
+    for seed in ns.evolve_seeds:
+        folder = ns.root / f"evolved-soup-s{seed}"
+        print(f"\nthe same ingredients as an evolved soup: merge evolve "
+              f"{ns.root / EVOLVE_CONFIG} {folder} search.seed={seed}")
+        config = write_evolve_config(ns.root)
+        code = merge_main(["evolve", str(config), str(folder), "--force", "--quiet",
+                           f"search.seed={seed}"])
+        if code:
+            return code
+        evolved.append(folder / "evolve_report.json")
     print("\nthe model soups table on digits (accuracy; val chooses, test is only reported):\n")
-    print(console_table(paper_table(out / REPORT_JSON, learned / REPORT_JSON)))
+    print(console_table(paper_table(out / REPORT_JSON, learned / REPORT_JSON, evolved)))
     return 0
 
 
-def paper_table(greedy_report: Path, learned_report: Path) -> dict[str, Any]:
-    """The greedy soup's report with the learned soup's row added before the ensemble."""
+EVOLVE_CONFIG = "digits-evolve.yaml"
+EVOLVE_SEARCH = {"generations": 5, "popsize": 8}  # 40 candidates per search seed
+
+
+def write_evolve_config(root: Path) -> Path:
+    """The evolved soup's config: a linear merge of the fine-tunes, one weight per ingredient
+    per layer, searched by CMA-ES from the uniform soup, chosen by val accuracy."""
+    import yaml
+
+    models = [str((root / f"ft-{i:02d}").resolve()) for i in range(len(FINE_TUNES))]
+    data = {"genome": {"merge_method": "linear", "models": models, "layer_granularity": 1},
+            "evaluation": {"task": "classification", "data": str((root / "data.npz").resolve()),
+                           "batch_size": 512},
+            "search": EVOLVE_SEARCH, "dtype": "float32"}
+    path = root / EVOLVE_CONFIG
+    path.write_text("# merge evolve demo-out/digits/digits-evolve.yaml OUT search.seed=0 "
+                    "(written by python -m mergekit_like.soups.demo)\n" +
+                    yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def paper_table(greedy_report: Path, learned_report: Path,
+                evolve_reports: Sequence[Path] = ()) -> dict[str, Any]:
+    """The greedy soup's report with the learned soup's row, and one row per evolved soup
+    (each search seed), added before the ensemble."""
     import json
 
     data = json.loads(greedy_report.read_text())
     learned = json.loads(learned_report.read_text())
-    row = next(r for r in learned["table"] if r["name"] == "learned soup")
+    added = [next(r for r in learned["table"] if r["name"] == "learned soup")]
+    for path in evolve_reports:
+        report = json.loads(path.read_text())
+        best = report["best"]
+        added.append({"name": f"evolved soup (search seed {report['seed']})",
+                      **{k: best[k] for k in ("val", "val_loss", "test", "test_loss")},
+                      "ingredients": len(report["best"]["parameters"]),
+                      "detail": f"{report['evaluations']} candidates"})
     rows = data["table"]
     at = next((i for i, r in enumerate(rows) if r["name"] == "ensemble"), len(rows))
-    data["table"] = [*rows[:at], row, *rows[at:]]
+    data["table"] = [*rows[:at], *added, *rows[at:]]
     return data
 
 
