@@ -42,8 +42,12 @@ tensor in passes first, so both give the same bytes.
 Rescaling the kept entries (``Trim.rescale``):
 
 - ``"l1"`` (mergekit's ``rescale: true``): multiply by ``|delta|_1 / |kept|_1`` so the task
-  vector keeps its L1 norm (left alone when either norm is below 1e-7). The norms are
-  summed in a thread-count independent order (:func:`~.reductions.stable_sum`).
+  vector keeps its L1 norm (left alone when either norm is below 1e-7). For the rank
+  trims (TIES, Breadcrumbs) the norms are ``torch.sum`` of the whole tensor's magnitudes,
+  mergekit's call (:class:`~.reductions.TorchSum`: the task vector's magnitudes before and
+  after trimming are held whole until summed, and the bytes follow the thread count and the
+  CPU as mergekit's do); for the random trims, whose masks are not mergekit's anyway, they
+  are summed in a thread-count independent order (:class:`~.reductions.BlockSums`).
 - ``"probability"`` (the DARE and DELLA papers): divide each kept entry by the probability it
   had of being kept: ``1 / density`` for DARE, ``1 / p_i`` for DELLA. Random trims only.
 """
@@ -55,7 +59,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 from mergekit_like.methods.rank_select import Edges, RankWindow, TieOrder, rank_window_mask
-from mergekit_like.methods.reductions import BlockSums
+from mergekit_like.methods.reductions import BlockSums, TorchSum
 
 if TYPE_CHECKING:
     import torch
@@ -214,7 +218,12 @@ class TrimState:
         self._rank_rounds = self.window.rounds if self.window is not None else 0
         self._l1 = active and trim.rescale == "l1"
         self.rounds = self._rank_rounds + int(self._l1)
-        self._norms = (BlockSums(numel), BlockSums(numel))
+        # the rank trims' L1 norms in mergekit's torch.sum; the random trims' in fixed order
+        self._torch_l1 = self._l1 and trim.kind not in RANDOM_TRIMS
+        sums = TorchSum if self._torch_l1 else BlockSums
+        self._norms: tuple[BlockSums | TorchSum, BlockSums | TorchSum] = (sums(numel),
+                                                                           sums(numel))
+        self._l1_done = False
         self._scale: torch.Tensor | None = None
 
     def wants(self, round_: int) -> bool:
@@ -241,7 +250,7 @@ class TrimState:
         return self._l1 and round_ == self._rank_rounds
 
     @property
-    def norms(self) -> tuple[BlockSums, BlockSums]:
+    def norms(self) -> tuple[BlockSums | TorchSum, BlockSums | TorchSum]:
         """The norm round's sums of the magnitudes before and after trimming."""
         return self._norms
 
@@ -258,6 +267,7 @@ class TrimState:
         elif self._l1 and round_ == self._rank_rounds:
             before, after = self._norms[0].total(), self._norms[1].total()
             self._scale = None if before < L1_EPS or after < L1_EPS else before / after
+            self._l1_done = True
             if self.window is not None:
                 self.window.restart()
 
@@ -304,7 +314,8 @@ class TrimState:
             assert self.draws is not None
             return Rule("random", p=trim.density, factor=self._scale or 1.0, post=post,
                         key=self.draws.key, start=start)
-        if self.window is None or post == "divide" or edges.picks:
+        torch_norms = self._torch_l1 and not self._l1_done  # torch sums the entries themselves
+        if self.window is None or post == "divide" or edges.picks or torch_norms:
             return edges
         if self.window.lo >= self.window.hi:
             return Rule("window", lo=0, hi=0, factor=self._scale or 1.0, post=post)
