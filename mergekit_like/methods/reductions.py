@@ -2,13 +2,17 @@
 
 ``torch.sum`` over a large tensor splits the work among the intra-op threads (or a GPU's
 blocks) and adds the partial sums in an order of its own, so the last bits of the result
-(and of everything scaled by it: DARE's L1 rescaling, SCE's weights, Model Stock's angle)
-change with ``torch.set_num_threads`` and between CPU and GPU. :func:`stable_sum` fixes the
+(and of everything scaled by it: DARE's L1 rescaling, for one) change with
+``torch.set_num_threads`` and between CPU and GPU. :func:`stable_sum` fixes the
 order instead: the flat tensor is cut into blocks of :data:`BLOCK` entries, each block is
 summed by a fixed pairwise tree (:func:`tree_sum`: halves added elementwise, then their
 halves, ...), then the block sums the same way. Every step is an elementwise IEEE addition,
 which every device rounds alike, so the result is the same bytes on 1 thread or 64, on the
 CPU or a GPU.
+
+Where mergekit's bytes are the goal and its sum is torch's own (TIES' L1 rescale, SCE's
+energies, Model Stock's angle), :class:`Gathered` and :class:`TorchSum` hold the whole
+tensor fed in chunks and make torch's call instead.
 """
 
 from __future__ import annotations

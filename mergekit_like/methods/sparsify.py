@@ -294,7 +294,9 @@ class TrimState:
         ``ks`` (asked for only where a rank window's edge falls among them, and the window's
         ledger does not know them: :meth:`.RankWindow.known_places`). Where the trim
         keeps by magnitude bounds or DELLA's ranks, or the rule cannot rescale as asked, the
-        chunk's :class:`~.rank_select.Edges` (possibly empty) instead, for :meth:`apply`."""
+        chunk's :class:`~.rank_select.Edges` (possibly empty) instead, for :meth:`apply`; so
+        too in a rank trim's L1 norm round, whose ``torch.sum`` takes the entries themselves
+        (:meth:`observe`), not the C kernels' block sums."""
         from mergekit_like.methods.passes import Rule
 
         trim = self.trim

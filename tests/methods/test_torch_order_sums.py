@@ -11,9 +11,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from mergekit_like.methods.kernels import Kernels
 from mergekit_like.methods.reductions import TorchSum
 from mergekit_like.methods.sparsify import Trim, TrimState, sparsify
-from mergekit_like.methods.kernels import Kernels
 from tests.methods.test_kernels import merge as chunked_merge
 from tests.methods.test_model_stock import _mergekit_model_stock
 from tests.methods.test_sce import _mergekit_sce
@@ -102,8 +102,13 @@ def test_magnitude_l1_rescale_in_row_chunks_equals_whole():
 @pytest.mark.parametrize("seed", SEEDS)
 def test_ties_rescale_is_mergekits(seed):
     base, xs = _models(seed, 2)
-    out = merge("ties", [x.clone() for x in xs], base, [{"density": 0.4, "weight": 1.0}] * 2,
-                {"rescale": True})
+    out = merge(
+        "ties",
+        [x.clone() for x in xs],
+        base,
+        [{"density": 0.4, "weight": 1.0}] * 2,
+        {"rescale": True},
+    )
     assert torch.equal(out, _mergekit_ties(base, xs, 0.4))
 
 
@@ -119,19 +124,30 @@ def test_sce_is_mergekits(seed, select_topk):
 @pytest.mark.parametrize("seed", SEEDS)
 def test_model_stock_is_mergekits(seed, filter_wise):
     base, xs = _models(seed, 3)
-    out = merge("model_stock", [x.clone() for x in xs], base, [{}] * 3,
-                {"filter_wise": filter_wise})
+    out = merge(
+        "model_stock", [x.clone() for x in xs], base, [{}] * 3, {"filter_wise": filter_wise}
+    )
     assert torch.equal(out, _mergekit_model_stock(base, xs, filter_wise))
 
 
 CHUNKED = [
-    ("ties", [{"density": 0.4, "weight": 1.0}] * 2, {"rescale": True}, 2,
-     lambda base, xs: _mergekit_ties(base, xs, 0.4)),
+    (
+        "ties",
+        [{"density": 0.4, "weight": 1.0}] * 2,
+        {"rescale": True},
+        2,
+        lambda base, xs: _mergekit_ties(base, xs, 0.4),
+    ),
     ("sce", [{}] * 3, {"select_topk": 0.6}, 3, lambda base, xs: _mergekit_sce(base, xs, 0.6)),
     ("sce", [{}] * 3, {}, 3, lambda base, xs: _mergekit_sce(base, xs, 1.0)),
     ("model_stock", [{}] * 3, {}, 3, lambda base, xs: _mergekit_model_stock(base, xs, False)),
-    ("model_stock", [{}] * 3, {"filter_wise": True}, 3,
-     lambda base, xs: _mergekit_model_stock(base, xs, True)),
+    (
+        "model_stock",
+        [{}] * 3,
+        {"filter_wise": True},
+        3,
+        lambda base, xs: _mergekit_model_stock(base, xs, True),
+    ),
 ]
 
 
