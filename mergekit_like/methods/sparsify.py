@@ -31,23 +31,18 @@ bounds ranked over the whole model beforehand (``model_wide_trim``, not a mergek
   magnitude rank within its row, from ``density - epsilon`` (smallest) to
   ``density + epsilon`` (largest), so the expected kept fraction is ``density``.
 
-Random trims compare each entry with its own uniform draw (:class:`~.draws.Draws`, from
-``TensorContext.draws``), which depends only on the run's seed, the tensor's name, the
-model's index and the entry's position.
+Random trims compare each entry with its own uniform draw (:class:`~.draws.Draws`), which
+depends only on the run's seed, the tensor's name, the model's index and the entry's position.
 
-A tensor may be trimmed whole (:func:`sparsify`) or in row chunks (:class:`TrimState`, as the
-executor does for large tensors): the rank windows and L1 norms are gathered over the whole
-tensor in passes first, so both give the same bytes.
+Trimmed whole (:func:`sparsify`) or in row chunks (:class:`TrimState`), a tensor gives the
+same bytes: the rank windows and L1 norms are gathered over the whole tensor in passes first.
 
 Rescaling the kept entries (``Trim.rescale``):
 
 - ``"l1"`` (mergekit's ``rescale: true``): multiply by ``|delta|_1 / |kept|_1`` so the task
-  vector keeps its L1 norm (left alone when either norm is below 1e-7). For the rank
-  trims (TIES, Breadcrumbs) the norms are ``torch.sum`` of the whole tensor's magnitudes,
-  mergekit's call (:class:`~.reductions.TorchSum`: the task vector's magnitudes before and
-  after trimming are held whole until summed, and the bytes follow the thread count and the
-  CPU as mergekit's do); for the random trims, whose masks are not mergekit's anyway, they
-  are summed in a thread-count independent order (:class:`~.reductions.BlockSums`).
+  vector keeps its L1 norm (left alone when either norm is below 1e-7). Rank trims take
+  mergekit's ``torch.sum`` of the whole tensor's magnitudes (:class:`~.reductions.TorchSum`,
+  held whole until summed); random ones a fixed order (:class:`~.reductions.BlockSums`).
 - ``"probability"`` (the DARE and DELLA papers): divide each kept entry by the probability it
   had of being kept: ``1 / density`` for DARE, ``1 / p_i`` for DELLA. Random trims only.
 """
@@ -218,12 +213,8 @@ class TrimState:
         self._rank_rounds = self.window.rounds if self.window is not None else 0
         self._l1 = active and trim.rescale == "l1"
         self.rounds = self._rank_rounds + int(self._l1)
-        # the rank trims' L1 norms in mergekit's torch.sum; the random trims' in fixed order
-        self._torch_l1 = self._l1 and trim.kind not in RANDOM_TRIMS
-        sums = TorchSum if self._torch_l1 else BlockSums
-        self._norms: tuple[BlockSums | TorchSum, BlockSums | TorchSum] = (sums(numel),
-                                                                           sums(numel))
-        self._l1_done = False
+        sums = BlockSums if trim.kind in RANDOM_TRIMS else TorchSum  # mergekit's for ranks
+        self._norms: tuple[BlockSums | TorchSum, ...] = (sums(numel), sums(numel))
         self._scale: torch.Tensor | None = None
 
     def wants(self, round_: int) -> bool:
@@ -250,7 +241,7 @@ class TrimState:
         return self._l1 and round_ == self._rank_rounds
 
     @property
-    def norms(self) -> tuple[BlockSums | TorchSum, BlockSums | TorchSum]:
+    def norms(self) -> tuple[BlockSums | TorchSum, ...]:
         """The norm round's sums of the magnitudes before and after trimming."""
         return self._norms
 
@@ -267,7 +258,6 @@ class TrimState:
         elif self._l1 and round_ == self._rank_rounds:
             before, after = self._norms[0].total(), self._norms[1].total()
             self._scale = None if before < L1_EPS or after < L1_EPS else before / after
-            self._l1_done = True
             if self.window is not None:
                 self.window.restart()
 
@@ -294,9 +284,8 @@ class TrimState:
         ``ks`` (asked for only where a rank window's edge falls among them, and the window's
         ledger does not know them: :meth:`.RankWindow.known_places`). Where the trim
         keeps by magnitude bounds or DELLA's ranks, or the rule cannot rescale as asked, the
-        chunk's :class:`~.rank_select.Edges` (possibly empty) instead, for :meth:`apply`; so
-        too in a rank trim's L1 norm round, whose ``torch.sum`` takes the entries themselves
-        (:meth:`observe`), not the C kernels' block sums."""
+        chunk's :class:`~.rank_select.Edges` (possibly empty) instead, for :meth:`apply`
+        (so too in a rank trim's L1 norm round)."""
         from mergekit_like.methods.passes import Rule
 
         trim = self.trim
@@ -316,7 +305,7 @@ class TrimState:
             assert self.draws is not None
             return Rule("random", p=trim.density, factor=self._scale or 1.0, post=post,
                         key=self.draws.key, start=start)
-        torch_norms = self._torch_l1 and not self._l1_done  # torch sums the entries themselves
+        torch_norms = self._l1 and isinstance(s := self._norms[0], TorchSum) and s.seen < s.numel
         if self.window is None or post == "divide" or edges.picks or torch_norms:
             return edges
         if self.window.lo >= self.window.hi:
