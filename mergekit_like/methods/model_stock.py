@@ -14,16 +14,15 @@ clamped below at 1e-6, as mergekit does, so an unchanged tensor stays at the bas
 ``|1 + (N - 1) cos| < 1e-6`` (fine-tunes pointing in opposite directions) ``t`` is
 undefined; mergekit 0.1.5 keeps the base there (``t = 0``), and so does this.
 
-Every step is mergekit's torch operation in its order and in the compute dtype (for
-bfloat16/float16, the norms and dot products accumulate in float32 and are rounded once,
-as ``torch.norm`` and ``torch.sum`` do). The norms and dot products themselves are summed
-in :func:`~.reductions.stable_sum`'s fixed order, not ``torch.sum``'s: that order does not
-depend on the thread count or the device and splits into row chunks (mergekit's
-``torch.norm``/``sum`` orders lanes by the CPU's vector width and, above 32768 entries, by
-the thread count), so at float32 ``t`` can differ from mergekit's in its last bit.
+Every step is mergekit's torch call in its order and in the compute dtype, the norms and
+dot products included (``torch.norm``, ``(a * b).sum(dim=-1)``), so the bytes are
+mergekit's; like mergekit's, they follow the CPU's vector width and, for a whole-tensor
+sum over 32768 entries, torch's thread count (``-j``), and differ on a GPU.
 
-Large tensors are merged in row chunks: the norms and dot products are summed over the
-whole tensor first (:class:`ModelStockStats`), with the same bytes as merging it whole.
+Large tensors are merged in row chunks: the task vectors are gathered whole first
+(:class:`ModelStockStats`, one tensor per model held until the ratio is known, as mergekit
+holds them), with the same bytes as merging whole. ``filter_wise`` ratios are per row, so
+row chunks need no gathering.
 """
 
 from __future__ import annotations
@@ -34,7 +33,7 @@ from typing import TYPE_CHECKING
 
 from pydantic import Field
 
-from mergekit_like.methods.reductions import BlockSums, stable_sum
+from mergekit_like.methods.reductions import Gathered
 from mergekit_like.methods.spec import MergeMethod, MethodParams, NoParams, TensorContext
 
 if TYPE_CHECKING:
@@ -46,55 +45,28 @@ class ModelStockParams(MethodParams):
 
 
 def interpolation_ratio(deltas: Sequence[torch.Tensor], filter_wise: bool) -> torch.Tensor:
-    """Model Stock's ``t`` from the mean pairwise cosine of the task vectors.
-
-    A 0-d tensor, or with ``filter_wise`` one value per row shaped ``[..., 1]``; in the
-    task vectors' dtype.
-    """
-    if not filter_wise:
-        stats = ModelStockStats(len(deltas), deltas[0].numel())
-        stats.observe_deltas(deltas)
-        stats.finish(0)
-        assert stats.t is not None
-        return stats.t
-    dtype = deltas[0].dtype
-    acc = _accumulator(dtype)
-    norms = [_sqrt(stable_sum(d.to(acc).square(), -1), dtype) for d in deltas]
-    dots = {(i, j): stable_sum((deltas[i] * deltas[j]).to(acc), -1).to(dtype)
-            for i in range(len(deltas)) for j in range(i + 1, len(deltas))}
-    return _ratio(norms, dots).unsqueeze(-1)
+    """Model Stock's ``t`` from the mean pairwise cosine of the task vectors, in mergekit's
+    torch calls: shaped ``[1]`` (over the whole flat tensor), or with ``filter_wise`` one
+    value per row shaped ``[..., 1]`` (a 1-D tensor is one row: the same as the whole);
+    in the task vectors' dtype."""
+    if filter_wise and deltas[0].dim() > 1:
+        return _ratio(list(deltas))
+    return _ratio([d.reshape(-1) for d in deltas])
 
 
-def _accumulator(dtype: torch.dtype) -> torch.dtype:
-    """What torch's norms and sums accumulate ``dtype`` in: float32 for 16-bit floats."""
+def _ratio(offsets: list[torch.Tensor]) -> torch.Tensor:
+    """``t = N cos / (1 + (N - 1) cos)`` along the last dimension, mergekit 0.1.5's calls in
+    its order: ``torch.norm`` and ``sum(dim=-1)`` per pair, the cosine clamped, the pairs'
+    ``stack(...).mean(0)``, and ``t = 0`` where the denominator is below 1e-6."""
     import torch
 
-    return torch.float32 if dtype in (torch.bfloat16, torch.float16) else dtype
-
-
-def _sqrt(squares: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """``torch.norm``'s square root: correctly rounded (its reduction ends in ``std::sqrt``;
-    torch's vectorised ``sqrt`` of a float32 tensor is not always), then in ``dtype``."""
-    import torch
-
-    return squares.to(torch.float64).sqrt().to(squares.dtype).to(dtype)
-
-
-def _ratio(norms: list[torch.Tensor], dots: dict[tuple[int, int], torch.Tensor]) -> torch.Tensor:
-    """``t = N cos / (1 + (N - 1) cos)`` from the norms and pairwise dot products, with
-    mergekit's operations (``t = 0`` where the denominator is below 1e-6)."""
-    import torch
-
-    cosines = [(dot / (norms[i] * norms[j]).clamp(min=1e-6)).clamp(-1, 1)
-               for (i, j), dot in dots.items()]
-    # torch.stack(cosines).mean(0): added in order, divided by the count (16-bit floats in
-    # float32, rounded once); written out so that every device adds in this order
-    dtype = cosines[0].dtype
-    total = cosines[0].to(_accumulator(dtype))
-    for c in cosines[1:]:
-        total = total + c
-    cos = (total / len(cosines)).to(dtype)
-    n = len(norms)
+    cosines = []
+    for i, a in enumerate(offsets):
+        for b in offsets[i + 1:]:
+            norms = torch.norm(a, dim=-1) * torch.norm(b, dim=-1)
+            cosines.append(((a * b).sum(dim=-1) / norms.clamp(min=1e-6)).clamp(-1, 1))
+    cos = torch.stack(cosines).mean(dim=0).unsqueeze(-1)
+    n = len(offsets)
     denominator = 1 + (n - 1) * cos
     singular = denominator.abs() < 1e-6
     safe = torch.where(singular, torch.ones_like(denominator), denominator)
@@ -102,21 +74,21 @@ def _ratio(norms: list[torch.Tensor], dots: dict[tuple[int, int], torch.Tensor])
 
 
 class ModelStockStats:
-    """The task vectors' norms and pairwise dot products over a whole tensor, chunk by chunk.
+    """The task vectors of a whole tensor, gathered chunk by chunk, for its ratio.
 
     Implements :class:`~mergekit_like.methods.spec.TensorStats` (one round): after it, ``t``
     holds the tensor's interpolation ratio, so the executor can merge a large tensor in row
-    chunks with the same bytes as whole (``filter_wise`` needs no pass: its ratio is per row).
+    chunks with the same bytes as whole (``filter_wise`` needs no pass: its ratio is per
+    row). mergekit's ``torch.norm`` and ``sum`` of the whole flat task vectors have bytes
+    no sum of chunks reproduces, so the task vectors are held whole until :meth:`finish`
+    (one tensor per model in the compute dtype, freed after it).
     """
 
     rounds = 1
 
     def __init__(self, n_models: int, numel: int) -> None:
-        self._squares = [BlockSums(numel) for _ in range(n_models)]
-        self._dots = {(i, j): BlockSums(numel)
-                      for i in range(n_models) for j in range(i + 1, n_models)}
+        self._deltas = [Gathered(numel) for _ in range(n_models)]
         self.t: torch.Tensor | None = None
-        self._dtype: torch.dtype | None = None
 
     def wants(self, round_: int) -> bool:
         """Every round is needed."""
@@ -129,17 +101,11 @@ class ModelStockStats:
 
     def observe_deltas(self, deltas: Sequence[torch.Tensor]) -> None:
         """Take the next chunk of the task vectors."""
-        self._dtype = deltas[0].dtype
-        acc = _accumulator(self._dtype)
-        for d, sums in zip(deltas, self._squares, strict=True):
-            sums.add(d.to(acc).square())
-        for (i, j), sums in self._dots.items():
-            sums.add((deltas[i] * deltas[j]).to(acc))
+        for d, gathered in zip(deltas, self._deltas, strict=True):
+            gathered.add(d)
 
     def finish(self, round_: int) -> None:
-        dtype = self._dtype
-        self.t = _ratio([_sqrt(s.total(), dtype) for s in self._squares],
-                        {key: s.total().to(dtype) for key, s in self._dots.items()})
+        self.t = _ratio([g.whole() for g in self._deltas])
 
 
 def model_stock_stats(shape: tuple[int, ...], width: int, model_params: Sequence[NoParams],

@@ -2,13 +2,17 @@
 
 ``torch.sum`` over a large tensor splits the work among the intra-op threads (or a GPU's
 blocks) and adds the partial sums in an order of its own, so the last bits of the result
-(and of everything scaled by it: DARE's L1 rescaling, SCE's weights, Model Stock's angle)
-change with ``torch.set_num_threads`` and between CPU and GPU. :func:`stable_sum` fixes the
+(and of everything scaled by it: DARE's L1 rescaling, for one) change with
+``torch.set_num_threads`` and between CPU and GPU. :func:`stable_sum` fixes the
 order instead: the flat tensor is cut into blocks of :data:`BLOCK` entries, each block is
 summed by a fixed pairwise tree (:func:`tree_sum`: halves added elementwise, then their
 halves, ...), then the block sums the same way. Every step is an elementwise IEEE addition,
 which every device rounds alike, so the result is the same bytes on 1 thread or 64, on the
 CPU or a GPU.
+
+Where mergekit's bytes are the goal and its sum is torch's own (TIES' L1 rescale, SCE's
+energies, Model Stock's angle), :class:`Gathered` and :class:`TorchSum` hold the whole
+tensor fed in chunks and make torch's call instead.
 """
 
 from __future__ import annotations
@@ -220,3 +224,81 @@ class ColumnSums:
         if self._seen != self.rows or self._sums is None:
             raise ValueError(f"column sums of {self.rows} rows got {self._seen}")
         return self._sums if self.rows <= BLOCK else stable_sum(self._sums, -1)
+
+
+class Gathered:
+    """A flat tensor of ``numel`` entries fed in consecutive chunks, kept whole for torch's
+    own reductions (whose bytes no sum of chunks reproduces, see :class:`TorchSum`).
+
+    A single chunk holding every entry is kept as it is (no copy); otherwise the chunks are
+    copied into one buffer allocated at the first. :meth:`whole` hands the flat tensor over
+    and forgets it, so the memory goes with the caller's last reference.
+
+    >>> import torch
+    >>> g = Gathered(3)
+    >>> g.add(torch.tensor([1.0, 2.0])); g.add(torch.tensor([3.0]))
+    >>> g.whole()
+    tensor([1., 2., 3.])
+    """
+
+    def __init__(self, numel: int) -> None:
+        self.numel = numel
+        self._seen = 0
+        self._flat: torch.Tensor | None = None
+
+    @property
+    def seen(self) -> int:
+        """Entries added so far."""
+        return self._seen
+
+    def add(self, x: torch.Tensor) -> None:
+        """Take the next chunk (any shape; its entries in flat order)."""
+        flat = x.reshape(-1)
+        n, pos = flat.numel(), self._seen
+        if pos + n > self.numel:
+            raise ValueError(f"a gather of {self.numel} entries got {pos + n}")
+        if pos == 0 and n == self.numel:
+            self._flat = flat
+        else:
+            if self._flat is None:
+                self._flat = flat.new_empty(self.numel)
+            self._flat[pos:pos + n].copy_(flat)
+        self._seen = pos + n
+
+    def whole(self) -> torch.Tensor:
+        """Every entry added, as one flat tensor (then forgotten here)."""
+        import torch
+
+        if self._seen != self.numel:
+            raise ValueError(f"a gather of {self.numel} entries got {self._seen}")
+        flat = self._flat if self._flat is not None else torch.zeros(0)
+        self._flat = None
+        return flat
+
+
+class TorchSum(Gathered):
+    """``torch.sum`` of ``numel`` entries fed in chunks, with the bytes of ``x.sum()`` of
+    the whole tensor: mergekit's order, for parity.
+
+    torch's CPU sum of more than 32768 entries splits them among the intra-op threads
+    (ranges of ``ceil(n / threads)``), sums each range by a cascade whose shape depends on
+    the range's length and the CPU's vector width, then adds the partials; so, unlike
+    :class:`BlockSums`, its bytes follow ``torch.get_num_threads()`` and the CPU, exactly as
+    mergekit's do, and no chunk-wise sum reproduces them. The price: the whole tensor in
+    memory until :meth:`total` (no copy when it comes as one chunk).
+
+    >>> import torch
+    >>> x = torch.rand(100_000)
+    >>> s = TorchSum(x.numel())
+    >>> s.add(x[:7]); s.add(x[7:])
+    >>> bool(s.total() == x.sum())
+    True
+    """
+
+    def add_block_sums(self, sums: torch.Tensor) -> None:
+        """Refused: block sums cannot give torch's order (feed the entries)."""
+        raise ValueError("torch-order sums take the entries, not block sums")
+
+    def total(self) -> torch.Tensor:
+        """``x.sum()`` of every entry added."""
+        return self.whole().sum()

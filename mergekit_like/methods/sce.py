@@ -14,15 +14,17 @@ Rounding follows mergekit's torch ops in the compute dtype: the variance is
 ``torch.var(unbiased=False)``'s (Welford's update in float64, rounded once), each weight is
 ``mean(delta_i ** 2)`` divided by the ``.item()`` of the weights' ``torch.sum``, and the
 weighted sums over the models accumulate as ``torch.sum(dim=0)`` does (float32 for 16-bit
-floats). The energies' own sums over the entries take :func:`~.reductions.stable_sum`'s
-fixed order (thread- and device-independent, and split into row chunks), so at float32 a
-weight can differ from mergekit's in its last bit.
+floats). The energies are mergekit's own torch calls, so their bytes follow the CPU's
+vector width and torch's thread count as mergekit's do, and differ on a GPU.
 
 A large tensor is merged in row chunks after statistics passes over the same chunks
 (:class:`SceStats`): the count of positions of non-zero variance, a rank window over the
 variances (:class:`~mergekit_like.methods.rank_select.RankWindow`, ties ranked by position),
-and the selected task vectors' energies. A whole tensor takes the same passes as one chunk,
-so both give the same bytes.
+and the selected task vectors' energies. mergekit takes the energies with torch's own sums
+over the stacked task vectors, whose bytes no sum of chunks reproduces, so the energy pass
+gathers the selected task vectors whole (one tensor per model in the compute dtype, as
+mergekit holds them) and makes mergekit's calls. A whole tensor takes the same passes as
+one chunk, so both give the same bytes.
 """
 
 from __future__ import annotations
@@ -35,7 +37,6 @@ from pydantic import Field
 
 from mergekit_like.methods.radix import radix_rounds
 from mergekit_like.methods.rank_select import RankWindow
-from mergekit_like.methods.reductions import BlockSums
 from mergekit_like.methods.spec import (
     MergeMethod,
     MethodParams,
@@ -78,28 +79,15 @@ def _accumulator(dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if dtype in (torch.bfloat16, torch.float16) else dtype
 
 
-def small_sum(values: Sequence[torch.Tensor]) -> torch.Tensor:
-    """``torch.sum`` of a few 0-d tensors (fewer than 8), in the CPU kernel's order: four
-    partial sums over every fourth value, the values left over added to the first, then
-    the partials in order; 16-bit floats accumulate in float32, rounded once."""
-    dtype = values[0].dtype
-    acc = [values[0].new_zeros((), dtype=_accumulator(dtype)) for _ in range(4)]
-    whole = len(values) // 4 * 4
-    for i in range(whole):
-        acc[i % 4] = acc[i % 4] + values[i]
-    for v in values[whole:]:
-        acc[0] = acc[0] + v
-    total = acc[0] + acc[1] + acc[2] + acc[3]
-    return total.to(dtype)
-
-
-def energy_weights(energies: Sequence[torch.Tensor]) -> torch.Tensor:
-    """mergekit's ``sce_weight``: the energies divided by the ``.item()`` of their sum
-    (uniform when that sum is below 1e-6); one per model, in the energies' dtype."""
+def energy_weights(tvs: torch.Tensor) -> torch.Tensor:
+    """mergekit's ``sce_weight`` of the selected task vectors stacked ``[model, ...]``:
+    each one's ``square().mean()`` (one row sum each, in torch's order), divided by the
+    ``.item()`` of their ``torch.sum`` (uniform when that sum is below 1e-6); one per
+    model, in the task vectors' dtype."""
     import torch
 
-    weights = torch.stack(list(energies))
-    total = small_sum(energies).item()
+    weights = tvs.square().reshape(tvs.shape[0], -1).mean(dim=1)
+    total = torch.sum(weights).item()
     if abs(total) < 1e-6:
         return torch.ones_like(weights) / weights.shape[0]
     return weights / total
@@ -144,8 +132,7 @@ class SceStats:
         self.rounds = self._first_energy + 1
         self._nonzero = 0
         self.window: RankWindow | None = None
-        self._energy = [BlockSums(numel) for _ in range(n_models)]
-        self._dtype: torch.dtype | None = None
+        self._tvs: torch.Tensor | None = None  # the selected task vectors, [model, entry]
         self.weights: torch.Tensor | None = None  # one per model, in the compute dtype
 
     @classmethod
@@ -185,9 +172,12 @@ class SceStats:
                 assert self.window is not None
                 self.window.observe(round_ - 1, var)
             return
-        for sums, d in zip(self._energy, self.select(deltas), strict=True):
-            sums.add(d.square().to(_accumulator(d.dtype)))
-        self._dtype = base.dtype
+        selected = self.select(deltas)
+        if self._tvs is None:
+            self._tvs = base.new_empty((len(selected), self.numel))
+        n = selected[0].numel()
+        for row, d in zip(self._tvs, selected, strict=True):
+            row[start:start + n].copy_(d.reshape(-1))
 
     def finish(self, round_: int) -> None:
         if round_ < self._first_energy:
@@ -199,12 +189,9 @@ class SceStats:
                 assert self.window is not None
                 self.window.finish(round_ - 1)
             return
-        import torch
-
-        dtype = self._dtype or torch.float32
-        # mean(dim=1): the sum divided by the count in the accumulator, rounded once
-        self.weights = energy_weights([(s.total() / max(1, self.numel)).to(dtype)
-                                       for s in self._energy])
+        assert self._tvs is not None
+        tvs, self._tvs = self._tvs, None
+        self.weights = energy_weights(tvs)
         if self.window is not None:
             self.window.restart()  # the merge pass masks the chunks again, from the first
 

@@ -31,19 +31,18 @@ bounds ranked over the whole model beforehand (``model_wide_trim``, not a mergek
   magnitude rank within its row, from ``density - epsilon`` (smallest) to
   ``density + epsilon`` (largest), so the expected kept fraction is ``density``.
 
-Random trims compare each entry with its own uniform draw (:class:`~.draws.Draws`, from
-``TensorContext.draws``), which depends only on the run's seed, the tensor's name, the
-model's index and the entry's position.
+Random trims compare each entry with its own uniform draw (:class:`~.draws.Draws`), which
+depends only on the run's seed, the tensor's name, the model's index and the entry's position.
 
-A tensor may be trimmed whole (:func:`sparsify`) or in row chunks (:class:`TrimState`, as the
-executor does for large tensors): the rank windows and L1 norms are gathered over the whole
-tensor in passes first, so both give the same bytes.
+Trimmed whole (:func:`sparsify`) or in row chunks (:class:`TrimState`), a tensor gives the
+same bytes: the rank windows and L1 norms are gathered over the whole tensor in passes first.
 
 Rescaling the kept entries (``Trim.rescale``):
 
 - ``"l1"`` (mergekit's ``rescale: true``): multiply by ``|delta|_1 / |kept|_1`` so the task
-  vector keeps its L1 norm (left alone when either norm is below 1e-7). The norms are
-  summed in a thread-count independent order (:func:`~.reductions.stable_sum`).
+  vector keeps its L1 norm (left alone when either norm is below 1e-7). Rank trims take
+  mergekit's ``torch.sum`` of the whole tensor's magnitudes (:class:`~.reductions.TorchSum`,
+  held whole until summed); random ones a fixed order (:class:`~.reductions.BlockSums`).
 - ``"probability"`` (the DARE and DELLA papers): divide each kept entry by the probability it
   had of being kept: ``1 / density`` for DARE, ``1 / p_i`` for DELLA. Random trims only.
 """
@@ -55,7 +54,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 from mergekit_like.methods.rank_select import Edges, RankWindow, TieOrder, rank_window_mask
-from mergekit_like.methods.reductions import BlockSums
+from mergekit_like.methods.reductions import BlockSums, TorchSum
 
 if TYPE_CHECKING:
     import torch
@@ -214,7 +213,8 @@ class TrimState:
         self._rank_rounds = self.window.rounds if self.window is not None else 0
         self._l1 = active and trim.rescale == "l1"
         self.rounds = self._rank_rounds + int(self._l1)
-        self._norms = (BlockSums(numel), BlockSums(numel))
+        sums = BlockSums if trim.kind in RANDOM_TRIMS else TorchSum  # mergekit's for ranks
+        self._norms: tuple[BlockSums | TorchSum, ...] = (sums(numel), sums(numel))
         self._scale: torch.Tensor | None = None
 
     def wants(self, round_: int) -> bool:
@@ -241,7 +241,7 @@ class TrimState:
         return self._l1 and round_ == self._rank_rounds
 
     @property
-    def norms(self) -> tuple[BlockSums, BlockSums]:
+    def norms(self) -> tuple[BlockSums | TorchSum, ...]:
         """The norm round's sums of the magnitudes before and after trimming."""
         return self._norms
 
@@ -284,7 +284,8 @@ class TrimState:
         ``ks`` (asked for only where a rank window's edge falls among them, and the window's
         ledger does not know them: :meth:`.RankWindow.known_places`). Where the trim
         keeps by magnitude bounds or DELLA's ranks, or the rule cannot rescale as asked, the
-        chunk's :class:`~.rank_select.Edges` (possibly empty) instead, for :meth:`apply`."""
+        chunk's :class:`~.rank_select.Edges` (possibly empty) instead, for :meth:`apply`
+        (so too in a rank trim's L1 norm round)."""
         from mergekit_like.methods.passes import Rule
 
         trim = self.trim
@@ -304,7 +305,8 @@ class TrimState:
             assert self.draws is not None
             return Rule("random", p=trim.density, factor=self._scale or 1.0, post=post,
                         key=self.draws.key, start=start)
-        if self.window is None or post == "divide" or edges.picks:
+        torch_norms = self._l1 and isinstance(s := self._norms[0], TorchSum) and s.seen < s.numel
+        if self.window is None or post == "divide" or edges.picks or torch_norms:
             return edges
         if self.window.lo >= self.window.hi:
             return Rule("window", lo=0, hi=0, factor=self._scale or 1.0, post=post)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mergekit_like.methods.sce import small_sum, variance
+from mergekit_like.methods.sce import variance
 from tests.methods.test_task_arithmetic import merge
 
 BASE = torch.tensor([1.0, 2.0, 3.0, 4.0])
@@ -70,14 +70,6 @@ def test_variance_is_torch_var_bytes(dtype, n):
     deltas = [(torch.randn(5000, generator=g) * 0.01).to(dtype) for _ in range(n)]
     want = torch.var(torch.stack(deltas), dim=0, unbiased=False)
     assert torch.equal(variance(deltas), want)
-
-
-@pytest.mark.parametrize("n", [1, 2, 3, 4, 5, 7])
-def test_small_sum_is_torch_sum_bytes(n):
-    g = torch.Generator().manual_seed(n)
-    for _ in range(200):
-        values = torch.rand(n, generator=g) * torch.logspace(-3, 3, n)[torch.randperm(n)]
-        assert torch.equal(small_sum(list(values)), torch.sum(values))
 
 
 def test_sce_selection_by_torch_var():

@@ -37,10 +37,12 @@ def _run(method, threads: int) -> torch.Tensor:
         torch.set_num_threads(old)
 
 
-# the spherical methods reduce with mergekit's own torch calls (methods/pieces.py,
-# nuslerp.py), whose sums follow the thread count as mergekit's do; tests/methods/
-# test_slerp.py and test_nuslerp.py check mergekit's bytes on 1 and 2 threads
-MERGEKIT_ORDER = {"slerp", "nuslerp", "multislerp", "karcher"}
+# the spherical methods and model_stock reduce with mergekit's own torch calls
+# (methods/pieces.py, nuslerp.py, model_stock.py), whose sums follow the thread count as
+# mergekit's do; tests/methods/test_slerp.py, test_nuslerp.py and test_torch_order_sums.py
+# check mergekit's bytes (sce's energies are row sums of a stack, which torch does not split
+# among threads; ties' `rescale` is off by default)
+MERGEKIT_ORDER = {"slerp", "nuslerp", "multislerp", "karcher", "model_stock"}
 
 
 @pytest.mark.parametrize("name", sorted(set(REGISTRY) - MERGEKIT_ORDER))
