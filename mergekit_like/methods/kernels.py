@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from mergekit_like.methods.rank_bracket import BracketTally
     from mergekit_like.methods.reductions import BlockSums
     from mergekit_like.native.mix import MixPass
+    from mergekit_like.native.sphere import SpherePass
     from mergekit_like.native.window import WindowPasses
 
 KernelMode = Literal["eager", "compiled"]
@@ -116,6 +117,19 @@ class Kernels:
                 print(f"warning: no C kernels ({error}); using torch instead (same bytes, "
                       "slower)", file=sys.stderr)
         return found if all(lib.lib is not None for lib in (found.window, found.mix)) else None
+
+    def sphere(self) -> SpherePass | None:
+        """The spherical methods' C kernels (:mod:`mergekit_like.native.sphere`) in every
+        mode, as they give torch's bytes; None when ``native_kernels`` is off or they do
+        not build (then torch's operations run: same bytes, slower)."""
+        if not self.native_kernels:
+            return None
+        found = self._compiled.get("sphere")
+        if found is None:
+            from mergekit_like.native.sphere import SpherePass
+
+            found = self._compiled["sphere"] = SpherePass.open()
+        return found if found.lib is not None else None
 
     def magnitudes(self, x: torch.Tensor, base: torch.Tensor) -> PairChunk:
         """The rank window's view of ``|x - base|`` for one chunk (flat tensors)."""
