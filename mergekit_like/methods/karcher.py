@@ -144,7 +144,7 @@ def karcher_merge(
 ) -> torch.Tensor:
     """Karcher mean of the models (and of the base model, when the recipe names one)."""
     return karcher_mean(with_base(tensors, base), max_iter=params.max_iter, tol=params.tol,
-                        sphere=ctx.kernels.sphere())
+                        sphere=ctx.kernels.sphere() if ctx is not None else None)
 
 
 KARCHER = MergeMethod(

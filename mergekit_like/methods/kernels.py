@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from mergekit_like.methods.rank_bracket import BracketTally
     from mergekit_like.methods.reductions import BlockSums
     from mergekit_like.native.mix import MixPass
+    from mergekit_like.native.soup import SoupPass
     from mergekit_like.native.sphere import SpherePass
     from mergekit_like.native.window import WindowPasses
 
@@ -129,6 +130,19 @@ class Kernels:
             from mergekit_like.native.sphere import SpherePass
 
             found = self._compiled["sphere"] = SpherePass.open()
+        return found if found.lib is not None else None
+
+    def soup(self) -> SoupPass | None:
+        """The linear merge's C kernel (:mod:`mergekit_like.native.soup`) in every mode, as
+        it gives torch's bytes; None when ``native_kernels`` is off or it is not usable
+        here (then torch's operations run: same bytes, slower)."""
+        if not self.native_kernels:
+            return None
+        found = self._compiled.get("soup")
+        if found is None:
+            from mergekit_like.native.soup import SoupPass
+
+            found = self._compiled["soup"] = SoupPass.open()
         return found if found.lib is not None else None
 
     def magnitudes(self, x: torch.Tensor, base: torch.Tensor) -> PairChunk:
