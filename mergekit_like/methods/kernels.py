@@ -257,6 +257,8 @@ class Kernels:
             return [native.window.count_equal(x.reshape(-1), base.reshape(-1), v) if v else []
                     for x, v in zip(xs, values, strict=True)]
         bits = torch.int64 if base.dtype == torch.float64 else torch.int32
+        if base.dtype.itemsize == 2 and all(0 <= x < 1 << 15 for v in values for x in v):
+            bits = torch.int16  # compared with the 16-bit patterns themselves: no int32 copy
         vals = [torch.tensor(list(v), dtype=bits, device=base.device) for v in values]
         found = self._get(count_equal, base.dtype)(
             [x.reshape(-1) for x in xs], base.reshape(-1), vals)
