@@ -61,6 +61,7 @@ def _native() -> ctypes.CDLL | None:
         ctypes.c_void_p,
         ctypes.c_int,
         ctypes.c_int,
+        ctypes.c_int,
     ]
     return lib
 
@@ -98,11 +99,17 @@ def before_cuts(
 
 
 def settled(
-    keys: torch.Tensor, cuts: Sequence[int], depth: int | None = None, inplace: bool = False
+    keys: torch.Tensor,
+    cuts: Sequence[int],
+    depth: int | None = None,
+    inplace: bool = False,
+    blocks: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(keys, positions)`` arranged as the introsort leaves them, as far as the cuts need
     (see :func:`before_cuts`): ``positions[:k]`` are the entries sorted before each cut.
-    ``inplace``: arrange ``keys`` itself (flat, contiguous int32)."""
+    ``inplace``: arrange ``keys`` itself (flat, contiguous int32). ``blocks``: the C replay
+    finds each partition's swaps a block of entries at a time, without branches (the same
+    swaps as one entry at a time, some times faster)."""
     import torch
 
     n = keys.numel()
@@ -113,7 +120,8 @@ def settled(
     lib = _native()
     if lib is not None and inner:
         want = (ctypes.c_int64 * len(inner))(*inner)
-        lib.mk_introsort_settle(vals.data_ptr(), idx.data_ptr(), n, want, len(inner), depth)
+        lib.mk_introsort_settle(vals.data_ptr(), idx.data_ptr(), n, want, len(inner), depth,
+                                int(blocks))
     elif n > 1 and inner:
         _settle(vals, idx, 0, n, depth, inner)
     return vals, idx

@@ -43,6 +43,8 @@ from mergekit_like.methods.spec import (
 if TYPE_CHECKING:
     import torch
 
+    from mergekit_like.native.sphere import SpherePass
+
 
 class KarcherParams(MethodParams):
     max_iter: int = Field(10, ge=0, description="maximum iterations of the mean's refinement")
@@ -60,10 +62,14 @@ def _norm(x: torch.Tensor) -> torch.Tensor:
 
 
 def karcher_whole(tensors: Sequence[torch.Tensor], *, max_iter: int = 10,
-                  tol: float = 1e-5) -> torch.Tensor:
+                  tol: float = 1e-5, sphere: SpherePass | None = None) -> torch.Tensor:
     """The iteration above on whole tensors, in mergekit's torch calls and order: norms in
     float32 (float64 for float64 inputs), units and iterates in the tensors' dtype, the
-    dot products by ``torch.dot``, the weights as Python floats. A new tensor."""
+    dot products by ``torch.dot``, the weights as Python floats. A new tensor.
+
+    ``sphere``: the C kernels that run the log map's accumulation and the exp map each in
+    one pass with the torch operations' roundings (:mod:`mergekit_like.native.sphere`;
+    same bytes, float32 and bfloat16 on the CPU); None: torch's operations."""
     import torch
 
     alpha = 1.0 / len(tensors)
@@ -80,6 +86,7 @@ def karcher_whole(tensors: Sequence[torch.Tensor], *, max_iter: int = 10,
         mean += a * u
     mean_norm = _norm(mean)
     mean = valid_units[0].clone() if mean_norm.item() < tol else _unit(mean, mean_norm)
+    fused = sphere if sphere is not None and sphere.supports(mean, *valid_units) else None
     for _ in range(max_iter):
         tangent = torch.zeros_like(mean)
         for u in valid_units:
@@ -87,12 +94,22 @@ def karcher_whole(tensors: Sequence[torch.Tensor], *, max_iter: int = 10,
             theta = torch.arccos(dot)
             if theta.item() < tol:
                 continue
-            tangent += a * (theta / torch.sin(theta)) * (u - dot * mean)
+            coef = a * (theta / torch.sin(theta))
+            if fused is not None:  # the same roundings, one pass
+                fused.tangent_add(tangent, u, mean, dot.item(), coef.item())
+            else:
+                tangent += coef * (u - dot * mean)
         tangent_norm = _norm(tangent)
         if tangent_norm.item() < tol:
             break
-        mean = (torch.cos(tangent_norm) * mean
-                + torch.sin(tangent_norm) * (tangent / tangent_norm)).to(mean.dtype)
+        cos, sin = torch.cos(tangent_norm), torch.sin(tangent_norm)
+        if fused is not None:
+            # torch rounds a float32 0-dim first operand to the tensor's dtype (a second
+            # one, the divisor, it keeps)
+            fused.exp_step(mean, tangent, cos.to(mean.dtype).item(),
+                           sin.to(mean.dtype).item(), tangent_norm.item())
+        else:
+            mean = (cos * mean + sin * (tangent / tangent_norm)).to(mean.dtype)
         unit_norm = _norm(mean)
         if unit_norm.item() > tol:
             mean = _unit(mean, unit_norm)
@@ -105,7 +122,7 @@ def with_base(tensors: Sequence[torch.Tensor], base: torch.Tensor | None) -> lis
 
 
 def karcher_mean(tensors: Sequence[torch.Tensor], *, max_iter: int = 10,
-                 tol: float = 1e-5) -> torch.Tensor:
+                 tol: float = 1e-5, sphere: SpherePass | None = None) -> torch.Tensor:
     """Equal-weight Karcher mean of the tensors' directions, scaled by their mean norm
     (:func:`karcher_whole`; one tensor is returned as it is).
 
@@ -115,7 +132,7 @@ def karcher_mean(tensors: Sequence[torch.Tensor], *, max_iter: int = 10,
     """
     if len(tensors) == 1:
         return tensors[0]
-    return karcher_whole(tensors, max_iter=max_iter, tol=tol)
+    return karcher_whole(tensors, max_iter=max_iter, tol=tol, sphere=sphere)
 
 
 def karcher_merge(
@@ -126,7 +143,8 @@ def karcher_merge(
     ctx: TensorContext,
 ) -> torch.Tensor:
     """Karcher mean of the models (and of the base model, when the recipe names one)."""
-    return karcher_mean(with_base(tensors, base), max_iter=params.max_iter, tol=params.tol)
+    return karcher_mean(with_base(tensors, base), max_iter=params.max_iter, tol=params.tol,
+                        sphere=ctx.kernels.sphere() if ctx is not None else None)
 
 
 KARCHER = MergeMethod(

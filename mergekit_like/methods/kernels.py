@@ -37,6 +37,8 @@ if TYPE_CHECKING:
     from mergekit_like.methods.rank_bracket import BracketTally
     from mergekit_like.methods.reductions import BlockSums
     from mergekit_like.native.mix import MixPass
+    from mergekit_like.native.soup import SoupPass
+    from mergekit_like.native.sphere import SpherePass
     from mergekit_like.native.window import WindowPasses
 
 KernelMode = Literal["eager", "compiled"]
@@ -116,6 +118,32 @@ class Kernels:
                 print(f"warning: no C kernels ({error}); using torch instead (same bytes, "
                       "slower)", file=sys.stderr)
         return found if all(lib.lib is not None for lib in (found.window, found.mix)) else None
+
+    def sphere(self) -> SpherePass | None:
+        """The spherical methods' C kernels (:mod:`mergekit_like.native.sphere`) in every
+        mode, as they give torch's bytes; None when ``native_kernels`` is off or they do
+        not build (then torch's operations run: same bytes, slower)."""
+        if not self.native_kernels:
+            return None
+        found = self._compiled.get("sphere")
+        if found is None:
+            from mergekit_like.native.sphere import SpherePass
+
+            found = self._compiled["sphere"] = SpherePass.open()
+        return found if found.lib is not None else None
+
+    def soup(self) -> SoupPass | None:
+        """The linear merge's C kernel (:mod:`mergekit_like.native.soup`) in every mode, as
+        it gives torch's bytes; None when ``native_kernels`` is off or it is not usable
+        here (then torch's operations run: same bytes, slower)."""
+        if not self.native_kernels:
+            return None
+        found = self._compiled.get("soup")
+        if found is None:
+            from mergekit_like.native.soup import SoupPass
+
+            found = self._compiled["soup"] = SoupPass.open()
+        return found if found.lib is not None else None
 
     def magnitudes(self, x: torch.Tensor, base: torch.Tensor) -> PairChunk:
         """The rank window's view of ``|x - base|`` for one chunk (flat tensors)."""
@@ -229,6 +257,8 @@ class Kernels:
             return [native.window.count_equal(x.reshape(-1), base.reshape(-1), v) if v else []
                     for x, v in zip(xs, values, strict=True)]
         bits = torch.int64 if base.dtype == torch.float64 else torch.int32
+        if base.dtype.itemsize == 2 and all(0 <= x < 1 << 15 for v in values for x in v):
+            bits = torch.int16  # compared with the 16-bit patterns themselves: no int32 copy
         vals = [torch.tensor(list(v), dtype=bits, device=base.device) for v in values]
         found = self._get(count_equal, base.dtype)(
             [x.reshape(-1) for x in xs], base.reshape(-1), vals)

@@ -40,13 +40,20 @@ def linear_merge(
     first = tensors[0]
     acc_dtype = torch.float64 if first.dtype == torch.float64 else torch.float32
     weights = torch.tensor([p.weight for p in model_params], dtype=acc_dtype, device=first.device)
-    out = torch.zeros_like(first, dtype=acc_dtype)
-    for i, t in enumerate(tensors):
-        out.addcmul_(t, weights[i])
+    total = None
     if params.normalize:
         total = weights.reshape(1, -1).sum(dim=1).reshape(())  # mergekit's op: its bytes
         if total == 0:
             raise ValueError("the weights sum to zero; set normalize: false or change them")
+    soup = ctx.kernels.soup() if ctx is not None else None
+    if soup is not None and soup.supports(tensors):  # the same operations in one C loop
+        fused = soup.soup(tensors, weights, total)
+        if fused is not None:  # else a NaN: torch writes its own NaN bits
+            return fused
+    out = torch.zeros_like(first, dtype=acc_dtype)
+    for i, t in enumerate(tensors):
+        out.addcmul_(t, weights[i])
+    if total is not None:
         out.div_(total)
     return out if out.dtype == first.dtype else out.to(first.dtype)
 

@@ -247,6 +247,7 @@ def count_equal(xs: Sequence[torch.Tensor], base: torch.Tensor,
 
     found = []
     for x, vals in zip(xs, values, strict=True):
-        bits = magnitude_bits((x - base).abs_())
+        mags = (x - base).abs_()  # int16 values: 16-bit magnitudes compared in place
+        bits = mags.view(torch.int16) if vals.dtype == torch.int16 else magnitude_bits(mags)
         found.extend(torch.count_nonzero(bits == vals[j]) for j in range(vals.numel()))
     return found

@@ -33,6 +33,19 @@ def magnitude_bits(mags: torch.Tensor) -> torch.Tensor:
     return bits.to(torch.int32) if width == 16 else bits
 
 
+def narrow_bits(mags: torch.Tensor, *values: int | None) -> torch.Tensor:
+    """:func:`magnitude_bits` of ``mags`` for comparing with ``values`` only (``==``, ``<``,
+    ``>=``; None: no value): for 16-bit floats the int16 view itself, without the int32
+    copy, where every value fits in int16 (widening keeps every int16 value, so each
+    comparison is the same)."""
+    import torch
+
+    if torch.finfo(mags.dtype).bits == 16 and all(
+            v is None or -(1 << 15) <= v < 1 << 15 for v in values):
+        return mags.view(torch.int16)
+    return magnitude_bits(mags)
+
+
 def counts(digits: torch.Tensor, bins: int) -> torch.Tensor:
     """How often each of ``bins`` values occurs among ``digits`` (int64)."""
     import torch

@@ -43,6 +43,7 @@ from mergekit_like.methods.radix import (
     add_counts,
     counts,
     magnitude_bits,
+    narrow_bits,
     radix_rounds,
 )
 from mergekit_like.methods.rank_bracket import BracketTally, Ledger, choose_brackets, sample_size
@@ -346,11 +347,11 @@ class RankWindow:
             return torch.zeros_like(mags)
         if not self._bounds:
             return torch.ones_like(mags)
-        bits = magnitude_bits(mags)
         if edges is None:
-            known = self.known_counts()
+            known, bits = self.known_counts(), narrow_bits(mags, *self.boundary_values())
             edges = self.edges(known if known is not None else [
                 int(torch.count_nonzero(bits == value)) for value in self.boundary_values()])
+        bits = narrow_bits(mags, edges.lo, edges.hi, *(v[0] for v in (*edges.split, *edges.picks)))
         keep = torch.empty_like(mags)
         if edges.lo is not None:
             torch.ge(bits, edges.lo, out=keep)

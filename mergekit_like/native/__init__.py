@@ -14,5 +14,11 @@ their torch path instead: the results are the same, only slower.
 - ``introsort.c``: the replay of torch's CPU sort where a magnitude trim's cut falls among
   equal magnitudes (:mod:`mergekit_like.methods.introsort`, used whenever it builds).
 
-``--kernels compiled`` (and ``auto`` on large merges on a CPU) uses the others, for float32.
+- :mod:`.sphere`: the Karcher iteration's elementwise steps (log map accumulation, exp
+  map), float32 and bfloat16, rounded as the torch operations they replace.
+- :mod:`.soup`: the linear merge in one loop (float32 and bfloat16 inputs), where torch's
+  ``addcmul_`` is a fused multiply-add (its AVX2 and AVX-512 CPU kernels).
+
+``--kernels compiled`` (and ``auto`` on large merges on a CPU) uses ``window`` and ``mix``,
+for float32; ``introsort``, ``sphere`` and ``soup`` run in every mode (same bytes as torch).
 """

@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mergekit_like.methods.introsort import TieReplay, _native, before_cuts, one_run, sort_keys
+from mergekit_like.methods.introsort import (
+    TieReplay,
+    _native,
+    before_cuts,
+    one_run,
+    settled,
+    sort_keys,
+)
 
 
 def tied(n: int, kind: str, seed: int) -> torch.Tensor:
@@ -83,3 +90,16 @@ def test_one_run():
     assert one_run(torch.tensor([False, True, True, False])) == (1, 3)
     assert one_run(torch.tensor([True, False, True])) == (-1, -1)
     assert one_run(torch.tensor([False, False])) == (0, 0)
+
+
+@pytest.mark.parametrize("kind", ["bf16", "few", "nan", "stairs"])
+def test_the_c_replay_by_blocks_makes_the_same_swaps(kind):
+    """Scanning a partition by blocks leaves keys and positions exactly where the scans one
+    entry at a time leave them (every partition, not only the cut entries)."""
+    if _native() is None:
+        pytest.skip("no C compiler here")
+    for n, cuts in ((70_001, [5, 35_000, 69_990]), (5_000, [2_500]), (300, [1, 299])):
+        keys = sort_keys(tied(n, kind, seed=n + 3), descending=True)
+        blocked = settled(keys, cuts, blocks=True)
+        scalar = settled(keys, cuts, blocks=False)
+        assert torch.equal(blocked[0], scalar[0]) and torch.equal(blocked[1], scalar[1])

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from mergekit_like.methods.draws import Draws
-from mergekit_like.methods.radix import magnitude_bits
+from mergekit_like.methods.radix import magnitude_bits, narrow_bits
 from mergekit_like.methods.rank_select import RankWindow, rank_window_mask
 from mergekit_like.methods.reductions import BlockSums, stable_sum
 from tests.methods.draws import documented_draws
@@ -86,3 +86,18 @@ def test_draws_follow_their_documented_hash_and_do_not_depend_on_the_slice():
     far = 2**32 + 7  # the high half of the index counts too
     assert not torch.equal(draws.take(far, far + 100, "cpu"), whole[7:107])
     assert not torch.equal(Draws(3, "w", 0, numel).take(0, 100, "cpu"), whole[:100])
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_narrow_bits_compare_as_the_int32_bits_for_every_16_bit_value(dtype):
+    """The int16 view of 16-bit magnitudes answers ==, < and >= as the int32 bit patterns
+    do, for every magnitude (NaN included) and every value it is compared with."""
+    every = torch.arange(1 << 16, dtype=torch.int32).to(torch.int16).view(dtype).abs()
+    wide = magnitude_bits(every)
+    for value in (0, 1, 0x3F80, 0x7F7F, 0x7F80, 0x7FC0, 0x7FFF, -3):
+        narrow = narrow_bits(every, value, None)
+        assert narrow.dtype == torch.int16
+        for op in (torch.eq, torch.lt, torch.ge):
+            assert torch.equal(op(narrow, value), op(wide, value))
+    assert narrow_bits(every, 1 << 15).dtype == torch.int32  # a value past int16: the copy
+    assert narrow_bits(every.float(), 3).dtype == torch.int32
