@@ -50,7 +50,7 @@ def analyze_to_folder(
         from mergekit_like.errors import MergeError
 
         raise MergeError(f"{out}: already exists; pass --force to replace it")
-    data = analyze(which, densities, progress)
+    data = analyze(which, densities, progress, out)
     if out is None:
         return data
     with staged_output(out, force) as tmp:

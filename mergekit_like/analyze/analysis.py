@@ -112,15 +112,21 @@ def shared_tensors(catalogs: Sequence[ModelCatalog]) -> tuple[list[str], list[st
 
 
 def analyze(
-    which: AnalyzeModels, densities: Sequence[float] = DEFAULT_DENSITIES, progress: bool = True
+    which: AnalyzeModels,
+    densities: Sequence[float] = DEFAULT_DENSITIES,
+    progress: bool = True,
+    out: Path | None = None,
 ) -> dict[str, Any]:
-    """Norms, cosines, angles and sign conflicts of the task vectors; JSON-ready data."""
+    """Norms, cosines, angles and sign conflicts of the task vectors; JSON-ready data.
+    ``out``: the report's folder, refused before any tensor is read if it overlaps a model."""
     from mergekit_like.io.reader import TensorReader
 
     dens = tuple(sorted(set(densities)))
     if not dens or any(not 0 < d <= 1 for d in dens):
         raise MergeError(f"--density: each density must be in (0, 1], got {list(densities)}")
     catalogs = _open(which)
+    if out is not None:
+        _check_out(out, catalogs)
     names, skipped = shared_tensors(catalogs)
     if not names:
         raise MergeError(
@@ -151,6 +157,20 @@ def analyze(
             {"stack": head, "layer": i, **layers[(head, i)].as_dict()} for head, i in sorted(layers)
         ],
     }
+
+
+def _check_out(out: Path, catalogs: Sequence[ModelCatalog]) -> None:
+    """OUT (and its staging folder) may not be, lie inside or contain a model folder."""
+    from mergekit_like.staging import partial_dir
+
+    for target in (out.resolve(), partial_dir(out).resolve()):
+        for c in catalogs:
+            src = c.path.resolve()
+            if target == src or src in target.parents or target in src.parents:
+                raise MergeError(
+                    f"{out}: would write into model {c.ref!r} ({src}); choose an "
+                    "output folder outside every model"
+                )
 
 
 def _deltas(reader: Any, catalogs: Sequence[ModelCatalog], name: str) -> Any:

@@ -53,6 +53,8 @@ class Row:
     scored: Scored
     ingredients: int
     detail: str = ""
+    members: tuple[str, ...] = ()  # the ingredients mixed in it (greedy soup, best subset)
+    in_sample: bool = False  # its val score is on the split it was trained on
 
 
 @dataclass

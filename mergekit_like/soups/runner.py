@@ -44,7 +44,7 @@ from mergekit_like.soups.greedy import greedy_soup
 from mergekit_like.soups.ingredients import Ingredients, load_model
 from mergekit_like.soups.learned import learned_soup
 from mergekit_like.soups.plots import write_plots
-from mergekit_like.soups.report import console_table, report_data, write_report
+from mergekit_like.soups.report import card_section, console_table, report_data, write_report
 from mergekit_like.soups.subset import subset_search
 from mergekit_like.soups.wise_ft import wise_ft
 
@@ -177,6 +177,9 @@ def run_soup(loaded: LoadedRecipe, out: Path, options: MergeOptions,
             _write_chosen(loaded, ctx, result, tmp, options)
         plots = write_plots(report_data(ctx, result, written), tmp) if params.plots else []
         data = write_report(ctx, result, tmp, written, plots)
+        card = tmp / "README.md"
+        if written and card.is_file():
+            card.write_text(card.read_text() + card_section(data))
     if progress:
         print(console_table(data))
         what = f"{data['chosen']} model" if written else "no model (a baseline)"

@@ -198,3 +198,20 @@ def test_needs_a_base(
     assert main(["analyze", str(recipe), "--quiet"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "base_model" in err[0], err
+
+
+def test_out_inside_a_model_is_refused(models: list[Path], capsys) -> None:
+    before = sorted(p.name for p in models[1].iterdir())
+    args = [
+        "analyze",
+        str(models[1] / "report"),
+        "--quiet",
+        "--base",
+        str(models[0]),
+        "--models",
+        str(models[1]),
+    ]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "outside every model" in err[0], err
+    assert sorted(p.name for p in models[1].iterdir()) == before
