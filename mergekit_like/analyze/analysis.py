@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mergekit_like.analyze.kinds import KINDS, layer_key, tensor_kind
-from mergekit_like.analyze.stats import GroupStats, tensor_stats
+from mergekit_like.analyze.stats import MAX_MODELS, GroupStats, tensor_stats
 from mergekit_like.errors import MergeError, Problem
 
 if TYPE_CHECKING:
@@ -124,6 +124,11 @@ def analyze(
     dens = tuple(sorted(set(densities)))
     if not dens or any(not 0 < d <= 1 for d in dens):
         raise MergeError(f"--density: each density must be in (0, 1], got {list(densities)}")
+    if len(which.models) > MAX_MODELS:
+        where = "models" if which.recipe is not None else "--models"
+        raise MergeError(
+            f"{where}: merge analyze compares at most {MAX_MODELS} models, got {len(which.models)}"
+        )
     catalogs = _open(which)
     if out is not None:
         _check_out(out, catalogs)

@@ -42,7 +42,7 @@ DEFINITIONS = (
     "whose sign differs from the elected sign (the sign of the entry's sum of trimmed values; "
     "a zero sum elects +): the share that TIES's disjoint mean drops.",
 )
-_CHUNK = 1 << 22  # entries counted at a time (float32 counts stay exact below 2**24)
+_CHUNK = 1 << 22  # entries counted at a time
 
 
 @dataclass
@@ -151,43 +151,85 @@ def _matrix(m: np.ndarray) -> list[list[float | None]]:
     return [[None if np.isnan(x) else float(x) for x in row] for row in m]
 
 
+def trim_mask(delta: torch.Tensor, density: float) -> torch.Tensor:
+    """TIES's trim of one flat task vector: True at its ``max(1, int(density * n))`` entries
+    of largest magnitude (all of them at density 1). Of equal magnitudes at the cut, those
+    ``torch.topk`` picks are kept (the statistics do not depend on which for distinct
+    values)."""
+    import torch
+
+    n = delta.numel()
+    if density >= 1.0 or n == 0:
+        return torch.ones(n, dtype=torch.bool)
+    keep = max(1, int(density * n))
+    mask = torch.zeros(n, dtype=torch.bool)
+    mask[torch.topk(delta.abs(), keep, sorted=False).indices] = True
+    return mask
+
+
+MAX_MODELS = 12  # the joint sign histogram has 2 * 3**K bins
+
+
 def tensor_stats(deltas: torch.Tensor, densities: tuple[float, ...]) -> GroupStats:
     """The statistics of one tensor's K task vectors ``deltas`` (K x n, float64)."""
     import torch
 
-    from mergekit_like.methods.sparsify import magnitude_mask
-
     k = deltas.shape[0]
     out = GroupStats(k, densities, numel=deltas.shape[1], tensors=1)
     out.dots = (deltas @ deltas.T).numpy()
+    table = _patterns(k)
     for d in densities:
-        mask = torch.stack([magnitude_mask(deltas[i], d) for i in range(k)])
-        counts = out.counts[d]
+        mask = torch.stack([trim_mask(deltas[i], d) for i in range(k)])
+        hist = np.zeros(len(table[0]), dtype=np.int64)
         for start in range(0, deltas.shape[1], _CHUNK):
             part = deltas[:, start : start + _CHUNK]
-            counts.add(_sign_counts(part, mask[:, start : start + _CHUNK]))
+            hist += _sign_histogram(part, mask[:, start : start + _CHUNK])
+        out.counts[d].add(_counts_of(hist, table))
     return out
 
 
-def _sign_counts(delta: torch.Tensor, mask: torch.Tensor) -> DensityCounts:
+def _patterns(k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Every bin of the joint sign histogram: the K signs (-1, 0, +1) and the elected sign."""
+    codes = np.arange(2 * 3**k)
+    elected = np.where(codes % 2 == 1, 1, -1)
+    digits = codes // 2
+    signs = np.stack([(digits // 3**i) % 3 - 1 for i in range(k)], axis=1)
+    return signs, elected
+
+
+def _sign_histogram(delta: torch.Tensor, mask: torch.Tensor) -> np.ndarray:
+    """How many entries of a chunk have each joint pattern of trimmed signs and elected
+    sign (bin ``2 * sum_i (sign_i + 1) * 3**i + [sum of trimmed values >= 0]``)."""
     import torch
 
-    trimmed = torch.where(mask, delta, torch.zeros((), dtype=delta.dtype))
-    pos, neg = trimmed > 0, trimmed < 0
-    nonzero = pos | neg
-    count = nonzero.sum(0)
-    has_pos, has_neg = pos.any(0), neg.any(0)
-    elected_pos = trimmed.sum(0) >= 0
-    against = torch.where(elected_pos, neg, pos)  # broadcast over models
-    k = delta.shape[0]
+    k, n = delta.shape
+    zero = torch.zeros((), dtype=delta.dtype)
+    code = torch.zeros(n, dtype=torch.int64)
+    total = torch.zeros(n, dtype=delta.dtype)
+    for i in range(k):
+        trimmed = torch.where(mask[i], delta[i], zero)
+        total += trimmed
+        code += (torch.sign(trimmed).to(torch.int64) + 1) * 3**i
+    code = code * 2 + (total >= 0).to(torch.int64)
+    return torch.bincount(code, minlength=2 * 3**k).numpy()
+
+
+def _counts_of(hist: np.ndarray, table: tuple[np.ndarray, np.ndarray]) -> DensityCounts:
+    """The counts of the module docstring, read off the joint sign histogram."""
+    signs, elected = table
+    nonzero = (signs != 0).astype(np.int64)
+    per = nonzero.sum(1)
+    mixed = (signs > 0).any(1) & (signs < 0).any(1)
+    against = ((signs * elected[:, None]) < 0).sum(1)
     c = DensityCounts(
-        k,
-        overlap=int((count >= 2).sum()),
-        conflict=int((has_pos & has_neg).sum()),
-        kept=int(count.sum()),
-        against=int(against.sum()),
+        signs.shape[1],
+        overlap=int(hist[per >= 2].sum()),
+        conflict=int(hist[mixed].sum()),
+        kept=int((hist * per).sum()),
+        against=int((hist * against).sum()),
     )
-    p, n, z = pos.float(), neg.float(), nonzero.float()
-    c.pair_both = (z @ z.T).round().long().numpy()
-    c.pair_opposite = (p @ n.T + n @ p.T).round().long().numpy()
+    pos, neg = (signs > 0).astype(np.int64), (signs < 0).astype(np.int64)
+    c.pair_both = (nonzero * hist[:, None]).T @ nonzero
+    opposite = (pos * hist[:, None]).T @ neg
+    c.pair_opposite = opposite + opposite.T
     return c

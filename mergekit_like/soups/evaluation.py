@@ -274,7 +274,8 @@ def build_evaluator(cfg: EvaluationConfig, recipe_dir: Path, main_input: str,
         fn = load_python(cfg.python, allow_code, recipe_dir)
         loss_fn = None if cfg.python_loss is None else load_python(
             cfg.python_loss, allow_code, recipe_dir, "python_loss")
-        splits = {} if cfg.data is None else {
+        own = cfg.data is None or Path(cfg.data).suffix.lower() == ".txt"  # it reads its own
+        splits = {} if own else {
             n: load_split(cfg, n, recipe_dir, main_input, tokenizer_dir, model_config)
             for n in names}
         return PythonEvaluator(cfg, fn, device, progress, splits, loss_fn)

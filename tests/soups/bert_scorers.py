@@ -34,5 +34,5 @@ def train_loss(model: Any, device: str, inputs: dict, labels: Any, **kw: Any) ->
     import torch.nn.functional as F
 
     loss = F.cross_entropy(model(**inputs).logits, labels)
-    LOSSES.append({"n": int(labels.numel()), "loss": float(loss), "keys": sorted(kw)})
+    LOSSES.append({"n": int(labels.numel()), "loss": float(loss.detach()), "keys": sorted(kw)})
     return loss

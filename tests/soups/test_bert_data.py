@@ -302,3 +302,16 @@ def test_datasets_folder(tmp_path, berts, rows, run_cli):
     res = run_cli(_recipe(tmp_path, berts, tmp_path / "ds"), tmp_path / "out", "--quiet")
     assert res.code == 0, res.err
     _check_scores(tmp_path / "out", berts, rows)
+
+
+def test_datasets_folder_without_the_package_is_one_line(tmp_path, berts, run_cli, monkeypatch):
+    import sys
+
+    folder = tmp_path / "ds"
+    folder.mkdir()
+    (folder / "dataset_dict.json").write_text('{"splits": ["val", "test"]}')
+    monkeypatch.setitem(sys.modules, "datasets", None)  # import datasets -> ImportError
+    res = run_cli(_recipe(tmp_path, berts, folder), tmp_path / "out", "--quiet")
+    assert res.code == 2, res.out
+    err = res.err.strip().splitlines()
+    assert len(err) == 1 and "evaluation.data" in err[0] and "pip install datasets" in err[0]
