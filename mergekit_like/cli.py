@@ -6,6 +6,7 @@
     merge schema                          the recipe JSON Schema
     merge methods                         every method with its parameters
     merge evolve CONFIG OUT               evolutionary search (mergekit_like.evolve)
+    merge analyze RECIPE [OUT]            task vectors: norms, cosines, sign conflicts
 
 User errors print one line per problem and exit with code 2, never a traceback.
 Heavy libraries (torch, transformers, accelerate) are imported only when a merge runs.
@@ -28,7 +29,7 @@ from mergekit_like.execute.stop import terminate_as_interrupt
 if TYPE_CHECKING:
     from mergekit_like.recipe.loading import LoadedRecipe
 
-SUBCOMMANDS = ("validate", "plan", "schema", "methods")
+SUBCOMMANDS = ("validate", "plan", "schema", "methods", "analyze")
 
 EPILOG = """other commands:
   merge validate RECIPE [overrides]  check a recipe (and its models, when present)
@@ -37,6 +38,7 @@ EPILOG = """other commands:
   merge methods                      list merge methods and their parameters
   merge moe CONFIG OUT               build a mixture of experts (mergekit-moe's config)
   merge evolve CONFIG OUT            CMA-ES search of a merge's parameters (mergekit-evolve)
+  merge analyze RECIPE [OUT]         task vectors of the ingredients (or --models A B --base X)
 
 overrides use hydra's grammar: key=value, +key=value (add), ++key=value, ~key (delete);
 list items by index, e.g. models.0.parameters.weight=0.3
@@ -121,6 +123,19 @@ def _sub_parser(cmd: str) -> argparse.ArgumentParser:
         p.add_argument("--trust-remote-code", action="store_true", help=TRUST_HELP)
     if cmd == "plan":
         p.add_argument("--summary", action="store_true", help="totals only, no tensor list")
+    if cmd == "analyze":
+        p.description = ("Task vectors (each model minus the base): norms, pairwise cosines "
+                         "and angles, sign conflicts after TIES's trim. Writes analysis.json, "
+                         "analysis.md and PNG plots into OUT; without OUT, prints the report.")
+        p.add_argument("paths", nargs="*", type=Path, metavar="RECIPE [OUT]",
+                       help="a recipe and the output folder; with --models, only OUT")
+        p.add_argument("--models", nargs="+", metavar="MODEL", help="models to compare")
+        p.add_argument("--base", help="the base model (with --models)")
+        p.add_argument("--density", nargs="+", type=float, default=None, metavar="D",
+                       help="trim densities of the sign statistics (default 0.1 0.2 0.5 1)")
+        p.add_argument("--force", action="store_true", help="replace an existing OUT")
+        p.add_argument("--quiet", action="store_true", help="no progress bar")
+        p.add_argument("--no-plots", dest="plots", action="store_false", help="no PNG plots")
     return p
 
 
@@ -263,6 +278,8 @@ def _subcommand(cmd: str, ns: argparse.Namespace) -> int:
 
         print("\n\n".join(m.describe() for m in [*REGISTRY.values(), *SOUP_METHODS.values()]))
         return 0
+    if cmd == "analyze":
+        return _analyze(ns)
     from mergekit_like.recipe.loading import load_recipe_documents
     from mergekit_like.soups import SOUP_METHODS
 
@@ -303,6 +320,37 @@ def _subcommand(cmd: str, ns: argparse.Namespace) -> int:
     print(f"tensors: {len(plan.tensors)}  layers: {plan.output.num_layers}  "
           f"read: {_human(plan.read_bytes)}  write: {_human(plan.write_bytes)}  "
           f"estimated peak memory: {_human(estimate_peak_bytes(plan))} + runtime")
+    return 0
+
+
+def _analyze(ns: argparse.Namespace) -> int:
+    from mergekit_like.analyze import (
+        DEFAULT_DENSITIES,
+        analyze_to_folder,
+        models_from_args,
+        models_from_recipe,
+    )
+    from mergekit_like.analyze.report import markdown
+
+    if ns.models:
+        if not ns.base:
+            raise MergeError("--base: give the base model of --models")
+        if len(ns.paths) > 1:
+            raise MergeError("merge analyze --models ... takes at most one folder (OUT)")
+        which, out = models_from_args(ns.models, ns.base), (ns.paths or [None])[0]
+    else:
+        if not ns.paths or len(ns.paths) > 2:
+            raise MergeError("merge analyze: give RECIPE [OUT], or --models A B ... --base X")
+        from mergekit_like.recipe.loading import load_recipe
+
+        which, out = models_from_recipe(load_recipe(ns.paths[0])), (ns.paths[1:] or [None])[0]
+    data = analyze_to_folder(which, out, ns.density or DEFAULT_DENSITIES,
+                             progress=not ns.quiet, force=ns.force, plots=ns.plots)
+    if out is None:
+        print(markdown(data), end="")
+    elif not ns.quiet:
+        print(f"wrote {out}: analysis.json, analysis.md" + "".join(
+            f", {p}" for p in data["plots"]))
     return 0
 
 

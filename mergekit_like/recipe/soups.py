@@ -34,11 +34,18 @@ class EvaluationConfig(_Frozen):
         "'perplexity' (causal LMs)")
     python: str | None = Field(
         default=None, description="custom scorer 'package.module:function', called with the "
-        "loaded model and the device (and split= if it accepts it); runs only with --allow-code")
+        "loaded model and the device, and with any of split=, data= (the split's examples, "
+        "when data is given), batch_size= and max_examples= that it accepts; runs only with "
+        "--allow-code")
+    python_loss: str | None = Field(
+        default=None, description="learned_soup with a custom scorer: 'package.module:function'"
+        " giving the training loss (a tensor to minimise), called like the scorer plus "
+        "inputs= and labels= of one batch of the val split (default: the scorer's own value)")
     data: str | None = Field(
-        default=None, description=".npz (<split>_inputs, <split>_labels), .jsonl or .csv (a "
-        "'split' field), or .txt (perplexity); relative paths are tried from the working "
-        "directory, then the recipe's folder")
+        default=None, description=".npz (<split>_inputs or <split>_input_ids, <split>_labels), "
+        ".jsonl or .csv (a 'split' field), a folder saved by datasets' save_to_disk (needs "
+        "the datasets package), or .txt (perplexity); relative paths are tried from the "
+        "working directory, then the recipe's folder")
     test_data: str | None = Field(
         default=None, description="a separate file for the test split (otherwise taken from data)")
     val_split: str = Field("val", description="name of the held-out split that chooses")
@@ -55,8 +62,17 @@ class EvaluationConfig(_Frozen):
     max_length: int = Field(128, gt=1, description="tokens per text example or perplexity block")
     device: Literal["cpu", "cuda", "auto"] | None = Field(
         default=None, description="evaluation device (default: the merge's --device)")
-    text_field: str = Field("text", description="jsonl/csv: the text column")
-    label_field: str = Field("label", description="jsonl/csv: the label column")
+    threads: int | None = Field(
+        default=None, gt=0, description="CPU threads of the evaluation (torch.set_num_threads; "
+        "default: torch's own choice)")
+    text_field: str = Field("text", description="jsonl/csv/datasets: the text column (tokenized "
+                            "with the tokenizer of tokenizer_source or the first model)")
+    input_field: str | None = Field(
+        default=None, description="the column (npz: <split>_<name> array) holding the model's "
+        "input: text, or numbers (token ids as lists, JSON lists or space-separated in csv; "
+        "features). Default: text_field, then input_ids (with attention_mask), then inputs")
+    label_field: str = Field("label", description="the label column (npz: <split>_<name>, "
+                             "else <split>_labels)")
 
     @model_validator(mode="after")
     def _one_scorer(self) -> EvaluationConfig:
@@ -68,12 +84,17 @@ class EvaluationConfig(_Frozen):
             raise PydanticCustomError(
                 "evaluation", "task {task} needs 'data' (a .npz, .jsonl, .csv or .txt file)",
                 {"task": repr(self.task)})
-        if self.python is not None:
-            module, _, func = self.python.partition(":")
+        for key in ("python", "python_loss"):
+            spec = getattr(self, key)
+            module, _, func = (spec or "x:x").partition(":")
             if not module or not func:
                 raise PydanticCustomError(
-                    "evaluation", "python must be 'package.module:function', got {got}",
-                    {"got": repr(self.python)})
+                    "evaluation", "{key} must be 'package.module:function', got {got}",
+                    {"key": key, "got": repr(spec)})
+        if self.python_loss is not None and self.python is None:
+            raise PydanticCustomError(
+                "evaluation", "python_loss is the training loss of a custom scorer (python:); "
+                "built-in tasks have their own", {})
         return self
 
     @property

@@ -35,11 +35,14 @@ class Scored:
     cost: Cost | None = None
 
     def as_dict(self) -> dict[str, float | None]:
-        """Flat scores for the JSON report (the cost is reported separately)."""
+        """Flat scores and example counts for the JSON report (the cost is reported
+        separately)."""
         test = self.test
         return {"val": self.val.value, "val_loss": self.val.loss,
+                "val_examples": self.val.examples,
                 "test": None if test is None else test.value,
-                "test_loss": None if test is None else test.loss}
+                "test_loss": None if test is None else test.loss,
+                "test_examples": None if test is None else test.examples}
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,8 @@ class Row:
     scored: Scored
     ingredients: int
     detail: str = ""
+    members: tuple[str, ...] = ()  # the ingredients mixed in it (greedy soup, best subset)
+    in_sample: bool = False  # its val score is on the split it was trained on
 
 
 @dataclass

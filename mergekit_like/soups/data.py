@@ -6,9 +6,12 @@ Formats (the file's suffix decides):
   a per-split file); any other ``<split>_<name>`` array is passed to the model as ``<name>``
   (e.g. ``attention_mask``). Inputs go to the model's main input (``pixel_values``,
   ``input_ids``).
-- ``.jsonl`` / ``.csv``: one example a row, with a text column (tokenized with the model's
-  tokenizer) or an ``inputs`` list of numbers, a label column and an optional ``split``
-  column.
+- ``.npz`` token ids: ``<split>_input_ids`` (and ``<split>_attention_mask``), or the
+  array named by ``input_field``; labels ``<split>_<label_field>`` or ``<split>_labels``.
+- ``.jsonl`` / ``.csv`` / a ``datasets`` folder (``save_to_disk``): one example a row, with
+  a text column (tokenized with the model's tokenizer) or numbers (token ids, ``input_ids``
+  as tokenizers store them, features; see :mod:`mergekit_like.soups.data_rows`), a label
+  column and an optional ``split`` column (a dataset dict: its splits).
 - ``.txt`` (perplexity): the whole text, cut into blocks of ``max_length`` tokens.
 """
 
@@ -16,12 +19,14 @@ from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mergekit_like.errors import InputError
 from mergekit_like.recipe.soups import EvaluationConfig
+from mergekit_like.soups import data_rows
 
 if TYPE_CHECKING:
     import torch
@@ -50,32 +55,54 @@ class Split:
 def find_data(ref: str, recipe_dir: Path) -> Path:
     """A data path as written, else relative to the recipe's folder."""
     for cand in (Path(ref).expanduser(), recipe_dir / ref):
-        if cand.is_file():
+        if cand.is_file() or data_rows.is_dataset_folder(cand):
             return cand
     raise InputError(f"evaluation.data: file {ref!r} not found (tried the working directory "
                      f"and {recipe_dir})")
 
 
 def load_split(cfg: EvaluationConfig, split: str, recipe_dir: Path, main_input: str,
-               tokenizer_dir: Path | None) -> Split:
-    """Load one split for ``cfg.task``; ``main_input`` is the model's main input name."""
+               tokenizer_dir: Path | None, model_config: Mapping[str, Any] | None = None
+               ) -> Split:
+    """Load one split for ``cfg.task``; ``main_input`` is the model's main input name and
+    ``model_config`` its config (its positions bound the sequence length)."""
     use_test_file = cfg.test_data is not None and split == cfg.test_split
     ref = cfg.test_data if use_test_file else cfg.data
     assert ref is not None
     path = find_data(ref, recipe_dir)
     suffix = path.suffix.lower()
+    positions = data_rows.model_positions(model_config)
     if cfg.task == "perplexity":
+        _check_max_length(cfg, positions)
         texts = _texts(path, suffix, cfg, None if use_test_file else split)
         return _limit(_lm_blocks(texts, cfg, tokenizer_dir, split), cfg.max_examples)
     if suffix == ".npz":
-        result = _npz(path, split, main_input)
-    elif suffix in (".jsonl", ".csv"):
+        result = _npz(path, split, main_input, cfg)
+    elif suffix in (".jsonl", ".csv") or data_rows.is_dataset_folder(path):
         rows = _rows(path, suffix, None if use_test_file else split)
-        result = _classification_rows(rows, cfg, split, main_input, tokenizer_dir, path)
+        pad = (model_config or {}).get("pad_token_id")
+        result = _classification_rows(rows, cfg, split, main_input, tokenizer_dir, path,
+                                      positions, pad if isinstance(pad, int) else 0)
     else:
         raise InputError(f"evaluation.data: {path.name}: expected a .npz, .jsonl or .csv file "
-                         "for classification")
+                         "or a datasets folder for classification")
+    _check_length(result, positions, path)
     return _limit(result, cfg.max_examples)
+
+
+def _check_max_length(cfg: EvaluationConfig, positions: tuple[str, int] | None) -> None:
+    if positions is not None and cfg.max_length > positions[1]:
+        raise InputError(f"evaluation.max_length: {cfg.max_length} tokens, but the model takes "
+                         f"at most {positions[1]} ({positions[0]} in its config.json)")
+
+
+def _check_length(split: Split, positions: tuple[str, int] | None, path: Path) -> None:
+    ids = split.inputs.get("input_ids")
+    if positions is not None and ids is not None and ids.dim() == 2 \
+            and ids.shape[1] > positions[1]:
+        raise InputError(f"evaluation.data: {path.name}: {split.name} examples of "
+                         f"{ids.shape[1]} tokens, but the model takes at most {positions[1]} "
+                         f"({positions[0]} in its config.json)")
 
 
 def _limit(split: Split, n: int | None) -> Split:
@@ -85,23 +112,30 @@ def _limit(split: Split, n: int | None) -> Split:
     return Split(split.name, {k: v[:n] for k, v in split.inputs.items()}, labels)
 
 
-def _npz(path: Path, split: str, main_input: str) -> Split:
+def _npz(path: Path, split: str, main_input: str, cfg: EvaluationConfig) -> Split:
     import torch
 
     arrays = _npz_arrays(path)
-    prefix = f"{split}_" if f"{split}_inputs" in arrays else ""
-    if f"{prefix}inputs" not in arrays or f"{prefix}labels" not in arrays:
-        raise InputError(f"evaluation.data: {path.name} has no arrays '{split}_inputs' and "
-                         f"'{split}_labels' (found: {', '.join(sorted(arrays))})")
-    inputs = {main_input: torch.from_numpy(arrays[f"{prefix}inputs"])}
-    other_splits = {k.split("_", 1)[0] for k in arrays if k.endswith("_inputs")}
+    names = [cfg.input_field] if cfg.input_field else ["inputs", "input_ids"]
+    field = next((n for n in names if f"{split}_{n}" in arrays),
+                 next((n for n in names if n in arrays), names[0]))
+    prefix = f"{split}_" if f"{split}_{field}" in arrays else ""
+    label = next((n for n in (cfg.label_field, "labels") if f"{prefix}{n}" in arrays), "labels")
+    if f"{prefix}{field}" not in arrays or f"{prefix}{label}" not in arrays:
+        raise InputError(f"evaluation.data: {path.name} has no arrays '{split}_{field}' and "
+                         f"'{split}_{label}' (found: {', '.join(sorted(arrays))})")
+    target = "input_ids" if field == "input_ids" else main_input
+    inputs = {target: torch.from_numpy(arrays[f"{prefix}{field}"])}
+    if target == "input_ids":
+        inputs["input_ids"] = inputs["input_ids"].long()
+    other_splits = {k.split("_", 1)[0] for k in arrays if k.endswith(f"_{field}")}
     for key, value in arrays.items():
         head, _, name = key.partition("_")
-        if prefix and head == split and name not in ("inputs", "labels"):
+        if prefix and head == split and name not in (field, label):
             inputs[name] = torch.from_numpy(value)
-        elif not prefix and head not in other_splits and key not in ("inputs", "labels"):
+        elif not prefix and head not in other_splits and key not in (field, label):
             inputs[key] = torch.from_numpy(value)
-    return Split(split, inputs, torch.from_numpy(arrays[f"{prefix}labels"]).long())
+    return Split(split, inputs, torch.from_numpy(arrays[f"{prefix}{label}"]).long())
 
 
 def _npz_arrays(path: Path) -> dict[str, Any]:
@@ -124,6 +158,8 @@ def _npz_arrays(path: Path) -> dict[str, Any]:
 
 
 def _rows(path: Path, suffix: str, split: str | None) -> list[dict[str, Any]]:
+    if data_rows.is_dataset_folder(path):
+        return data_rows.dataset_rows(path, split)
     try:
         if suffix == ".jsonl":
             lines = path.read_text(encoding="utf-8").splitlines()
@@ -140,38 +176,52 @@ def _rows(path: Path, suffix: str, split: str | None) -> list[dict[str, Any]]:
     return rows
 
 
-def _tokenizer(tokenizer_dir: Path | None) -> Any:
-    if tokenizer_dir is None:
-        raise InputError("evaluation.data: text data needs a tokenizer in the first ingredient")
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.txt", "vocab.json",
+                    "spiece.model", "sentencepiece.bpe.model")
+
+
+def _tokenizer(tokenizer_dir: Path | None, field: str = "text_field") -> Any:
+    if tokenizer_dir is None or not any((tokenizer_dir / n).is_file()
+                                        for n in _TOKENIZER_FILES):
+        where = "" if tokenizer_dir is None else f" ({tokenizer_dir} has no tokenizer files)"
+        raise InputError(f"evaluation.{field}: the data is text, but the model has no "
+                         f"tokenizer{where}: set tokenizer_source to a model with one, or give "
+                         "token ids (input_ids)")
     from mergekit_like.plan.vocab import load_tokenizer
 
     tok = load_tokenizer(tokenizer_dir)  # an evaluation never runs a folder's own code
+    if len(tok) == 0:
+        raise InputError(f"evaluation.{field}: the tokenizer of {tokenizer_dir} is empty")
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token or tok.unk_token
     return tok
 
 
 def _classification_rows(rows: list[dict[str, Any]], cfg: EvaluationConfig, split: str,
-                         main_input: str, tokenizer_dir: Path | None, path: Path) -> Split:
+                         main_input: str, tokenizer_dir: Path | None, path: Path,
+                         positions: tuple[str, int] | None, pad_id: int) -> Split:
     import torch
 
     if not rows or cfg.label_field not in rows[0]:
         raise InputError(f"evaluation.data: {path.name}: rows need a {cfg.label_field!r} field "
                          "(evaluation.label_field)")
     labels = torch.tensor([int(r[cfg.label_field]) for r in rows])
-    if cfg.text_field in rows[0]:
-        enc = _tokenizer(tokenizer_dir)([str(r[cfg.text_field]) for r in rows],
-                                        padding="max_length", truncation=True,
-                                        max_length=cfg.max_length, return_tensors="pt")
+    column = data_rows.input_column(rows, cfg, path)
+    text = column == cfg.text_field and cfg.input_field is None
+    values = None if text else data_rows.number_rows(rows, column, path)
+    if values is None:  # text
+        field = "input_field" if cfg.input_field else "text_field"
+        tok = _tokenizer(tokenizer_dir, field)
+        _check_max_length(cfg, positions)
+        enc = tok([str(r[column]) for r in rows], padding="max_length", truncation=True,
+                  max_length=cfg.max_length, return_tensors="pt")
         return Split(split, {k: v for k, v in enc.items() if k != "token_type_ids"}, labels)
-    if "inputs" in rows[0]:
-        values = [r["inputs"] if isinstance(r["inputs"], list) else json.loads(r["inputs"])
-                  for r in rows]
-        tensor = torch.tensor(values)
-        return Split(split, {main_input: tensor if tensor.is_floating_point()
-                             or main_input != "pixel_values" else tensor.float()}, labels)
-    raise InputError(f"evaluation.data: {path.name}: rows need a {cfg.text_field!r} field "
-                     "(evaluation.text_field) or an 'inputs' list")
+    if column == "input_ids" or (main_input == "input_ids" and all(
+            isinstance(x, int) for v in values for x in v)):
+        return Split(split, data_rows.token_inputs(rows, column, values, pad_id), labels)
+    tensor = torch.tensor(values)
+    return Split(split, {main_input: tensor if tensor.is_floating_point()
+                         or main_input != "pixel_values" else tensor.float()}, labels)
 
 
 def _texts(path: Path, suffix: str, cfg: EvaluationConfig, split: str | None) -> list[str]:

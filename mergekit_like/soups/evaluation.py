@@ -6,8 +6,10 @@ classification also gives logits (for the ``ensemble`` baseline).
 
 Example::
 
-    ev = build_evaluator(cfg, recipe_dir, model, device="cpu", allow_code=False)
-    ev.score(model, "val")   # Score(value=0.97, loss=0.11)
+    ev = build_evaluator(cfg, recipe_dir, "input_ids", tok_dir, device="cpu",
+                         allow_code=False, model_config=model.config.to_dict())
+    with evaluation_threads(cfg.threads):
+        ev.score(model, "val")   # Score(value=0.97, loss=0.11, examples=200)
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ import importlib
 import inspect
 import math
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -31,10 +34,29 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class Score:
-    """A model's score on one split: the value that chooses, and the loss when known."""
+    """A model's score on one split: the value that chooses, the loss when known, and the
+    number of examples behind it (None when a custom scorer does not say)."""
 
     value: float
     loss: float | None = None
+    examples: int | None = None
+
+
+@contextmanager
+def evaluation_threads(threads: int | None) -> Iterator[None]:
+    """Run the body with ``torch.set_num_threads(threads)`` (``evaluation.threads``), then
+    restore torch's setting; ``None`` leaves it alone."""
+    if threads is None:
+        yield
+        return
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 class Evaluator:
@@ -118,8 +140,9 @@ class ClassificationEvaluator(Evaluator):
 
         labels = self.splits[split].labels
         loss = float(F.cross_entropy(logits, labels))
-        acc = float((logits.argmax(-1) == labels).float().mean())
-        return Score(acc if self.cfg.metric == "accuracy" else loss, loss)
+        n = int(labels.numel())
+        acc = int((logits.argmax(-1) == labels).sum()) / n  # exact: a count over n
+        return Score(acc if self.cfg.metric == "accuracy" else loss, loss, n)
 
     def score(self, model: Any, split: str, label: str = "") -> Score:
         return self.score_logits(self.logits(model, split, label), split)
@@ -144,7 +167,7 @@ class PerplexityEvaluator(Evaluator):
                 total += float(self.batch_loss(model, inputs, None)) * n
                 count += n
         loss = total / count
-        return Score(math.exp(loss), loss)
+        return Score(math.exp(loss), loss, len(self.splits[split]))
 
     def batch_loss(self, model: Any, inputs: dict[str, Any], labels: Any) -> torch.Tensor:
         ids = inputs["input_ids"].to(self.device)
@@ -152,27 +175,40 @@ class PerplexityEvaluator(Evaluator):
 
 
 class PythonEvaluator(Evaluator):
-    """A custom scorer ``fn(model, device[, split=...])`` named by ``evaluation.python``.
+    """A custom scorer ``fn(model, device, ...)`` named by ``evaluation.python``.
 
+    It is passed, by keyword, whichever of ``split``, ``data`` (the split's
+    :class:`~mergekit_like.soups.data.Split`, when ``evaluation.data`` is given),
+    ``batch_size`` and ``max_examples`` it accepts (all of them if it takes ``**kwargs``).
     It returns a number; if it returns a tensor that requires grad, ``learned_soup`` uses
-    it as its objective (minimised when lower is better, maximised otherwise).
+    it as its objective (minimised when lower is better, maximised otherwise), unless
+    ``evaluation.python_loss`` names a separate training loss.
     """
 
     def __init__(self, cfg: EvaluationConfig, fn: Callable[..., Any], device: str,
-                 progress: bool) -> None:
-        super().__init__(cfg, {}, device, progress)
+                 progress: bool, splits: dict[str, Split] | None = None,
+                 loss_fn: Callable[..., Any] | None = None) -> None:
+        super().__init__(cfg, splits or {}, device, progress)
         self.fn = fn
-        self.takes_split = "split" in inspect.signature(fn).parameters
+        self.loss_fn = loss_fn
 
     @property
     def test_split(self) -> str | None:
         return self.cfg.test_split
 
+    def _kwargs(self, fn: Callable[..., Any], split: str, **extra: Any) -> dict[str, Any]:
+        offered = {"split": split, "batch_size": self.cfg.batch_size,
+                   "max_examples": self.cfg.max_examples, **extra}
+        if split in self.splits:
+            offered["data"] = self.splits[split]
+        params = inspect.signature(fn).parameters
+        if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+            return offered
+        return {k: v for k, v in offered.items() if k in params}
+
     def call(self, model: Any, split: str) -> Any:
-        """Call the custom function (with ``split=`` when it accepts it)."""
-        if self.takes_split:
-            return self.fn(model, self.device, split=split)
-        return self.fn(model, self.device)
+        """Call the custom function with the keywords it accepts."""
+        return self.fn(model, self.device, **self._kwargs(self.fn, split))
 
     def score(self, model: Any, split: str, label: str = "") -> Score:
         import torch
@@ -180,23 +216,36 @@ class PythonEvaluator(Evaluator):
         with torch.no_grad():
             value = self.call(model, split)
         try:
-            return Score(float(value))
+            n = len(self.splits[split]) if split in self.splits else None
+            return Score(float(value), None, n)
         except (TypeError, ValueError):
             raise MergeError(f"evaluation.python: {self.cfg.python} returned {value!r}, "
                              "expected a number") from None
 
     def batch_loss(self, model: Any, inputs: dict[str, Any], labels: Any) -> torch.Tensor:
-        value = self.call(model, self.cfg.val_split)
+        split = self.cfg.val_split
+        if self.loss_fn is not None:
+            batch = {"inputs": self._to(inputs), "labels": None if labels is None
+                     else labels.to(self.device)}
+            value = self.loss_fn(model, self.device, **self._kwargs(self.loss_fn, split,
+                                                                    **batch))
+            if not getattr(value, "requires_grad", False):
+                raise MergeError(f"evaluation.python_loss: {self.cfg.python_loss} must return "
+                                 "a tensor that depends on the weights (requires grad)")
+            return value
+        value = self.call(model, split)
         if not getattr(value, "requires_grad", False):
             raise MergeError(f"evaluation.python: learned_soup needs {self.cfg.python} to "
-                             "return a tensor that depends on the weights (requires grad)")
+                             "return a tensor that depends on the weights (requires grad), "
+                             "or evaluation.python_loss")
         return value if not self.higher_is_better else -value
 
 
-def load_python(spec: str, allow_code: bool, recipe_dir: Path) -> Callable[..., Any]:
+def load_python(spec: str, allow_code: bool, recipe_dir: Path,
+                field: str = "python") -> Callable[..., Any]:
     """Import ``package.module:function``; refused unless the user passed ``--allow-code``."""
     if not allow_code:
-        raise MergeError(f"evaluation.python: this recipe runs code ({spec}); a shared recipe "
+        raise MergeError(f"evaluation.{field}: this recipe runs code ({spec}); a shared recipe "
                          "must not run code by surprise: read it, then pass --allow-code")
     module_name, _, func_name = spec.partition(":")
     extra = [p for p in (str(Path.cwd()), str(recipe_dir.resolve())) if p not in sys.path]
@@ -204,29 +253,38 @@ def load_python(spec: str, allow_code: bool, recipe_dir: Path) -> Callable[..., 
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
-        raise MergeError(f"evaluation.python: cannot import {module_name!r} ({exc})") from None
+        raise MergeError(f"evaluation.{field}: cannot import {module_name!r} ({exc})") from None
     finally:
         for p in extra:
             sys.path.remove(p)
     fn = getattr(module, func_name, None)
     if not callable(fn):
-        raise MergeError(f"evaluation.python: {module_name!r} has no function {func_name!r}")
+        raise MergeError(f"evaluation.{field}: {module_name!r} has no function {func_name!r}")
     return fn
 
 
 def build_evaluator(cfg: EvaluationConfig, recipe_dir: Path, main_input: str,
                     tokenizer_dir: Path | None, device: str, allow_code: bool,
-                    progress: bool = True) -> Evaluator:
-    """The evaluator of an ``evaluation:`` block, with its val (and test) splits loaded."""
-    if cfg.python is not None:
-        return PythonEvaluator(cfg, load_python(cfg.python, allow_code, recipe_dir), device,
-                               progress)
+                    progress: bool = True, model_config: Mapping[str, Any] | None = None
+                    ) -> Evaluator:
+    """The evaluator of an ``evaluation:`` block, with its val (and test) splits loaded;
+    ``model_config`` (the model's config.json) bounds the sequence length."""
     names = [cfg.val_split] + ([cfg.test_split] if cfg.test_split else [])
+    if cfg.python is not None:
+        fn = load_python(cfg.python, allow_code, recipe_dir)
+        loss_fn = None if cfg.python_loss is None else load_python(
+            cfg.python_loss, allow_code, recipe_dir, "python_loss")
+        own = cfg.data is None or Path(cfg.data).suffix.lower() == ".txt"  # it reads its own
+        splits = {} if own else {
+            n: load_split(cfg, n, recipe_dir, main_input, tokenizer_dir, model_config)
+            for n in names}
+        return PythonEvaluator(cfg, fn, device, progress, splits, loss_fn)
     splits = {}
     for name in names:
         if cfg.task == "perplexity" and name == cfg.test_split and cfg.data and \
                 cfg.test_data is None and Path(cfg.data).suffix.lower() == ".txt":
             continue  # a single .txt file is the val split only
-        splits[name] = load_split(cfg, name, recipe_dir, main_input, tokenizer_dir)
+        splits[name] = load_split(cfg, name, recipe_dir, main_input, tokenizer_dir,
+                                  model_config)
     cls = ClassificationEvaluator if cfg.task == "classification" else PerplexityEvaluator
     return cls(cfg, splits, device, progress)

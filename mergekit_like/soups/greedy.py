@@ -65,7 +65,7 @@ def greedy_soup(ctx: SoupContext) -> SoupResult:
     final = ctx.score_mix({k: 1.0 / len(soup) for k in soup}, "greedy soup")
     rows, curves = baseline_rows(ctx, order)
     rows.insert(-1 if rows[-1].name == "ensemble" else len(rows),
-                Row("greedy soup", final, len(soup)))
+                Row("greedy soup", final, len(soup), members=tuple(ctx.name(k) for k in soup)))
     curves["greedy soup"] = curve
     details = {"comparison": params.comparison, "order": params.order,
                "tried": [ctx.name(k) for k in order], "steps": steps,

@@ -96,7 +96,8 @@ def learned_soup(ctx: SoupContext) -> SoupResult:
     scored = replace(scored, cost=cost)
     rows, curves = baseline_rows(ctx)
     rows.insert(len(rows) - (1 if rows[-1].name == "ensemble" else 0),
-                Row("learned soup", scored, len(members), params.granularity))
+                Row("learned soup", scored, len(members), params.granularity,
+                    in_sample=True))
     details = {"coefficients": table, "loss_history": history,
                "granularity": params.granularity, "num_steps": params.steps,
                "cost": {**cost.as_dict(), "train_s": train}}

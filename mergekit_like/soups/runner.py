@@ -35,12 +35,17 @@ from mergekit_like.recipe.models import Recipe
 from mergekit_like.soups import SOUP_METHODS
 from mergekit_like.soups.baselines import ensemble
 from mergekit_like.soups.context import SoupContext, SoupResult
-from mergekit_like.soups.evaluation import Evaluator, build_evaluator, load_python
+from mergekit_like.soups.evaluation import (
+    Evaluator,
+    build_evaluator,
+    evaluation_threads,
+    load_python,
+)
 from mergekit_like.soups.greedy import greedy_soup
 from mergekit_like.soups.ingredients import Ingredients, load_model
 from mergekit_like.soups.learned import learned_soup
 from mergekit_like.soups.plots import write_plots
-from mergekit_like.soups.report import console_table, report_data, write_report
+from mergekit_like.soups.report import card_section, console_table, report_data, write_report
 from mergekit_like.soups.subset import subset_search
 from mergekit_like.soups.wise_ft import wise_ft
 
@@ -102,13 +107,16 @@ def evaluate_output(loaded: LoadedRecipe, out: Path, options: MergeOptions,
     device = resolve_device(cfg.device or options.device)
     model = load_model(out, device)
     ev = build_evaluator(cfg, loaded.path.parent, model.main_input_name, out, device,
-                         allow_code, progress=not options.quiet)
+                         allow_code, progress=not options.quiet,
+                         model_config=model.config.to_dict())
     data: dict[str, Any] = {"method": loaded.recipe.merge_method,
                             "higher_is_better": ev.higher_is_better}
     for key, split in (("val", ev.cfg.val_split), ("test", ev.test_split)):
-        score = ev.score(model, split, "merged") if split else None
+        with evaluation_threads(cfg.threads):
+            score = ev.score(model, split, "merged") if split else None
         data[key] = None if score is None else score.value
         data[f"{key}_loss"] = None if score is None else score.loss
+        data[f"{key}_examples"] = None if score is None else score.examples
     (out / EVAL_REPORT).write_text(json.dumps(data, indent=2) + "\n")
     if not options.quiet:
         print(f"evaluation: val {data['val']}  test {data['test']}")
@@ -159,16 +167,20 @@ def run_soup(loaded: LoadedRecipe, out: Path, options: MergeOptions,
             model = load_model(plan.models[0].path, device)
             ev: Evaluator = build_evaluator(cfg, loaded.path.parent, model.main_input_name,
                                             plan.output.tokenizer_dir, device, allow_code,
-                                            progress)
+                                            progress, model_config=model.config.to_dict())
             ingredients = Ingredients(plan, reader, model, budget)
             ctx = SoupContext(method.name, ingredients, ev, params, tmp, budget, progress,
                               first)
-            result = RUNNERS[method.name](ctx)
+            with evaluation_threads(cfg.threads):
+                result = RUNNERS[method.name](ctx)
         written = method.writes and result.weights is not None
         if written:
             _write_chosen(loaded, ctx, result, tmp, options)
         plots = write_plots(report_data(ctx, result, written), tmp) if params.plots else []
         data = write_report(ctx, result, tmp, written, plots)
+        card = tmp / "README.md"
+        if written and card.is_file():
+            card.write_text(card.read_text() + card_section(data))
     if progress:
         print(console_table(data))
         what = f"{data['chosen']} model" if written else "no model (a baseline)"

@@ -57,7 +57,8 @@ def subset_search(ctx: SoupContext) -> SoupResult:
     rows, curves = baseline_rows(ctx)
     names = ", ".join(ctx.name(k) for k in subset)
     rows.insert(len(rows) - (1 if rows[-1].name == "ensemble" else 0),
-                Row("best subset", final, len(subset), names))
+                Row("best subset", final, len(subset), names,
+                    members=tuple(ctx.name(k) for k in subset)))
     details = {"subsets": [{"subset": [ctx.name(k) for k in s], "val": v.val.value,
                             **cost_dict(v.cost)} for s, v in scored],
                "best": [ctx.name(k) for k in subset]}

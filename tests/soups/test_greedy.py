@@ -80,7 +80,8 @@ def test_greedy_by_score_accepts_what_recipe_1_accepts(tmp_path, ingredients, ru
         x = sum(BIASES[k] for k in order[:j]) / j
         assert point[:2] == pytest.approx([j, score(x)], abs=1e-6)
     md = (out / "soup_report.md").read_text()
-    assert f"| greedy soup | {score(mean_soup):.4f} |" in md
+    members = ", ".join(str(models[k]) for k in soup)  # the row names its ingredients
+    assert f"| greedy soup ({members}) | {score(mean_soup):.4f} |" in md
     assert "| 3 | " + str(models[1]) in md and "| no |" in md
     assert (out / "score_vs_ingredients.png").stat().st_size > 1000
     assert (out / "config.json").is_file() and (out / "README.md").is_file()
