@@ -29,6 +29,10 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from mergekit_like.datamerge.config import (  # data-driven merges: torch-free
+    check_datamerge_recipe,
+    datamerge_options_schema,
+)
 from mergekit_like.soups.config import (  # soups: torch-free
     EvaluationConfig,
     check_soup_recipe,
@@ -297,6 +301,9 @@ class Recipe(_Frozen):
         default=None, description="held-out data and score: soup methods choose with it; any "
         "other merge is scored with it after it is written")
     soup: Annotated[dict[str, Any] | None, WithJsonSchema(soup_options_schema())] = None
+    # data-driven merges (mergekit_like/datamerge): fisher, regmean, adamerging options
+    datamerge: Annotated[dict[str, Any] | None,
+                         WithJsonSchema(datamerge_options_schema())] = None
 
     _none_params = model_validator(mode="before")(_none_to_empty)
 
@@ -311,6 +318,7 @@ class Recipe(_Frozen):
                 "tokenizer", "give either 'tokenizer_source' or a 'tokenizer' block, not both", {}
             )
         check_soup_recipe(self.merge_method, self.evaluation, self.soup)
+        check_datamerge_recipe(self.merge_method, self.evaluation, self.datamerge)
         return self
 
     def tokenizer_config(self) -> TokenizerConfig | None:
@@ -324,14 +332,16 @@ class Recipe(_Frozen):
     @field_validator("merge_method")
     @classmethod
     def _known_method(cls, value: str) -> str:
+        from mergekit_like.datamerge.config import DATAMERGE_METHODS  # torch-free too
         from mergekit_like.methods import REGISTRY  # torch-free registry
         from mergekit_like.soups import SOUP_METHODS  # torch-free too
 
-        if value not in REGISTRY and value not in SOUP_METHODS:
+        known = {*REGISTRY, *SOUP_METHODS, *DATAMERGE_METHODS}
+        if value not in known:
             raise PydanticCustomError(
                 "merge_method",
                 "unknown merge method {got}; known methods: {known}",
-                {"got": repr(value), "known": ", ".join(sorted({*REGISTRY, *SOUP_METHODS}))},
+                {"got": repr(value), "known": ", ".join(sorted(known))},
             )
         return value
 
