@@ -85,6 +85,13 @@ class StatsCache:
             return cls(cache_dir() / "stats", True)
         return cls(staging / ".datamerge-stats", False)
 
+    def discard(self) -> None:
+        """Delete a throw-away folder (caching off); the user cache is kept."""
+        if not self.persistent and self.folder.exists():
+            import shutil
+
+            shutil.rmtree(self.folder)
+
     def path(self, key: str) -> Path:
         """The file of ``key`` (present or not)."""
         return self.folder / f"{key}.safetensors"

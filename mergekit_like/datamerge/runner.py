@@ -136,6 +136,7 @@ def run_datamerge(loaded: LoadedRecipe, out: Path, options: MergeOptions) -> dic
         )
         start = time.perf_counter()
         _write_tensors(method.name, plan, ctx, tmp, reader, options)
+        ctx.cache.discard()
         merge_s = time.perf_counter() - start
         write_metadata(
             dataclasses.replace(plan, recipe=loaded),
