@@ -21,15 +21,23 @@ def vit_setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[Path], Pat
     root = tmp_path_factory.mktemp("datamerge")
     folders = make_ingredients(root / "models", [0.1, 0.5, 0.9], noise=0.3)
     gen = np.random.default_rng(0)
-    arrays = {f"{s}_inputs": gen.normal(size=(n, 1, 4, 4)).astype("float32")
-              for s, n in (("val", 10), ("test", 5))}
+    arrays = {
+        f"{s}_inputs": gen.normal(size=(n, 1, 4, 4)).astype("float32")
+        for s, n in (("val", 10), ("test", 5))
+    }
     arrays |= {f"{s}_labels": gen.integers(0, 3, n) for s, n in (("val", 10), ("test", 5))}
     np.savez(root / "data.npz", **arrays)
     return folders, root / "data.npz"
 
 
-def recipe_text(method: str, models: Sequence[Path], data: Path, options: str = "",
-                base: Path | None = None, weights: Sequence[float] | None = None) -> str:
+def recipe_text(
+    method: str,
+    models: Sequence[Path],
+    data: Path,
+    options: str = "",
+    base: Path | None = None,
+    weights: Sequence[float] | None = None,
+) -> str:
     """A data-driven recipe over ``models`` with classification data ``data``."""
     lines = [f"merge_method: {method}"]
     if base is not None:
@@ -39,8 +47,14 @@ def recipe_text(method: str, models: Sequence[Path], data: Path, options: str = 
         lines.append(f"  - model: {m}")
         if weights is not None:
             lines.append(f"    parameters: {{weight: {weights[i]}}}")
-    lines += ["evaluation:", "  task: classification", f"  data: {data}", "  batch_size: 4",
-              "datamerge:", f"  num_examples: {N_EXAMPLES}"]
+    lines += [
+        "evaluation:",
+        "  task: classification",
+        f"  data: {data}",
+        "  batch_size: 4",
+        "datamerge:",
+        f"  num_examples: {N_EXAMPLES}",
+    ]
     lines += [f"  {line}" for line in options.strip().splitlines() if line]
     return "\n".join(lines) + "\n"
 
@@ -61,6 +75,7 @@ def run_merge(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[..., 
         out = tmp_path / f"out{count[0]}"
         assert main([str(recipe), str(out), "--quiet", *args]) == 0
         return out
+
     return run
 
 
@@ -77,8 +92,10 @@ def val_examples(data: Path, n: int = N_EXAMPLES):  # noqa: ANN201 - (inputs, la
     import torch
 
     with np.load(data) as arrays:
-        return (torch.from_numpy(arrays["val_inputs"][:n]),
-                torch.from_numpy(arrays["val_labels"][:n]).long())
+        return (
+            torch.from_numpy(arrays["val_inputs"][:n]),
+            torch.from_numpy(arrays["val_labels"][:n]).long(),
+        )
 
 
 def read_output(out: Path) -> dict:

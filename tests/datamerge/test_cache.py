@@ -16,8 +16,9 @@ from tests.datamerge.conftest import recipe_text
 
 
 def statuses(out: Path) -> list[str]:
-    return [s["cache"] for s in json.loads((out / "datamerge_report.json").read_text())
-            ["statistics"]]
+    return [
+        s["cache"] for s in json.loads((out / "datamerge_report.json").read_text())["statistics"]
+    ]
 
 
 def model_bytes(out: Path) -> bytes:
@@ -25,8 +26,7 @@ def model_bytes(out: Path) -> bytes:
 
 
 @pytest.mark.parametrize("method", ["fisher", "regmean"])
-def test_second_run_hits_and_gives_the_same_bytes(vit_setup, run_merge, tmp_path, method
-                                                  ) -> None:
+def test_second_run_hits_and_gives_the_same_bytes(vit_setup, run_merge, tmp_path, method) -> None:
     folders, data = vit_setup
     first = run_merge(recipe_text(method, folders[:2], data))
     assert statuses(first) == ["miss", "miss"]

@@ -24,17 +24,21 @@ def fisher_here(folder: Path, data: Path, seed: int | None = None) -> dict[str, 
     gen = None if seed is None else torch.Generator().manual_seed(seed)
     sums = {n: torch.zeros_like(p) for n, p in named}
     for i in range(len(x)):
-        logp = torch.log_softmax(model(pixel_values=x[i:i + 1]).logits, -1)[0]
-        label = int(y[i]) if gen is None else int(torch.multinomial(logp.detach().exp()[None],
-                                                                     1, generator=gen))
+        logp = torch.log_softmax(model(pixel_values=x[i : i + 1]).logits, -1)[0]
+        label = (
+            int(y[i])
+            if gen is None
+            else int(torch.multinomial(logp.detach().exp()[None], 1, generator=gen))
+        )
         grads = torch.autograd.grad(logp[label], [p for _, p in named])
         for (n, _), g in zip(named, grads, strict=True):
             sums[n] += g.square()
     return {n: s / len(x) for n, s in sums.items()}
 
 
-def expected(folders: list[Path], data: Path, scales: list[float], eps: float,
-             seed: int | None = None) -> dict[str, torch.Tensor]:
+def expected(
+    folders: list[Path], data: Path, scales: list[float], eps: float, seed: int | None = None
+) -> dict[str, torch.Tensor]:
     """sum_k s_k max(F_k, eps) theta_k / sum_k s_k max(F_k, eps), written out."""
     from safetensors.torch import load_file
 
@@ -65,8 +69,9 @@ def test_fisher_merge_matches_gradients_computed_here(vit_setup, run_merge) -> N
 
 def test_fisher_with_sampled_labels(vit_setup, run_merge) -> None:
     folders, data = vit_setup
-    out = run_merge(recipe_text("fisher", folders[:2], data,
-                                "sample_labels: true\nseed: 3\nepsilon: 1e-10"))
+    out = run_merge(
+        recipe_text("fisher", folders[:2], data, "sample_labels: true\nseed: 3\nepsilon: 1e-10")
+    )
     want = expected(folders[:2], data, [1.0, 1.0], 1e-10, seed=3)
     got = read_output(out)
     for name in want:
@@ -77,8 +82,7 @@ def test_large_epsilon_floors_every_entry_to_the_weighted_mean(vit_setup, run_me
     from safetensors.torch import load_file
 
     folders, data = vit_setup
-    out = run_merge(recipe_text("fisher", folders[:2], data, "epsilon: 1000.0",
-                                weights=[3.0, 1.0]))
+    out = run_merge(recipe_text("fisher", folders[:2], data, "epsilon: 1000.0", weights=[3.0, 1.0]))
     a, b = (load_file(f / "model.safetensors") for f in folders[:2])
     for name, got in read_output(out).items():
         assert_close(got, (3 * a[name] + b[name]) / 4, msg=name)
@@ -104,8 +108,10 @@ def test_parameters_without_gradient_are_left_out_and_merged_as_the_mean() -> No
     got = fisher_diagonal(wrap, Examples({"x": x}, y, "classification", 2), names)
     assert set(got) == {"net.0.weight", "net.1.weight", "net.1.bias"}
     w = wrap.net[1].weight
-    grads = [torch.autograd.grad(torch.log_softmax(wrap.net(x[i:i + 1]), -1)[0, y[i]], w)[0]
-             for i in range(5)]
+    grads = [
+        torch.autograd.grad(torch.log_softmax(wrap.net(x[i : i + 1]), -1)[0, y[i]], w)[0]
+        for i in range(5)
+    ]
     assert_close(got["net.1.weight"], sum(g.square() for g in grads) / 5)
     a, b = torch.randn(4), torch.randn(4)
     assert_close(fisher_merge([a, b], [None, torch.ones(4)], [1.0, 3.0], 1e-6), (a + 3 * b) / 4)
@@ -115,8 +121,14 @@ def test_causal_lm_fisher_sums_the_token_log_likelihoods() -> None:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=40, hidden_size=16, intermediate_size=32,
-                      num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2)
+    cfg = LlamaConfig(
+        vocab_size=40,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+    )
     model = LlamaForCausalLM(cfg).eval()
     ids = torch.randint(0, 40, (3, 7))
     names = {p.data_ptr(): n for n, p in model.named_parameters()}
@@ -124,7 +136,7 @@ def test_causal_lm_fisher_sums_the_token_log_likelihoods() -> None:
     p = model.model.layers[1].mlp.down_proj.weight
     total = torch.zeros_like(p)
     for i in range(3):
-        logp = torch.log_softmax(model(input_ids=ids[i:i + 1]).logits[0, :-1], -1)
+        logp = torch.log_softmax(model(input_ids=ids[i : i + 1]).logits[0, :-1], -1)
         ll = logp.gather(-1, ids[i, 1:, None]).sum()
         total += torch.autograd.grad(ll, p)[0].square()
     assert_close(got["model.layers.1.mlp.down_proj.weight"], total / 3)
