@@ -98,15 +98,8 @@ def run_datamerge(loaded: LoadedRecipe, out: Path, options: MergeOptions) -> dic
     method = DATAMERGE_METHODS[recipe.merge_method]
     params = method.params.model_validate(recipe.datamerge or {})
     if method.base == "unused" and recipe.base_model is not None:
-        print(
-            str(
-                loaded.problem(
-                    ("base_model",),
-                    f"warning: merge method {method.name!r} does not use base_model",
-                )
-            ),
-            file=sys.stderr,
-        )
+        warning = f"warning: merge method {method.name!r} does not use base_model"
+        print(loaded.problem(("base_model",), warning), file=sys.stderr)
     scales = model_scales(loaded)
     plan = build_plan(ingredient_recipe(loaded), allow_crimes=options.allow_crimes)
     check_output_path(plan, out)
@@ -146,11 +139,7 @@ def run_datamerge(loaded: LoadedRecipe, out: Path, options: MergeOptions) -> dic
             copy_tokenizer=options.copy_tokenizer,
             model_card_file=options.write_model_card,
         )
-        scores = {}
-        for key, split in (("val", ev.cfg.val_split), ("test", ev.test_split)):
-            if split:
-                s = ev.score(model, split, "merged")
-                scores[key] = {"score": s.value, "loss": s.loss, "examples": len(ev.splits[split])}
+        scores = _scores(ev, model)
         data = write_report(tmp, method.name, params, ctx, scores, merge_s, loaded)
     if progress:
         val, test = scores.get("val", {}), scores.get("test", {})
@@ -159,6 +148,16 @@ def run_datamerge(loaded: LoadedRecipe, out: Path, options: MergeOptions) -> dic
             f"test {test.get('score')} (loss {test.get('loss')}); wrote {out}"
         )
     return data
+
+
+def _scores(ev: Evaluator, model: Any) -> dict[str, Any]:
+    """The merged model's score, loss and example count on val and test."""
+    scores = {}
+    for key, split in (("val", ev.cfg.val_split), ("test", ev.test_split)):
+        if split:
+            s = ev.score(model, split, "merged")
+            scores[key] = {"score": s.value, "loss": s.loss, "examples": len(ev.splits[split])}
+    return scores
 
 
 def _bar(desc: str) -> Any:
