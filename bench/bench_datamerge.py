@@ -33,8 +33,8 @@ if not PYTHON.exists():
     PYTHON, MERGE = Path(sys.executable), [sys.executable, "-m", "mergekit_like"]
 MODELS = ("base", "ft1", "ft2", "ft3")
 OPTIONS = {
-    "fisher": {"num_examples": 4, "batch_size": 1},
-    "regmean": {"num_examples": 8, "batch_size": 2},
+    "fisher": {"num_examples": 2, "batch_size": 1},
+    "regmean": {"num_examples": 4, "batch_size": 2},
     "linear": {},
 }
 
@@ -108,6 +108,13 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--size", default="250m", choices=("tiny", "250m", "1b"))
     p.add_argument("--methods", nargs="+", default=["linear", "fisher", "regmean"])
+    p.add_argument(
+        "--runs",
+        nargs="+",
+        default=["miss", "hit"],
+        choices=("miss", "hit"),
+        help="runs of each data-driven method (miss: the first, on an empty cache)",
+    )
     ns = p.parse_args(argv)
     work = prepare(ns.size)
     numel = sum(
@@ -121,12 +128,12 @@ def main(argv: list[str] | None = None) -> int:
         f"one in float32 {4 * numel / gib:.2f} GiB, all K {4 * len(MODELS) * numel / gib:.2f} "
         "GiB"
     )
-    cache = work / "cache"
+    cache = work / f"cache-{'-'.join(ns.methods)}"  # one per invocation: they may run at once
     shutil.rmtree(cache, ignore_errors=True)
     env = {**os.environ, "MERGEKIT_LIKE_CACHE": str(cache)}
     for method in ns.methods:
         path = recipe(work, method)
-        for run in ("miss", "hit") if method != "linear" else ("-",):
+        for run in ns.runs if method != "linear" else ("-",):
             out = work / f"out-{method}"
             wall, rss = measure([*MERGE, str(path), str(out), "--quiet", "--force"], env)
             print(f"{method:8s} cache {run:4s}: wall {wall:7.1f} s  peak RSS {rss / gib:.2f} GiB")

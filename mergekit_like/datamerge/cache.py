@@ -126,3 +126,35 @@ class StatsCache:
             if os.path.exists(tmp):
                 os.unlink(tmp)
         return self.path(key)
+
+
+class StatsFile:
+    """One statistics file, read tensor by tensor with plain reads (no memory map, so a
+    tensor read leaves no file pages mapped into the process: memory stays one tensor)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        with path.open("rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            header = json.loads(f.read(n))
+        header.pop("__metadata__", None)
+        self._base = 8 + n
+        self._entries: dict[str, dict[str, Any]] = header
+
+    def keys(self) -> set[str]:
+        """The names of the tensors held."""
+        return set(self._entries)
+
+    def get(self, name: str) -> torch.Tensor:
+        """Tensor ``name`` (float32, as stored)."""
+        import torch
+
+        entry = self._entries[name]
+        if entry["dtype"] != "F32":
+            raise ValueError(f"{self.path}: {name} is {entry['dtype']}, expected F32")
+        start, end = entry["data_offsets"]
+        buf = bytearray(end - start)
+        with self.path.open("rb") as f:
+            f.seek(self._base + start)
+            f.readinto(buf)
+        return torch.frombuffer(buf, dtype=torch.float32).reshape(entry["shape"])

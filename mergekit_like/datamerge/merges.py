@@ -12,12 +12,11 @@ statistics while they are computed, and K copies of one tensor.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from mergekit_like.datamerge.adamerging import coefficient_table, learn_coefficients, merged_params
-from mergekit_like.datamerge.cache import StatsCache, data_hash, model_hash, stats_key
+from mergekit_like.datamerge.cache import StatsCache, StatsFile, data_hash, model_hash, stats_key
 from mergekit_like.datamerge.config import AdaMergingParams, FisherParams, RegMeanParams
 from mergekit_like.datamerge.solve import fisher_merge, plain_mean, regmean_merge
 from mergekit_like.datamerge.statistics import (
@@ -93,8 +92,6 @@ def _read_all(ctx: MergeContext, i: int) -> list[torch.Tensor]:
 
 def fisher(ctx: MergeContext) -> Merged:
     """Fisher merging: statistics per ingredient, then the Fisher-weighted mean per tensor."""
-    from safetensors import safe_open
-
     p: FisherParams = ctx.params
     names = ctx.names_by_ptr()
     seed = p.seed if p.sample_labels else None
@@ -105,17 +102,15 @@ def fisher(ctx: MergeContext) -> Merged:
         lambda: fisher_diagonal(ctx.ingredients.model, ctx.examples, names, seed),
     )
     plain = []
-    with ExitStack() as stack:
-        files = [stack.enter_context(safe_open(str(path), framework="pt")) for path in paths]
-        keys = [set(f.keys()) for f in files]
-        for i, t in enumerate(ctx.ingredients.tensors):
-            fishers = [
-                f.get_tensor(t.name) if t.name in ks else None
-                for f, ks in zip(files, keys, strict=True)
-            ]
-            if any(f is None for f in fishers):
-                plain.append(t.name)
-            yield i, fisher_merge(_read_all(ctx, i), fishers, ctx.scales, p.epsilon)
+    files = [StatsFile(path) for path in paths]
+    keys = [f.keys() for f in files]
+    for i, t in enumerate(ctx.ingredients.tensors):
+        fishers = [
+            f.get(t.name) if t.name in ks else None for f, ks in zip(files, keys, strict=True)
+        ]
+        if any(f is None for f in fishers):
+            plain.append(t.name)
+        yield i, fisher_merge(_read_all(ctx, i), fishers, ctx.scales, p.epsilon)
     ctx.details["plain_mean_tensors"] = plain
 
 
@@ -131,22 +126,20 @@ def regmean(ctx: MergeContext) -> Merged:
     if p.plusplus:
         yield from regmean_plusplus(ctx)
         return
-    from safetensors import safe_open
-
     model = ctx.ingredients.model
     modules = linear_modules(model, ctx.names_by_ptr(), _embedding_ptrs(model))
     settings = {"n": len(ctx.examples), "batch": ctx.examples.batch_size}
     paths = ctx.statistics("gram", settings, lambda: gram_matrices(model, ctx.examples, modules))
     ctx.details["linear_layers"] = len(modules)
-    with ExitStack() as stack:
-        files = [stack.enter_context(safe_open(str(path), framework="pt")) for path in paths]
-        for i, t in enumerate(ctx.ingredients.tensors):
-            weights = _read_all(ctx, i)
-            if t.name in modules and all(t.name in f.keys() for f in files):
-                grams = [f.get_tensor(t.name) for f in files]
-                yield i, regmean_merge(weights, grams, p.alpha, modules[t.name][1])
-            else:
-                yield i, plain_mean(weights)
+    files = [StatsFile(path) for path in paths]
+    keys = [f.keys() for f in files]
+    for i, t in enumerate(ctx.ingredients.tensors):
+        weights = _read_all(ctx, i)
+        if t.name in modules and all(t.name in ks for ks in keys):
+            grams = [f.get(t.name) for f in files]
+            yield i, regmean_merge(weights, grams, p.alpha, modules[t.name][1])
+        else:
+            yield i, plain_mean(weights)
 
 
 def _stages(ctx: MergeContext, linear: set[str]) -> list[list[int]]:

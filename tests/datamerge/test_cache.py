@@ -89,3 +89,14 @@ def test_concurrent_writers_leave_one_whole_file(tmp_path) -> None:
     assert [p.name for p in tmp_path.iterdir()] == ["k.safetensors"]
     assert cache.has("k")
     assert_close(got, torch.full_like(got, float(got[0])))
+
+
+def test_stats_file_reads_back_what_was_stored(tmp_path) -> None:
+    from mergekit_like.datamerge.cache import StatsFile
+
+    cache = StatsCache(tmp_path, persistent=True)
+    tensors = {"a.weight": torch.randn(3, 5), "b": torch.randn(7), "c": torch.randn(2, 2, 2)}
+    f = StatsFile(cache.store("k", tensors))
+    assert f.keys() == set(tensors)
+    for name, t in tensors.items():
+        assert torch.equal(f.get(name), t)
