@@ -250,8 +250,14 @@ def _merge(ns: argparse.Namespace, argv: Sequence[str] = ()) -> int:
         run_documents(docs, ns.out, write_doc)
         return 0
     loaded = docs[0]
+    from mergekit_like.datamerge import DATAMERGE_METHODS
     from mergekit_like.soups import needs_runner
 
+    if loaded.recipe.merge_method in DATAMERGE_METHODS:  # fisher, regmean, adamerging
+        from mergekit_like.datamerge.runner import run_datamerge
+
+        run_datamerge(loaded, ns.out, options)
+        return 0
     if needs_runner(loaded.recipe):  # a soup method, or an evaluation: block
         from mergekit_like.soups.runner import run_loaded
 
@@ -273,10 +279,12 @@ def _subcommand(cmd: str, ns: argparse.Namespace) -> int:
         print(json.dumps(recipe_schema(), indent=2))
         return 0
     if cmd == "methods":
+        from mergekit_like.datamerge import DATAMERGE_METHODS
         from mergekit_like.methods import REGISTRY
         from mergekit_like.soups import SOUP_METHODS
 
-        print("\n\n".join(m.describe() for m in [*REGISTRY.values(), *SOUP_METHODS.values()]))
+        print("\n\n".join(m.describe() for m in [*REGISTRY.values(), *SOUP_METHODS.values(),
+                                                  *DATAMERGE_METHODS.values()]))
         return 0
     if cmd == "analyze":
         return _analyze(ns)
@@ -297,6 +305,12 @@ def _subcommand(cmd: str, ns: argparse.Namespace) -> int:
         from mergekit_like.soups.runner import uniform_recipe
 
         loaded = uniform_recipe(loaded)
+    from mergekit_like.datamerge import DATAMERGE_METHODS
+
+    if loaded.recipe.merge_method in DATAMERGE_METHODS:  # check/plan the ingredients
+        from mergekit_like.datamerge.runner import ingredient_recipe
+
+        loaded = ingredient_recipe(loaded)
     from mergekit_like.io.hub import HubAccess
     from mergekit_like.io.hub_remote import HubModels
     from mergekit_like.plan.preflight import validate_recipe

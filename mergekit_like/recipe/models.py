@@ -29,6 +29,10 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from mergekit_like.recipe.datamerge import (
+    check_datamerge_recipe,
+    datamerge_options_schema,
+)
 from mergekit_like.recipe.soups import (
     SOUP_METHODS,
     EvaluationConfig,
@@ -298,6 +302,9 @@ class Recipe(_Frozen):
         default=None, description="held-out data and score: soup methods choose with it; any "
         "other merge is scored with it after it is written")
     soup: Annotated[dict[str, Any] | None, WithJsonSchema(soup_options_schema())] = None
+    # data-driven merges (mergekit_like/datamerge): fisher, regmean, adamerging options
+    datamerge: Annotated[dict[str, Any] | None,
+                         WithJsonSchema(datamerge_options_schema())] = None
 
     _none_params = model_validator(mode="before")(_none_to_empty)
 
@@ -312,6 +319,7 @@ class Recipe(_Frozen):
                 "tokenizer", "give either 'tokenizer_source' or a 'tokenizer' block, not both", {}
             )
         check_soup_recipe(self.merge_method, self.evaluation, self.soup)
+        check_datamerge_recipe(self.merge_method, self.evaluation, self.datamerge)
         return self
 
     def tokenizer_config(self) -> TokenizerConfig | None:
@@ -326,12 +334,14 @@ class Recipe(_Frozen):
     @classmethod
     def _known_method(cls, value: str) -> str:
         from mergekit_like.methods import REGISTRY  # torch-free registry
+        from mergekit_like.recipe.datamerge import DATAMERGE_METHODS  # torch-free too
 
-        if value not in REGISTRY and value not in SOUP_METHODS:
+        known = {*REGISTRY, *SOUP_METHODS, *DATAMERGE_METHODS}
+        if value not in known:
             raise PydanticCustomError(
                 "merge_method",
                 "unknown merge method {got}; known methods: {known}",
-                {"got": repr(value), "known": ", ".join(sorted({*REGISTRY, *SOUP_METHODS}))},
+                {"got": repr(value), "known": ", ".join(sorted(known))},
             )
         return value
 

@@ -1,0 +1,160 @@
+"""The statistics cache: Fisher diagonals and Gram matrices, computed once per (model files,
+data, settings) and kept as safetensors files in the user cache.
+
+The folder is ``$MERGEKIT_LIKE_CACHE/stats`` (else ``$XDG_CACHE_HOME/mergekit_like/stats``,
+else ``~/.cache/mergekit_like/stats``), as the native kernels' cache. A file is written to a
+unique temporary name in that folder, flushed, then renamed over its final name
+(``os.replace`` is atomic), so an interruption or two concurrent runs never leave a torn file:
+a reader sees either no file or a whole one. A file that does not read back (cut by a full
+disk, edited) counts as a miss and is recomputed.
+
+Example::
+
+    cache = StatsCache.user(enabled=True)
+    key = stats_key("fisher", model_hash(folder), data_hash(inputs, labels), {"n": 64})
+    stats = cache.load(key) or cache.store(key, compute())
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from mergekit_like.native.build import cache_dir
+
+if TYPE_CHECKING:
+    import torch
+
+FORMAT_VERSION = 1  # bump when the statistics' definition changes
+_HASHED_SUFFIXES = (".safetensors", ".json", ".bin")
+
+
+def model_hash(folder: Path) -> str:
+    """sha256 over a model folder's weight and config files (names and contents)."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.iterdir() if p.suffix in _HASHED_SUFFIXES and p.is_file()):
+        digest.update(path.name.encode() + b"\0")
+        with path.open("rb") as f:
+            digest.update(hashlib.file_digest(f, "sha256").digest())
+    return digest.hexdigest()
+
+
+def data_hash(inputs: Mapping[str, torch.Tensor], labels: torch.Tensor | None) -> str:
+    """sha256 over the examples the statistics are computed on (names, shapes, bytes)."""
+    digest = hashlib.sha256()
+    items = sorted(inputs.items()) + ([("__labels__", labels)] if labels is not None else [])
+    for name, tensor in items:
+        t = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}:{t.dtype}:{tuple(t.shape)}\0".encode())
+        digest.update(t.reshape(-1).view(-1).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def stats_key(kind: str, model: str, data: str, settings: Mapping[str, Any]) -> str:
+    """The cache key of one model's statistics: a hash of everything that decides them."""
+    text = json.dumps(
+        {
+            "v": FORMAT_VERSION,
+            "kind": kind,
+            "model": model,
+            "data": data,
+            "settings": dict(settings),
+        },
+        sort_keys=True,
+    )
+    return f"{kind}-{hashlib.sha256(text.encode()).hexdigest()[:32]}"
+
+
+class StatsCache:
+    """Statistics files by key: in ``folder`` (the user cache, or a run's staging folder
+    when caching is off)."""
+
+    def __init__(self, folder: Path, persistent: bool) -> None:
+        self.folder = folder
+        self.persistent = persistent
+
+    @classmethod
+    def user(cls, enabled: bool, staging: Path) -> StatsCache:
+        """The user cache when ``enabled``, else a throw-away folder inside ``staging``."""
+        if enabled:
+            return cls(cache_dir() / "stats", True)
+        return cls(staging / ".datamerge-stats", False)
+
+    def discard(self) -> None:
+        """Delete a throw-away folder (caching off); the user cache is kept."""
+        if not self.persistent and self.folder.exists():
+            import shutil
+
+            shutil.rmtree(self.folder)
+
+    def path(self, key: str) -> Path:
+        """The file of ``key`` (present or not)."""
+        return self.folder / f"{key}.safetensors"
+
+    def has(self, key: str) -> bool:
+        """Whether a whole, readable file is stored under ``key``."""
+        path = self.path(key)
+        if not (self.persistent and path.is_file()):
+            return False
+        try:
+            from safetensors import safe_open
+
+            with safe_open(str(path), framework="pt") as f:
+                f.keys()
+        except Exception:  # noqa: BLE001 - any unreadable file is a miss, recomputed
+            return False
+        return True
+
+    def store(self, key: str, tensors: Mapping[str, torch.Tensor]) -> Path:
+        """Write ``tensors`` under ``key`` atomically (temporary file, fsync, rename)."""
+        from safetensors.torch import save_file
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{key}.", suffix=".tmp", dir=self.folder)
+        os.close(fd)
+        try:
+            save_file({k: v.contiguous() for k, v in tensors.items()}, tmp)
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path(key))
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        return self.path(key)
+
+
+class StatsFile:
+    """One statistics file, read tensor by tensor with plain reads (no memory map, so a
+    tensor read leaves no file pages mapped into the process: memory stays one tensor)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        with path.open("rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            header = json.loads(f.read(n))
+        header.pop("__metadata__", None)
+        self._base = 8 + n
+        self._entries: dict[str, dict[str, Any]] = header
+
+    def keys(self) -> set[str]:
+        """The names of the tensors held."""
+        return set(self._entries)
+
+    def get(self, name: str) -> torch.Tensor:
+        """Tensor ``name`` (float32, as stored)."""
+        import torch
+
+        entry = self._entries[name]
+        if entry["dtype"] != "F32":
+            raise ValueError(f"{self.path}: {name} is {entry['dtype']}, expected F32")
+        start, end = entry["data_offsets"]
+        buf = bytearray(end - start)
+        with self.path.open("rb") as f:
+            f.seek(self._base + start)
+            f.readinto(buf)
+        return torch.frombuffer(buf, dtype=torch.float32).reshape(entry["shape"])

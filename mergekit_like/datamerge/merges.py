@@ -1,0 +1,208 @@
+"""The three data-driven merges over the ingredients: each yields ``(index, tensor)`` pairs,
+one merged float32 tensor per index of :attr:`Ingredients.tensors`, which the runner
+writes and loads into the live model at once (RegMean++ relies on that: it reads the
+merged earlier layers back from the live model).
+
+Statistics are computed one ingredient at a time in the one live model and stored in the
+:class:`~mergekit_like.datamerge.cache.StatsCache`; the merge then reads, per tensor, that
+tensor of each ingredient and of each statistics file, so memory holds one model, its
+statistics while they are computed, and K copies of one tensor.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from mergekit_like.datamerge.adamerging import coefficient_table, learn_coefficients, merged_params
+from mergekit_like.datamerge.cache import StatsCache, StatsFile, data_hash, model_hash, stats_key
+from mergekit_like.datamerge.solve import fisher_merge, plain_mean, regmean_merge
+from mergekit_like.datamerge.statistics import (
+    Examples,
+    fisher_diagonal,
+    gram_matrices,
+    linear_modules,
+)
+from mergekit_like.recipe.datamerge import AdaMergingParams, FisherParams, RegMeanParams
+from mergekit_like.soups.ingredients import Ingredients
+
+if TYPE_CHECKING:
+    import torch
+
+Merged = Iterator[tuple[int, "torch.Tensor"]]
+
+
+@dataclass
+class MergeContext:
+    """What a data-driven merge works with; ``details`` collects what the report shows."""
+
+    ingredients: Ingredients
+    examples: Examples
+    params: Any
+    cache: StatsCache
+    scales: list[float]
+    progress: Any = None  # items -> items with a progress bar, or None
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def names_by_ptr(self) -> dict[int, str]:
+        """The live model's tensor ``data_ptr`` -> checkpoint tensor name."""
+        ing = self.ingredients
+        return {ing.targets[t.name].data_ptr(): t.name for t in ing.tensors}
+
+    def model_path(self, k: int) -> Any:
+        ref = self.ingredients.tensors[0].inputs[k]
+        return self.ingredients.plan.models[ref.model].path
+
+    def load(self, k: int, indices: list[int] | None = None) -> None:
+        """Load ingredient ``k`` (only tensors ``indices`` when given) into the live model."""
+        import torch
+
+        ing = self.ingredients
+        with torch.no_grad():
+            for i in range(len(ing.tensors)) if indices is None else indices:
+                ing.targets[ing.tensors[i].name].copy_(ing.read(k, i))
+
+    def statistics(self, kind: str, settings: dict[str, Any], compute: Any) -> list[Any]:
+        """Each ingredient's statistics file (computed by ``compute()`` on the loaded
+        model on a miss); records hit or miss per ingredient in ``details``."""
+        data = data_hash(self.examples.inputs, self.examples.labels)
+        settings = {
+            **settings,
+            "task": self.examples.task,
+            "class": type(self.ingredients.model).__name__,
+        }
+        paths, record = [], []
+        for k in range(self.ingredients.count):
+            key = stats_key(kind, model_hash(self.model_path(k)), data, settings)
+            hit = self.cache.has(key)
+            if not hit:
+                self.load(k)
+                self.cache.store(key, compute())
+            paths.append(self.cache.path(key))
+            status = ("hit" if hit else "miss") if self.cache.persistent else "off"
+            record.append({"model": self.ingredients.refs[k], "key": key, "cache": status})
+        self.details["statistics"] = record
+        return paths
+
+
+def _read_all(ctx: MergeContext, i: int) -> list[torch.Tensor]:
+    return [ctx.ingredients.read(k, i) for k in range(ctx.ingredients.count)]
+
+
+def fisher(ctx: MergeContext) -> Merged:
+    """Fisher merging: statistics per ingredient, then the Fisher-weighted mean per tensor."""
+    p: FisherParams = ctx.params
+    names = ctx.names_by_ptr()
+    seed = p.seed if p.sample_labels else None
+    settings = {"n": len(ctx.examples), "sample_labels": p.sample_labels, "seed": p.seed}
+    paths = ctx.statistics(
+        "fisher",
+        settings,
+        lambda: fisher_diagonal(ctx.ingredients.model, ctx.examples, names, seed),
+    )
+    plain = []
+    files = [StatsFile(path) for path in paths]
+    keys = [f.keys() for f in files]
+    for i, t in enumerate(ctx.ingredients.tensors):
+        fishers = [
+            f.get(t.name) if t.name in ks else None for f, ks in zip(files, keys, strict=True)
+        ]
+        if any(f is None for f in fishers):
+            plain.append(t.name)
+        yield i, fisher_merge(_read_all(ctx, i), fishers, ctx.scales, p.epsilon)
+    ctx.details["plain_mean_tensors"] = plain
+
+
+def _embedding_ptrs(model: Any) -> set[int]:
+    import torch
+
+    return {m.weight.data_ptr() for m in model.modules() if isinstance(m, torch.nn.Embedding)}
+
+
+def regmean(ctx: MergeContext) -> Merged:
+    """RegMean: Gram matrices per ingredient, then each linear layer's closed form."""
+    p: RegMeanParams = ctx.params
+    if p.plusplus:
+        yield from regmean_plusplus(ctx)
+        return
+    model = ctx.ingredients.model
+    modules = linear_modules(model, ctx.names_by_ptr(), _embedding_ptrs(model))
+    settings = {"n": len(ctx.examples), "batch": ctx.examples.batch_size}
+    paths = ctx.statistics("gram", settings, lambda: gram_matrices(model, ctx.examples, modules))
+    ctx.details["linear_layers"] = len(modules)
+    files = [StatsFile(path) for path in paths]
+    keys = [f.keys() for f in files]
+    for i, t in enumerate(ctx.ingredients.tensors):
+        weights = _read_all(ctx, i)
+        if t.name in modules and all(t.name in ks for ks in keys):
+            grams = [f.get(t.name) for f in files]
+            yield i, regmean_merge(weights, grams, p.alpha, modules[t.name][1])
+        else:
+            yield i, plain_mean(weights)
+
+
+def _stages(ctx: MergeContext, linear: set[str]) -> list[list[int]]:
+    """Tensor indices in merge order for RegMean++: non-layer tensors that are not linear
+    (embeddings, final norm), then each layer, then the non-layer linears (heads)."""
+    tensors = ctx.ingredients.tensors
+    layers = sorted({t.layer for t in tensors if t.layer is not None})
+    first = [i for i, t in enumerate(tensors) if t.layer is None and t.name not in linear]
+    last = [i for i, t in enumerate(tensors) if t.layer is None and t.name in linear]
+    middle = [[i for i, t in enumerate(tensors) if t.layer == n] for n in layers]
+    return [first, *middle, last]
+
+
+def regmean_plusplus(ctx: MergeContext) -> Merged:
+    """RegMean++: layer by layer, each ingredient's inputs to a layer are taken through the
+    already merged earlier layers (with that ingredient's own layer). These statistics
+    depend on the merge itself and are not cached."""
+    p: RegMeanParams = ctx.params
+    ing, model = ctx.ingredients, ctx.ingredients.model
+    modules = linear_modules(model, ctx.names_by_ptr(), _embedding_ptrs(model))
+    ctx.details["statistics"] = [{"model": r, "cache": "not cached (RegMean++)"} for r in ing.refs]
+    ctx.details["linear_layers"] = len(modules)
+    for stage in _stages(ctx, set(modules)):
+        here = {
+            ing.tensors[i].name: modules[ing.tensors[i].name]
+            for i in stage
+            if ing.tensors[i].name in modules
+        }
+        grams = []
+        for k in range(ing.count) if here else []:
+            ctx.load(k, stage)
+            grams.append(gram_matrices(model, ctx.examples, here))
+        for i in stage:
+            name = ing.tensors[i].name
+            weights = _read_all(ctx, i)
+            if name in here and all(name in g for g in grams):
+                yield i, regmean_merge(weights, [g[name] for g in grams], p.alpha, here[name][1])
+            else:
+                yield i, plain_mean(weights)
+        del grams
+
+
+def adamerging(ctx: MergeContext) -> Merged:
+    """AdaMerging: ingredient 0 is the base; coefficients learned on unlabeled inputs."""
+    import torch
+
+    p: AdaMergingParams = ctx.params
+    ing = ctx.ingredients
+    n = len(ing.tensors)
+    base = [ing.read(0, i) for i in range(n)]
+    vectors = [
+        torch.stack([ing.read(k, i) - base[i] for k in range(1, ing.count)]) for i in range(n)
+    ]
+    own = [ing.model_names[t.name] for t in ing.tensors]
+    learned = learn_coefficients(ing.model, own, base, vectors, ctx.examples, p, ctx.progress)
+    ctx.details["coefficients"] = coefficient_table(
+        learned.coefficients, ing.refs[1:], [t.name for t in ing.tensors]
+    )
+    ctx.details["entropy_history"] = learned.entropy
+    with torch.no_grad():
+        merged = merged_params(base, vectors, learned.coefficients)
+    del base, vectors
+    yield from enumerate(merged)
+
+
+MERGES = {"fisher": fisher, "regmean": regmean, "adamerging": adamerging}

@@ -1,0 +1,93 @@
+"""The merge formulas of Fisher merging and RegMean, one tensor at a time (pure functions).
+
+Example::
+
+    fisher_merge([w0, w1], [f0, f1], scales=[1.0, 1.0], epsilon=1e-6)
+    regmean_merge([w0, w1], [g0, g1], alpha=0.95, transposed=False)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
+
+
+def plain_mean(
+    tensors: Sequence[torch.Tensor], scales: Sequence[float] | None = None
+) -> torch.Tensor:
+    """``sum_k s_k theta_k / sum_k s_k`` (uniform when ``scales`` is None), in float32."""
+    scales = [1.0] * len(tensors) if scales is None else list(scales)
+    acc = tensors[0].float() * scales[0]
+    for t, s in zip(tensors[1:], scales[1:], strict=True):
+        acc = acc + t.float() * s
+    return acc / sum(scales)
+
+
+def fisher_merge(
+    tensors: Sequence[torch.Tensor],
+    fishers: Sequence[torch.Tensor | None],
+    scales: Sequence[float],
+    epsilon: float,
+) -> torch.Tensor:
+    """``sum_k s_k F_k theta_k / sum_k s_k F_k`` with ``F_k = max(F_k, epsilon)``.
+
+    A tensor for which some model has no Fisher (it got no gradient) is the plain
+    ``s``-weighted mean, as is one whose floored Fishers sum to zero (epsilon 0).
+    """
+    if any(f is None for f in fishers):
+        return plain_mean(tensors, scales)
+    num = None
+    den = None
+    for t, f, s in zip(tensors, fishers, scales, strict=True):
+        assert f is not None
+        w = f.float().clamp_min(epsilon) * s
+        num = w * t.float() if num is None else num + w * t.float()
+        den = w if den is None else den + w
+    assert num is not None and den is not None
+    if not bool((den > 0).all()):
+        return plain_mean(tensors, scales)
+    return num / den
+
+
+def scaled_gram(gram: torch.Tensor, alpha: float) -> torch.Tensor:
+    """``alpha * G + (1 - alpha) * diag(G)``: off-diagonal entries scaled by ``alpha``."""
+    import torch
+
+    return alpha * gram + (1 - alpha) * torch.diag(torch.diagonal(gram))
+
+
+def regmean_merge(
+    weights: Sequence[torch.Tensor], grams: Sequence[torch.Tensor], alpha: float, transposed: bool
+) -> torch.Tensor:
+    """RegMean's closed form for one linear layer: ``W^T = (sum G_k)^-1 sum G_k W_k^T``.
+
+    ``weights`` are laid out as stored: ``[out, in]`` for ``nn.Linear`` (the solve acts on
+    ``W^T``), ``[in, out]`` when ``transposed`` (transformers' ``Conv1D``). The solve is in
+    float64. An input feature no example ever sets (a zero row and column of the sum) gets
+    the mean of the models' weights for it; any other singular sum falls back to the
+    pseudo-inverse.
+    """
+    import torch
+
+    lhs = None
+    rhs = None
+    for w, g in zip(weights, grams, strict=True):
+        g = scaled_gram(g.double(), alpha)
+        wt = w.double() if transposed else w.double().T  # [in, out]
+        lhs = g if lhs is None else lhs + g
+        rhs = g @ wt if rhs is None else rhs + g @ wt
+    assert lhs is not None and rhs is not None
+    unused = torch.diagonal(lhs) == 0
+    if bool(unused.any()):
+        mean = sum((w.double() if transposed else w.double().T) for w in weights) / len(weights)
+        lhs[unused, unused] = 1.0
+        rhs[unused] = mean[unused]
+    try:
+        merged = torch.linalg.solve(lhs, rhs)
+    except RuntimeError:  # singular: torch.linalg.LinAlgError is a RuntimeError
+        merged = torch.linalg.pinv(lhs) @ rhs
+    merged = merged.float()
+    return merged if transposed else merged.T.contiguous()

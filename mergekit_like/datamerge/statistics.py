@@ -1,0 +1,165 @@
+"""Per-model statistics of the data-driven merges, gathered on a live model.
+
+- :func:`fisher_diagonal`: the diagonal Fisher information, the mean over N examples of the
+  squared gradient of each example's log-likelihood (Matena & Raffel). Gradients are
+  squared and summed as each parameter's gradient is complete (a post-accumulate hook), so
+  no second copy of the gradients is held.
+- :func:`gram_matrices`: ``X^T X`` of the inputs of each linear layer (Jin et al.'s RegMean),
+  recorded by forward pre-hooks; rows are tokens (padding, by ``attention_mask``, excluded),
+  and the sum is divided by the number of rows.
+
+Both return tensors keyed by the checkpoint's tensor names (``names`` maps a live tensor's
+``data_ptr`` to its checkpoint name).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterator, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
+
+
+@dataclass(frozen=True)
+class Examples:
+    """The examples statistics are computed on: model inputs, labels (classification; None
+    for causal LM blocks, whose labels are the next tokens), the task and batch size."""
+
+    inputs: Mapping[str, torch.Tensor]
+    labels: torch.Tensor | None
+    task: str  # 'classification' or 'perplexity'
+    batch_size: int
+
+    def __len__(self) -> int:
+        return int(next(iter(self.inputs.values())).shape[0])
+
+    def batches(self, size: int | None = None) -> Iterator[tuple[dict[str, Any], Any]]:
+        """Consecutive batches of ``size`` (default :attr:`batch_size`) examples."""
+        size = size or self.batch_size
+        for i in range(0, len(self), size):
+            labels = None if self.labels is None else self.labels[i : i + size]
+            yield {k: v[i : i + size] for k, v in self.inputs.items()}, labels
+
+
+def log_likelihood(
+    model: Any,
+    inputs: Mapping[str, torch.Tensor],
+    labels: Any,
+    task: str,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Each example's log-likelihood (shape [batch]) of its labels, or of labels sampled
+    from the model's own predictions when ``generator`` is given."""
+    import torch
+
+    logits = model(**inputs).logits.float()
+    if task == "perplexity":  # next-token targets: the data's, or sampled per position
+        logits = logits[:, :-1]
+        targets = inputs["input_ids"][:, 1:]
+    else:
+        targets = labels
+    logp = logits.log_softmax(-1)
+    if generator is not None:
+        flat = logp.detach().reshape(-1, logp.shape[-1]).exp()
+        targets = torch.multinomial(flat, 1, generator=generator).reshape(logp.shape[:-1])
+    picked = logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    return picked if task != "perplexity" else picked.sum(-1)
+
+
+def fisher_diagonal(
+    model: Any, examples: Examples, names: Mapping[int, str], sample_seed: int | None = None
+) -> dict[str, torch.Tensor]:
+    """Mean over the examples of the squared per-example log-likelihood gradient, for every
+    parameter that gets a gradient (keyed by checkpoint name; others are left out)."""
+    import torch
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    sums = {id(p): torch.zeros_like(p, dtype=torch.float32) for p in params}
+    seen: set[int] = set()
+
+    def accumulate(p: torch.Tensor) -> None:
+        if p.grad is not None:
+            sums[id(p)].add_(p.grad.float().square())
+            seen.add(id(p))
+        p.grad = None
+
+    hooks = [p.register_post_accumulate_grad_hook(accumulate) for p in params]
+    gen = None if sample_seed is None else torch.Generator().manual_seed(sample_seed)
+    count = 0
+    try:
+        for inputs, labels in examples.batches(1):  # one example per backward pass
+            ll = log_likelihood(model, inputs, labels, examples.task, gen)
+            ll.sum().backward()
+            count += 1
+    finally:
+        for h in hooks:
+            h.remove()
+        model.zero_grad(set_to_none=True)
+    out = {}
+    for p in params:
+        name = names.get(p.data_ptr())
+        if name is not None and id(p) in seen:
+            out[name] = sums[id(p)].div_(count)
+    return out
+
+
+def linear_modules(
+    model: Any, names: Mapping[int, str], exclude: Collection[int] = ()
+) -> dict[str, tuple[Any, bool]]:
+    """Checkpoint weight name -> (module, transposed) for each linear layer of ``model``:
+    ``nn.Linear`` (weight [out, in]) and transformers' ``Conv1D`` (weight [in, out],
+    ``transposed``). Weights whose ``data_ptr`` is in ``exclude`` (tied embeddings) are
+    left out."""
+    import torch
+
+    try:
+        from transformers.pytorch_utils import Conv1D
+    except ImportError:  # pragma: no cover - transformers always has it today
+        Conv1D = ()  # noqa: N806
+    out = {}
+    for module in model.modules():
+        linear = isinstance(module, torch.nn.Linear)
+        if not (linear or isinstance(module, Conv1D)):
+            continue
+        ptr = module.weight.data_ptr()
+        name = names.get(ptr)
+        if name is not None and ptr not in exclude:
+            out[name] = (module, not linear)
+    return out
+
+
+def gram_matrices(
+    model: Any, examples: Examples, modules: Mapping[str, tuple[Any, bool]]
+) -> dict[str, torch.Tensor]:
+    """``X^T X / rows`` of each named module's inputs over the examples (float32)."""
+    import torch
+
+    grams: dict[str, torch.Tensor] = {}
+    rows: dict[str, int] = {}
+    mask: list[torch.Tensor | None] = [None]
+
+    def hook_for(name: str) -> Any:
+        def hook(_module: Any, args: tuple[Any, ...]) -> None:
+            x = args[0].detach().float()
+            m = mask[0]
+            if m is not None and x.dim() == 3 and tuple(m.shape) == tuple(x.shape[:2]):
+                x = x[m.bool()]
+            x = x.reshape(-1, x.shape[-1])
+            g = x.T @ x
+            grams[name] = grams[name].add_(g) if name in grams else g
+            rows[name] = rows.get(name, 0) + x.shape[0]
+
+        return hook
+
+    hooks = [m.register_forward_pre_hook(hook_for(n)) for n, (m, _) in modules.items()]
+    try:
+        with torch.no_grad():
+            for inputs, _ in examples.batches():
+                mask[0] = inputs.get("attention_mask")
+                model(**inputs)
+    finally:
+        for h in hooks:
+            h.remove()
+    return {n: g.div_(max(rows[n], 1)) for n, g in grams.items()}

@@ -1,0 +1,114 @@
+"""AdaMerging's coefficients against plain gradient descent written out here."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+from torch.func import functional_call
+from torch.testing import assert_close
+
+from mergekit_like.soups.ingredients import checkpoint_names
+from tests.datamerge.conftest import load_vit, read_output, recipe_text, val_examples
+
+LR, STEPS = 0.5, 3
+
+
+def entropy(
+    model: torch.nn.Module, params: dict[str, torch.Tensor], x: torch.Tensor
+) -> torch.Tensor:
+    """Mean over examples of -sum_c p_c log p_c of the model with ``params`` swapped in."""
+    logits = functional_call(model, params, args=(), kwargs={"pixel_values": x})[0]
+    logp = torch.log_softmax(logits, -1)
+    return -(logp.exp() * logp).sum(-1).mean()
+
+
+def descend(
+    base: Path, models: list[Path], data: Path, per_tensor: bool
+) -> tuple[dict[str, torch.Tensor], list[str], torch.Tensor, list[str]]:
+    """lambda <- clamp(lambda - LR * dH/dlambda, 0, 1), STEPS times from 0.3, on every
+    example at once (the batch covers them all; entropy is a mean, so order is moot)."""
+    live = load_vit(base)
+    ckpt_to_own = checkpoint_names(live)
+    theta0 = load_file(base / "model.safetensors")
+    taus = [
+        {n: load_file(m / "model.safetensors")[n] - t for n, t in theta0.items()} for m in models
+    ]
+    names = sorted(theta0)
+    x, _ = val_examples(data)
+    shape = (len(names), len(models)) if per_tensor else (len(models),)
+    lam = torch.full(shape, 0.3, requires_grad=True)
+    for _ in range(STEPS):
+        params = {}
+        for i, n in enumerate(names):
+            c = lam[i] if per_tensor else lam
+            params[ckpt_to_own[n]] = theta0[n] + sum(c[k] * taus[k][n] for k in range(len(models)))
+        (grad,) = torch.autograd.grad(entropy(live, params, x), lam)
+        lam = (lam - LR * grad).clamp(0, 1).detach().requires_grad_(True)
+    lam = lam.detach()
+    merged = {
+        n: theta0[n]
+        + sum((lam[i] if per_tensor else lam)[k] * taus[k][n] for k in range(len(models)))
+        for i, n in enumerate(names)
+    }
+    return merged, [str(m) for m in models], lam, names
+
+
+def test_task_wise_coefficients_follow_gradient_descent(vit_setup, run_merge) -> None:
+    folders, data = vit_setup
+    base, models = folders[0], folders[1:]
+    out = run_merge(
+        recipe_text(
+            "adamerging",
+            models,
+            data,
+            f"optimizer: sgd\nlr: {LR}\nsteps: {STEPS}\nbatch_size: 8",
+            base=base,
+        )
+    )
+    merged, refs, lam, _ = descend(base, models, data, per_tensor=False)
+    report = json.loads((out / "datamerge_report.json").read_text())
+    got = torch.tensor([report["coefficients"][r] for r in refs])
+    assert_close(got, lam, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(lam, torch.full_like(lam, 0.3))  # the steps moved them
+    assert len(report["entropy_history"]) == STEPS
+    for name, tensor in read_output(out).items():
+        assert_close(tensor, merged[name], rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_layer_wise_coefficients_follow_gradient_descent(vit_setup, run_merge) -> None:
+    folders, data = vit_setup
+    base, models = folders[0], folders[1:]
+    out = run_merge(
+        recipe_text(
+            "adamerging",
+            models,
+            data,
+            f"optimizer: sgd\nlr: {LR}\nsteps: {STEPS}\nbatch_size: 8\ngranularity: layer",
+            base=base,
+        )
+    )
+    merged, refs, lam, names = descend(base, models, data, per_tensor=True)
+    coef = json.loads((out / "datamerge_report.json").read_text())["coefficients"]
+    got = torch.tensor([[coef[n][r] for r in refs] for n in names])
+    assert_close(got, lam, rtol=1e-5, atol=1e-6)
+    for name, tensor in read_output(out).items():
+        assert_close(tensor, merged[name], rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_coefficients_are_clamped_to_0_1(vit_setup, run_merge) -> None:
+    folders, data = vit_setup
+    out = run_merge(
+        recipe_text(
+            "adamerging",
+            folders[1:],
+            data,
+            "optimizer: sgd\nlr: 1000.0\nsteps: 2\ninit: 1.0",
+            base=folders[0],
+        )
+    )
+    coef = json.loads((out / "datamerge_report.json").read_text())["coefficients"]
+    assert all(0.0 <= v <= 1.0 for v in coef.values())
+    assert any(v in (0.0, 1.0) for v in coef.values())

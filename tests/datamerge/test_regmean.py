@@ -1,0 +1,154 @@
+"""RegMean against least-squares solves on activations recorded here."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import torch
+from safetensors.torch import load_file
+from torch.testing import assert_close
+
+from mergekit_like.datamerge.solve import regmean_merge
+from mergekit_like.datamerge.statistics import Examples, gram_matrices, linear_modules
+from tests.datamerge.conftest import load_vit, read_output, recipe_text, val_examples
+
+DENSE = "vit.encoder.layer.0.intermediate.dense"
+#: checkpoint prefix -> the live module (transformers 5 renames ViT's modules on load)
+MODULES = {
+    DENSE: "vit.layers.0.mlp.fc1",
+    "vit.encoder.layer.0.output.dense": "vit.layers.0.mlp.fc2",
+    "classifier": "classifier",
+}
+
+
+def record_inputs(model: torch.nn.Module, ckpt: str, x: torch.Tensor) -> torch.Tensor:
+    """The rows (tokens) that reach the linear layer of checkpoint prefix ``ckpt`` when
+    ``model`` runs on ``x``."""
+    seen = []
+    module = dict(model.named_modules())[MODULES[ckpt]]
+    hook = module.register_forward_pre_hook(lambda _m, args: seen.append(args[0].detach()))
+    with torch.no_grad():
+        model(pixel_values=x)
+    hook.remove()
+    return torch.cat([s.reshape(-1, s.shape[-1]) for s in seen]).double()
+
+
+def least_squares(inputs: list[torch.Tensor], weights: list[torch.Tensor]) -> torch.Tensor:
+    """argmin_W sum_k ||X_k W^T - X_k W_k^T||^2 (numpy's lstsq on the stacked rows), as
+    [out, in]."""
+    a = np.concatenate([x.numpy() for x in inputs])
+    b = np.concatenate([(x @ w.double().T).numpy() for x, w in zip(inputs, weights, strict=True)])
+    sol, *_ = np.linalg.lstsq(a, b, rcond=None)
+    return torch.from_numpy(sol.T).float()
+
+
+def test_regmean_alpha_1_is_the_least_squares_merge(vit_setup, run_merge) -> None:
+    folders, data = vit_setup
+    out = run_merge(recipe_text("regmean", folders, data, "alpha: 1.0"))
+    got = read_output(out)
+    x, _ = val_examples(data)
+    states = [load_file(f / "model.safetensors") for f in folders]
+    for module in (DENSE, "vit.encoder.layer.0.output.dense", "classifier"):
+        inputs = [record_inputs(load_vit(f), module, x) for f in folders]
+        want = least_squares(inputs, [s[f"{module}.weight"] for s in states])
+        assert_close(got[f"{module}.weight"], want, rtol=1e-4, atol=1e-5, msg=module)
+    for name in (
+        "vit.encoder.layer.0.layernorm_before.weight",
+        f"{DENSE}.bias",
+        "vit.embeddings.cls_token",
+    ):  # not a linear layer's weight: the mean
+        assert_close(got[name], sum(s[name] for s in states) / 3, msg=name)
+    report = json.loads((out / "datamerge_report.json").read_text())
+    assert report["linear_layers"] == 7  # q, k, v, attention output, intermediate, output, head
+
+
+def test_regmean_alpha_scales_the_off_diagonals(vit_setup, run_merge) -> None:
+    folders, data = vit_setup
+    out = run_merge(recipe_text("regmean", folders[:2], data, "alpha: 0.5"))
+    x, _ = val_examples(data)
+    grams, ws = [], []
+    for f in folders[:2]:
+        xs = record_inputs(load_vit(f), DENSE, x).numpy()
+        g = xs.T @ xs / len(xs)
+        grams.append(0.5 * g + 0.5 * np.diag(np.diag(g)))
+        ws.append(load_file(f / "model.safetensors")[f"{DENSE}.weight"].double().numpy())
+    want = np.linalg.solve(sum(grams), sum(g @ w.T for g, w in zip(grams, ws, strict=True))).T
+    assert_close(
+        read_output(out)[f"{DENSE}.weight"], torch.from_numpy(want).float(), rtol=1e-4, atol=1e-5
+    )
+
+
+def test_regmean_plusplus_takes_inputs_through_the_merged_earlier_layers(
+    vit_setup, run_merge
+) -> None:
+    folders, data = vit_setup
+    out = run_merge(recipe_text("regmean", folders, data, "alpha: 1.0\nplusplus: true"))
+    states = [load_file(f / "model.safetensors") for f in folders]
+    x, _ = val_examples(data)
+    inputs = []
+    for f in folders:  # ingredient k's layer 0 behind the merged (mean) embeddings
+        model = load_vit(f)
+        with torch.no_grad():
+            for name, p in model.vit.embeddings.named_parameters():
+                key = f"vit.embeddings.{name}"
+                p.copy_(sum(s[key] for s in states) / 3)
+        inputs.append(record_inputs(model, DENSE, x))
+    want = least_squares(inputs, [s[f"{DENSE}.weight"] for s in states])
+    assert_close(read_output(out)[f"{DENSE}.weight"], want, rtol=1e-4, atol=1e-5)
+    plain = read_output(run_merge(recipe_text("regmean", folders, data, "alpha: 1.0")))
+    assert not torch.allclose(plain[f"{DENSE}.weight"], want, rtol=1e-4, atol=1e-5)
+
+
+def test_weight_layouts_linear_and_conv1d_give_the_same_solve() -> None:
+    torch.manual_seed(0)
+    ws = [torch.randn(5, 3) for _ in range(2)]  # nn.Linear: [out, in]
+    xs = [torch.randn(9, 3) for _ in range(2)]
+    grams = [x.T @ x for x in xs]
+    linear = regmean_merge(ws, grams, 1.0, transposed=False)
+    conv1d = regmean_merge([w.T for w in ws], grams, 1.0, transposed=True)  # [in, out]
+    assert_close(conv1d, linear.T)
+    assert_close(linear, least_squares([x.double() for x in xs], ws), rtol=1e-4, atol=1e-5)
+
+
+def test_an_input_feature_never_set_keeps_the_mean_weight() -> None:
+    x = torch.randn(6, 3)
+    x[:, 1] = 0
+    ws = [torch.randn(2, 3), torch.randn(2, 3)]
+    merged = regmean_merge(ws, [x.T @ x, x.T @ x], 1.0, transposed=False)
+    assert_close(merged[:, 1], (ws[0][:, 1] + ws[1][:, 1]) / 2)
+
+
+def test_gram_rows_exclude_padding_by_attention_mask() -> None:
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(0)
+    cfg = BertConfig(
+        vocab_size=30,
+        hidden_size=16,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=32,
+        num_labels=2,
+    )
+    model = BertForSequenceClassification(cfg).eval()
+    ids = torch.randint(1, 30, (3, 6))
+    mask = torch.tensor([[1] * 6, [1] * 4 + [0] * 2, [1] * 2 + [0] * 4])
+    names = {p.data_ptr(): n for n, p in model.named_parameters()}
+    modules = linear_modules(model, names)
+    name = "bert.encoder.layer.1.intermediate.dense.weight"
+    got = gram_matrices(
+        model,
+        Examples({"input_ids": ids, "attention_mask": mask}, None, "classification", 2),
+        modules,
+    )
+    seen = []
+    hook = model.bert.encoder.layer[1].intermediate.dense.register_forward_pre_hook(
+        lambda _m, args: seen.append(args[0].detach())
+    )
+    with torch.no_grad():
+        model(input_ids=ids, attention_mask=mask)
+    hook.remove()
+    rows = seen[0][mask.bool()]
+    assert_close(got[name], rows.T @ rows / rows.shape[0], rtol=1e-5, atol=1e-6)
+    assert "bert.embeddings.word_embeddings.weight" not in modules
