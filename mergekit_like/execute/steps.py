@@ -106,8 +106,19 @@ def step_peaks(steps: list[Step], chunk_bytes: int) -> list[int]:
         ahead = nxt.in_bytes if nxt is not None and read_ahead_fits(nxt, chunk_bytes) else 0
         behind = steps[i - 1].in_bytes // max(1, len(steps[i - 1].pt.inputs) + (
             1 if steps[i - 1].pt.base else 0)) if i else 0
-        peaks.append(own + ahead + behind)
+        peaks.append(own + ahead + behind + held_bytes(step))
     return peaks
+
+
+def held_bytes(step: Step) -> int:
+    """What a row-chunked step's tensor keeps whole for its method's statistics
+    (``MergeMethod.held`` copies per ingredient); 0 for a step of a whole tensor."""
+    pt = step.pt
+    if pt.method == COPY or step.rows is None or step.rows == (0, pt.shape[0]):
+        return 0
+    held = REGISTRY[pt.method].held
+    copies = held(pt.params) if callable(held) else held
+    return copies * len(pt.inputs) * math.prod(pt.shape) * DTYPE_SIZES[pt.compute]
 
 
 def read_ahead_fits(step: Step, chunk_bytes: int) -> bool:

@@ -22,7 +22,11 @@ from __future__ import annotations
 from pydantic import Field
 
 from mergekit_like.methods.spec import RECIPE_REQUIRED, MergeMethod, MethodParams
-from mergekit_like.methods.task_arithmetic import MagnitudeTrimParams, family_merge
+from mergekit_like.methods.task_arithmetic import (
+    MagnitudeTrimParams,
+    family_merge,
+    rescaled_copies,
+)
 
 
 class BreadcrumbsModelParams(MethodParams):
@@ -40,6 +44,7 @@ BREADCRUMBS = MergeMethod(
     params=MagnitudeTrimParams,
     model_params=BreadcrumbsModelParams,
     base="required",
+    held=rescaled_copies,
 )
 
 BREADCRUMBS_TIES = MergeMethod(
@@ -49,4 +54,5 @@ BREADCRUMBS_TIES = MergeMethod(
     params=MagnitudeTrimParams,
     model_params=BreadcrumbsModelParams,
     base="required",
+    held=rescaled_copies,
 )

@@ -145,6 +145,7 @@ MODEL_STOCK = MergeMethod(
     summary="Model Stock: t * mean model + (1 - t) * base, t from the angle between the fine-tunes",
     merge=model_stock_merge,
     stats=model_stock_stats,
+    held=1,  # each model's task vector, for torch's own sums
     elementwise=True,
     params=ModelStockParams,
     base="required",

@@ -225,6 +225,7 @@ SCE = MergeMethod(
     summary="SCE: select high-variance entries, weight models by energy, erase minority signs",
     merge=sce_merge,
     stats=sce_stats,
+    held=1,  # each model's task vector, for torch's own sums
     elementwise=True,
     params=SceParams,
     base="required",

@@ -132,6 +132,10 @@ class MergeMethod:
             need whole blocks (:class:`~.reductions.ColumnSums`).
         kernels: the method's passes run through :mod:`mergekit_like.methods.kernels`, so
             compiling them (``--kernels``) speeds it up.
+        held: whole-tensor copies per ingredient that the statistics passes of a row-chunked
+            merge keep until the merge pass (torch-order sums need every entry at once,
+            :class:`~.reductions.Gathered`); or a function of the global parameters giving
+            it. Memory estimates count them.
         min_models / max_models: how many ingredients (excluding a required base).
     """
 
@@ -145,6 +149,7 @@ class MergeMethod:
     stats: StatsFactory | None = None
     row_block: int | Callable[[Any], int] = 1
     kernels: bool = False
+    held: int | Callable[[Any], int] = 0
     min_models: int = 1
     max_models: int | None = None
 

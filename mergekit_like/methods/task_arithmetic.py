@@ -235,6 +235,12 @@ class TaskArithmeticParams(MethodParams):
     int8_mask: bool = Field(False, description="accepted for mergekit compatibility; no effect")
 
 
+def rescaled_copies(params: TaskArithmeticParams) -> int:
+    """Whole-tensor copies per model a chunked magnitude trim keeps with ``rescale: true``:
+    its magnitudes before and after the trim, for mergekit's ``torch.sum`` of each."""
+    return 2 if params.rescale else 0
+
+
 class MagnitudeTrimParams(TaskArithmeticParams):
     """Global parameters of the methods that trim by magnitude rank (ties, breadcrumbs)."""
 

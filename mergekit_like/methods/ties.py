@@ -22,7 +22,11 @@ from __future__ import annotations
 from pydantic import Field
 
 from mergekit_like.methods.spec import RECIPE_REQUIRED, MergeMethod, MethodParams
-from mergekit_like.methods.task_arithmetic import MagnitudeTrimParams, family_merge
+from mergekit_like.methods.task_arithmetic import (
+    MagnitudeTrimParams,
+    family_merge,
+    rescaled_copies,
+)
 
 
 class TiesParams(MagnitudeTrimParams):
@@ -44,4 +48,5 @@ TIES = MergeMethod(
     params=TiesParams,
     model_params=TiesModelParams,
     base="required",
+    held=rescaled_copies,
 )

@@ -107,3 +107,19 @@ def test_fit_device_sends_whole_tensors_that_cannot_fit_to_the_cpu(nuslerp_famil
     assert "model.embed_tokens.weight" in big and "model.layers.0.mlp.up_proj.weight" in big
     assert "model.norm.weight" not in big and "model.layers.0.self_attn.q_proj.weight" not in big
     assert all(len([t for t in steps if t.pt is s.pt]) == 1 for s in steps)  # never split
+
+
+def test_peak_estimate_counts_what_torch_order_sums_keep(ties_recipe):
+    """ties with ``rescale: true`` keeps each model's magnitudes of a row-chunked tensor,
+    before and after the trim, for mergekit's ``torch.sum`` of each: the estimate counts
+    them (2 copies per model in the compute dtype), and without rescale it does not."""
+    rescaled = ties_recipe.with_name("rescaled.yaml")
+    rescaled.write_text(ties_recipe.read_text() + "parameters: {rescale: true}\n")
+    chunk = 256
+    plan = plan_from_file(rescaled)
+    chunked = [s for s in plan_steps(plan, 4, chunk)
+               if s.rows is not None and s.rows != (0, s.pt.shape[0])]
+    biggest = max(math.prod(s.pt.shape) for s in chunked)
+    kept = 2 * 2 * biggest * 4  # 2 copies x 2 models x entries x float32
+    assert estimate_peak_bytes(plan, chunk) >= kept
+    assert estimate_peak_bytes(plan_from_file(ties_recipe), chunk) < kept
