@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import tempfile
 from collections.abc import Mapping
@@ -145,16 +146,24 @@ class StatsFile:
         """The names of the tensors held."""
         return set(self._entries)
 
-    def get(self, name: str) -> torch.Tensor:
-        """Tensor ``name`` (float32, as stored)."""
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries
+
+    def get(self, name: str, rows: tuple[int, int] | None = None) -> torch.Tensor:
+        """Tensor ``name`` (float32, as stored); rows [r0, r1) of it when ``rows`` given."""
         import torch
 
         entry = self._entries[name]
         if entry["dtype"] != "F32":
             raise ValueError(f"{self.path}: {name} is {entry['dtype']}, expected F32")
         start, end = entry["data_offsets"]
+        shape = list(entry["shape"])
+        if rows is not None and shape:
+            row_bytes = 4 * math.prod(shape[1:])
+            start, end = start + rows[0] * row_bytes, start + rows[1] * row_bytes
+            shape[0] = rows[1] - rows[0]
         buf = bytearray(end - start)
         with self.path.open("rb") as f:
             f.seek(self._base + start)
             f.readinto(buf)
-        return torch.frombuffer(buf, dtype=torch.float32).reshape(entry["shape"])
+        return torch.frombuffer(buf, dtype=torch.float32).reshape(shape)
