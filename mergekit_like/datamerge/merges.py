@@ -80,7 +80,7 @@ class MergeContext:
             hit = self.cache.has(key)
             if not hit:
                 self.load(k)
-                self.cache.store(key, compute())
+                self.cache.store(key, compute(), consume=True)
             paths.append(self.cache.path(key))
             status = ("hit" if hit else "miss") if self.cache.persistent else "off"
             record.append({"model": self.ingredients.refs[k], "key": key, "cache": status})
