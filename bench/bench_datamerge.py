@@ -116,8 +116,13 @@ def main(argv: list[str] | None = None) -> int:
         choices=("miss", "hit"),
         help="runs of each data-driven method (miss: the first, on an empty cache)",
     )
-    p.add_argument("--k", type=int, default=len(MODELS), choices=range(2, len(MODELS) + 1),
-                   help="ingredients: the first K of base, ft1, ft2, ft3")
+    p.add_argument(
+        "--k",
+        type=int,
+        default=len(MODELS),
+        choices=range(2, len(MODELS) + 1),
+        help="ingredients: the first K of base, ft1, ft2, ft3",
+    )
     ns = p.parse_args(argv)
     work = prepare(ns.size)
     numel = sum(
@@ -131,7 +136,8 @@ def main(argv: list[str] | None = None) -> int:
         f"one in float32 {4 * numel / gib:.2f} GiB, all K {4 * ns.k * numel / gib:.2f} "
         "GiB"
     )
-    cache = work / f"cache-{'-'.join(ns.methods)}-k{ns.k}"  # one per invocation: they may run at once
+    # one per invocation: they may run at once
+    cache = work / f"cache-{'-'.join(ns.methods)}-k{ns.k}"
     shutil.rmtree(cache, ignore_errors=True)
     env = {**os.environ, "MERGEKIT_LIKE_CACHE": str(cache)}
     for method in ns.methods:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 
 import pytest
-import torch
 
 from mergekit_like.datamerge import stream
 from tests.datamerge.conftest import recipe_text
