@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from mergekit_like.datamerge.adamerging import coefficient_table, learn_coefficients, merged_params
 from mergekit_like.datamerge.cache import StatsCache, StatsFile, data_hash, model_hash, stats_key
-from mergekit_like.datamerge.solve import plain_mean, regmean_merge, regmean_stream
+from mergekit_like.datamerge.solve import regmean_stream
 from mergekit_like.datamerge.statistics import (
     Examples,
     fisher_diagonal,
@@ -86,10 +86,6 @@ class MergeContext:
             record.append({"model": self.ingredients.refs[k], "key": key, "cache": status})
         self.details["statistics"] = record
         return paths
-
-
-def _read_all(ctx: MergeContext, i: int) -> list[torch.Tensor]:
-    return [ctx.ingredients.read(k, i) for k in range(ctx.ingredients.count)]
 
 
 def fisher(ctx: MergeContext) -> Merged:
@@ -172,11 +168,11 @@ def regmean_plusplus(ctx: MergeContext) -> Merged:
             grams.append(gram_matrices(model, ctx.examples, here))
         for i in stage:
             name = ing.tensors[i].name
-            weights = _read_all(ctx, i)
             if name in here and all(name in g for g in grams):
-                yield i, regmean_merge(weights, [g[name] for g in grams], p.alpha, here[name][1])
+                pairs = ((ing.read(k, i), g[name]) for k, g in enumerate(grams))
+                yield i, regmean_stream(pairs, p.alpha, here[name][1])
             else:
-                yield i, plain_mean(weights)
+                yield i, mean_tensor(ing, i, None)
         del grams
 
 

@@ -20,11 +20,13 @@ MAIN_SHA256 = {
     "fisher": "d588c00b8b2746963bd4ac6b77368ed79d44411554e426d920aea5296d99b693",
     "fisher_eps0": "fbec384a716f8589995b5b8274d093947d012aa4bed333ad8831ef0828cbb199",
     "regmean": "05ae2ed5dd75484e0e29d365b8880bc5d91a7a1d148043cebcaa675fa2bb147a",
+    "regmean_pp": "f555f3bde5bdda6c75a367d8920792991edd8e7760b53c9fac8b2389c264cc4e",
 }
 RECIPES = {
     "fisher": ("fisher", "epsilon: 1e-10", [1.0, 2.0, 0.5]),
     "fisher_eps0": ("fisher", "epsilon: 0.0", [1.0, 2.0, 0.5]),
     "regmean": ("regmean", "alpha: 0.9", None),
+    "regmean_pp": ("regmean", "alpha: 0.9\nplusplus: true", None),
 }
 
 
