@@ -92,8 +92,9 @@ def fisher_tensor(
     epsilon: float,
 ) -> tuple[torch.Tensor, bool]:
     """Fisher's weighted mean of tensor ``index`` (``solve.fisher_merge``'s numbers), range
-    by range; and whether it fell back to the plain mean (a model without its Fisher, or
-    floored Fishers summing to zero somewhere in the tensor)."""
+    by range; and whether some model has no Fisher for it (then it is the plain mean, and
+    the report lists it). A tensor whose floored Fishers sum to zero somewhere is the plain
+    mean too, unlisted, as ``fisher_merge`` does it."""
     name, shape = ing.tensors[index].name, ing.tensors[index].shape
     if any(name not in f for f in files):
         return mean_tensor(ing, index, scales), True
