@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/bench_datamerge.py --size tiny     # smoke run, seconds
     .venv/bin/python bench/bench_datamerge.py --size 250m     # K = 4 ingredients, minutes
+    .venv/bin/python bench/bench_datamerge.py --size 250m --k 2   # the first two only
 
 The ingredients are ``bench/make_models.py``'s family (base, ft1, ft2, ft3: K = 4 Llama
 models in bfloat16) written to ``bench/work/datamerge-<size>/models``, with a word-level
@@ -66,14 +67,14 @@ def prepare(size: str) -> Path:
     return work
 
 
-def recipe(work: Path, method: str) -> Path:
-    """The recipe of ``method`` over the four models, data.txt as perplexity data."""
+def recipe(work: Path, method: str, k: int = len(MODELS)) -> Path:
+    """The recipe of ``method`` over the first ``k`` models, data.txt as perplexity data."""
     import yaml
 
     data: dict[str, object] = {
         "merge_method": method,
         "models": [
-            {"model": str(work / "models" / m), "parameters": {"weight": 1.0}} for m in MODELS
+            {"model": str(work / "models" / m), "parameters": {"weight": 1.0}} for m in MODELS[:k]
         ],
         "dtype": "float32",
         "out_dtype": "bfloat16",
@@ -87,7 +88,7 @@ def recipe(work: Path, method: str) -> Path:
             "batch_size": 4,
         }
         data["datamerge"] = OPTIONS[method]
-    path = work / f"{method}.yaml"
+    path = work / f"{method}-k{k}.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
 
@@ -115,6 +116,13 @@ def main(argv: list[str] | None = None) -> int:
         choices=("miss", "hit"),
         help="runs of each data-driven method (miss: the first, on an empty cache)",
     )
+    p.add_argument(
+        "--k",
+        type=int,
+        default=len(MODELS),
+        choices=range(2, len(MODELS) + 1),
+        help="ingredients: the first K of base, ft1, ft2, ft3",
+    )
     ns = p.parse_args(argv)
     work = prepare(ns.size)
     numel = sum(
@@ -124,17 +132,18 @@ def main(argv: list[str] | None = None) -> int:
     )
     gib = 2**30
     print(
-        f"size {ns.size}: K = {len(MODELS)} ingredients of {numel / 1e6:.0f}M parameters; "
-        f"one in float32 {4 * numel / gib:.2f} GiB, all K {4 * len(MODELS) * numel / gib:.2f} "
+        f"size {ns.size}: K = {ns.k} ingredients of {numel / 1e6:.0f}M parameters; "
+        f"one in float32 {4 * numel / gib:.2f} GiB, all K {4 * ns.k * numel / gib:.2f} "
         "GiB"
     )
-    cache = work / f"cache-{'-'.join(ns.methods)}"  # one per invocation: they may run at once
+    # one per invocation: they may run at once
+    cache = work / f"cache-{'-'.join(ns.methods)}-k{ns.k}"
     shutil.rmtree(cache, ignore_errors=True)
     env = {**os.environ, "MERGEKIT_LIKE_CACHE": str(cache)}
     for method in ns.methods:
-        path = recipe(work, method)
+        path = recipe(work, method, ns.k)
         for run in ns.runs if method != "linear" else ("-",):
-            out = work / f"out-{method}"
+            out = work / f"out-{method}-k{ns.k}"
             wall, rss = measure([*MERGE, str(path), str(out), "--quiet", "--force"], env)
             print(f"{method:8s} cache {run:4s}: wall {wall:7.1f} s  peak RSS {rss / gib:.2f} GiB")
     return 0

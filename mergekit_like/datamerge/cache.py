@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import tempfile
 from collections.abc import Mapping
@@ -110,22 +111,50 @@ class StatsCache:
             return False
         return True
 
-    def store(self, key: str, tensors: Mapping[str, torch.Tensor]) -> Path:
-        """Write ``tensors`` under ``key`` atomically (temporary file, fsync, rename)."""
-        from safetensors.torch import save_file
-
+    def store(self, key: str, tensors: dict[str, torch.Tensor], consume: bool = False) -> Path:
+        """Write ``tensors`` under ``key`` atomically (temporary file, fsync, rename), one
+        tensor at a time after a header laid out from their shapes; ``consume``: each entry
+        is taken out of ``tensors`` once written, so its memory can go at once."""
         self.folder.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{key}.", suffix=".tmp", dir=self.folder)
-        os.close(fd)
         try:
-            save_file({k: v.contiguous() for k, v in tensors.items()}, tmp)
-            with open(tmp, "rb+") as f:
-                os.fsync(f.fileno())
+            _write_stats(fd, tensors, consume)
+            os.fsync(fd)
+            os.close(fd)
+            fd = -1
             os.replace(tmp, self.path(key))
         finally:
+            if fd >= 0:
+                os.close(fd)
             if os.path.exists(tmp):
                 os.unlink(tmp)
         return self.path(key)
+
+
+def _write_stats(fd: int, tensors: dict[str, torch.Tensor], consume: bool) -> None:
+    """A safetensors file of float32 ``tensors`` into ``fd``: the header (from names and
+    shapes), then each tensor's bytes written straight at its offset."""
+    import torch
+
+    entries, offset = {}, 0
+    names = sorted(tensors)
+    for name in names:
+        shape = list(tensors[name].shape)
+        size = 4 * math.prod(shape)
+        entries[name] = {"dtype": "F32", "shape": shape, "data_offsets": [offset, offset + size]}
+        offset += size
+    header = json.dumps(entries, separators=(",", ":")).encode()
+    header += b" " * (-(len(header) + 8) % 8)
+    os.write(fd, len(header).to_bytes(8, "little") + header)
+    base = 8 + len(header)
+    for name in names:
+        t = tensors.pop(name) if consume else tensors[name]
+        data = t.detach().to("cpu", torch.float32).contiguous().reshape(-1).view(torch.uint8)
+        view = memoryview(data.numpy())
+        done, at = 0, base + entries[name]["data_offsets"][0]
+        while done < len(view):
+            done += os.pwrite(fd, view[done:], at + done)
+        del t, data, view
 
 
 class StatsFile:
@@ -145,16 +174,24 @@ class StatsFile:
         """The names of the tensors held."""
         return set(self._entries)
 
-    def get(self, name: str) -> torch.Tensor:
-        """Tensor ``name`` (float32, as stored)."""
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries
+
+    def get(self, name: str, rows: tuple[int, int] | None = None) -> torch.Tensor:
+        """Tensor ``name`` (float32, as stored); rows [r0, r1) of it when ``rows`` given."""
         import torch
 
         entry = self._entries[name]
         if entry["dtype"] != "F32":
             raise ValueError(f"{self.path}: {name} is {entry['dtype']}, expected F32")
         start, end = entry["data_offsets"]
+        shape = list(entry["shape"])
+        if rows is not None and shape:
+            row_bytes = 4 * math.prod(shape[1:])
+            start, end = start + rows[0] * row_bytes, start + rows[1] * row_bytes
+            shape[0] = rows[1] - rows[0]
         buf = bytearray(end - start)
         with self.path.open("rb") as f:
             f.seek(self._base + start)
             f.readinto(buf)
-        return torch.frombuffer(buf, dtype=torch.float32).reshape(entry["shape"])
+        return torch.frombuffer(buf, dtype=torch.float32).reshape(shape)

@@ -5,8 +5,9 @@ merged earlier layers back from the live model).
 
 Statistics are computed one ingredient at a time in the one live model and stored in the
 :class:`~mergekit_like.datamerge.cache.StatsCache`; the merge then reads, per tensor, that
-tensor of each ingredient and of each statistics file, so memory holds one model, its
-statistics while they are computed, and K copies of one tensor.
+tensor of each ingredient and of each statistics file one ingredient at a time, large
+tensors in row ranges (:mod:`~mergekit_like.datamerge.stream`), so memory holds one model,
+its statistics while they are computed, and one merged tensor with its running sums.
 """
 
 from __future__ import annotations
@@ -17,13 +18,14 @@ from typing import TYPE_CHECKING, Any
 
 from mergekit_like.datamerge.adamerging import coefficient_table, learn_coefficients, merged_params
 from mergekit_like.datamerge.cache import StatsCache, StatsFile, data_hash, model_hash, stats_key
-from mergekit_like.datamerge.solve import fisher_merge, plain_mean, regmean_merge
+from mergekit_like.datamerge.solve import regmean_stream
 from mergekit_like.datamerge.statistics import (
     Examples,
     fisher_diagonal,
     gram_matrices,
     linear_modules,
 )
+from mergekit_like.datamerge.stream import fisher_tensor, mean_tensor
 from mergekit_like.recipe.datamerge import AdaMergingParams, FisherParams, RegMeanParams
 from mergekit_like.soups.ingredients import Ingredients
 
@@ -78,16 +80,12 @@ class MergeContext:
             hit = self.cache.has(key)
             if not hit:
                 self.load(k)
-                self.cache.store(key, compute())
+                self.cache.store(key, compute(), consume=True)
             paths.append(self.cache.path(key))
             status = ("hit" if hit else "miss") if self.cache.persistent else "off"
             record.append({"model": self.ingredients.refs[k], "key": key, "cache": status})
         self.details["statistics"] = record
         return paths
-
-
-def _read_all(ctx: MergeContext, i: int) -> list[torch.Tensor]:
-    return [ctx.ingredients.read(k, i) for k in range(ctx.ingredients.count)]
 
 
 def fisher(ctx: MergeContext) -> Merged:
@@ -103,14 +101,11 @@ def fisher(ctx: MergeContext) -> Merged:
     )
     plain = []
     files = [StatsFile(path) for path in paths]
-    keys = [f.keys() for f in files]
     for i, t in enumerate(ctx.ingredients.tensors):
-        fishers = [
-            f.get(t.name) if t.name in ks else None for f, ks in zip(files, keys, strict=True)
-        ]
-        if any(f is None for f in fishers):
+        merged, fallback = fisher_tensor(ctx.ingredients, i, files, ctx.scales, p.epsilon)
+        if fallback:
             plain.append(t.name)
-        yield i, fisher_merge(_read_all(ctx, i), fishers, ctx.scales, p.epsilon)
+        yield i, merged
     ctx.details["plain_mean_tensors"] = plain
 
 
@@ -132,14 +127,13 @@ def regmean(ctx: MergeContext) -> Merged:
     paths = ctx.statistics("gram", settings, lambda: gram_matrices(model, ctx.examples, modules))
     ctx.details["linear_layers"] = len(modules)
     files = [StatsFile(path) for path in paths]
-    keys = [f.keys() for f in files]
-    for i, t in enumerate(ctx.ingredients.tensors):
-        weights = _read_all(ctx, i)
-        if t.name in modules and all(t.name in ks for ks in keys):
-            grams = [f.get(t.name) for f in files]
-            yield i, regmean_merge(weights, grams, p.alpha, modules[t.name][1])
+    ing = ctx.ingredients
+    for i, t in enumerate(ing.tensors):
+        if t.name in modules and all(t.name in f for f in files):
+            pairs = ((ing.read(k, i), f.get(t.name)) for k, f in enumerate(files))
+            yield i, regmean_stream(pairs, p.alpha, modules[t.name][1])
         else:
-            yield i, plain_mean(weights)
+            yield i, mean_tensor(ing, i, None)
 
 
 def _stages(ctx: MergeContext, linear: set[str]) -> list[list[int]]:
@@ -174,11 +168,11 @@ def regmean_plusplus(ctx: MergeContext) -> Merged:
             grams.append(gram_matrices(model, ctx.examples, here))
         for i in stage:
             name = ing.tensors[i].name
-            weights = _read_all(ctx, i)
             if name in here and all(name in g for g in grams):
-                yield i, regmean_merge(weights, [g[name] for g in grams], p.alpha, here[name][1])
+                pairs = ((ing.read(k, i), g[name]) for k, g in enumerate(grams))
+                yield i, regmean_stream(pairs, p.alpha, here[name][1])
             else:
-                yield i, plain_mean(weights)
+                yield i, mean_tensor(ing, i, None)
         del grams
 
 

@@ -8,7 +8,7 @@ Example::
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -20,10 +20,32 @@ def plain_mean(
 ) -> torch.Tensor:
     """``sum_k s_k theta_k / sum_k s_k`` (uniform when ``scales`` is None), in float32."""
     scales = [1.0] * len(tensors) if scales is None else list(scales)
-    acc = tensors[0].float() * scales[0]
-    for t, s in zip(tensors[1:], scales[1:], strict=True):
-        acc = acc + t.float() * s
-    return acc / sum(scales)
+    return plain_sum(zip(tensors, scales, strict=True)) / sum(scales)
+
+
+def plain_sum(pairs: Iterable[tuple[torch.Tensor, float]]) -> torch.Tensor:
+    """``sum_k s_k theta_k`` over ``(theta_k, s_k)`` pairs taken one at a time (float32)."""
+    acc = None
+    for t, s in pairs:
+        acc = t.float() * s if acc is None else acc + t.float() * s
+    assert acc is not None
+    return acc
+
+
+def fisher_sums(
+    triples: Iterable[tuple[torch.Tensor, torch.Tensor, float]], epsilon: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(sum_k w_k theta_k, sum_k w_k)`` with ``w_k = s_k max(F_k, epsilon)`` over
+    ``(theta_k, F_k, s_k)`` triples taken one at a time (elementwise, so any row range of a
+    tensor gives the same numbers as the whole)."""
+    num = None
+    den = None
+    for t, f, s in triples:
+        w = f.float().clamp_min(epsilon) * s
+        num = w * t.float() if num is None else num + w * t.float()
+        den = w if den is None else den + w
+    assert num is not None and den is not None
+    return num, den
 
 
 def fisher_merge(
@@ -39,14 +61,7 @@ def fisher_merge(
     """
     if any(f is None for f in fishers):
         return plain_mean(tensors, scales)
-    num = None
-    den = None
-    for t, f, s in zip(tensors, fishers, scales, strict=True):
-        assert f is not None
-        w = f.float().clamp_min(epsilon) * s
-        num = w * t.float() if num is None else num + w * t.float()
-        den = w if den is None else den + w
-    assert num is not None and den is not None
+    num, den = fisher_sums(zip(tensors, fishers, scales, strict=True), epsilon)  # type: ignore[arg-type]
     if not bool((den > 0).all()):
         return plain_mean(tensors, scales)
     return num / den
@@ -70,21 +85,35 @@ def regmean_merge(
     the mean of the models' weights for it; any other singular sum falls back to the
     pseudo-inverse.
     """
+    return regmean_stream(zip(weights, grams, strict=True), alpha, transposed)
+
+
+def regmean_stream(
+    pairs: Iterable[tuple[torch.Tensor, torch.Tensor]], alpha: float, transposed: bool
+) -> torch.Tensor:
+    """:func:`regmean_merge` over ``(W_k, G_k)`` pairs taken one at a time: memory holds
+    the float64 sums and one model's weight and Gram matrix, whatever the count."""
     import torch
 
     lhs = None
     rhs = None
-    for w, g in zip(weights, grams, strict=True):
+    wsum = None
+    count = 0
+    for w, g in pairs:
         g = scaled_gram(g.double(), alpha)
         wt = w.double() if transposed else w.double().T  # [in, out]
         lhs = g if lhs is None else lhs + g
         rhs = g @ wt if rhs is None else rhs + g @ wt
-    assert lhs is not None and rhs is not None
+        wsum = 0 + wt if wsum is None else wsum + wt  # as sum(): 0 + first, then each
+        count += 1
+        del w, g, wt
+    assert lhs is not None and rhs is not None and wsum is not None
     unused = torch.diagonal(lhs) == 0
     if bool(unused.any()):
-        mean = sum((w.double() if transposed else w.double().T) for w in weights) / len(weights)
+        mean = wsum / count
         lhs[unused, unused] = 1.0
         rhs[unused] = mean[unused]
+    del wsum
     try:
         merged = torch.linalg.solve(lhs, rhs)
     except RuntimeError:  # singular: torch.linalg.LinAlgError is a RuntimeError

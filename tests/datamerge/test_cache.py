@@ -59,19 +59,35 @@ def test_cache_off_writes_nothing_to_the_user_cache(vit_setup, run_merge, tmp_pa
 
 
 def test_an_interrupted_store_leaves_no_file(tmp_path, monkeypatch) -> None:
-    import safetensors.torch
+    import os
 
     cache = StatsCache(tmp_path, persistent=True)
+    pwrite = os.pwrite
 
-    def dies_half_way(tensors, filename):  # noqa: ANN001, ANN202
-        Path(filename).write_bytes(b"\x10\x00\x00\x00")
+    def dies_half_way(fd, data, offset):  # noqa: ANN001, ANN202
+        pwrite(fd, bytes(data)[:2], offset)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(safetensors.torch, "save_file", dies_half_way)
+    monkeypatch.setattr(os, "pwrite", dies_half_way)
     with pytest.raises(KeyboardInterrupt):
         cache.store("k", {"a": torch.ones(3)})
     assert list(tmp_path.iterdir()) == []
     assert not cache.has("k")
+
+
+def test_store_writes_tensor_by_tensor_and_consumes(tmp_path) -> None:
+    from safetensors.torch import load_file
+
+    cache = StatsCache(tmp_path, persistent=True)
+    want = {"z": torch.randn(4, 3), "a.b": torch.randn(5), "s": torch.tensor(2.5)}
+    tensors = {n: t.clone() for n, t in want.items()}
+    path = cache.store("k", tensors, consume=True)
+    assert tensors == {}  # each entry let go once written
+    got = load_file(path)
+    assert set(got) == set(want)
+    for name, t in want.items():
+        assert torch.equal(got[name], t)
+    assert cache.has("k")
 
 
 def test_concurrent_writers_leave_one_whole_file(tmp_path) -> None:
