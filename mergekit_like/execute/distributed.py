@@ -35,7 +35,7 @@ from mergekit_like.io.writer import ShardLayout
 if TYPE_CHECKING:
     from torch.distributed import Store
 
-    from mergekit_like.execute.setup import MergeOptions
+    from mergekit_like.execute.setup import MergeOptions, WriteSetup
     from mergekit_like.plan.build import Plan
 
 POLL_S = 0.02
@@ -149,12 +149,44 @@ def run_rank(plan: Plan, out: Path, options: MergeOptions, ranks: Ranks, local_r
              finish: Callable[[Path], None] | None = None) -> None:
     """This rank's shards; on rank 0 also the staging folder, the index, ``finish`` and
     publishing."""
-    from mergekit_like.execute.journal import JOURNAL, Journal
+    from mergekit_like.execute.journal import JOURNAL
     from mergekit_like.execute.output import check_output_path
-    from mergekit_like.execute.setup import write_setup
-    from mergekit_like.execute.shards import finish_output, write_shards
+    from mergekit_like.execute.shards import finish_output
     from mergekit_like.execute.staging import partial_dir, staged_output
     from mergekit_like.io.writer import write_index
+
+    setup, write = _rank_writer(plan, options, ranks, local_rank)
+    if ranks.rank:
+        _follow(ranks, lambda: write(partial_dir(out), True))  # rank 0 started the journal
+        return
+    try:
+        check_output_path(plan, out)
+        if len(setup.layout.files) < ranks.world and not options.quiet:
+            print(f"note: {len(setup.layout.files)} output shard(s) for {ranks.world} "
+                  "processes; a smaller --out-shard-size keeps every process busy")
+        with staged_output(out, options.force, options.resume) as tmp:
+            try:
+                write(tmp, options.resume)
+                ranks.wait(*(f"written/{r}" for r in range(ranks.world)))
+            except PeerFailed as exc:  # clean up (or keep for --resume) as for our own error
+                raise as_exception(exc.args[0]) from None
+            write_index(tmp, setup.layout)
+            finish_output(plan, out, tmp, tmp / JOURNAL, options, finish)
+    except BaseException as exc:
+        if not ranks.has("failed"):
+            ranks.fail(report(exc))
+        ranks.put("final", report(exc))
+        raise
+    ranks.put("final", {"kind": "ok"})
+
+
+def _rank_writer(plan: Plan, options: MergeOptions, ranks: Ranks, local_rank: int
+                 ) -> tuple[WriteSetup, Callable[[Path, bool], None]]:
+    """This rank's write setup (its GPU, progress on rank 0 only) and the function that
+    writes its shards into a staging folder (resuming its journal or not)."""
+    from mergekit_like.execute.journal import Journal
+    from mergekit_like.execute.setup import write_setup
+    from mergekit_like.execute.shards import write_shards
 
     setup = write_setup(plan, options)
     device = setup.exec_options.device
@@ -176,39 +208,23 @@ def run_rank(plan: Plan, out: Path, options: MergeOptions, ranks: Ranks, local_r
             journal.close()
         ranks.put(f"written/{ranks.rank}", 1)
 
-    if ranks.rank:
-        try:
-            ranks.wait("ready")
-            write(partial_dir(out), resume=True)  # rank 0 started the journal
-        except PeerFailed:
-            pass
-        except BaseException as exc:
-            if report(exc)["kind"] == "internal":
-                traceback.print_exc()
-            ranks.fail(report(exc))
-        ranks.wait("final", peers=False)
-        if ranks.get("final")["kind"] != "ok":
-            raise as_exception(ranks.get("final"), quiet=True)
-        return
+    return setup, write
+
+
+def _follow(ranks: Ranks, write: Callable[[], None]) -> None:
+    """A rank above 0: write once rank 0 is ready, report a failure, end as rank 0 ends."""
     try:
-        check_output_path(plan, out)
-        if len(setup.layout.files) < ranks.world and not options.quiet:
-            print(f"note: {len(setup.layout.files)} output shard(s) for {ranks.world} "
-                  "processes; a smaller --out-shard-size keeps every process busy")
-        with staged_output(out, options.force, options.resume) as tmp:
-            try:
-                write(tmp, options.resume)
-                ranks.wait(*(f"written/{r}" for r in range(ranks.world)))
-            except PeerFailed as exc:  # clean up (or keep for --resume) as for our own error
-                raise as_exception(exc.args[0]) from None
-            write_index(tmp, setup.layout)
-            finish_output(plan, out, tmp, tmp / JOURNAL, options, finish)
+        ranks.wait("ready")
+        write()
+    except PeerFailed:
+        pass
     except BaseException as exc:
-        if not ranks.has("failed"):
-            ranks.fail(report(exc))
-        ranks.put("final", report(exc))
-        raise
-    ranks.put("final", {"kind": "ok"})
+        if report(exc)["kind"] == "internal":
+            traceback.print_exc()
+        ranks.fail(report(exc))
+    ranks.wait("final", peers=False)
+    if ranks.get("final")["kind"] != "ok":
+        raise as_exception(ranks.get("final"), quiet=True)
 
 
 def write_model_distributed(plan: Plan, out: Path, options: MergeOptions,
