@@ -18,11 +18,14 @@ import shlex
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from mergekit_like.plan.build import Plan
+
+if TYPE_CHECKING:
+    from mergekit_like.recipe.models import Recipe
 
 _SOUPS = (
     "Model soups: averaging weights of multiple fine-tuned models improves accuracy "
@@ -75,7 +78,38 @@ METHOD_PAPERS: dict[str, tuple[tuple[str, str], ...]] = {
         ),
     ),
     "karcher": (("Karcher mean", "https://en.wikipedia.org/wiki/Karcher_mean"),),
+    "fisher": (
+        ("Merging Models with Fisher-Weighted Averaging", "https://arxiv.org/abs/2111.09832"),
+    ),
+    "regmean": (
+        (
+            "Dataless Knowledge Fusion by Merging Weights of Language Models",
+            "https://arxiv.org/abs/2212.09849",
+        ),
+    ),
+    "adamerging": (
+        (
+            "AdaMerging: Adaptive Model Merging for Multi-Task Learning",
+            "https://arxiv.org/abs/2310.02575",
+        ),
+        ("Editing Models with Task Arithmetic", "https://arxiv.org/abs/2212.04089"),
+    ),
 }
+_REGMEAN_PP = (
+    "RegMean++: Enhancing Effectiveness and Generalization of Regression Mean for Model Merging",
+    "https://arxiv.org/abs/2508.03121",
+)
+
+
+def method_papers(recipe: Recipe) -> tuple[tuple[str, str], ...]:
+    """The (title, url) of the papers behind a recipe's merge method, its own first
+    (``regmean`` with ``datamerge.plusplus: true`` adds RegMean++)."""
+    papers = METHOD_PAPERS.get(recipe.merge_method, ())
+    if recipe.merge_method == "regmean" and (recipe.datamerge or {}).get(
+        "plusplus"
+    ):
+        papers = (_REGMEAN_PP, *papers)
+    return papers
 
 #: architecture suffix -> (what kind of model, the hub's pipeline_tag)
 _KINDS: tuple[tuple[str, str, str | None], ...] = (
@@ -206,7 +240,7 @@ def model_card(plan: Plan, recipe_yaml: str, folder: Path, provenance: Provenanc
     refs = recipe.referenced_models()
     kind, tag = model_kind(plan.output.config)
     method = recipe.merge_method
-    papers = METHOD_PAPERS.get(method, ())
+    papers = method_papers(recipe)
     named_method = f"[`{method}`]({papers[0][1]})" if papers else f"`{method}`"
     title = recipe.name or folder.name.removeprefix(".").removesuffix(".partial")
     lines = [

@@ -74,6 +74,7 @@ def test_task_wise_coefficients_follow_gradient_descent(vit_setup, run_merge) ->
     assert_close(got, lam, rtol=1e-5, atol=1e-6)
     assert not torch.allclose(lam, torch.full_like(lam, 0.3))  # the steps moved them
     assert len(report["entropy_history"]) == STEPS
+    assert "[`adamerging`](https://arxiv.org/abs/2310.02575)" in (out / "README.md").read_text()
     for name, tensor in read_output(out).items():
         assert_close(tensor, merged[name], rtol=1e-5, atol=1e-6, msg=name)
 

@@ -65,6 +65,7 @@ def test_fisher_merge_matches_gradients_computed_here(vit_setup, run_merge) -> N
     assert report["statistics_examples"] == 6
     assert {"val", "test"} <= set(report["scores"])
     assert report["scores"]["val"]["loss"] is not None
+    assert "[`fisher`](https://arxiv.org/abs/2111.09832)" in (out / "README.md").read_text()
 
 
 def test_fisher_with_sampled_labels(vit_setup, run_merge) -> None:

@@ -61,6 +61,9 @@ def test_regmean_alpha_1_is_the_least_squares_merge(vit_setup, run_merge) -> Non
         assert_close(got[name], sum(s[name] for s in states) / 3, msg=name)
     report = json.loads((out / "datamerge_report.json").read_text())
     assert report["linear_layers"] == 7  # q, k, v, attention output, intermediate, output, head
+    card = (out / "README.md").read_text()
+    assert "[`regmean`](https://arxiv.org/abs/2212.09849)" in card
+    assert "2508.03121" not in card  # RegMean++ only when plusplus is set
 
 
 def test_regmean_alpha_scales_the_off_diagonals(vit_setup, run_merge) -> None:
@@ -96,6 +99,9 @@ def test_regmean_plusplus_takes_inputs_through_the_merged_earlier_layers(
         inputs.append(record_inputs(model, DENSE, x))
     want = least_squares(inputs, [s[f"{DENSE}.weight"] for s in states])
     assert_close(read_output(out)[f"{DENSE}.weight"], want, rtol=1e-4, atol=1e-5)
+    card = (out / "README.md").read_text()
+    assert "[`regmean`](https://arxiv.org/abs/2508.03121)" in card  # RegMean++ first
+    assert "https://arxiv.org/abs/2212.09849" in card
     plain = read_output(run_merge(recipe_text("regmean", folders, data, "alpha: 1.0")))
     assert not torch.allclose(plain[f"{DENSE}.weight"], want, rtol=1e-4, atol=1e-5)
 

@@ -135,6 +135,7 @@ def test_model_kind_from_config(config, kind, tag):
 
 
 def test_every_method_paper_link_is_checked():
+    from mergekit_like.datamerge import DATAMERGE_METHODS
     from mergekit_like.methods import REGISTRY
     from mergekit_like.soups import SOUP_METHODS
 
@@ -153,7 +154,10 @@ def test_every_method_paper_link_is_checked():
         "sce": "2408.07990",
         "model_stock": "2403.19522",
         "wise_ft": "2109.01903",
+        "fisher": "2111.09832",
+        "regmean": "2212.09849",
+        "adamerging": "2310.02575",
     }
     for method, arxiv in expected.items():
         assert f"https://arxiv.org/abs/{arxiv}" == METHOD_PAPERS[method][0][1], method
-    assert set(METHOD_PAPERS) <= {*REGISTRY, *SOUP_METHODS}
+    assert set(METHOD_PAPERS) <= {*REGISTRY, *SOUP_METHODS, *DATAMERGE_METHODS}
