@@ -194,7 +194,7 @@ def _merge(ns: argparse.Namespace, argv: Sequence[str] = ()) -> int:
     from mergekit_like.io.out_path import check_out_path
     from mergekit_like.io.writer import parse_size
     from mergekit_like.plan.build import build_plan
-    from mergekit_like.recipe.loading import load_recipe_documents
+    from mergekit_like.recipe.loading import load_recipe, load_recipe_documents
 
     sizes = {}
     for flag, text in (("--out-shard-size", ns.out_shard_size), ("--chunk-size", ns.chunk_size)):
@@ -227,12 +227,16 @@ def _merge(ns: argparse.Namespace, argv: Sequence[str] = ()) -> int:
     from mergekit_like.plan.preflight import fetch_for_merge
 
     access = HubAccess.from_env(offline=ns.offline, progress=say)
-    if ns.multirun:  # soups: sweeps run each setting through soups/runner.py
+    if ns.multirun:  # sweeps: each setting runs as `merge RECIPE OUT` would run it
+        from mergekit_like.run import run_loaded_recipe
         from mergekit_like.soups.sweep import run_sweep
 
         run_sweep(ns.recipe, ns.out, ns.overrides, options, allow_code=ns.allow_code,
                   prepare=lambda recipe, overrides: fetch_for_merge(
-                      load_recipe_documents(recipe, overrides), access, ns.allow_crimes))
+                      load_recipe_documents(recipe, overrides), access, ns.allow_crimes),
+                  run_one=lambda recipe, overrides, folder, opts: run_loaded_recipe(
+                      _trusted([load_recipe(recipe, overrides)], ns)[0], folder, opts,
+                      ns.allow_code))
         return 0
     docs = _trusted(load_recipe_documents(ns.recipe, ns.overrides), ns)
     fetch_for_merge(docs, access, ns.allow_crimes)
@@ -253,15 +257,11 @@ def _merge(ns: argparse.Namespace, argv: Sequence[str] = ()) -> int:
     from mergekit_like.datamerge import DATAMERGE_METHODS
     from mergekit_like.soups import needs_runner
 
-    if loaded.recipe.merge_method in DATAMERGE_METHODS:  # fisher, regmean, adamerging
-        from mergekit_like.datamerge.runner import run_datamerge
+    # fisher, regmean, adamerging; a soup method, or an evaluation: block
+    if loaded.recipe.merge_method in DATAMERGE_METHODS or needs_runner(loaded.recipe):
+        from mergekit_like.run import run_loaded_recipe
 
-        run_datamerge(loaded, ns.out, options)
-        return 0
-    if needs_runner(loaded.recipe):  # a soup method, or an evaluation: block
-        from mergekit_like.soups.runner import run_loaded
-
-        run_loaded(loaded, ns.out, options, allow_code=ns.allow_code)
+        run_loaded_recipe(loaded, ns.out, options, ns.allow_code)
         return 0
     plan = build_plan(loaded, allow_crimes=ns.allow_crimes)
     for warning in plan.warnings:

@@ -56,18 +56,33 @@ def _scores(data: dict[str, Any]) -> tuple[float | None, float | None]:
         rows = data["table"]
         row = next((r for r in rows if r["name"] == data.get("chosen")), rows[0])
         return row["val"], row["test"]
+    if "scores" in data:  # a data-driven merge: the merged model's scores
+        return (data["scores"].get("val", {}).get("score"),
+                data["scores"].get("test", {}).get("score"))
     return data.get("val"), data.get("test")
+
+
+#: ``run_one(recipe, overrides, folder, options) -> report data`` runs one setting
+RunOne = Callable[[Path, Sequence[str], Path, MergeOptions], dict[str, Any]]
 
 
 def run_sweep(recipe: Path, out: Path, overrides: Sequence[str], options: MergeOptions,
               allow_code: bool = False,
               prepare: Callable[[Path, Sequence[str]], None] | None = None,
+              run_one: RunOne | None = None,
               ) -> list[dict[str, Any]]:
     """Run every combination into its own folder under ``out``; write the summary.
 
-    ``prepare(recipe, overrides)`` runs before each run (``merge`` fetches its hub models).
+    ``prepare(recipe, overrides)`` runs before each run (``merge`` fetches its hub models);
+    ``run_one`` runs one setting (default: the soups runner; ``merge`` passes one that also
+    runs the data-driven merges).
     """
     from mergekit_like.soups.runner import run_recipe
+
+    if run_one is None:
+        def run_one(path: Path, combo: Sequence[str], folder: Path,
+                    opts: MergeOptions) -> dict[str, Any]:
+            return run_recipe(path, folder, opts, combo, allow_code)
 
     runs = expand_sweeps(overrides)
     if out.exists() and not options.force and any(out.iterdir()):
@@ -83,7 +98,7 @@ def run_sweep(recipe: Path, out: Path, overrides: Sequence[str], options: MergeO
         try:
             if prepare is not None:
                 prepare(recipe, combo)
-            data = run_recipe(recipe, folder, replace(options, force=True), combo, allow_code)
+            data = run_one(recipe, combo, folder, replace(options, force=True))
             row["val"], row["test"] = _scores(data)
             row["higher_is_better"] = data.get("higher_is_better")
         except MergeError as exc:
