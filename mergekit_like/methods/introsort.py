@@ -229,14 +229,21 @@ class TieReplay:
 
     ``lo, hi``: the window, in ranks of an ascending sort; ``descending``: the sort it
     replays is descending (TIES: ``argsort(descending=True)[:k]``), else ascending
-    (Breadcrumbs). :meth:`add` every chunk's bit patterns in order, then :meth:`picks`.
-    Holds the whole tensor's keys (4 bytes an entry, 16 during :meth:`picks`).
+    (Breadcrumbs). ``topk``: the window is the top ``hi - lo`` (``hi`` = the numel) as
+    torch's CPU ``topk(largest=True)`` picks them (SCE): torch's own call on the keys, whose
+    order is the magnitudes' (its selection compares values only). :meth:`add` every
+    chunk's bit patterns in order, then :meth:`picks`. Holds the whole tensor's keys (4
+    bytes an entry, 16 during :meth:`picks`).
     """
 
-    def __init__(self, numel: int, lo: int, hi: int, descending: bool) -> None:
+    def __init__(self, numel: int, lo: int, hi: int, descending: bool,
+                 topk: bool = False) -> None:
         import torch
 
+        if topk and hi != numel:
+            raise ValueError(f"a topk tie replay keeps the top entries, not ranks {lo}..{hi}")
         self.numel, self.lo, self.hi, self.descending = numel, lo, hi, descending
+        self.topk = topk
         self.keys = torch.empty(numel, dtype=torch.int32)
         self.seen = 0
 
@@ -256,6 +263,11 @@ class TieReplay:
         n, sign = self.numel, -1 if self.descending else 1
         a, b = (n - self.hi, n - self.lo) if self.descending else (self.lo, self.hi)
         ties = {v: (self.keys == v).nonzero().squeeze(1) for v in values}
+        if self.topk:
+            kept = torch.zeros(n, dtype=torch.bool)
+            kept[torch.topk(self.keys, self.hi - self.lo, largest=True).indices] = True
+            self.keys = self.keys[:0]
+            return {v: kept[where] for v, where in ties.items()}
         keys, self.keys = self.keys.neg_() if self.descending else self.keys, self.keys[:0]
         vals, idx = settled(keys, [a, b], inplace=True)
         vals, idx = vals[a:b], idx[a:b]  # the window, in the sort's order

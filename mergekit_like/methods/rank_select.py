@@ -6,7 +6,9 @@ says: ``"ascending"``, by position, earlier first (a stable ascending sort);
 ``"descending"``, later first, so that ``[n - k, n)`` keeps the first ``k`` of a stable
 descending sort (of equal magnitudes at the cut-off, the earlier); ``"cpu_ascending"`` and
 ``"cpu_descending"``, as torch's unstable sort on a CPU orders them, replayed where a cut
-falls among them (:mod:`.introsort`: mergekit's trims, see :mod:`.sparsify`). Exactly
+falls among them (:mod:`.introsort`: mergekit's trims, see :mod:`.sparsify`);
+``"cpu_topk"``, for a top-k window ``[n - k, n)``, as torch's CPU ``topk(k, largest=True)``
+picks them (mergekit's ``sce``), asked of torch where a cut falls among them. Exactly
 ``hi - lo`` entries are kept, on every device and for every chunking.
 
 The window's two boundary values are found by radix select over the magnitudes' bit
@@ -51,7 +53,7 @@ from mergekit_like.methods.rank_bracket import BracketTally, Ledger, choose_brac
 if TYPE_CHECKING:
     import torch
 
-TieOrder = Literal["ascending", "descending", "cpu_ascending", "cpu_descending"]
+TieOrder = Literal["ascending", "descending", "cpu_ascending", "cpu_descending", "cpu_topk"]
 
 BRACKET_ROUNDS = 2
 """Bracket rounds a ``bracket=True`` window tries before its radix rounds."""
@@ -222,7 +224,8 @@ class RankWindow:
                                    for t in self._targets.values()})
             if round_ < self._replay_round and self._cut_among_ties():
                 self._replay = TieReplay(self.numel, self.lo, self.hi,
-                                         self.ties == "cpu_descending")
+                                         self.ties in ("cpu_descending", "cpu_topk"),
+                                         topk=self.ties == "cpu_topk")
         self.restart()
 
     def _cut_among_ties(self) -> bool:

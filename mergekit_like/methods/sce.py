@@ -19,7 +19,8 @@ vector width and torch's thread count as mergekit's do, and differ on a GPU.
 
 A large tensor is merged in row chunks after statistics passes over the same chunks
 (:class:`SceStats`): the count of positions of non-zero variance, a rank window over the
-variances (:class:`~mergekit_like.methods.rank_select.RankWindow`, ties ranked by position),
+variances (:class:`~mergekit_like.methods.rank_select.RankWindow`, equal variances at the
+cut kept as torch's CPU ``topk`` keeps them),
 and the selected task vectors' energies. mergekit takes the energies with torch's own sums
 over the stacked task vectors, whose bytes no sum of chunks reproduces, so the energy pass
 gathers the selected task vectors whole (one tensor per model in the compute dtype, as
@@ -121,13 +122,16 @@ class SceStats:
 
     Rounds, with ``select_topk`` below 1: the positions of non-zero variance are counted;
     the radix rounds of a :class:`RankWindow` keeping the top ``int(select_topk * count)``
-    variances; then the energies ``mean(selected delta_i ** 2)``. With ``select_topk: 1``,
-    only the energies.
+    variances, and its tie round (wanted only where the cut falls among equal variances:
+    the whole tensor's variance bit patterns gathered, and of the equal ones those kept
+    that torch's CPU ``topk`` keeps, as mergekit selects); then the energies
+    ``mean(selected delta_i ** 2)``. With ``select_topk: 1``, only the energies.
     """
 
     def __init__(self, numel: int, n_models: int, fraction: float, width: int) -> None:
         self.numel, self.fraction, self.width = numel, fraction, width
-        self._rank_rounds = radix_rounds(width) if fraction < 1.0 else 0
+        # the window's radix rounds, and its tie replay round for floats up to 32 bits
+        self._rank_rounds = radix_rounds(width) + int(width <= 32) if fraction < 1.0 else 0
         self._first_energy = 1 + self._rank_rounds if fraction < 1.0 else 0
         self.rounds = self._first_energy + 1
         self._nonzero = 0
@@ -184,7 +188,7 @@ class SceStats:
             if round_ == 0:
                 k = int(self.fraction * self._nonzero)
                 self.window = RankWindow(self.numel, self.numel - k, self.numel, self.width,
-                                         ties="descending")
+                                         ties="cpu_topk")
             else:
                 assert self.window is not None
                 self.window.finish(round_ - 1)

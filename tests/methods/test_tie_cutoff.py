@@ -6,8 +6,7 @@ CPU torch's unstable sort is libstdc++'s introsort (for 16 entries or fewer an i
 sort: stable). The expected masks are written out below for small tensors, or taken from
 ``torch.argsort`` itself on a CPU for large ones; every way of merging (whole, in row
 chunks that cut runs of equal magnitudes, eager, C kernels) must give them. SCE keeps the
-top variances as a stable sort would (the earlier of equal ones), as torch's ``topk`` on
-CUDA.
+top variances as mergekit's ``torch.topk`` keeps them on a CPU.
 """
 
 from __future__ import annotations
@@ -156,13 +155,16 @@ def test_breadcrumbs_merges_rank_ties_as_torch_sort_on_a_cpu(kernels, chunk_rows
 
 
 @pytest.mark.parametrize("chunk_rows", [None, 2])
-def test_sce_selects_the_earlier_of_equal_variances(chunk_rows):
+def test_sce_selects_the_equal_variances_cpu_topk_selects(chunk_rows):
     # two models, base 0: variance ((a - b) / 2) ** 2; equal variances in long runs
     a = tied_deltas(8, 64, seed=3)
     b = torch.zeros_like(a)
-    var = ((a - b) / 2).square()
+    var = torch.var(torch.stack([a, b]), dim=0, unbiased=False)
     k = int(0.3 * int(torch.count_nonzero(var)))
-    keep = mergekit_top(var, k, stable=True)
+    keep = torch.zeros(var.numel(), dtype=torch.bool)
+    keep[torch.topk(var.abs().view(-1), k, largest=True).indices] = True  # mergekit's call
+    keep = keep.view_as(var)
+    assert not torch.equal(keep, mergekit_top(var, k, stable=True))  # not the earlier ones
     # the merge: select, weight by energy (equal for a and 0? a's energy only: weight 1 and 0)
     got = merge(
         "sce",

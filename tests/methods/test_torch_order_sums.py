@@ -156,3 +156,28 @@ def test_row_chunks_give_mergekits_bytes(method, model_params, params, n, want):
     base, xs = _models(11, n)
     out = chunked_merge(method, EAGER, xs, base, model_params, params, chunk_rows=37)
     assert torch.equal(out, want(base, xs))
+
+
+def _bf16_models(seed: int, n: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """bfloat16 models whose task vectors are small multiples of 1/64: their variances
+    take few values, so the select_topk cut falls among many equal variances."""
+    g = torch.Generator().manual_seed(seed)
+    base = torch.randn(SHAPE, generator=g).to(torch.bfloat16)
+    steps = [torch.randint(-3, 4, SHAPE, generator=g).to(torch.bfloat16) / 64 for _ in range(n)]
+    return base, [base + s for s in steps]
+
+
+@pytest.mark.parametrize("chunk_rows", [None, 37])
+@pytest.mark.parametrize("select_topk", [0.6, 0.3, 0.01])  # 0.01: topk's partial_sort path
+def test_sce_bf16_keeps_the_equal_variances_torch_topk_keeps(select_topk, chunk_rows):
+    base, xs = _bf16_models(5, 3)
+    params = {"select_topk": select_topk}
+    var = torch.var(torch.stack([x - base for x in xs]), dim=0, unbiased=False)
+    k = int(torch.count_nonzero(var) * select_topk)
+    cut = torch.topk(var.abs().view(-1), k).values[-1]
+    assert int((var.abs() > cut).sum()) < k < int((var.abs() >= cut).sum())  # ties at the cut
+    if chunk_rows is None:
+        out = merge("sce", [x.clone() for x in xs], base, [{}] * 3, params)
+    else:
+        out = chunked_merge("sce", EAGER, xs, base, [{}] * 3, params, chunk_rows=chunk_rows)
+    assert torch.equal(out, _mergekit_sce(base, xs, select_topk))
