@@ -1,15 +1,13 @@
 """Exact rank selection over a tensor seen in chunks: which magnitudes lie in a rank window.
 
-The magnitude trims (TIES, Model Breadcrumbs) keep the entries of a task vector whose rank
-lies in a window ``[lo, hi)``, ranked by magnitude ascending; equal magnitudes as ``ties``
-says: ``"ascending"``, by position, earlier first (a stable ascending sort);
-``"descending"``, later first, so that ``[n - k, n)`` keeps the first ``k`` of a stable
-descending sort (of equal magnitudes at the cut-off, the earlier); ``"cpu_ascending"`` and
-``"cpu_descending"``, as torch's unstable sort on a CPU orders them, replayed where a cut
-falls among them (:mod:`.introsort`: mergekit's trims, see :mod:`.sparsify`);
-``"cpu_topk"``, for a top-k window ``[n - k, n)``, as torch's CPU ``topk(k, largest=True)``
-picks them (mergekit's ``sce``), asked of torch where a cut falls among them. Exactly
-``hi - lo`` entries are kept, on every device and for every chunking.
+The magnitude trims (TIES, Model Breadcrumbs, SCE) keep the entries whose rank lies in a
+window ``[lo, hi)``, ranked by magnitude ascending; equal magnitudes as ``ties`` says:
+``"ascending"``, by position, earlier first (a stable ascending sort); ``"descending"``,
+later first, so that ``[n - k, n)`` keeps the first ``k`` of a stable descending sort;
+``"cpu_ascending"`` / ``"cpu_descending"``, as torch's unstable CPU sort orders them, and
+``"cpu_topk"`` (a window ``[n - k, n)``) as torch's CPU ``topk(k)`` picks them, where a cut
+falls among them (:mod:`.introsort`: mergekit's trims, :mod:`.sparsify`, and ``sce``).
+Exactly ``hi - lo`` entries are kept, on every device and for every chunking.
 
 The window's two boundary values are found by radix select over the magnitudes' bit
 patterns (non-negative floats order as their bits do), 16 bits per round with a 65536-bin
