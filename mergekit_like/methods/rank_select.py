@@ -15,9 +15,8 @@ histogram: 1 round for bfloat16/float16, 2 for float32, 4 for float64. A window 
 ``bracket=True`` first tries one cheaper round that brackets the values from a sample
 (:mod:`.rank_bracket`; the C kernel of :mod:`mergekit_like.native.window` runs it), and
 falls back to the radix rounds for a value it misses. A tensor too large to hold is read
-once per round in row chunks (:meth:`RankWindow.observe`); then
-:meth:`RankWindow.mask` marks the kept entries chunk by chunk, in order, counting the entries
-equal to a boundary value as it goes so that each gets its rank.
+once per round in row chunks (:meth:`RankWindow.observe`); then :meth:`RankWindow.mask`
+marks the kept entries chunk by chunk, in order, counting those equal to a boundary value.
 
 >>> import torch
 >>> rank_window_mask(torch.tensor([3.0, 1.0, 3.0, 2.0]), 2, 4).tolist()
