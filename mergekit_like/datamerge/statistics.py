@@ -131,18 +131,40 @@ def linear_modules(
 
 
 def gram_matrices(
-    model: Any, examples: Examples, modules: Mapping[str, tuple[Any, bool]]
+    model: Any, examples: Examples, modules: Mapping[str, tuple[Any, bool]], share: bool = True
 ) -> dict[str, torch.Tensor]:
-    """``X^T X / rows`` of each named module's inputs over the examples (float32)."""
+    """``X^T X / rows`` of each named module's inputs over the examples (float32).
+
+    Modules fed one input tensor in every batch (q/k/v projections, gate/up) get one
+    matrix, computed once a batch and the same tensor object under each name (``share``);
+    their bytes are those of a sum of their own. Should a module's input partner change
+    between batches, the sums are taken again without sharing."""
     import torch
 
     grams: dict[str, torch.Tensor] = {}
     rows: dict[str, int] = {}
+    owner: dict[str, str] = {}  # a module -> the module whose matrix it shares
+    batch: dict[int, tuple[torch.Tensor, str]] = {}  # this batch: id(input) -> (it, first)
     mask: list[torch.Tensor | None] = [None]
+    broken = [False]
 
     def hook_for(name: str) -> Any:
         def hook(_module: Any, args: tuple[Any, ...]) -> None:
-            x = args[0].detach().float()
+            x_in = args[0]
+            hit = batch.get(id(x_in))
+            first = hit[1] if hit is not None and hit[0] is x_in else None
+            if first is None:
+                batch[id(x_in)] = (x_in, name)
+            if share and first is not None and owner.get(name, first if name not in grams
+                                                          else None) == first:
+                if name not in grams:
+                    grams[name], owner[name] = grams[first], first
+                rows[name] = rows[first]
+                return
+            if name in owner:  # its partner changed: start again without sharing
+                broken[0] = True
+                return
+            x = x_in.detach().float()
             m = mask[0]
             if m is not None and x.dim() == 3 and tuple(m.shape) == tuple(x.shape[:2]):
                 x = x[m.bool()]
@@ -158,8 +180,17 @@ def gram_matrices(
         with torch.no_grad():
             for inputs, _ in examples.batches():
                 mask[0] = inputs.get("attention_mask")
+                batch.clear()
                 model(**inputs)
+                if broken[0]:
+                    break
     finally:
         for h in hooks:
             h.remove()
-    return {n: g.div_(max(rows[n], 1)) for n, g in grams.items()}
+        batch.clear()
+    if broken[0]:
+        return gram_matrices(model, examples, modules, share=False)
+    for n, g in grams.items():
+        if n not in owner:
+            g.div_(max(rows[n], 1))
+    return grams

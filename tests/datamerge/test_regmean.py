@@ -158,3 +158,61 @@ def test_gram_rows_exclude_padding_by_attention_mask() -> None:
     rows = seen[0][mask.bool()]
     assert_close(got[name], rows.T @ rows / rows.shape[0], rtol=1e-5, atol=1e-6)
     assert "bert.embeddings.word_embeddings.weight" not in modules
+
+
+def test_layers_fed_one_input_share_one_gram_matrix() -> None:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=40, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2)
+    model = LlamaForCausalLM(cfg).eval()
+    ids = torch.randint(0, 40, (5, 7))
+    names = {p.data_ptr(): n for n, p in model.named_parameters()}
+    modules = linear_modules(model, names)
+    got = gram_matrices(model, Examples({"input_ids": ids}, None, "perplexity", 2), modules)
+    assert set(got) == set(modules)
+    seen: dict[str, list[torch.Tensor]] = {n: [] for n in modules}  # each one's own inputs
+    hooks = [m.register_forward_pre_hook(lambda _m, a, n=n: seen[n].append(a[0].detach()))
+             for n, (m, _) in modules.items()]
+    with torch.no_grad():
+        for start in range(0, 5, 2):
+            model(input_ids=ids[start:start + 2])
+    for h in hooks:
+        h.remove()
+    for name, xs in seen.items():  # the same bytes as each layer's own sum
+        rows = [x.reshape(-1, x.shape[-1]) for x in xs]
+        want = rows[0].T @ rows[0]
+        for r in rows[1:]:
+            want.add_(r.T @ r)
+        assert torch.equal(got[name], want.div_(sum(r.shape[0] for r in rows))), name
+    layer = "model.layers.0"
+    q, k, v = (got[f"{layer}.self_attn.{p}_proj.weight"] for p in "qkv")
+    gate, up = (got[f"{layer}.mlp.{p}_proj.weight"] for p in ("gate", "up"))
+    assert q is k is v and gate is up  # one matrix each, not three and two
+    assert got[f"{layer}.self_attn.o_proj.weight"] is not q
+    distinct = {id(g) for g in got.values()}
+    assert len(distinct) == 2 * 4 + 1  # per layer: qkv, o, gate/up, down; and lm_head
+
+
+def test_a_layer_whose_input_partner_changes_gets_a_matrix_of_its_own() -> None:
+    class Pair(torch.nn.Module):  # b reads a's input in the first batch only
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b, self.calls = torch.nn.Linear(4, 3), torch.nn.Linear(4, 3), 0
+
+        def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+            x = input_ids.float()
+            self.calls += 1
+            return self.a(x) + self.b(x if self.calls == 1 else x * 2)
+
+    torch.manual_seed(0)
+    model, x = Pair(), torch.randint(0, 5, (4, 4))
+    names = {p.data_ptr(): n for n, p in model.named_parameters()}
+    got = gram_matrices(model, Examples({"input_ids": x}, None, "classification", 2),
+                        linear_modules(model, names))
+    assert got["a.weight"] is not got["b.weight"]
+    rows = x.float()
+    assert_close(got["a.weight"], rows.T @ rows / 4)
+    assert model.calls == 4  # the second batch broke the pairing: both batches again, unshared
+    assert_close(got["b.weight"], (rows * 2).T @ (rows * 2) / 4)  # b's inputs in that pass
