@@ -7,7 +7,8 @@ counts only (never the vectors themselves):
 - ``dots[i][j]``: the dot product of task vectors i and j over the group (so
   ``sqrt(dots[i][i])`` is i's norm and ``dots[i][j] / (norm_i * norm_j)`` their cosine);
 - per trim density d, after TIES's trim (each task vector keeps, per tensor, its
-  ``max(1, int(d * n))`` entries of largest magnitude; the rest become 0):
+  ``max(1, int(d * n))`` entries of largest magnitude, of equal magnitudes at the cut the
+  first in position; the rest become 0):
 
   - ``overlap``: entries where at least two trimmed task vectors are nonzero;
   - ``conflict``: those of them where the nonzero values do not all have the same sign.
@@ -34,7 +35,8 @@ if TYPE_CHECKING:
 #: the definitions, as the Markdown report states them
 DEFINITIONS = (
     "Each task vector (ingredient minus base) is trimmed per tensor as TIES trims: it keeps "
-    "its max(1, int(density * n)) entries of largest magnitude, the rest become 0.",
+    "its max(1, int(density * n)) entries of largest magnitude (of equal magnitudes at the "
+    "cut, the first in the tensor's order), the rest become 0.",
     "",
     "- *conflict*: among entries where at least two trimmed task vectors are nonzero, the "
     "fraction where their signs are not all the same.",
@@ -42,7 +44,7 @@ DEFINITIONS = (
     "whose sign differs from the elected sign (the sign of the entry's sum of trimmed values; "
     "a zero sum elects +): the share that TIES's disjoint mean drops.",
 )
-_CHUNK = 1 << 22  # entries counted at a time
+_CHUNK = 1 << 18  # entries counted at a time (small enough to stay in cache)
 
 
 @dataclass
@@ -151,19 +153,58 @@ def _matrix(m: np.ndarray) -> list[list[float | None]]:
     return [[None if np.isnan(x) else float(x) for x in row] for row in m]
 
 
+def keep_levels(deltas: torch.Tensor, densities: tuple[float, ...]) -> torch.Tensor:
+    """For K flat task vectors (K x n), the index of the smallest density (of ``densities``,
+    ascending) whose TIES trim keeps each entry, ``len(densities)`` where none does (int8).
+
+    The trim at density d keeps a vector's ``max(1, int(d * n))`` entries of largest
+    magnitude (all at d = 1); of equal magnitudes at the cut, those first in position are
+    kept, so the trims are nested and do not depend on the sorting algorithm. Each trim
+    searches only the entries the next larger one kept."""
+    import torch
+
+    k, n = deltas.shape
+    levels = torch.full((k, n), len(densities), dtype=torch.int8)
+    for i in range(k):
+        places: torch.Tensor | None = None  # positions of the entries still in the running
+        mags = deltas[i].abs()
+        for j in range(len(densities) - 1, -1, -1):
+            if densities[j] >= 1.0 or n == 0:
+                levels[i].fill_(j)
+                continue
+            kept = _top(mags, max(1, int(densities[j] * n)))
+            places = kept if places is None else places[kept]
+            mags = mags[kept]
+            levels[i, places] = j
+    return levels
+
+
+def _top(mags: torch.Tensor, keep: int) -> torch.Tensor:
+    """Positions (ascending) of the ``keep`` largest of ``mags``; of equal values at the
+    cut, the first in position."""
+    import torch
+
+    if keep >= mags.numel():
+        return torch.arange(mags.numel())
+    cut = torch.kthvalue(mags, mags.numel() - keep + 1).values  # the keep-th largest
+    chosen = mags > cut
+    room = keep - int(torch.count_nonzero(chosen))
+    at_cut = torch.nonzero(mags == cut).reshape(-1)  # ascending
+    chosen[at_cut[:room]] = True
+    return torch.nonzero(chosen).reshape(-1)
+
+
 def trim_mask(delta: torch.Tensor, density: float) -> torch.Tensor:
     """TIES's trim of one flat task vector: True at its ``max(1, int(density * n))`` entries
-    of largest magnitude (all of them at density 1). Of equal magnitudes at the cut, those
-    ``torch.topk`` picks are kept (the statistics do not depend on which for distinct
-    values)."""
+    of largest magnitude (all of them at density 1); of equal magnitudes at the cut, the
+    first in position."""
     import torch
 
     n = delta.numel()
-    if density >= 1.0 or n == 0:
-        return torch.ones(n, dtype=torch.bool)
-    keep = max(1, int(density * n))
-    mask = torch.zeros(n, dtype=torch.bool)
-    mask[torch.topk(delta.abs(), keep, sorted=False).indices] = True
+    mask = torch.ones(n, dtype=torch.bool)
+    if density < 1.0 and n > 0:
+        mask.fill_(False)
+        mask[_top(delta.abs(), max(1, int(density * n)))] = True
     return mask
 
 
@@ -171,21 +212,32 @@ MAX_MODELS = 12  # the joint sign histogram has 2 * 3**K bins
 
 
 def tensor_stats(deltas: torch.Tensor, densities: tuple[float, ...]) -> GroupStats:
-    """The statistics of one tensor's K task vectors ``deltas`` (K x n, float64)."""
+    """The statistics of one tensor's K task vectors ``deltas`` (K x n, float64);
+    ``densities`` ascending."""
     import torch
 
     k = deltas.shape[0]
     out = GroupStats(k, densities, numel=deltas.shape[1], tensors=1)
     out.dots = (deltas @ deltas.T).numpy()
+    levels = keep_levels(deltas, densities)
+    powers = _powers(k)[:, None]
+    hists = np.zeros((len(densities), 2 * 3**k), dtype=np.int64)
+    for start in range(0, deltas.shape[1], _CHUNK):
+        part = deltas[:, start : start + _CHUNK]
+        codes = (torch.sign(part).to(torch.int32) + 1) * powers
+        for j in range(len(densities)):
+            keep = levels[:, start : start + _CHUNK] <= j
+            hists[j] += _sign_histogram(part, codes, keep, powers)
     table = _patterns(k)
-    for d in densities:
-        mask = torch.stack([trim_mask(deltas[i], d) for i in range(k)])
-        hist = np.zeros(len(table[0]), dtype=np.int64)
-        for start in range(0, deltas.shape[1], _CHUNK):
-            part = deltas[:, start : start + _CHUNK]
-            hist += _sign_histogram(part, mask[:, start : start + _CHUNK])
-        out.counts[d].add(_counts_of(hist, table))
+    for j, d in enumerate(densities):
+        out.counts[d].add(_counts_of(hists[j], table))
     return out
+
+
+def _powers(k: int) -> torch.Tensor:
+    import torch
+
+    return torch.tensor([3**i for i in range(k)], dtype=torch.int32)
 
 
 def _patterns(k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -197,20 +249,22 @@ def _patterns(k: int) -> tuple[np.ndarray, np.ndarray]:
     return signs, elected
 
 
-def _sign_histogram(delta: torch.Tensor, mask: torch.Tensor) -> np.ndarray:
+def _sign_histogram(
+    delta: torch.Tensor, codes: torch.Tensor, keep: torch.Tensor, powers: torch.Tensor
+) -> np.ndarray:
     """How many entries of a chunk have each joint pattern of trimmed signs and elected
-    sign (bin ``2 * sum_i (sign_i + 1) * 3**i + [sum of trimmed values >= 0]``)."""
+    sign (bin ``2 * sum_i (sign_i + 1) * 3**i + [sum of trimmed values >= 0]``).
+    ``codes[i]``: ``(sign(delta[i]) + 1) * 3**i`` (``powers[i]``); ``keep[i]``: the trim
+    of model i. The trimmed values are summed in model order, as written."""
     import torch
 
-    k, n = delta.shape
-    zero = torch.zeros((), dtype=delta.dtype)
-    code = torch.zeros(n, dtype=torch.int64)
-    total = torch.zeros(n, dtype=delta.dtype)
-    for i in range(k):
-        trimmed = torch.where(mask[i], delta[i], zero)
-        total += trimmed
-        code += (torch.sign(trimmed).to(torch.int64) + 1) * 3**i
-    code = code * 2 + (total >= 0).to(torch.int64)
+    k = delta.shape[0]
+    trimmed = torch.where(keep, delta, torch.zeros((), dtype=delta.dtype))
+    total = trimmed[0].clone()
+    for i in range(1, k):
+        total += trimmed[i]
+    code = torch.where(keep, codes, powers).sum(0, dtype=torch.int32)  # trimmed away: sign 0
+    code = code * 2 + (total >= 0).to(torch.int32)
     return torch.bincount(code, minlength=2 * 3**k).numpy()
 
 
