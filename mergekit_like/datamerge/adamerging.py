@@ -5,7 +5,14 @@ The merged model is ``theta_0 + sum_k lambda_k tau_k`` with ``tau_k = theta_k - 
 task vector (``layer``). Starting from ``init`` (0.3), each step runs the merged model on a
 batch of unlabeled inputs, takes the mean Shannon entropy of its predictions (per example
 for classification, per token for a causal LM), steps the optimiser and clamps ``lambda``
-to [0, 1]. The task vectors of every merged tensor are held in memory while learning.
+to [0, 1].
+
+Every merged tensor's base and ingredient values are held while learning, each in the
+narrowest float type that gives its float32 values back exactly (:class:`TaskTensors`:
+bfloat16 for a bfloat16 checkpoint, half the bytes of float32), not as float32 task
+vectors: a tensor's task vectors are formed when it is mixed (:class:`_Mix`) and formed
+again in the backward pass instead of being kept, so only one tensor's are held at once.
+The numbers are those of ``theta_0 + tensordot(lambda, tau)`` under autograd, bit for bit.
 """
 
 from __future__ import annotations
@@ -37,18 +44,66 @@ def prediction_entropy(logits: torch.Tensor, task: str) -> torch.Tensor:
     return -(logp.exp() * logp).sum(-1).mean()
 
 
-def merged_params(
-    base: Sequence[torch.Tensor], vectors: Sequence[torch.Tensor], coef: torch.Tensor
-) -> list[torch.Tensor]:
-    """``theta_0 + sum_k coef_k tau_k`` per tensor; ``vectors[i]`` stacks tensor i's task
-    vectors ([K, ...]); ``coef`` is [K] or [tensors, K]."""
+@dataclass(frozen=True)
+class TaskTensors:
+    """One merged tensor: the base's values and each ingredient's (:func:`compact`)."""
+
+    base: torch.Tensor
+    models: tuple[torch.Tensor, ...]
+
+    def vectors(self) -> torch.Tensor:
+        """The task vectors ``theta_k - theta_0`` in float32, stacked ([K, ...])."""
+        import torch
+
+        base = self.base.float()
+        return torch.stack([m.float() - base for m in self.models])
+
+
+def compact(t: torch.Tensor) -> torch.Tensor:
+    """``t`` (float32) as bfloat16 or float16 where that holds every value exactly, else
+    ``t`` itself."""
     import torch
 
-    out = []
-    for i, (b, v) in enumerate(zip(base, vectors, strict=True)):
-        c = coef if coef.dim() == 1 else coef[i]
-        out.append(b + torch.tensordot(c, v, dims=1))
-    return out
+    for dtype in (torch.bfloat16, torch.float16):
+        narrow = t.to(dtype)
+        if torch.equal(narrow.float(), t):
+            return narrow
+    return t
+
+
+def _mix_function() -> Any:
+    import torch
+
+    class _Mix(torch.autograd.Function):
+        """``theta_0 + tensordot(c, tau)`` whose backward forms ``tau`` again."""
+
+        @staticmethod
+        def forward(ctx: Any, c: torch.Tensor, t: TaskTensors) -> torch.Tensor:  # type: ignore[override]
+            ctx.task_tensors = t
+            return t.base.float() + torch.tensordot(c, t.vectors(), dims=1)
+
+        @staticmethod
+        def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
+            v = ctx.task_tensors.vectors()
+            k = v.shape[0]
+            return grad.reshape(1, -1).mm(v.reshape(k, -1).t()).reshape(k), None
+
+    return _Mix
+
+
+def merged_params(tensors: Sequence[TaskTensors], coef: torch.Tensor) -> list[torch.Tensor]:
+    """``theta_0 + sum_k coef_k tau_k`` per tensor; ``coef`` is [K] or [tensors, K]."""
+    mix = _mix_function()
+    return [mix.apply(coef if coef.dim() == 1 else coef[i], t) for i, t in enumerate(tensors)]
+
+
+def merged_tensor(t: TaskTensors, coef: torch.Tensor, index: int) -> torch.Tensor:
+    """Tensor ``index`` of the merge with the learned ``coef`` (no autograd)."""
+    import torch
+
+    c = coef if coef.dim() == 1 else coef[index]
+    with torch.no_grad():
+        return t.base.float() + torch.tensordot(c, t.vectors(), dims=1)
 
 
 def batch_at(examples: Examples, size: int, seed: int, step: int) -> dict[str, Any]:
@@ -66,18 +121,17 @@ def batch_at(examples: Examples, size: int, seed: int, step: int) -> dict[str, A
 def learn_coefficients(
     model: Any,
     names: Sequence[str],
-    base: Sequence[torch.Tensor],
-    vectors: Sequence[torch.Tensor],
+    tensors: Sequence[TaskTensors],
     examples: Examples,
     params: AdaMergingParams,
     progress: Any = None,
 ) -> Learned:
     """Learn AdaMerging's coefficients; ``names`` are the model's own names of the merged
-    tensors (``base`` and ``vectors`` in the same order)."""
+    tensors (``tensors`` in the same order)."""
     import torch
     from torch.func import functional_call
 
-    k = int(vectors[0].shape[0])
+    k = len(tensors[0].models)
     shape = (k,) if params.granularity == "task" else (len(names), k)
     coef = torch.full(shape, params.init, dtype=torch.float32, requires_grad=True)
     opt = (
@@ -89,10 +143,10 @@ def learn_coefficients(
     history = []
     steps = range(params.steps) if progress is None else progress(list(range(params.steps)))
     for step in steps:
-        tensors = dict(zip(names, merged_params(base, vectors, coef), strict=True))
+        mixed = dict(zip(names, merged_params(tensors, coef), strict=True))
         inputs = batch_at(examples, size, params.seed, step)
         logits = functional_call(
-            model, tensors, args=(), kwargs=inputs, tie_weights=True, strict=False
+            model, mixed, args=(), kwargs=inputs, tie_weights=True, strict=False
         ).logits
         loss = prediction_entropy(logits, examples.task)
         opt.zero_grad()
@@ -101,6 +155,7 @@ def learn_coefficients(
         with torch.no_grad():
             coef.clamp_(0.0, 1.0)
         history.append(float(loss.detach()))
+        del mixed, logits, loss
     return Learned(coef.detach().clone(), history)
 
 

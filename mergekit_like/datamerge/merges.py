@@ -12,11 +12,18 @@ its statistics while they are computed, and one merged tensor with its running s
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from mergekit_like.datamerge.adamerging import coefficient_table, learn_coefficients, merged_params
+from mergekit_like.datamerge.adamerging import (
+    TaskTensors,
+    coefficient_table,
+    compact,
+    learn_coefficients,
+    merged_tensor,
+)
 from mergekit_like.datamerge.cache import StatsCache, StatsFile, data_hash, model_hash, stats_key
 from mergekit_like.datamerge.solve import regmean_stream
 from mergekit_like.datamerge.statistics import (
@@ -178,25 +185,24 @@ def regmean_plusplus(ctx: MergeContext) -> Merged:
 
 def adamerging(ctx: MergeContext) -> Merged:
     """AdaMerging: ingredient 0 is the base; coefficients learned on unlabeled inputs."""
-    import torch
-
     p: AdaMergingParams = ctx.params
     ing = ctx.ingredients
-    n = len(ing.tensors)
-    base = [ing.read(0, i) for i in range(n)]
-    vectors = [
-        torch.stack([ing.read(k, i) - base[i] for k in range(1, ing.count)]) for i in range(n)
+    tensors = [
+        TaskTensors(
+            compact(ing.read(0, i)), tuple(compact(ing.read(k, i)) for k in range(1, ing.count))
+        )
+        for i in range(len(ing.tensors))
     ]
     own = [ing.model_names[t.name] for t in ing.tensors]
-    learned = learn_coefficients(ing.model, own, base, vectors, ctx.examples, p, ctx.progress)
+    learned = learn_coefficients(ing.model, own, tensors, ctx.examples, p, ctx.progress)
     ctx.details["coefficients"] = coefficient_table(
         learned.coefficients, ing.refs[1:], [t.name for t in ing.tensors]
     )
     ctx.details["entropy_history"] = learned.entropy
-    with torch.no_grad():
-        merged = merged_params(base, vectors, learned.coefficients)
-    del base, vectors
-    yield from enumerate(merged)
+    queue = deque(tensors)  # each tensor's values are let go once it is merged
+    del tensors
+    for i in range(len(queue)):
+        yield i, merged_tensor(queue.popleft(), learned.coefficients, i)
 
 
 MERGES = {"fisher": fisher, "regmean": regmean, "adamerging": adamerging}

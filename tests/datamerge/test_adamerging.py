@@ -10,6 +10,7 @@ from safetensors.torch import load_file
 from torch.func import functional_call
 from torch.testing import assert_close
 
+from mergekit_like.datamerge.adamerging import TaskTensors, compact, merged_params
 from mergekit_like.soups.ingredients import checkpoint_names
 from tests.datamerge.conftest import load_vit, read_output, recipe_text, val_examples
 
@@ -32,9 +33,10 @@ def descend(
     example at once (the batch covers them all; entropy is a mean, so order is moot)."""
     live = load_vit(base)
     ckpt_to_own = checkpoint_names(live)
-    theta0 = load_file(base / "model.safetensors")
+    theta0 = {n: t.float() for n, t in load_file(base / "model.safetensors").items()}
     taus = [
-        {n: load_file(m / "model.safetensors")[n] - t for n, t in theta0.items()} for m in models
+        {n: load_file(m / "model.safetensors")[n].float() - t for n, t in theta0.items()}
+        for m in models
     ]
     names = sorted(theta0)
     x, _ = val_examples(data)
@@ -113,3 +115,70 @@ def test_coefficients_are_clamped_to_0_1(vit_setup, run_merge) -> None:
     coef = json.loads((out / "datamerge_report.json").read_text())["coefficients"]
     assert all(0.0 <= v <= 1.0 for v in coef.values())
     assert any(v in (0.0, 1.0) for v in coef.values())
+
+
+def test_compact_holds_every_value_exactly() -> None:
+    bf = torch.tensor([1.0, -0.5, 2.0**127, 2.0**-130])  # all bfloat16 values
+    assert compact(bf).dtype == torch.bfloat16
+    half = torch.tensor([1.0, 1.0 + 2.0**-10])  # float16 has the bit, bfloat16 not
+    assert compact(half).dtype == torch.float16
+    for t in (torch.tensor([1.0 + 2.0**-20]), torch.tensor([float("nan"), 1.0])):
+        assert compact(t) is t
+    x = torch.randn(64, 48).to(torch.bfloat16).float()
+    assert torch.equal(compact(x).float(), x)
+
+
+def test_mixing_is_autograd_of_the_formula_bit_for_bit() -> None:
+    """Forward values and coefficient gradients of the recomputing mix against autograd
+    through ``theta_0 + tensordot(c, tau)`` with the task vectors held."""
+    gen = torch.Generator().manual_seed(5)
+    shapes = [(7,), (33, 20), (4, 5, 6)]
+    bases = [torch.randn(s, generator=gen).to(torch.bfloat16).float() for s in shapes]
+    models = [
+        [(b + 0.1 * torch.randn(b.shape, generator=gen)).to(torch.bfloat16).float() for b in bases]
+        for _ in range(3)
+    ]
+    held = [
+        TaskTensors(compact(b), tuple(compact(m[i]) for m in models)) for i, b in enumerate(bases)
+    ]
+    assert all(t.base.dtype == torch.bfloat16 for t in held)
+    grads = [torch.randn(s, generator=gen) for s in shapes]
+    for shape in [(3,), (len(shapes), 3)]:
+        c1 = torch.rand(shape, generator=gen).requires_grad_(True)
+        c2 = c1.detach().clone().requires_grad_(True)
+        got = merged_params(held, c1)
+        want = []
+        for i, b in enumerate(bases):
+            tau = torch.stack([m[i] - b for m in models])
+            want.append(b + torch.tensordot(c2 if c2.dim() == 1 else c2[i], tau, dims=1))
+        for g, w in zip(got, want, strict=True):
+            assert torch.equal(g, w)
+        torch.autograd.backward(got, grads)
+        torch.autograd.backward(want, grads)
+        assert torch.equal(c1.grad, c2.grad)
+
+
+def test_bfloat16_ingredients_follow_gradient_descent(vit_setup, run_merge, tmp_path) -> None:
+    """Ingredients stored in bfloat16 (held as such while learning) give the descent's
+    coefficients and merge computed in float32 from the same files."""
+    from safetensors.torch import save_file
+
+    folders, data = vit_setup
+    narrow = []
+    for f in folders:
+        g = tmp_path / "bf16" / f.name
+        g.mkdir(parents=True)
+        state = load_file(f / "model.safetensors")
+        save_file({n: t.to(torch.bfloat16) for n, t in state.items()}, g / "model.safetensors")
+        (g / "config.json").write_text((f / "config.json").read_text())
+        narrow.append(g)
+    base, models = narrow[0], narrow[1:]
+    options = f"optimizer: sgd\nlr: {LR}\nsteps: {STEPS}\nbatch_size: 8\ngranularity: layer"
+    out = run_merge(recipe_text("adamerging", models, data, options, base=base))
+    merged, refs, lam, names = descend(base, models, data, per_tensor=True)
+    coef = json.loads((out / "datamerge_report.json").read_text())["coefficients"]
+    assert_close(
+        torch.tensor([[coef[n][r] for r in refs] for n in names]), lam, rtol=1e-5, atol=1e-6
+    )
+    for name, tensor in read_output(out).items():
+        assert_close(tensor.float(), merged[name].to(tensor.dtype).float(), msg=name)
