@@ -22,7 +22,7 @@ import json
 import math
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -115,10 +115,24 @@ class StatsCache:
         """Write ``tensors`` under ``key`` atomically (temporary file, fsync, rename), one
         tensor at a time after a header laid out from their shapes; ``consume``: each entry
         is taken out of ``tensors`` once written, so its memory can go at once."""
+        return self._atomic(key, lambda fd: _write_stats(fd, tensors, consume))
+
+    def store_parts(
+        self,
+        key: str,
+        shapes: Mapping[str, Sequence[int]],
+        parts: Iterable[dict[str, torch.Tensor]],
+    ) -> Path:
+        """As :meth:`store`, for tensors that come in parts (each dict taken over and
+        emptied as written): every name is one of ``shapes``, with that shape; the header
+        goes in last, into room reserved for all of ``shapes``."""
+        return self._atomic(key, lambda fd: _write_parts(fd, shapes, parts))
+
+    def _atomic(self, key: str, write: Any) -> Path:
         self.folder.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{key}.", suffix=".tmp", dir=self.folder)
         try:
-            _write_stats(fd, tensors, consume)
+            write(fd)
             os.fsync(fd)
             os.close(fd)
             fd = -1
@@ -134,8 +148,6 @@ class StatsCache:
 def _write_stats(fd: int, tensors: dict[str, torch.Tensor], consume: bool) -> None:
     """A safetensors file of float32 ``tensors`` into ``fd``: the header (from names and
     shapes), then each tensor's bytes written straight at its offset."""
-    import torch
-
     entries, offset = {}, 0
     names = sorted(tensors)
     for name in names:
@@ -143,18 +155,67 @@ def _write_stats(fd: int, tensors: dict[str, torch.Tensor], consume: bool) -> No
         size = 4 * math.prod(shape)
         entries[name] = {"dtype": "F32", "shape": shape, "data_offsets": [offset, offset + size]}
         offset += size
-    header = json.dumps(entries, separators=(",", ":")).encode()
-    header += b" " * (-(len(header) + 8) % 8)
-    os.write(fd, len(header).to_bytes(8, "little") + header)
-    base = 8 + len(header)
+    header = _header(entries, 0)
+    os.write(fd, header)
     for name in names:
         t = tensors.pop(name) if consume else tensors[name]
-        data = t.detach().to("cpu", torch.float32).contiguous().reshape(-1).view(torch.uint8)
-        view = memoryview(data.numpy())
-        done, at = 0, base + entries[name]["data_offsets"][0]
-        while done < len(view):
-            done += os.pwrite(fd, view[done:], at + done)
-        del t, data, view
+        _pwrite_tensor(fd, t, len(header) + entries[name]["data_offsets"][0])
+        del t
+
+
+def _write_parts(
+    fd: int, shapes: Mapping[str, Sequence[int]], parts: Iterable[dict[str, torch.Tensor]]
+) -> None:
+    """A safetensors file of the float32 tensors of ``parts`` into ``fd``, each written as it
+    comes after room for a header naming all of ``shapes``; the header of those written
+    goes in last (padded with spaces to that room: numbers no longer than the bound's)."""
+    total = sum(4 * math.prod(s) for s in shapes.values())
+    bound = {
+        n: {"dtype": "F32", "shape": list(s), "data_offsets": [total, total]}
+        for n, s in shapes.items()
+    }
+    room = len(_header(bound, 0))
+    entries: dict[str, Any] = {}
+    offset = 0
+    for part in parts:
+        for name in sorted(part):
+            t = part.pop(name)
+            if name in entries or list(t.shape) != list(shapes.get(name, [-1])):
+                raise ValueError(f"statistic {name}: not one of the shapes laid out")
+            size = 4 * t.numel()
+            entries[name] = {
+                "dtype": "F32",
+                "shape": list(t.shape),
+                "data_offsets": [offset, offset + size],
+            }
+            _pwrite_tensor(fd, t, room + offset)
+            offset += size
+            del t
+    header = _header(entries, room)
+    done = 0
+    while done < len(header):
+        done += os.pwrite(fd, header[done:], done)
+
+
+def _header(entries: Mapping[str, Any], room: int) -> bytes:
+    """The 8-byte length and JSON header of ``entries``, padded with spaces to a multiple
+    of 8 bytes in all, or to ``room`` bytes in all when given."""
+    text = json.dumps(entries, separators=(",", ":")).encode()
+    pad = room - 8 - len(text) if room else -(len(text) + 8) % 8
+    assert pad >= 0, "the header outgrew its room"
+    text += b" " * pad
+    return len(text).to_bytes(8, "little") + text
+
+
+def _pwrite_tensor(fd: int, t: torch.Tensor, at: int) -> None:
+    """Write ``t``'s bytes as float32 at offset ``at`` of ``fd``."""
+    import torch
+
+    data = t.detach().to("cpu", torch.float32).contiguous().reshape(-1).view(torch.uint8)
+    view = memoryview(data.numpy())
+    done = 0
+    while done < len(view):
+        done += os.pwrite(fd, view[done:], at + done)
 
 
 class StatsFile:

@@ -13,7 +13,7 @@ its statistics while they are computed, and one merged tensor with its running s
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -29,7 +29,9 @@ from mergekit_like.datamerge.solve import regmean_stream
 from mergekit_like.datamerge.statistics import (
     Examples,
     fisher_diagonal,
+    gram_groups,
     gram_matrices,
+    gram_shapes,
     linear_modules,
 )
 from mergekit_like.datamerge.stream import fisher_tensor, mean_tensor
@@ -72,9 +74,16 @@ class MergeContext:
             for i in range(len(ing.tensors)) if indices is None else indices:
                 ing.targets[ing.tensors[i].name].copy_(ing.read(k, i))
 
-    def statistics(self, kind: str, settings: dict[str, Any], compute: Any) -> list[Any]:
+    def statistics(
+        self,
+        kind: str,
+        settings: dict[str, Any],
+        compute: Any,
+        shapes: Mapping[str, list[int]] | None = None,
+    ) -> list[Any]:
         """Each ingredient's statistics file (computed by ``compute()`` on the loaded
-        model on a miss); records hit or miss per ingredient in ``details``."""
+        model on a miss: a dict of tensors, or with ``shapes`` the parts of one, each a
+        dict); records hit or miss per ingredient in ``details``."""
         data = data_hash(self.examples.inputs, self.examples.labels)
         settings = {
             **settings,
@@ -87,7 +96,10 @@ class MergeContext:
             hit = self.cache.has(key)
             if not hit:
                 self.load(k)
-                self.cache.store(key, compute(), consume=True)
+                if shapes is None:
+                    self.cache.store(key, compute(), consume=True)
+                else:
+                    self.cache.store_parts(key, shapes, compute())
             paths.append(self.cache.path(key))
             status = ("hit" if hit else "miss") if self.cache.persistent else "off"
             record.append({"model": self.ingredients.refs[k], "key": key, "cache": status})
@@ -131,7 +143,13 @@ def regmean(ctx: MergeContext) -> Merged:
     model = ctx.ingredients.model
     modules = linear_modules(model, ctx.names_by_ptr(), _embedding_ptrs(model))
     settings = {"n": len(ctx.examples), "batch": ctx.examples.batch_size}
-    paths = ctx.statistics("gram", settings, lambda: gram_matrices(model, ctx.examples, modules))
+    layers = {t.name: t.layer for t in ctx.ingredients.tensors}
+    paths = ctx.statistics(
+        "gram",
+        settings,
+        lambda: gram_groups(model, ctx.examples, modules, layers),
+        gram_shapes(modules),
+    )
     ctx.details["linear_layers"] = len(modules)
     files = [StatsFile(path) for path in paths]
     ing = ctx.ingredients

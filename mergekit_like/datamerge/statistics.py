@@ -6,7 +6,9 @@
   no second copy of the gradients is held.
 - :func:`gram_matrices`: ``X^T X`` of the inputs of each linear layer (Jin et al.'s RegMean),
   recorded by forward pre-hooks; rows are tokens (padding, by ``attention_mask``, excluded),
-  and the sum is divided by the number of rows.
+  and the sum is divided by the number of rows. :func:`gram_groups` takes them a group of
+  whole layers at a time (one pass over the examples each), so that only one group's
+  matrices are held before they are written.
 
 Both return tensors keyed by the checkpoint's tensor names (``names`` maps a live tensor's
 ``data_ptr`` to its checkpoint name).
@@ -155,8 +157,11 @@ def gram_matrices(
             first = hit[1] if hit is not None and hit[0] is x_in else None
             if first is None:
                 batch[id(x_in)] = (x_in, name)
-            if share and first is not None and owner.get(name, first if name not in grams
-                                                          else None) == first:
+            if (
+                share
+                and first is not None
+                and owner.get(name, first if name not in grams else None) == first
+            ):
                 if name not in grams:
                     grams[name], owner[name] = grams[first], first
                 rows[name] = rows[first]
@@ -194,3 +199,55 @@ def gram_matrices(
         if n not in owner:
             g.div_(max(rows[n], 1))
     return grams
+
+
+GRAM_SHARE = 4
+""":func:`gram_groups` holds at most ``1 / GRAM_SHARE`` of the model's float32 bytes of
+Gram matrices at once (or one layer's, if more)."""
+
+
+def gram_groups(
+    model: Any,
+    examples: Examples,
+    modules: Mapping[str, tuple[Any, bool]],
+    layers: Mapping[str, int | None],
+) -> Iterator[dict[str, torch.Tensor]]:
+    """:func:`gram_matrices` of ``modules`` a group at a time: consecutive whole layers
+    (``layers``: a module's layer index; None, outside the layers, goes last) whose
+    matrices take at most 1 / :data:`GRAM_SHARE` of the model's float32 bytes. Each module's
+    matrix is the bytes one pass over every module gives."""
+    budget = 4 * sum(p.numel() for p in model.parameters()) // GRAM_SHARE
+    for group in layer_groups(modules, layers, budget):
+        yield gram_matrices(model, examples, group)
+
+
+def gram_shapes(modules: Mapping[str, tuple[Any, bool]]) -> dict[str, list[int]]:
+    """The shape of each module's Gram matrix: ``[in, in]``."""
+    return {n: [_in_features(m, t)] * 2 for n, (m, t) in modules.items()}
+
+
+def _in_features(module: Any, transposed: bool) -> int:
+    return int(module.weight.shape[0 if transposed else 1])
+
+
+def layer_groups(
+    modules: Mapping[str, tuple[Any, bool]], layers: Mapping[str, int | None], budget: int
+) -> list[dict[str, tuple[Any, bool]]]:
+    """``modules`` cut into groups of consecutive whole layers of at most ``budget`` bytes
+    of float32 Gram matrices (a layer over it alone), in layer order, the rest last."""
+    by_layer: dict[float, dict[str, tuple[Any, bool]]] = {}
+    for name, entry in modules.items():
+        layer = layers.get(name)
+        by_layer.setdefault(float("inf") if layer is None else layer, {})[name] = entry
+    groups: list[dict[str, tuple[Any, bool]]] = []
+    size = 0
+    for layer in sorted(by_layer):
+        part = by_layer[layer]
+        part_size = sum(4 * _in_features(m, t) ** 2 for m, t in part.values())
+        if groups and size + part_size <= budget:
+            groups[-1].update(part)
+            size += part_size
+        else:
+            groups.append(dict(part))
+            size = part_size
+    return groups

@@ -164,8 +164,14 @@ def test_layers_fed_one_input_share_one_gram_matrix() -> None:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=40, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2)
+    cfg = LlamaConfig(
+        vocab_size=40,
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+    )
     model = LlamaForCausalLM(cfg).eval()
     ids = torch.randint(0, 40, (5, 7))
     names = {p.data_ptr(): n for n, p in model.named_parameters()}
@@ -173,11 +179,13 @@ def test_layers_fed_one_input_share_one_gram_matrix() -> None:
     got = gram_matrices(model, Examples({"input_ids": ids}, None, "perplexity", 2), modules)
     assert set(got) == set(modules)
     seen: dict[str, list[torch.Tensor]] = {n: [] for n in modules}  # each one's own inputs
-    hooks = [m.register_forward_pre_hook(lambda _m, a, n=n: seen[n].append(a[0].detach()))
-             for n, (m, _) in modules.items()]
+    hooks = [
+        m.register_forward_pre_hook(lambda _m, a, n=n: seen[n].append(a[0].detach()))
+        for n, (m, _) in modules.items()
+    ]
     with torch.no_grad():
         for start in range(0, 5, 2):
-            model(input_ids=ids[start:start + 2])
+            model(input_ids=ids[start : start + 2])
     for h in hooks:
         h.remove()
     for name, xs in seen.items():  # the same bytes as each layer's own sum
@@ -209,10 +217,66 @@ def test_a_layer_whose_input_partner_changes_gets_a_matrix_of_its_own() -> None:
     torch.manual_seed(0)
     model, x = Pair(), torch.randint(0, 5, (4, 4))
     names = {p.data_ptr(): n for n, p in model.named_parameters()}
-    got = gram_matrices(model, Examples({"input_ids": x}, None, "classification", 2),
-                        linear_modules(model, names))
+    got = gram_matrices(
+        model, Examples({"input_ids": x}, None, "classification", 2), linear_modules(model, names)
+    )
     assert got["a.weight"] is not got["b.weight"]
     rows = x.float()
     assert_close(got["a.weight"], rows.T @ rows / 4)
     assert model.calls == 4  # the second batch broke the pairing: both batches again, unshared
     assert_close(got["b.weight"], (rows * 2).T @ (rows * 2) / 4)  # b's inputs in that pass
+
+
+def test_grams_taken_a_layer_group_at_a_time_are_the_one_pass_bytes(
+    vit_setup, run_merge, monkeypatch, tmp_path
+) -> None:
+    """One pass over the examples per layer (a tiny budget) gives the Gram files and the
+    merged model that one pass for every layer gives."""
+    from mergekit_like.datamerge import statistics
+
+    folders, data = vit_setup
+    text = recipe_text("regmean", folders, data, "alpha: 0.9")
+    real = statistics.gram_matrices
+    runs = {}
+    for share in (1, 10**15):
+        calls: list[list[str]] = []
+
+        def spy(model, examples, modules, share_inputs=True, _calls=calls):  # noqa: ANN001, ANN202
+            _calls.append(sorted(modules))
+            return real(model, examples, modules, share_inputs)
+
+        monkeypatch.setattr(statistics, "gram_matrices", spy)
+        monkeypatch.setattr(statistics, "GRAM_SHARE", share)
+        monkeypatch.setenv("MERGEKIT_LIKE_CACHE", str(tmp_path / f"cache{share}"))
+        out = run_merge(text)
+        keys = [
+            s["key"] for s in json.loads((out / "datamerge_report.json").read_text())["statistics"]
+        ]
+        files = [load_file(tmp_path / f"cache{share}" / "stats" / f"{k}.safetensors") for k in keys]
+        runs[share] = (calls, files, (out / "model.safetensors").read_bytes())
+    one, grouped = runs[1], runs[10**15]
+    assert len(one[0]) == 3 and len(grouped[0]) == 6  # per ingredient: 1 pass, then 2
+    assert sorted(sum(grouped[0][:2], [])) == one[0][0]  # the layer, then the classifier
+    for a, b in zip(one[1], grouped[1], strict=True):
+        assert set(a) == set(b) and all(torch.equal(a[n], b[n]) for n in a)
+    assert one[2] == grouped[2]
+
+
+def test_layer_groups_keep_layers_whole_within_the_budget() -> None:
+    from mergekit_like.datamerge.statistics import layer_groups
+
+    lin = {f"l{i}.{p}": (torch.nn.Linear(4, 3), False) for i in range(3) for p in "ab"}
+    lin["head"] = (torch.nn.Linear(4, 2), False)
+    layers = {n: (None if n == "head" else int(n[1])) for n in lin}
+    per_layer = 2 * 4 * 4 * 4  # two [4, 4] float32 matrices
+    groups = layer_groups(lin, layers, 2 * per_layer)
+    assert [sorted(g) for g in groups] == [
+        ["l0.a", "l0.b", "l1.a", "l1.b"],
+        ["head", "l2.a", "l2.b"],
+    ]
+    assert [sorted(g) for g in layer_groups(lin, layers, 1)] == [
+        ["l0.a", "l0.b"],
+        ["l1.a", "l1.b"],
+        ["l2.a", "l2.b"],
+        ["head"],
+    ]
