@@ -51,12 +51,27 @@ class TaskTensors:
     base: torch.Tensor
     models: tuple[torch.Tensor, ...]
 
-    def vectors(self) -> torch.Tensor:
-        """The task vectors ``theta_k - theta_0`` in float32, stacked ([K, ...])."""
+    def vectors(self, space: Workspace) -> tuple[torch.Tensor, torch.Tensor]:
+        """The base in float32 and the task vectors ``theta_k - theta_0`` in float32,
+        stacked ([K, ...]), formed in ``space`` (valid until its next use)."""
+        n, shape = self.base.numel(), tuple(self.base.shape)
+        base = space.base[:n].view(shape).copy_(self.base)
+        vec = space.vectors[: len(self.models) * n].view((len(self.models), *shape))
+        for k, m in enumerate(self.models):
+            vec[k].copy_(m).sub_(base)
+        return base, vec
+
+
+class Workspace:
+    """Float32 room for one tensor's base and task vectors, reused by every tensor (so that
+    the large short-lived buffers of each step are not allocated and freed again)."""
+
+    def __init__(self, tensors: Sequence[TaskTensors]) -> None:
         import torch
 
-        base = self.base.float()
-        return torch.stack([m.float() - base for m in self.models])
+        n = max(t.base.numel() for t in tensors)
+        self.base = torch.empty(n, dtype=torch.float32)
+        self.vectors = torch.empty(len(tensors[0].models) * n, dtype=torch.float32)
 
 
 def compact(t: torch.Tensor) -> torch.Tensor:
@@ -78,32 +93,38 @@ def _mix_function() -> Any:
         """``theta_0 + tensordot(c, tau)`` whose backward forms ``tau`` again."""
 
         @staticmethod
-        def forward(ctx: Any, c: torch.Tensor, t: TaskTensors) -> torch.Tensor:  # type: ignore[override]
-            ctx.task_tensors = t
-            return t.base.float() + torch.tensordot(c, t.vectors(), dims=1)
+        def forward(ctx: Any, c: torch.Tensor, t: TaskTensors, space: Workspace) -> torch.Tensor:  # type: ignore[override]
+            ctx.task_tensors, ctx.space = t, space
+            base, vec = t.vectors(space)
+            return base + torch.tensordot(c, vec, dims=1)
 
         @staticmethod
-        def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
-            v = ctx.task_tensors.vectors()
+        def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:  # type: ignore[override]
+            _, v = ctx.task_tensors.vectors(ctx.space)
             k = v.shape[0]
-            return grad.reshape(1, -1).mm(v.reshape(k, -1).t()).reshape(k), None
+            return grad.reshape(1, -1).mm(v.reshape(k, -1).t()).reshape(k), None, None
 
     return _Mix
 
 
-def merged_params(tensors: Sequence[TaskTensors], coef: torch.Tensor) -> list[torch.Tensor]:
+def merged_params(
+    tensors: Sequence[TaskTensors], coef: torch.Tensor, space: Workspace
+) -> list[torch.Tensor]:
     """``theta_0 + sum_k coef_k tau_k`` per tensor; ``coef`` is [K] or [tensors, K]."""
     mix = _mix_function()
-    return [mix.apply(coef if coef.dim() == 1 else coef[i], t) for i, t in enumerate(tensors)]
+    return [
+        mix.apply(coef if coef.dim() == 1 else coef[i], t, space) for i, t in enumerate(tensors)
+    ]
 
 
-def merged_tensor(t: TaskTensors, coef: torch.Tensor, index: int) -> torch.Tensor:
+def merged_tensor(t: TaskTensors, coef: torch.Tensor, index: int, space: Workspace) -> torch.Tensor:
     """Tensor ``index`` of the merge with the learned ``coef`` (no autograd)."""
     import torch
 
     c = coef if coef.dim() == 1 else coef[index]
     with torch.no_grad():
-        return t.base.float() + torch.tensordot(c, t.vectors(), dims=1)
+        base, vec = t.vectors(space)
+        return base + torch.tensordot(c, vec, dims=1)
 
 
 def batch_at(examples: Examples, size: int, seed: int, step: int) -> dict[str, Any]:
@@ -132,6 +153,7 @@ def learn_coefficients(
     from torch.func import functional_call
 
     k = len(tensors[0].models)
+    space = Workspace(tensors)
     shape = (k,) if params.granularity == "task" else (len(names), k)
     coef = torch.full(shape, params.init, dtype=torch.float32, requires_grad=True)
     opt = (
@@ -143,7 +165,7 @@ def learn_coefficients(
     history = []
     steps = range(params.steps) if progress is None else progress(list(range(params.steps)))
     for step in steps:
-        mixed = dict(zip(names, merged_params(tensors, coef), strict=True))
+        mixed = dict(zip(names, merged_params(tensors, coef, space), strict=True))
         inputs = batch_at(examples, size, params.seed, step)
         logits = functional_call(
             model, mixed, args=(), kwargs=inputs, tie_weights=True, strict=False

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from mergekit_like.datamerge.adamerging import (
     TaskTensors,
+    Workspace,
     coefficient_table,
     compact,
     learn_coefficients,
@@ -217,10 +218,11 @@ def adamerging(ctx: MergeContext) -> Merged:
         learned.coefficients, ing.refs[1:], [t.name for t in ing.tensors]
     )
     ctx.details["entropy_history"] = learned.entropy
+    space = Workspace(tensors)
     queue = deque(tensors)  # each tensor's values are let go once it is merged
     del tensors
     for i in range(len(queue)):
-        yield i, merged_tensor(queue.popleft(), learned.coefficients, i)
+        yield i, merged_tensor(queue.popleft(), learned.coefficients, i, space)
 
 
 MERGES = {"fisher": fisher, "regmean": regmean, "adamerging": adamerging}

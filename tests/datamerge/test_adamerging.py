@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 from torch.func import functional_call
 from torch.testing import assert_close
 
-from mergekit_like.datamerge.adamerging import TaskTensors, compact, merged_params
+from mergekit_like.datamerge.adamerging import TaskTensors, Workspace, compact, merged_params
 from mergekit_like.soups.ingredients import checkpoint_names
 from tests.datamerge.conftest import load_vit, read_output, recipe_text, val_examples
 
@@ -146,7 +146,7 @@ def test_mixing_is_autograd_of_the_formula_bit_for_bit() -> None:
     for shape in [(3,), (len(shapes), 3)]:
         c1 = torch.rand(shape, generator=gen).requires_grad_(True)
         c2 = c1.detach().clone().requires_grad_(True)
-        got = merged_params(held, c1)
+        got = merged_params(held, c1, Workspace(held))
         want = []
         for i, b in enumerate(bases):
             tau = torch.stack([m[i] - b for m in models])
