@@ -1,4 +1,5 @@
-"""Peak memory and time of the data-driven merges (fisher, regmean) against a linear merge.
+"""Peak memory and time of the data-driven merges (fisher, regmean, adamerging) against a
+linear merge.
 
     .venv/bin/python bench/bench_datamerge.py --size tiny     # smoke run, seconds
     .venv/bin/python bench/bench_datamerge.py --size 250m     # K = 4 ingredients, minutes
@@ -36,6 +37,7 @@ MODELS = ("base", "ft1", "ft2", "ft3")
 OPTIONS = {
     "fisher": {"num_examples": 2, "batch_size": 1},
     "regmean": {"num_examples": 4, "batch_size": 2},
+    "adamerging": {"num_examples": 4, "steps": 2, "batch_size": 2},
     "linear": {},
 }
 
@@ -71,14 +73,17 @@ def recipe(work: Path, method: str, k: int = len(MODELS)) -> Path:
     """The recipe of ``method`` over the first ``k`` models, data.txt as perplexity data."""
     import yaml
 
+    names = MODELS[1:k] if method == "adamerging" else MODELS[:k]  # base + K - 1 vectors
     data: dict[str, object] = {
         "merge_method": method,
         "models": [
-            {"model": str(work / "models" / m), "parameters": {"weight": 1.0}} for m in MODELS[:k]
+            {"model": str(work / "models" / m), "parameters": {"weight": 1.0}} for m in names
         ],
         "dtype": "float32",
         "out_dtype": "bfloat16",
     }
+    if method == "adamerging":
+        data["base_model"] = str(work / "models" / MODELS[0])
     if method != "linear":
         data["evaluation"] = {
             "task": "perplexity",
@@ -142,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     env = {**os.environ, "MERGEKIT_LIKE_CACHE": str(cache)}
     for method in ns.methods:
         path = recipe(work, method, ns.k)
-        for run in ns.runs if method != "linear" else ("-",):
+        for run in ns.runs if method not in ("linear", "adamerging") else ("-",):
             out = work / f"out-{method}-k{ns.k}"
             wall, rss = measure([*MERGE, str(path), str(out), "--quiet", "--force"], env)
             print(f"{method:8s} cache {run:4s}: wall {wall:7.1f} s  peak RSS {rss / gib:.2f} GiB")
