@@ -156,8 +156,16 @@ def regmean(ctx: MergeContext) -> Merged:
     ing = ctx.ingredients
     for i, t in enumerate(ing.tensors):
         if t.name in modules and all(t.name in f for f in files):
-            pairs = ((ing.read(k, i), f.get(t.name)) for k, f in enumerate(files))
-            yield i, regmean_stream(pairs, p.alpha, modules[t.name][1])
+            yield (
+                i,
+                regmean_stream(
+                    len(files),
+                    lambda k, i=i: ing.read(k, i),
+                    lambda k, n=t.name: files[k].get(n),
+                    p.alpha,
+                    modules[t.name][1],
+                ),
+            )
         else:
             yield i, mean_tensor(ing, i, None)
 
@@ -195,8 +203,16 @@ def regmean_plusplus(ctx: MergeContext) -> Merged:
         for i in stage:
             name = ing.tensors[i].name
             if name in here and all(name in g for g in grams):
-                pairs = ((ing.read(k, i), g[name]) for k, g in enumerate(grams))
-                yield i, regmean_stream(pairs, p.alpha, here[name][1])
+                yield (
+                    i,
+                    regmean_stream(
+                        len(grams),
+                        lambda k, i=i: ing.read(k, i),
+                        lambda k, n=name, gs=grams: gs[k][n],
+                        p.alpha,
+                        here[name][1],
+                    ),
+                )
             else:
                 yield i, mean_tensor(ing, i, None)
         del grams

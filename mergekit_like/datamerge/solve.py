@@ -8,7 +8,7 @@ Example::
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -85,38 +85,53 @@ def regmean_merge(
     the mean of the models' weights for it; any other singular sum falls back to the
     pseudo-inverse.
     """
-    return regmean_stream(zip(weights, grams, strict=True), alpha, transposed)
+    return regmean_stream(len(weights), weights.__getitem__, grams.__getitem__, alpha, transposed)
 
 
 def regmean_stream(
-    pairs: Iterable[tuple[torch.Tensor, torch.Tensor]], alpha: float, transposed: bool
+    count: int,
+    weight: Callable[[int], torch.Tensor],
+    gram: Callable[[int], torch.Tensor],
+    alpha: float,
+    transposed: bool,
 ) -> torch.Tensor:
-    """:func:`regmean_merge` over ``(W_k, G_k)`` pairs taken one at a time: memory holds
-    the float64 sums and one model's weight and Gram matrix, whatever the count."""
+    """:func:`regmean_merge` of ``count`` models whose ``W_k`` and ``G_k`` are read when
+    wanted (``weight(k)``, ``gram(k)``): memory holds the float64 sums and one model's
+    weight and Gram matrix, whatever the count. The Grams are read twice (their sum first,
+    to know which input features no example sets: only those rows of the weights' sum
+    are kept for the mean)."""
     import torch
 
     lhs = None
-    rhs = None
-    wsum = None
-    count = 0
-    for w, g in pairs:
-        g = scaled_gram(g.double(), alpha)
-        wt = w.double() if transposed else w.double().T  # [in, out]
+    for k in range(count):
+        g = scaled_gram(gram(k).double(), alpha)
         lhs = g if lhs is None else lhs + g
-        rhs = g @ wt if rhs is None else rhs + g @ wt
-        wsum = 0 + wt if wsum is None else wsum + wt  # as sum(): 0 + first, then each
-        count += 1
-        del w, g, wt
-    assert lhs is not None and rhs is not None and wsum is not None
+        del g
+    assert lhs is not None
     unused = torch.diagonal(lhs) == 0
-    if bool(unused.any()):
-        mean = wsum / count
+    any_unused = bool(unused.any())
+    rhs = None
+    wsum = None  # rows of the unused features only
+    for k in range(count):
+        g = scaled_gram(gram(k).double(), alpha)
+        wt = weight(k).double()
+        wt = wt if transposed else wt.T  # [in, out]
+        product = g @ wt
+        rhs = product if rhs is None else rhs.add_(product)
+        if any_unused:
+            rows = wt[unused]
+            wsum = 0 + rows if wsum is None else wsum + rows  # as sum(): 0 + first, then each
+        del g, wt, product
+    assert rhs is not None
+    if any_unused:
+        assert wsum is not None
         lhs[unused, unused] = 1.0
-        rhs[unused] = mean[unused]
+        rhs[unused] = wsum / count
     del wsum
     try:
         merged = torch.linalg.solve(lhs, rhs)
     except RuntimeError:  # singular: torch.linalg.LinAlgError is a RuntimeError
         merged = torch.linalg.pinv(lhs) @ rhs
+    del rhs
     merged = merged.float()
     return merged if transposed else merged.T.contiguous()

@@ -280,3 +280,37 @@ def test_layer_groups_keep_layers_whole_within_the_budget() -> None:
         ["l2.a", "l2.b"],
         ["head"],
     ]
+
+
+def _regmean_as_written(ws, grams, alpha, transposed):  # noqa: ANN001, ANN202
+    """RegMean's closed form in float64 with every sum held whole: the unset-feature rows
+    take the weights' mean, then one solve."""
+    gs = [alpha * g.double() + (1 - alpha) * torch.diag(torch.diagonal(g.double())) for g in grams]
+    wts = [w.double() if transposed else w.double().T for w in ws]
+    lhs, rhs, wsum = gs[0], gs[0] @ wts[0], 0 + wts[0]
+    for g, wt in zip(gs[1:], wts[1:], strict=True):
+        lhs, rhs, wsum = lhs + g, rhs + g @ wt, wsum + wt
+    unused = torch.diagonal(lhs) == 0
+    lhs, rhs = lhs.clone(), rhs.clone()
+    lhs[unused, unused] = 1.0
+    rhs[unused] = (wsum / len(ws))[unused]
+    out = torch.linalg.solve(lhs, rhs).float()
+    return out if transposed else out.T.contiguous()
+
+
+def test_streamed_solve_is_the_formula_held_whole_bit_for_bit() -> None:
+    """regmean_merge (Grams read twice, only the unset features' weight rows summed) gives
+    the bytes of the formula with every sum held whole, with and without unset features."""
+    gen = torch.Generator().manual_seed(11)
+    for unset in ([], [0, 3]):
+        ws, grams = [], []
+        for _ in range(3):
+            x = torch.randn(40, 6, generator=gen)
+            x[:, unset] = 0.0
+            grams.append((x.T @ x / 40).float())
+            ws.append(torch.randn(5, 6, generator=gen))
+        for alpha in (0.95, 1.0):
+            want = _regmean_as_written(ws, grams, alpha, False)
+            assert torch.equal(regmean_merge(ws, grams, alpha, transposed=False), want)
+            got = regmean_merge([w.T for w in ws], grams, alpha, transposed=True)
+            assert torch.equal(got, _regmean_as_written([w.T for w in ws], grams, alpha, True))
