@@ -10,15 +10,17 @@ to [0, 1].
 Every merged tensor's base and ingredient values are held while learning, each in the
 narrowest float type that gives its float32 values back exactly (:class:`TaskTensors`:
 bfloat16 for a bfloat16 checkpoint, half the bytes of float32), not as float32 task
-vectors: a tensor's task vectors are formed when it is mixed (:class:`_Mix`) and formed
-again in the backward pass instead of being kept, so only one tensor's are held at once.
-The numbers are those of ``theta_0 + tensordot(lambda, tau)`` under autograd, bit for bit.
+vectors: a tensor's task vectors are formed when it is mixed (:func:`mixed_leaves`) and
+again when its gradient is complete, so only one tensor's are held at once, and each
+gradient is let go as soon as it is turned into its share of the coefficients'. The numbers
+are those of ``theta_0 + tensordot(lambda, tau)`` under autograd, bit for bit.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from mergekit_like.datamerge.statistics import Examples
@@ -86,35 +88,49 @@ def compact(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
-def _mix_function() -> Any:
+def mixed_leaves(
+    tensors: Sequence[TaskTensors], coef: torch.Tensor, space: Workspace
+) -> tuple[list[torch.Tensor], list[torch.Tensor | None]]:
+    """One step's ``theta_0 + sum_k coef_k tau_k`` per tensor (``coef``: [K] or
+    [tensors, K]), each an autograd leaf whose gradient, once complete, is turned at once
+    into its share of ``coef``'s gradient (``tensordot``'s backward, the task vectors formed
+    again) and let go; the shares land in the second list (None: no gradient reached it).
+    So the backward pass holds one tensor's gradient at a time, not the model's."""
+
+    shares: list[torch.Tensor | None] = [None] * len(tensors)
+    leaves = []
+    for i, t in enumerate(tensors):
+        leaf = merged_tensor(t, coef.detach(), i, space).requires_grad_(True)
+        leaf.register_post_accumulate_grad_hook(partial(_share, t, space, shares, i))
+        leaves.append(leaf)
+    return leaves, shares
+
+
+def _share(
+    t: TaskTensors, space: Workspace, shares: list[torch.Tensor | None], i: int, leaf: Any
+) -> None:
+    _, v = t.vectors(space)
+    k = v.shape[0]
+    shares[i] = leaf.grad.reshape(1, -1).mm(v.reshape(k, -1).t()).reshape(k)
+    leaf.grad = None
+
+
+def coefficient_grad(shares: Sequence[torch.Tensor | None], coef: torch.Tensor) -> torch.Tensor:
+    """``coef``'s gradient from the tensors' shares, summed as autograd sums them when the
+    mix is part of the graph: the last tensor's first."""
     import torch
 
-    class _Mix(torch.autograd.Function):
-        """``theta_0 + tensordot(c, tau)`` whose backward forms ``tau`` again."""
-
-        @staticmethod
-        def forward(ctx: Any, c: torch.Tensor, t: TaskTensors, space: Workspace) -> torch.Tensor:  # type: ignore[override]
-            ctx.task_tensors, ctx.space = t, space
-            base, vec = t.vectors(space)
-            return base + torch.tensordot(c, vec, dims=1)
-
-        @staticmethod
-        def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:  # type: ignore[override]
-            _, v = ctx.task_tensors.vectors(ctx.space)
-            k = v.shape[0]
-            return grad.reshape(1, -1).mm(v.reshape(k, -1).t()).reshape(k), None, None
-
-    return _Mix
-
-
-def merged_params(
-    tensors: Sequence[TaskTensors], coef: torch.Tensor, space: Workspace
-) -> list[torch.Tensor]:
-    """``theta_0 + sum_k coef_k tau_k`` per tensor; ``coef`` is [K] or [tensors, K]."""
-    mix = _mix_function()
-    return [
-        mix.apply(coef if coef.dim() == 1 else coef[i], t, space) for i, t in enumerate(tensors)
-    ]
+    if coef.dim() == 2:
+        grad = torch.zeros_like(coef)
+        for i, s in enumerate(shares):
+            if s is not None:
+                grad[i] = s
+        return grad
+    total = None
+    for s in reversed(shares):
+        if s is not None:
+            total = s if total is None else total + s
+    return torch.zeros_like(coef) if total is None else total
 
 
 def merged_tensor(t: TaskTensors, coef: torch.Tensor, index: int, space: Workspace) -> torch.Tensor:
@@ -165,7 +181,8 @@ def learn_coefficients(
     history = []
     steps = range(params.steps) if progress is None else progress(list(range(params.steps)))
     for step in steps:
-        mixed = dict(zip(names, merged_params(tensors, coef, space), strict=True))
+        leaves, shares = mixed_leaves(tensors, coef, space)
+        mixed = dict(zip(names, leaves, strict=True))
         inputs = batch_at(examples, size, params.seed, step)
         logits = functional_call(
             model, mixed, args=(), kwargs=inputs, tie_weights=True, strict=False
@@ -173,11 +190,12 @@ def learn_coefficients(
         loss = prediction_entropy(logits, examples.task)
         opt.zero_grad()
         loss.backward()
+        coef.grad = coefficient_grad(shares, coef)
         opt.step()
         with torch.no_grad():
             coef.clamp_(0.0, 1.0)
         history.append(float(loss.detach()))
-        del mixed, logits, loss
+        del leaves, mixed, logits, loss
     return Learned(coef.detach().clone(), history)
 
 

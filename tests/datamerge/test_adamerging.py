@@ -10,7 +10,13 @@ from safetensors.torch import load_file
 from torch.func import functional_call
 from torch.testing import assert_close
 
-from mergekit_like.datamerge.adamerging import TaskTensors, Workspace, compact, merged_params
+from mergekit_like.datamerge.adamerging import (
+    TaskTensors,
+    Workspace,
+    coefficient_grad,
+    compact,
+    mixed_leaves,
+)
 from mergekit_like.soups.ingredients import checkpoint_names
 from tests.datamerge.conftest import load_vit, read_output, recipe_text, val_examples
 
@@ -129,10 +135,11 @@ def test_compact_holds_every_value_exactly() -> None:
 
 
 def test_mixing_is_autograd_of_the_formula_bit_for_bit() -> None:
-    """Forward values and coefficient gradients of the recomputing mix against autograd
-    through ``theta_0 + tensordot(c, tau)`` with the task vectors held."""
+    """Mixed values and the coefficient gradient collected from the leaves' hooks against
+    autograd through ``theta_0 + tensordot(c, tau)`` with the task vectors held (one
+    tensor gets no gradient)."""
     gen = torch.Generator().manual_seed(5)
-    shapes = [(7,), (33, 20), (4, 5, 6)]
+    shapes = [(7,), (33, 20), (4, 5, 6), (3,)]
     bases = [torch.randn(s, generator=gen).to(torch.bfloat16).float() for s in shapes]
     models = [
         [(b + 0.1 * torch.randn(b.shape, generator=gen)).to(torch.bfloat16).float() for b in bases]
@@ -142,20 +149,21 @@ def test_mixing_is_autograd_of_the_formula_bit_for_bit() -> None:
         TaskTensors(compact(b), tuple(compact(m[i]) for m in models)) for i, b in enumerate(bases)
     ]
     assert all(t.base.dtype == torch.bfloat16 for t in held)
-    grads = [torch.randn(s, generator=gen) for s in shapes]
+    grads = [torch.randn(s, generator=gen) for s in shapes[:3]]  # the last gets none
     for shape in [(3,), (len(shapes), 3)]:
-        c1 = torch.rand(shape, generator=gen).requires_grad_(True)
-        c2 = c1.detach().clone().requires_grad_(True)
-        got = merged_params(held, c1, Workspace(held))
+        coef = torch.rand(shape, generator=gen)
+        c2 = coef.clone().requires_grad_(True)
+        leaves, shares = mixed_leaves(held, coef, Workspace(held))
         want = []
         for i, b in enumerate(bases):
             tau = torch.stack([m[i] - b for m in models])
             want.append(b + torch.tensordot(c2 if c2.dim() == 1 else c2[i], tau, dims=1))
-        for g, w in zip(got, want, strict=True):
-            assert torch.equal(g, w)
-        torch.autograd.backward(got, grads)
-        torch.autograd.backward(want, grads)
-        assert torch.equal(c1.grad, c2.grad)
+        for g, w in zip(leaves, want, strict=True):
+            assert torch.equal(g, w.detach())
+        torch.autograd.backward(leaves[:3], grads)
+        torch.autograd.backward(want[:3], grads)
+        assert shares[3] is None and all(leaf.grad is None for leaf in leaves)
+        assert torch.equal(coefficient_grad(shares, coef), c2.grad)
 
 
 def test_bfloat16_ingredients_follow_gradient_descent(vit_setup, run_merge, tmp_path) -> None:
