@@ -68,10 +68,18 @@ def fisher_merge(
 
 
 def scaled_gram(gram: torch.Tensor, alpha: float) -> torch.Tensor:
-    """``alpha * G + (1 - alpha) * diag(G)``: off-diagonal entries scaled by ``alpha``."""
+    """``alpha * G + (1 - alpha) * diag(G)``: off-diagonal entries scaled by ``alpha``.
+
+    Computed into one new matrix: ``alpha * G``, plus the zero the diagonal matrix has off
+    its diagonal (as the sum written out gives, so a -0.0 becomes 0.0), and the diagonal
+    ``alpha * G_ii + (1 - alpha) * G_ii``."""
     import torch
 
-    return alpha * gram + (1 - alpha) * torch.diag(torch.diagonal(gram))
+    out = alpha * gram
+    out.add_(0.0)
+    diag = torch.diagonal(gram)
+    torch.diagonal(out).copy_(alpha * diag + (1 - alpha) * diag)
+    return out
 
 
 def regmean_merge(

@@ -314,3 +314,17 @@ def test_streamed_solve_is_the_formula_held_whole_bit_for_bit() -> None:
             assert torch.equal(regmean_merge(ws, grams, alpha, transposed=False), want)
             got = regmean_merge([w.T for w in ws], grams, alpha, transposed=True)
             assert torch.equal(got, _regmean_as_written([w.T for w in ws], grams, alpha, True))
+
+
+def test_scaled_gram_is_the_sum_written_out() -> None:
+    from mergekit_like.datamerge.solve import scaled_gram
+
+    gen = torch.Generator().manual_seed(2)
+    x = torch.randn(30, 7, generator=gen, dtype=torch.float64)
+    g = x.T @ x
+    g[0, 1] = -0.0
+    g[2, 2] = float("inf")
+    for alpha in (0.95, 0.5, 1.0, 0.0):
+        want = alpha * g + (1 - alpha) * torch.diag(torch.diagonal(g))
+        got = scaled_gram(g, alpha)
+        assert torch.equal(got.view(torch.int64), want.view(torch.int64)), alpha
