@@ -18,7 +18,8 @@ are those of ``theta_0 + tensordot(lambda, tau)`` under autograd, bit for bit.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -48,32 +49,72 @@ def prediction_entropy(logits: torch.Tensor, task: str) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class TaskTensors:
-    """One merged tensor: the base's values and each ingredient's (:func:`compact`)."""
+    """One merged tensor held in memory: the base's values and each ingredient's
+    (:func:`compact`)."""
 
     base: torch.Tensor
     models: tuple[torch.Tensor, ...]
 
+    @property
+    def numel(self) -> int:
+        return self.base.numel()
+
+    @property
+    def count(self) -> int:
+        """K, the task vectors."""
+        return len(self.models)
+
     def vectors(self, space: Workspace) -> tuple[torch.Tensor, torch.Tensor]:
         """The base in float32 and the task vectors ``theta_k - theta_0`` in float32,
         stacked ([K, ...]), formed in ``space`` (valid until its next use)."""
-        n, shape = self.base.numel(), tuple(self.base.shape)
-        base = space.base[:n].view(shape).copy_(self.base)
-        vec = space.vectors[: len(self.models) * n].view((len(self.models), *shape))
-        for k, m in enumerate(self.models):
-            vec[k].copy_(m).sub_(base)
-        return base, vec
+        return _formed(space, tuple(self.base.shape), self.base, self.models)
+
+
+@dataclass(frozen=True)
+class ReadTaskTensors:
+    """One merged tensor read from the ingredients' files whenever it is wanted:
+    ``read(0)`` the base's values, ``read(k)`` ingredient k's (float32)."""
+
+    shape: tuple[int, ...]
+    count: int
+    read: Callable[[int], torch.Tensor]
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+    def vectors(self, space: Workspace) -> tuple[torch.Tensor, torch.Tensor]:
+        """As :meth:`TaskTensors.vectors`, each value read again."""
+        models = (self.read(k) for k in range(1, self.count + 1))
+        return _formed(space, self.shape, self.read(0), models)
+
+
+Held = TaskTensors | ReadTaskTensors
+
+
+def _formed(
+    space: Workspace, shape: tuple[int, ...], base_values: torch.Tensor, models: Iterable[Any]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    n = math.prod(shape)
+    base = space.base[:n].view(shape).copy_(base_values)
+    k = space.count
+    vec = space.vectors[: k * n].view((k, *shape))
+    for i, m in enumerate(models):
+        vec[i].copy_(m).sub_(base)
+    return base, vec
 
 
 class Workspace:
     """Float32 room for one tensor's base and task vectors, reused by every tensor (so that
     the large short-lived buffers of each step are not allocated and freed again)."""
 
-    def __init__(self, tensors: Sequence[TaskTensors]) -> None:
+    def __init__(self, tensors: Sequence[Held]) -> None:
         import torch
 
-        n = max(t.base.numel() for t in tensors)
+        n = max(t.numel for t in tensors)
+        self.count = tensors[0].count
         self.base = torch.empty(n, dtype=torch.float32)
-        self.vectors = torch.empty(len(tensors[0].models) * n, dtype=torch.float32)
+        self.vectors = torch.empty(self.count * n, dtype=torch.float32)
 
 
 def compact(t: torch.Tensor) -> torch.Tensor:
@@ -89,7 +130,7 @@ def compact(t: torch.Tensor) -> torch.Tensor:
 
 
 def mixed_leaves(
-    tensors: Sequence[TaskTensors], coef: torch.Tensor, space: Workspace
+    tensors: Sequence[Held], coef: torch.Tensor, space: Workspace
 ) -> tuple[list[torch.Tensor], list[torch.Tensor | None]]:
     """One step's ``theta_0 + sum_k coef_k tau_k`` per tensor (``coef``: [K] or
     [tensors, K]), each an autograd leaf whose gradient, once complete, is turned at once
@@ -106,9 +147,7 @@ def mixed_leaves(
     return leaves, shares
 
 
-def _share(
-    t: TaskTensors, space: Workspace, shares: list[torch.Tensor | None], i: int, leaf: Any
-) -> None:
+def _share(t: Held, space: Workspace, shares: list[torch.Tensor | None], i: int, leaf: Any) -> None:
     _, v = t.vectors(space)
     k = v.shape[0]
     shares[i] = leaf.grad.reshape(1, -1).mm(v.reshape(k, -1).t()).reshape(k)
@@ -133,7 +172,7 @@ def coefficient_grad(shares: Sequence[torch.Tensor | None], coef: torch.Tensor) 
     return torch.zeros_like(coef) if total is None else total
 
 
-def merged_tensor(t: TaskTensors, coef: torch.Tensor, index: int, space: Workspace) -> torch.Tensor:
+def merged_tensor(t: Held, coef: torch.Tensor, index: int, space: Workspace) -> torch.Tensor:
     """Tensor ``index`` of the merge with the learned ``coef`` (no autograd)."""
     import torch
 
@@ -158,7 +197,7 @@ def batch_at(examples: Examples, size: int, seed: int, step: int) -> dict[str, A
 def learn_coefficients(
     model: Any,
     names: Sequence[str],
-    tensors: Sequence[TaskTensors],
+    tensors: Sequence[Held],
     examples: Examples,
     params: AdaMergingParams,
     progress: Any = None,
@@ -168,7 +207,7 @@ def learn_coefficients(
     import torch
     from torch.func import functional_call
 
-    k = len(tensors[0].models)
+    k = tensors[0].count
     space = Workspace(tensors)
     shape = (k,) if params.granularity == "task" else (len(names), k)
     coef = torch.full(shape, params.init, dtype=torch.float32, requires_grad=True)

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from mergekit_like.datamerge.adamerging import (
+    Held,
+    ReadTaskTensors,
     TaskTensors,
     Workspace,
     coefficient_table,
@@ -222,12 +224,7 @@ def adamerging(ctx: MergeContext) -> Merged:
     """AdaMerging: ingredient 0 is the base; coefficients learned on unlabeled inputs."""
     p: AdaMergingParams = ctx.params
     ing = ctx.ingredients
-    tensors = [
-        TaskTensors(
-            compact(ing.read(0, i)), tuple(compact(ing.read(k, i)) for k in range(1, ing.count))
-        )
-        for i in range(len(ing.tensors))
-    ]
+    tensors = [_held(ing, i, p.hold) for i in range(len(ing.tensors))]
     own = [ing.model_names[t.name] for t in ing.tensors]
     learned = learn_coefficients(ing.model, own, tensors, ctx.examples, p, ctx.progress)
     ctx.details["coefficients"] = coefficient_table(
@@ -239,6 +236,16 @@ def adamerging(ctx: MergeContext) -> Merged:
     del tensors
     for i in range(len(queue)):
         yield i, merged_tensor(queue.popleft(), learned.coefficients, i, space)
+
+
+def _held(ing: Ingredients, i: int, hold: str) -> Held:
+    """Tensor ``i``'s base and ingredient values for AdaMerging, kept or read again."""
+    if hold == "disk":
+        shape = tuple(ing.tensors[i].shape)
+        return ReadTaskTensors(shape, ing.count - 1, lambda k: ing.read(k, i))
+    return TaskTensors(
+        compact(ing.read(0, i)), tuple(compact(ing.read(k, i)) for k in range(1, ing.count))
+    )
 
 
 MERGES = {"fisher": fisher, "regmean": regmean, "adamerging": adamerging}

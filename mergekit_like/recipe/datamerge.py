@@ -98,6 +98,12 @@ class AdaMergingParams(DataMergeParams):
         "adam", description="adam (the paper's) or plain gradient descent"
     )
     seed: int = Field(0, description="seed of the batch order")
+    hold: Literal["memory", "disk"] = Field(
+        "memory",
+        description="memory: every ingredient kept in memory while learning (in its "
+        "checkpoint's float type); disk: read again from the files at every step (memory "
+        "for one tensor of each; time for K + 1 model reads a step, twice)",
+    )
 
 
 @dataclass(frozen=True)

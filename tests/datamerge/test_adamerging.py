@@ -190,3 +190,20 @@ def test_bfloat16_ingredients_follow_gradient_descent(vit_setup, run_merge, tmp_
     )
     for name, tensor in read_output(out).items():
         assert_close(tensor.float(), merged[name].to(tensor.dtype).float(), msg=name)
+
+
+def test_held_on_disk_gives_the_same_bytes(vit_setup, run_merge) -> None:
+    """hold: disk (every value read again at every step) learns the coefficients and
+    writes the model that hold: memory does, byte for byte."""
+    folders, data = vit_setup
+    options = "lr: 0.05\nsteps: 3\nbatch_size: 4\ngranularity: layer"
+    outs = [
+        run_merge(
+            recipe_text("adamerging", folders[1:], data, f"{options}\nhold: {h}", base=folders[0])
+        )
+        for h in ("memory", "disk")
+    ]
+    reports = [json.loads((o / "datamerge_report.json").read_text()) for o in outs]
+    assert reports[0]["coefficients"] == reports[1]["coefficients"]
+    bytes_ = [(o / "model.safetensors").read_bytes() for o in outs]
+    assert bytes_[0] == bytes_[1]
