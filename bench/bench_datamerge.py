@@ -93,7 +93,8 @@ def recipe(work: Path, method: str, k: int = len(MODELS)) -> Path:
             "batch_size": 4,
         }
         data["datamerge"] = OPTIONS[method]
-    path = work / f"{method}-k{k}.yaml"
+    hold = OPTIONS[method].get("hold", "memory")
+    path = work / f"{method}-k{k}{'-disk' if hold == 'disk' else ''}.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
 
@@ -128,7 +129,14 @@ def main(argv: list[str] | None = None) -> int:
         choices=range(2, len(MODELS) + 1),
         help="ingredients: the first K of base, ft1, ft2, ft3",
     )
+    p.add_argument(
+        "--hold",
+        default="memory",
+        choices=("memory", "disk"),
+        help="adamerging's datamerge.hold",
+    )
     ns = p.parse_args(argv)
+    OPTIONS["adamerging"]["hold"] = ns.hold
     work = prepare(ns.size)
     numel = sum(
         info["shape"][0] * (info["shape"][1] if len(info["shape"]) > 1 else 1)
