@@ -157,11 +157,8 @@ def gram_matrices(
             first = hit[1] if hit is not None and hit[0] is x_in else None
             if first is None:
                 batch[id(x_in)] = (x_in, name)
-            if (
-                share
-                and first is not None
-                and owner.get(name, first if name not in grams else None) == first
-            ):
+            if share and first is not None and owner.get(name, first if name not in grams
+                                                          else None) == first:
                 if name not in grams:
                     grams[name], owner[name] = grams[first], first
                 rows[name] = rows[first]

@@ -164,14 +164,8 @@ def test_layers_fed_one_input_share_one_gram_matrix() -> None:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    cfg = LlamaConfig(
-        vocab_size=40,
-        hidden_size=32,
-        intermediate_size=48,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-    )
+    cfg = LlamaConfig(vocab_size=40, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2)
     model = LlamaForCausalLM(cfg).eval()
     ids = torch.randint(0, 40, (5, 7))
     names = {p.data_ptr(): n for n, p in model.named_parameters()}
@@ -179,13 +173,11 @@ def test_layers_fed_one_input_share_one_gram_matrix() -> None:
     got = gram_matrices(model, Examples({"input_ids": ids}, None, "perplexity", 2), modules)
     assert set(got) == set(modules)
     seen: dict[str, list[torch.Tensor]] = {n: [] for n in modules}  # each one's own inputs
-    hooks = [
-        m.register_forward_pre_hook(lambda _m, a, n=n: seen[n].append(a[0].detach()))
-        for n, (m, _) in modules.items()
-    ]
+    hooks = [m.register_forward_pre_hook(lambda _m, a, n=n: seen[n].append(a[0].detach()))
+             for n, (m, _) in modules.items()]
     with torch.no_grad():
         for start in range(0, 5, 2):
-            model(input_ids=ids[start : start + 2])
+            model(input_ids=ids[start:start + 2])
     for h in hooks:
         h.remove()
     for name, xs in seen.items():  # the same bytes as each layer's own sum
@@ -217,9 +209,8 @@ def test_a_layer_whose_input_partner_changes_gets_a_matrix_of_its_own() -> None:
     torch.manual_seed(0)
     model, x = Pair(), torch.randint(0, 5, (4, 4))
     names = {p.data_ptr(): n for n, p in model.named_parameters()}
-    got = gram_matrices(
-        model, Examples({"input_ids": x}, None, "classification", 2), linear_modules(model, names)
-    )
+    got = gram_matrices(model, Examples({"input_ids": x}, None, "classification", 2),
+                        linear_modules(model, names))
     assert got["a.weight"] is not got["b.weight"]
     rows = x.float()
     assert_close(got["a.weight"], rows.T @ rows / 4)
