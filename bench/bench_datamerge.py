@@ -4,6 +4,7 @@ linear merge.
     .venv/bin/python bench/bench_datamerge.py --size tiny     # smoke run, seconds
     .venv/bin/python bench/bench_datamerge.py --size 250m     # K = 4 ingredients, minutes
     .venv/bin/python bench/bench_datamerge.py --size 250m --k 2   # the first two only
+    .venv/bin/python bench/bench_datamerge.py --methods fisher --hold disk  # a pass a group
 
 The ingredients are ``bench/make_models.py``'s family (base, ft1, ft2, ft3: K = 4 Llama
 models in bfloat16) written to ``bench/work/datamerge-<size>/models``, with a word-level
@@ -133,10 +134,10 @@ def main(argv: list[str] | None = None) -> int:
         "--hold",
         default="memory",
         choices=("memory", "disk"),
-        help="adamerging's datamerge.hold",
+        help="datamerge.hold of fisher and adamerging",
     )
     ns = p.parse_args(argv)
-    OPTIONS["adamerging"]["hold"] = ns.hold
+    OPTIONS["adamerging"]["hold"] = OPTIONS["fisher"]["hold"] = ns.hold
     work = prepare(ns.size)
     numel = sum(
         info["shape"][0] * (info["shape"][1] if len(info["shape"]) > 1 else 1)

@@ -32,6 +32,8 @@ from mergekit_like.datamerge.solve import regmean_stream
 from mergekit_like.datamerge.statistics import (
     Examples,
     fisher_diagonal,
+    fisher_groups,
+    fisher_shapes,
     gram_groups,
     gram_matrices,
     gram_shapes,
@@ -116,11 +118,19 @@ def fisher(ctx: MergeContext) -> Merged:
     names = ctx.names_by_ptr()
     seed = p.seed if p.sample_labels else None
     settings = {"n": len(ctx.examples), "sample_labels": p.sample_labels, "seed": p.seed}
-    paths = ctx.statistics(
-        "fisher",
-        settings,
-        lambda: fisher_diagonal(ctx.ingredients.model, ctx.examples, names, seed),
-    )
+    model = ctx.ingredients.model
+    if p.hold == "disk":  # the same bytes as one pass, so the same cache entries
+        layers = {t.name: t.layer for t in ctx.ingredients.tensors}
+        paths = ctx.statistics(
+            "fisher",
+            settings,
+            lambda: fisher_groups(model, ctx.examples, names, layers, seed),
+            fisher_shapes(model, names),
+        )
+    else:
+        paths = ctx.statistics(
+            "fisher", settings, lambda: fisher_diagonal(model, ctx.examples, names, seed)
+        )
     plain = []
     files = [StatsFile(path) for path in paths]
     for i, t in enumerate(ctx.ingredients.tensors):

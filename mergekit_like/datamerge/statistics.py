@@ -3,7 +3,9 @@
 - :func:`fisher_diagonal`: the diagonal Fisher information, the mean over N examples of the
   squared gradient of each example's log-likelihood (Matena & Raffel). Gradients are
   squared and summed as each parameter's gradient is complete (a post-accumulate hook), so
-  no second copy of the gradients is held.
+  no second copy of the gradients is held. :func:`fisher_groups` takes them a group of
+  whole layers at a time (one pass over the examples each, only that group's parameters
+  asking for gradients), so that only one group's sums are held before they are written.
 - :func:`gram_matrices`: ``X^T X`` of the inputs of each linear layer (Jin et al.'s RegMean),
   recorded by forward pre-hooks; rows are tokens (padding, by ``attention_mask``, excluded),
   and the sum is divided by the number of rows. :func:`gram_groups` takes them a group of
@@ -16,12 +18,19 @@ Both return tensors keyed by the checkpoint's tensor names (``names`` maps a liv
 
 from __future__ import annotations
 
+import math
 from collections.abc import Collection, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import torch
+
+
+STATS_SHARE = 4
+""":func:`gram_groups` and :func:`fisher_groups` hold at most ``1 / STATS_SHARE`` of the
+model's float32 bytes of statistics at once (or one layer's, if more)."""
 
 
 @dataclass(frozen=True)
@@ -71,10 +80,19 @@ def log_likelihood(
 
 
 def fisher_diagonal(
-    model: Any, examples: Examples, names: Mapping[int, str], sample_seed: int | None = None
+    model: Any,
+    examples: Examples,
+    names: Mapping[int, str],
+    sample_seed: int | None = None,
+    only: Collection[str] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Mean over the examples of the squared per-example log-likelihood gradient, for every
-    parameter that gets a gradient (keyed by checkpoint name; others are left out)."""
+    parameter that gets a gradient (keyed by checkpoint name; others are left out); with
+    ``only``, for those of these checkpoint names alone (the others ask for no gradient
+    during the pass, so backward stops at the earliest of them)."""
+    if only is not None:
+        with _gradients_for(model, names, only):
+            return fisher_diagonal(model, examples, names, sample_seed)
     import torch
 
     params = [p for p in model.parameters() if p.requires_grad]
@@ -105,6 +123,47 @@ def fisher_diagonal(
         if name is not None and id(p) in seen:
             out[name] = sums[id(p)].div_(count)
     return out
+
+
+@contextmanager
+def _gradients_for(model: Any, names: Mapping[int, str], only: Collection[str]) -> Iterator[None]:
+    """Within: only the parameters named in ``only`` (that asked for one) ask for gradients."""
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    try:
+        for p, wanted in flags:
+            p.requires_grad_(wanted and names.get(p.data_ptr()) in only)
+        yield
+    finally:
+        for p, wanted in flags:
+            p.requires_grad_(wanted)
+
+
+def fisher_shapes(model: Any, names: Mapping[int, str]) -> dict[str, list[int]]:
+    """The shape of each named parameter that asks for a gradient (its Fisher's shape)."""
+    return {
+        names[p.data_ptr()]: list(p.shape)
+        for p in model.parameters()
+        if p.requires_grad and p.data_ptr() in names
+    }
+
+
+def fisher_groups(
+    model: Any,
+    examples: Examples,
+    names: Mapping[int, str],
+    layers: Mapping[str, int | None],
+    sample_seed: int | None = None,
+) -> Iterator[dict[str, torch.Tensor]]:
+    """:func:`fisher_diagonal` a group of consecutive whole layers at a time (``layers``: a
+    tensor's layer index; None, outside the layers, goes last), each group's sums at most
+    1 / :data:`STATS_SHARE` of the model's float32 bytes (or one layer's, if more). Each
+    entry is the bytes one pass for every parameter gives; the sampled labels, drawn again
+    from the same seed in every pass, are the same labels."""
+    shapes = fisher_shapes(model, names)
+    sizes = {n: 4 * math.prod(s) for n, s in shapes.items()}
+    budget = sum(4 * p.numel() for p in model.parameters()) // STATS_SHARE
+    for group in grouped(sizes, layers, budget):
+        yield fisher_diagonal(model, examples, names, sample_seed, set(group))
 
 
 def linear_modules(
@@ -198,11 +257,6 @@ def gram_matrices(
     return grams
 
 
-GRAM_SHARE = 4
-""":func:`gram_groups` holds at most ``1 / GRAM_SHARE`` of the model's float32 bytes of
-Gram matrices at once (or one layer's, if more)."""
-
-
 def gram_groups(
     model: Any,
     examples: Examples,
@@ -211,9 +265,9 @@ def gram_groups(
 ) -> Iterator[dict[str, torch.Tensor]]:
     """:func:`gram_matrices` of ``modules`` a group at a time: consecutive whole layers
     (``layers``: a module's layer index; None, outside the layers, goes last) whose
-    matrices take at most 1 / :data:`GRAM_SHARE` of the model's float32 bytes. Each module's
+    matrices take at most 1 / :data:`STATS_SHARE` of the model's float32 bytes. Each module's
     matrix is the bytes one pass over every module gives."""
-    budget = 4 * sum(p.numel() for p in model.parameters()) // GRAM_SHARE
+    budget = 4 * sum(p.numel() for p in model.parameters()) // STATS_SHARE
     for group in layer_groups(modules, layers, budget):
         yield gram_matrices(model, examples, group)
 
@@ -232,19 +286,29 @@ def layer_groups(
 ) -> list[dict[str, tuple[Any, bool]]]:
     """``modules`` cut into groups of consecutive whole layers of at most ``budget`` bytes
     of float32 Gram matrices (a layer over it alone), in layer order, the rest last."""
-    by_layer: dict[float, dict[str, tuple[Any, bool]]] = {}
-    for name, entry in modules.items():
+    sizes = {n: 4 * _in_features(m, t) ** 2 for n, (m, t) in modules.items()}
+    return [{n: modules[n] for n in g} for g in grouped(sizes, layers, budget)]
+
+
+def grouped(
+    sizes: Mapping[str, int], layers: Mapping[str, int | None], budget: int
+) -> list[list[str]]:
+    """The names of ``sizes`` (bytes each) cut into groups of consecutive whole layers
+    (``layers``: a name's layer index; None or absent: outside the layers) of at most
+    ``budget`` bytes (a layer over it alone), in layer order, those outside last."""
+    by_layer: dict[float, list[str]] = {}
+    for name in sizes:
         layer = layers.get(name)
-        by_layer.setdefault(float("inf") if layer is None else layer, {})[name] = entry
-    groups: list[dict[str, tuple[Any, bool]]] = []
+        by_layer.setdefault(float("inf") if layer is None else layer, []).append(name)
+    groups: list[list[str]] = []
     size = 0
     for layer in sorted(by_layer):
         part = by_layer[layer]
-        part_size = sum(4 * _in_features(m, t) ** 2 for m, t in part.values())
+        part_size = sum(sizes[n] for n in part)
         if groups and size + part_size <= budget:
-            groups[-1].update(part)
+            groups[-1] += part
             size += part_size
         else:
-            groups.append(dict(part))
+            groups.append(list(part))
             size = part_size
     return groups

@@ -63,6 +63,13 @@ class FisherParams(DataMergeParams):
         "no example moves is then the plain mean)",
     )
     seed: int = Field(0, description="seed of sample_labels")
+    hold: Literal["memory", "disk"] = Field(
+        "memory",
+        description="memory: one pass over the examples holds every parameter's Fisher sums "
+        "(the model's float32 bytes); disk: a group of whole layers at a time (at most a "
+        "quarter of those bytes), each written to the statistics file when done (a pass "
+        "per group: several times the time; the same numbers)",
+    )
 
 
 class RegMeanParams(DataMergeParams):

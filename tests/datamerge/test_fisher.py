@@ -141,3 +141,123 @@ def test_causal_lm_fisher_sums_the_token_log_likelihoods() -> None:
         ll = logp.gather(-1, ids[i, 1:, None]).sum()
         total += torch.autograd.grad(ll, p)[0].square()
     assert_close(got["model.layers.1.mlp.down_proj.weight"], total / 3)
+
+
+def _tiny_models():  # noqa: ANN202 - (name, model, examples) of three architectures
+    from transformers import (
+        BertConfig,
+        BertForSequenceClassification,
+        GPT2Config,
+        GPT2LMHeadModel,
+        LlamaConfig,
+        LlamaForCausalLM,
+    )
+
+    torch.manual_seed(0)
+    ids = torch.randint(0, 50, (3, 7))
+    mask = torch.ones_like(ids)
+    mask[1, 5:] = 0
+    lm = Examples({"input_ids": ids}, None, "perplexity", 2)
+    llama = LlamaConfig(
+        vocab_size=50,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=3,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        tie_word_embeddings=True,
+    )
+    gpt2 = GPT2Config(vocab_size=50, n_embd=16, n_layer=3, n_head=2, n_positions=8)
+    bert = BertConfig(
+        vocab_size=50,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=3,
+        num_attention_heads=2,
+        num_labels=3,
+        max_position_embeddings=8,
+    )
+    labelled = Examples(
+        {"input_ids": ids, "attention_mask": mask}, torch.tensor([0, 2, 1]), "classification", 2
+    )
+    return [
+        ("llama, tied embeddings", LlamaForCausalLM(llama).eval(), lm),
+        ("gpt2, Conv1D", GPT2LMHeadModel(gpt2).eval(), lm),
+        ("bert classifier", BertForSequenceClassification(bert).eval(), labelled),
+    ]
+
+
+def _layer_of(name: str) -> int | None:
+    return next((int(part) for part in name.split(".") if part.isdigit()), None)
+
+
+def test_fisher_a_layer_group_at_a_time_is_the_one_pass_bytes(monkeypatch) -> None:
+    """One pass per group of whole layers (only that group asking for gradients) gives the
+    bytes of one pass for every parameter, with data labels and with sampled ones."""
+    from mergekit_like.datamerge import statistics
+
+    monkeypatch.setattr(statistics, "STATS_SHARE", 10**15)  # one layer per group
+    for what, model, examples in _tiny_models():
+        names = {p.data_ptr(): n for n, p in model.named_parameters()}
+        layers = {n: _layer_of(n) for n in names.values()}
+        for seed in (None, 5):
+            whole = statistics.fisher_diagonal(model, examples, names, seed)
+            parts = list(statistics.fisher_groups(model, examples, names, layers, seed))
+            assert len(parts) == 4, what  # three layers, then the rest
+            assert [sorted({layers[n] for n in part}, key=str) for part in parts] == [
+                [0],
+                [1],
+                [2],
+                [None],
+            ], what
+            joined = {n: t for part in parts for n, t in part.items()}
+            assert sum(len(part) for part in parts) == len(joined) == len(whole), what
+            for n, t in whole.items():
+                assert torch.equal(joined[n], t), (what, seed, n)
+        assert all(p.requires_grad for p in model.parameters()), what  # flags restored
+
+
+def test_fisher_groups_stay_within_the_budget() -> None:
+    from mergekit_like.datamerge.statistics import STATS_SHARE, fisher_groups
+
+    _, model, examples = _tiny_models()[0]
+    names = {p.data_ptr(): n for n, p in model.named_parameters()}
+    layers = {n: _layer_of(n) for n in names.values()}
+    budget = sum(4 * p.numel() for p in model.parameters()) // STATS_SHARE
+    parts = list(fisher_groups(model, examples, names, layers))
+    assert len(parts) > 1
+    for part in parts:
+        in_layers = {layers[n] for n in part}
+        size = sum(4 * t.numel() for t in part.values())
+        assert size <= budget or len(in_layers) == 1, (sorted(in_layers, key=str), size)
+
+
+def test_hold_disk_writes_the_statistics_and_model_of_hold_memory(
+    vit_setup, run_merge, monkeypatch, tmp_path
+) -> None:
+    """datamerge.hold: disk (a pass per layer group) writes the same statistics files under
+    the same keys and the same model bytes as hold: memory, so either reuses the other's."""
+    from safetensors.torch import load_file
+
+    from mergekit_like.datamerge import statistics
+
+    monkeypatch.setattr(statistics, "STATS_SHARE", 10**15)
+    folders, data = vit_setup
+    runs = {}
+    for hold in ("memory", "disk"):
+        cache = tmp_path / f"cache-{hold}"
+        monkeypatch.setenv("MERGEKIT_LIKE_CACHE", str(cache))
+        text = recipe_text("fisher", folders, data, f"hold: {hold}\nsample_labels: true")
+        out = run_merge(text)
+        report = json.loads((out / "datamerge_report.json").read_text())
+        keys = [s["key"] for s in report["statistics"]]
+        assert [s["cache"] for s in report["statistics"]] == ["miss"] * 3
+        files = [load_file(cache / "stats" / f"{k}.safetensors") for k in keys]
+        runs[hold] = (keys, files, (out / "model.safetensors").read_bytes())
+    (keys, files, model), (keys2, files2, model2) = runs["memory"], runs["disk"]
+    assert keys == keys2 and model == model2
+    for a, b in zip(files, files2, strict=True):
+        assert set(a) == set(b) and all(torch.equal(a[n], b[n]) for n in a)
+    out = run_merge(recipe_text("fisher", folders, data, "hold: memory\nsample_labels: true"))
+    report = json.loads((out / "datamerge_report.json").read_text())
+    assert [s["cache"] for s in report["statistics"]] == ["hit"] * 3  # disk's files reused

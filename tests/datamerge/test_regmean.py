@@ -237,7 +237,7 @@ def test_grams_taken_a_layer_group_at_a_time_are_the_one_pass_bytes(
             return real(model, examples, modules, share_inputs)
 
         monkeypatch.setattr(statistics, "gram_matrices", spy)
-        monkeypatch.setattr(statistics, "GRAM_SHARE", share)
+        monkeypatch.setattr(statistics, "STATS_SHARE", share)
         monkeypatch.setenv("MERGEKIT_LIKE_CACHE", str(tmp_path / f"cache{share}"))
         out = run_merge(text)
         keys = [
