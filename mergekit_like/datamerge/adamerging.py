@@ -10,16 +10,19 @@ to [0, 1].
 Every merged tensor's base and ingredient values are held while learning, each in the
 narrowest float type that gives its float32 values back exactly (:class:`TaskTensors`:
 bfloat16 for a bfloat16 checkpoint, half the bytes of float32), not as float32 task
-vectors: a tensor's task vectors are formed when it is mixed (:func:`mixed_leaves`) and
-again when its gradient is complete, so only one tensor's are held at once, and each
-gradient is let go as soon as it is turned into its share of the coefficients'. The numbers
-are those of ``theta_0 + tensordot(lambda, tau)`` under autograd, bit for bit.
+vectors: a tensor's task vectors are formed when it is mixed (:func:`mix_into`) and
+again when its gradient is complete (:func:`gradient_shares`), so only one tensor's are
+held at once, and each gradient is let go as soon as it is turned into its share of the
+coefficients'. The mix is written into the live model's own tensors, which are the leaves
+autograd differentiates (no second float32 model). The numbers are those of
+``theta_0 + tensordot(lambda, tau)`` under autograd, bit for bit.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -129,22 +132,63 @@ def compact(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
-def mixed_leaves(
-    tensors: Sequence[Held], coef: torch.Tensor, space: Workspace
-) -> tuple[list[torch.Tensor], list[torch.Tensor | None]]:
-    """One step's ``theta_0 + sum_k coef_k tau_k`` per tensor (``coef``: [K] or
-    [tensors, K]), each an autograd leaf whose gradient, once complete, is turned at once
-    into its share of ``coef``'s gradient (``tensordot``'s backward, the task vectors formed
-    again) and let go; the shares land in the second list (None: no gradient reached it).
-    So the backward pass holds one tensor's gradient at a time, not the model's."""
+def mix_into(
+    leaves: Sequence[torch.Tensor], tensors: Sequence[Held], coef: torch.Tensor, space: Workspace
+) -> None:
+    """Write one step's ``theta_0 + sum_k coef_k tau_k`` of each tensor (``coef``: [K] or
+    [tensors, K]) into its leaf (the live model's own tensor), without autograd."""
+    import torch
 
-    shares: list[torch.Tensor | None] = [None] * len(tensors)
-    leaves = []
-    for i, t in enumerate(tensors):
-        leaf = merged_tensor(t, coef.detach(), i, space).requires_grad_(True)
-        leaf.register_post_accumulate_grad_hook(partial(_share, t, space, shares, i))
-        leaves.append(leaf)
-    return leaves, shares
+    with torch.no_grad():
+        for i, (leaf, t) in enumerate(zip(leaves, tensors, strict=True)):
+            leaf.copy_(merged_tensor(t, coef, i, space))
+
+
+@contextmanager
+def gradient_shares(
+    leaves: Sequence[torch.Tensor], tensors: Sequence[Held], space: Workspace
+) -> Iterator[list[torch.Tensor | None]]:
+    """Within: each leaf asks for a gradient, and its gradient, once complete, is turned at
+    once into its share of the coefficients' gradient (``tensordot``'s backward, the task
+    vectors formed again) and let go; the shares land in the list given (None: no gradient
+    reached it; the caller resets it every step). So a backward pass holds one tensor's
+    gradient at a time, not the model's. The leaves' flags are restored on leaving."""
+    shares: list[torch.Tensor | None] = [None] * len(leaves)
+    flags = [(leaf, leaf.requires_grad) for leaf in leaves]
+    hooks = []
+    try:
+        for i, (leaf, t) in enumerate(zip(leaves, tensors, strict=True)):
+            leaf.requires_grad_(True)
+            hook = partial(_share, t, space, shares, i)
+            hooks.append(leaf.register_post_accumulate_grad_hook(hook))
+        yield shares
+    finally:
+        for h in hooks:
+            h.remove()
+        for leaf, wanted in flags:
+            leaf.grad = None
+            leaf.requires_grad_(wanted)
+
+
+@contextmanager
+def only_leaves_learn(model: Any, leaves: Sequence[torch.Tensor]) -> Iterator[None]:
+    """Within: the model's parameters that are not ``leaves`` ask for no gradient."""
+    own = {id(t) for t in leaves}
+    flags = [(p, p.requires_grad) for p in model.parameters() if id(p) not in own]
+    try:
+        for p, _ in flags:
+            p.requires_grad_(False)
+        yield
+    finally:
+        for p, wanted in flags:
+            p.requires_grad_(wanted)
+
+
+def live_leaves(model: Any, names: Sequence[str]) -> list[torch.Tensor]:
+    """The live model's own parameters (or buffers) named ``names``."""
+    own = dict(model.named_parameters(remove_duplicate=False))
+    own.update(model.named_buffers(remove_duplicate=False))
+    return [own[n] for n in names]
 
 
 def _share(t: Held, space: Workspace, shares: list[torch.Tensor | None], i: int, leaf: Any) -> None:
@@ -205,7 +249,6 @@ def learn_coefficients(
     """Learn AdaMerging's coefficients; ``names`` are the model's own names of the merged
     tensors (``tensors`` in the same order)."""
     import torch
-    from torch.func import functional_call
 
     k = tensors[0].count
     space = Workspace(tensors)
@@ -219,22 +262,22 @@ def learn_coefficients(
     size = params.batch_size or examples.batch_size
     history = []
     steps = range(params.steps) if progress is None else progress(list(range(params.steps)))
-    for step in steps:
-        leaves, shares = mixed_leaves(tensors, coef, space)
-        mixed = dict(zip(names, leaves, strict=True))
-        inputs = batch_at(examples, size, params.seed, step)
-        logits = functional_call(
-            model, mixed, args=(), kwargs=inputs, tie_weights=True, strict=False
-        ).logits
-        loss = prediction_entropy(logits, examples.task)
-        opt.zero_grad()
-        loss.backward()
-        coef.grad = coefficient_grad(shares, coef)
-        opt.step()
-        with torch.no_grad():
-            coef.clamp_(0.0, 1.0)
-        history.append(float(loss.detach()))
-        del leaves, mixed, logits, loss
+    leaves = live_leaves(model, names)  # the mix is written into the model itself
+    with only_leaves_learn(model, leaves), gradient_shares(leaves, tensors, space) as shares:
+        for step in steps:
+            mix_into(leaves, tensors, coef.detach(), space)
+            shares[:] = [None] * len(shares)
+            loss = prediction_entropy(
+                model(**batch_at(examples, size, params.seed, step)).logits, examples.task
+            )
+            opt.zero_grad()
+            loss.backward()
+            coef.grad = coefficient_grad(shares, coef)
+            opt.step()
+            with torch.no_grad():
+                coef.clamp_(0.0, 1.0)
+            history.append(float(loss.detach()))
+            del loss
     return Learned(coef.detach().clone(), history)
 
 

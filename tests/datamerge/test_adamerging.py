@@ -15,7 +15,8 @@ from mergekit_like.datamerge.adamerging import (
     Workspace,
     coefficient_grad,
     compact,
-    mixed_leaves,
+    gradient_shares,
+    mix_into,
 )
 from mergekit_like.soups.ingredients import checkpoint_names
 from tests.datamerge.conftest import load_vit, read_output, recipe_text, val_examples
@@ -153,17 +154,22 @@ def test_mixing_is_autograd_of_the_formula_bit_for_bit() -> None:
     for shape in [(3,), (len(shapes), 3)]:
         coef = torch.rand(shape, generator=gen)
         c2 = coef.clone().requires_grad_(True)
-        leaves, shares = mixed_leaves(held, coef, Workspace(held))
+        space = Workspace(held)
+        leaves = [torch.zeros(s) for s in shapes]
         want = []
         for i, b in enumerate(bases):
             tau = torch.stack([m[i] - b for m in models])
             want.append(b + torch.tensordot(c2 if c2.dim() == 1 else c2[i], tau, dims=1))
-        for g, w in zip(leaves, want, strict=True):
-            assert torch.equal(g, w.detach())
-        torch.autograd.backward(leaves[:3], grads)
+        with gradient_shares(leaves, held, space) as shares:
+            mix_into(leaves, held, coef, space)
+            for g, w in zip(leaves, want, strict=True):
+                assert torch.equal(g, w.detach())
+            torch.autograd.backward(leaves[:3], grads)
+            assert shares[3] is None and all(leaf.grad is None for leaf in leaves)
+            got = coefficient_grad(shares, coef)
         torch.autograd.backward(want[:3], grads)
-        assert shares[3] is None and all(leaf.grad is None for leaf in leaves)
-        assert torch.equal(coefficient_grad(shares, coef), c2.grad)
+        assert torch.equal(got, c2.grad)
+        assert not any(leaf.requires_grad for leaf in leaves)  # flags restored
 
 
 def test_bfloat16_ingredients_follow_gradient_descent(vit_setup, run_merge, tmp_path) -> None:
