@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from mergekit_like.datamerge.statistics import Examples
+from mergekit_like.datamerge.statistics import Examples, gradients_only
 from mergekit_like.recipe.datamerge import AdaMergingParams
 
 if TYPE_CHECKING:
@@ -170,20 +170,6 @@ def gradient_shares(
             leaf.requires_grad_(wanted)
 
 
-@contextmanager
-def only_leaves_learn(model: Any, leaves: Sequence[torch.Tensor]) -> Iterator[None]:
-    """Within: the model's parameters that are not ``leaves`` ask for no gradient."""
-    own = {id(t) for t in leaves}
-    flags = [(p, p.requires_grad) for p in model.parameters() if id(p) not in own]
-    try:
-        for p, _ in flags:
-            p.requires_grad_(False)
-        yield
-    finally:
-        for p, wanted in flags:
-            p.requires_grad_(wanted)
-
-
 def live_leaves(model: Any, names: Sequence[str]) -> list[torch.Tensor]:
     """The live model's own parameters (or buffers) named ``names``."""
     own = dict(model.named_parameters(remove_duplicate=False))
@@ -263,7 +249,11 @@ def learn_coefficients(
     history = []
     steps = range(params.steps) if progress is None else progress(list(range(params.steps)))
     leaves = live_leaves(model, names)  # the mix is written into the model itself
-    with only_leaves_learn(model, leaves), gradient_shares(leaves, tensors, space) as shares:
+    own = {id(t) for t in leaves}  # the model's other parameters ask for no gradient
+    with (
+        gradients_only(model, lambda p: id(p) in own),
+        gradient_shares(leaves, tensors, space) as shares,
+    ):
         for step in steps:
             mix_into(leaves, tensors, coef.detach(), space)
             shares[:] = [None] * len(shares)

@@ -19,7 +19,7 @@ Both return tensors keyed by the checkpoint's tensor names (``names`` maps a liv
 from __future__ import annotations
 
 import math
-from collections.abc import Collection, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -91,7 +91,7 @@ def fisher_diagonal(
     ``only``, for those of these checkpoint names alone (the others ask for no gradient
     during the pass, so backward stops at the earliest of them)."""
     if only is not None:
-        with _gradients_for(model, names, only):
+        with gradients_only(model, lambda p: names.get(p.data_ptr()) in only):
             return fisher_diagonal(model, examples, names, sample_seed)
     import torch
 
@@ -126,16 +126,17 @@ def fisher_diagonal(
 
 
 @contextmanager
-def _gradients_for(model: Any, names: Mapping[int, str], only: Collection[str]) -> Iterator[None]:
-    """Within: only the parameters named in ``only`` (that asked for one) ask for gradients."""
+def gradients_only(model: Any, wanted: Callable[[Any], bool]) -> Iterator[None]:
+    """Within: only the parameters for which ``wanted`` holds (among those that asked for
+    one) ask for gradients; every flag is restored on leaving."""
     flags = [(p, p.requires_grad) for p in model.parameters()]
     try:
-        for p, wanted in flags:
-            p.requires_grad_(wanted and names.get(p.data_ptr()) in only)
+        for p, asked in flags:
+            p.requires_grad_(asked and wanted(p))
         yield
     finally:
-        for p, wanted in flags:
-            p.requires_grad_(wanted)
+        for p, asked in flags:
+            p.requires_grad_(asked)
 
 
 def fisher_shapes(model: Any, names: Mapping[int, str]) -> dict[str, list[int]]:
